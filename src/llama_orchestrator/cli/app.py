@@ -1,0 +1,60 @@
+"""The ``llama-orch`` command: a root Typer app and one module per command group.
+
+Command modules import their heavy dependencies inside the command bodies so that
+read-only commands such as ``ps`` start fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llama_orchestrator import __version__
+from llama_orchestrator.cli import config_cmd, daemon_cmd, info_cmd, lifecycle
+
+app = typer.Typer(
+    name="llama-orch",
+    help="A Docker-like control plane for llama.cpp servers.\n\n"
+    "Examples:\n\n"
+    "  llama-orch create gemma --model ./gemma.gguf --port 8002\n\n"
+    "  llama-orch up gemma\n\n"
+    "  llama-orch ps --all",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llama-orch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    home: Annotated[
+        str | None,
+        typer.Option(
+            "--home",
+            help="Workspace folder (default: $LLAMA_ORCH_HOME, else the per-user data folder).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    ctx.obj = {"home": home}
+
+
+config_cmd.register(app)
+lifecycle.register(app)
+daemon_cmd.register(app)
+info_cmd.register(app)
+
+
+def main() -> None:
+    app()

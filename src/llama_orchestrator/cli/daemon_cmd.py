@@ -1,0 +1,65 @@
+"""``llama-orch daemon start|stop|status|run``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from llama_orchestrator.cli.common import fail, home_of, say
+
+
+def register(app: typer.Typer) -> None:
+    daemon = typer.Typer(
+        help="The supervisor daemon that owns every instance (started on demand by `up`).",
+        no_args_is_help=True,
+    )
+    app.add_typer(daemon, name="daemon")
+
+    @daemon.command()
+    def start(ctx: typer.Context) -> None:
+        """Start the daemon in the background (no-op when it already runs)."""
+        from llama_orchestrator.daemon.control import DaemonError, daemon_status, ensure_daemon
+
+        home = home_of(ctx)
+        try:
+            _client, started = ensure_daemon(home)
+        except DaemonError as e:
+            fail(str(e))
+        st = daemon_status(home)
+        say(f"daemon {'started' if started else 'already running'} (pid {st.pid}, {st.url})")
+
+    @daemon.command()
+    def stop(ctx: typer.Context) -> None:
+        """Stop the daemon. Instances keep running; the next daemon re-adopts them."""
+        from llama_orchestrator.daemon.control import stop_daemon
+
+        say("daemon stopped" if stop_daemon(home_of(ctx)) else "daemon is not running")
+
+    @daemon.command()
+    def status(
+        ctx: typer.Context,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Show whether the daemon runs. Exit 0 when it does, 1 when it does not."""
+        from llama_orchestrator.daemon.control import daemon_status
+
+        st = daemon_status(home_of(ctx))
+        if as_json:
+            print(json.dumps(st.to_dict()))
+        elif st.running:
+            print(f"running (pid {st.pid}, {st.url})")
+        else:
+            print("not running" + (" (stale pid file)" if st.stale_pid_file else ""))
+        raise typer.Exit(0 if st.running else 1)
+
+    @daemon.command()
+    def run(
+        ctx: typer.Context,
+        port: Annotated[int, typer.Option(help="Control API port (0 = any free port).")] = 0,
+    ) -> None:
+        """Run the daemon in the foreground (what the OS service runs)."""
+        from llama_orchestrator.daemon.server import run_daemon
+
+        raise typer.Exit(run_daemon(home_of(ctx), port=port))

@@ -1,0 +1,283 @@
+"""``up``, ``down``, ``restart`` (through the daemon) and ``ps`` (from the records)."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from llama_orchestrator.cli.common import EXIT_FAIL, EXIT_USAGE, check_names, fail, home_of, say
+from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:
+    from llama_orchestrator.daemon.control import Client
+
+NamesArg = Annotated[list[str] | None, typer.Argument(help="Instance names.", show_default=False)]
+AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every defined instance.")]
+
+
+def _targets(home: Home, names: list[str] | None, all_: bool) -> list[str]:
+    """The instances a command acts on; unknown names fail before anything happens."""
+    known = home.instance_names()
+    if all_:
+        if names:
+            fail("give instance names or --all, not both", EXIT_USAGE)
+        return known
+    if not names:
+        fail("name at least one instance, or use --all", EXIT_USAGE)
+    check_names(names)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        listing = ", ".join(known) if known else "none defined yet"
+        fail(f"no instance named {', '.join(map(repr, unknown))} (known: {listing})")
+    return list(dict.fromkeys(names))
+
+
+def _validate(home: Home, names: list[str]) -> None:
+    """Refuse to act when any config is invalid: every problem, one per line, exit 1."""
+    from llama_orchestrator.config.loader import ConfigError, load_instance
+
+    problems = []
+    for name in names:
+        try:
+            load_instance(home, name)
+        except ConfigError as e:
+            problems.extend(str(p) for p in e.problems)
+    if problems:
+        for line in problems:
+            say(line)
+        fail(f"{len(problems)} config problem(s); nothing was started or stopped")
+
+
+def _client(home: Home) -> Client:
+    from llama_orchestrator.daemon.control import DaemonError, ensure_daemon
+
+    try:
+        client, started = ensure_daemon(home)
+    except DaemonError as e:
+        fail(str(e))
+    if started:
+        say("started the daemon")
+    return client
+
+
+def _report(name: str, body: dict[str, Any], verb: str) -> bool:
+    if body.get("ok"):
+        msg = body.get("message", "")
+        inst = body.get("instance") or {}
+        if body.get("ready_ms") is not None:
+            where = f"http://{inst.get('host')}:{inst.get('port')}"
+            say(f"{name}: ready in {body['ready_ms'] / 1000:.2f}s (pid {body.get('pid')}, {where})")
+        else:
+            say(f"{name}: {msg or verb}")
+        return True
+    say(f"error: {name}: {body.get('message') or body.get('detail')}")
+    tail = body.get("stderr_tail") or []
+    if tail:
+        say(f"--- last lines of {name}'s stderr ---")
+        for line in tail:
+            say(f"  {line}")
+    return False
+
+
+def _act(client: Client, names: list[str], path: str, verb: str, **params: Any) -> bool:
+    def one(name: str) -> tuple[str, dict[str, Any]]:
+        r = client.post(f"/v1/instances/{name}/{path}", params=params)
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"ok": False, "message": f"HTTP {r.status_code}: {r.text[:200]}"}
+        if "detail" in body and "ok" not in body:
+            body = {"ok": False, "message": body["detail"]}
+        return name, body
+
+    ok = True
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
+        for name, body in pool.map(one, names):
+            ok = _report(name, body, verb) and ok
+    return ok
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def up(
+        ctx: typer.Context,
+        names: NamesArg = None,
+        all_: AllOpt = False,
+        detach: Annotated[
+            bool, typer.Option("--detach", "-d", help="Return at once; do not wait for ready.")
+        ] = False,
+    ) -> None:
+        """Start instances and wait until each answers /health with 200.
+
+        Examples: llama-orch up gemma; llama-orch up --all --detach
+        """
+        home = home_of(ctx)
+        targets = _targets(home, names, all_)
+        if not targets:
+            say("no instances defined; create one with `llama-orch create`")
+            return
+        _validate(home, targets)
+        client = _client(home)
+        if not _act(client, targets, "start", "starting", wait=not detach):
+            raise typer.Exit(EXIT_FAIL)
+
+    @app.command()
+    def down(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
+        """Stop instances (graceful signal, then kill after a grace period)."""
+        from llama_orchestrator.daemon.control import daemon_status
+
+        home = home_of(ctx)
+        targets = _targets(home, names, all_)
+        if not targets:
+            return
+        if not daemon_status(home).running and not _any_recorded_alive(home, targets):
+            for name in targets:
+                say(f"{name}: already stopped")
+            return
+        if not _act(_client(home), targets, "stop", "stopped"):
+            raise typer.Exit(EXIT_FAIL)
+
+    @app.command()
+    def restart(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
+        """Stop and start instances with their current config."""
+        home = home_of(ctx)
+        targets = _targets(home, names, all_)
+        _validate(home, targets)
+        if not _act(_client(home), targets, "restart", "restarted"):
+            raise typer.Exit(EXIT_FAIL)
+
+    @app.command()
+    def ps(
+        ctx: typer.Context,
+        all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped instances.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Names only.")] = False,
+    ) -> None:
+        """List instances: NAME PID PORT BACKEND DEVICE MODEL STATUS HEALTH UPTIME RESTARTS."""
+        from llama_orchestrator.daemon.control import daemon_status
+
+        home = home_of(ctx)
+        rows = _ps_rows(home)
+        if not all_:
+            rows = [r for r in rows if r["status"] != "stopped"]
+        if not daemon_status(home).running:
+            say("note: the daemon is not running; showing the last recorded state")
+        if quiet:
+            for r in rows:
+                print(r["name"])
+        elif as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_table(rows)
+
+
+def _any_recorded_alive(home: Home, names: list[str]) -> bool:
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return False
+    try:
+        return any((store.get(n) or {}).get("pid") for n in names)
+    finally:
+        store.close()
+
+
+def _raw_config(home: Home, name: str) -> dict[str, Any]:
+    """Display fields of a config that never ran, read without full validation."""
+    try:
+        data = json.loads(home.config_path(name).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _ps_rows(home: Home) -> list[dict[str, Any]]:
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    records: dict[str, dict[str, Any]] = {}
+    if store is not None:
+        try:
+            records = {r["name"]: r for r in store.all()}
+        finally:
+            store.close()
+    now = time.time()
+    rows = []
+    for name in sorted(set(home.instance_names()) | set(records)):
+        r = records.get(name)
+        if r is None:
+            raw = _raw_config(home, name)
+            server, gpu = raw.get("server") or {}, raw.get("gpu") or {}
+            backend = gpu.get("backend", "cpu")
+            r = {
+                "status": "stopped", "health": "unknown", "pid": None,
+                "port": server.get("port"), "backend": backend,
+                "device": "-" if backend == "cpu" else f"GPU:{gpu.get('device_id', 0)}",
+                "model": (raw.get("model") or {}).get("path"), "restart_count": 0,
+                "desired": "stopped", "start_time": None, "last_error": None,
+            }
+        alive = r["status"] in ("running", "starting", "stopping") and r.get("start_time")
+        model = r.get("model") or ""
+        rows.append(
+            {
+                "name": name,
+                "pid": r.get("pid"),
+                "port": r.get("port"),
+                "backend": r.get("backend"),
+                "device": r.get("device"),
+                "model": model.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf"),
+                "status": r["status"],
+                "health": r.get("health"),
+                "uptime_s": round(now - r["start_time"], 1) if alive else None,
+                "restarts": r.get("restart_count", 0),
+                "desired": r.get("desired"),
+                "defined": name in home.instance_names(),
+                "last_error": r.get("last_error"),
+            }
+        )
+    return rows
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+_STATUS_STYLE = {
+    "running": "green", "starting": "yellow", "backoff": "yellow", "stopping": "yellow",
+    "exited": "red", "fatal": "red", "stopped": "dim",
+}
+_HEALTH_STYLE = {"healthy": "green", "loading": "yellow", "unhealthy": "red", "error": "red"}
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("NAME", "PID", "PORT", "BACKEND", "DEVICE", "MODEL", "STATUS", "HEALTH",
+                "UPTIME", "RESTARTS"):
+        table.add_column(col, no_wrap=col != "MODEL", overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["name"], str(r["pid"] or "-"), str(r["port"] or "-"), r["backend"] or "-",
+            r["device"] or "-", r["model"] or "-",
+            Text(r["status"], style=_STATUS_STYLE.get(r["status"], "")),
+            Text(r["health"] or "-", style=_HEALTH_STYLE.get(r["health"] or "", "")),
+            _uptime(r["uptime_s"]), str(r["restarts"]),
+        )
+    Console(soft_wrap=False).print(table)

@@ -1,0 +1,172 @@
+"""The daemon's control API: a small REST API on loopback, guarded by a bearer token.
+
+It is the API the CLI speaks today and the REST API that later clients (a web page,
+remote tools) will use, so it is versioned under ``/v1`` and described by OpenAPI
+(``GET /openapi.json``, also without a token, so tools can discover it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from llama_orchestrator import __version__
+from llama_orchestrator.config.loader import UnknownInstance
+from llama_orchestrator.daemon.supervisor import InstanceActor, Outcome, Supervisor
+from llama_orchestrator.home import name_problem
+
+
+class InstanceStatus(BaseModel):
+    name: str
+    desired: str
+    status: str
+    health: str
+    pid: int | None = None
+    host: str | None = None
+    port: int | None = None
+    backend: str | None = None
+    device: str | None = None
+    model: str | None = None
+    binary: str | None = None
+    binary_version: str | None = None
+    start_time: float | None = None
+    ready_time: float | None = None
+    last_health_check: float | None = None
+    restart_count: int = 0
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    last_error: str | None = None
+    config_hash: str | None = None
+
+
+class CommandResult(BaseModel):
+    name: str
+    ok: bool
+    message: str
+    error: str | None = None
+    ready_ms: float | None = None
+    pid: int | None = None
+    stderr_tail: list[str] = []
+    problems: list[dict[str, Any]] = []
+    instance: InstanceStatus | None = None
+
+
+class DaemonInfo(BaseModel):
+    pid: int
+    version: str
+    home: str
+    started_at: float
+    uptime_s: float
+    instances: int
+
+
+_STATUS_FIELDS = set(InstanceStatus.model_fields)
+
+# HTTP status for each refusal/failure code of an Outcome.
+_HTTP_FOR_ERROR = {
+    "unknown_instance": 404,
+    "config_invalid": 422,
+    "model": 422,
+    "binary": 422,
+    "port_in_use": 409,
+    "stopped": 409,
+}
+
+
+def status_of(sup: Supervisor, name: str) -> InstanceStatus:
+    row = sup.store.get(name) or {"name": name}
+    data = {k: v for k, v in row.items() if k in _STATUS_FIELDS}
+    data.setdefault("desired", "stopped")
+    data.setdefault("status", "stopped")
+    data.setdefault("health", "unknown")
+    return InstanceStatus(**data)
+
+
+def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
+    app = FastAPI(
+        title="llama-orchestrator control API",
+        version=__version__,
+        description="Start, stop and watch llama.cpp server instances.",
+    )
+    started = time.time()
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token (see state/token)")
+
+    def get_actor(name: str) -> InstanceActor:
+        problem = name_problem(name)
+        if problem:
+            raise HTTPException(400, problem)
+        try:
+            return sup.actor(name)
+        except UnknownInstance as e:
+            raise HTTPException(404, str(e)) from None
+
+    def result(name: str, outcome: Outcome) -> JSONResponse:
+        body = CommandResult(name=name, instance=status_of(sup, name), **asdict(outcome))
+        code = 200 if outcome.ok else _HTTP_FOR_ERROR.get(outcome.error or "", 500)
+        return JSONResponse(body.model_dump(), status_code=code)
+
+    auth = [Depends(require_token)]
+
+    @app.get("/v1/daemon", dependencies=auth)
+    async def daemon_info() -> DaemonInfo:
+        return DaemonInfo(
+            pid=os.getpid(), version=__version__, home=str(sup.home.root), started_at=started,
+            uptime_s=time.time() - started, instances=len(sup.actors),
+        )
+
+    @app.post("/v1/daemon/shutdown", dependencies=auth)
+    async def shutdown() -> dict[str, str]:
+        """Stop the daemon. Instances keep running and are re-adopted at its next start."""
+        if on_shutdown is not None:
+            asyncio.get_running_loop().call_later(0.05, on_shutdown)
+        return {"status": "shutting down"}
+
+    @app.get("/v1/instances", dependencies=auth)
+    async def list_instances() -> list[InstanceStatus]:
+        names = sorted(set(sup.home.instance_names()) | {r["name"] for r in sup.store.all()})
+        return [status_of(sup, n) for n in names]
+
+    @app.get("/v1/instances/{name}", dependencies=auth)
+    async def get_instance(name: str) -> InstanceStatus:
+        get_actor(name)
+        return status_of(sup, name)
+
+    @app.get("/v1/instances/{name}/events", dependencies=auth)
+    async def instance_events(name: str, limit: int = 50) -> list[dict[str, Any]]:
+        get_actor(name)
+        return sup.store.events(name, limit)
+
+    @app.post("/v1/instances/{name}/start", dependencies=auth, response_model=CommandResult)
+    async def start(name: str, wait: bool = True) -> JSONResponse:
+        """Record desired=running and start; with ``wait`` reply once /health is 200."""
+        actor = get_actor(name)
+        if not wait:
+            task = asyncio.get_running_loop().create_task(actor.request("start"))
+            await asyncio.sleep(0)
+            if task.done():
+                return result(name, task.result())
+            return result(name, Outcome(True, "starting"))
+        return result(name, await actor.request("start"))
+
+    @app.post("/v1/instances/{name}/stop", dependencies=auth, response_model=CommandResult)
+    async def stop(name: str) -> JSONResponse:
+        return result(name, await get_actor(name).request("stop"))
+
+    @app.post("/v1/instances/{name}/restart", dependencies=auth, response_model=CommandResult)
+    async def restart(name: str) -> JSONResponse:
+        return result(name, await get_actor(name).request("restart"))
+
+    return app

@@ -1,0 +1,121 @@
+"""The daemon process: one per home, guarded by a lock, serving the control API.
+
+``llama-orch daemon run`` runs this in the foreground; ``daemon start`` (and any command
+that needs the daemon) starts it detached. Its servers run in their own sessions, so
+stopping or killing the daemon never stops a server; the next daemon re-adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+import time
+
+from llama_orchestrator.home import Home
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def ensure_token(home: Home) -> str:
+    """The control API's bearer token, readable by this user only (0600)."""
+    path = home.token_path
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".token.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    os.replace(tmp, path)
+    return token
+
+
+def _write_json_atomic(path: os.PathLike[str] | str, data: dict[str, object]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT or a shutdown request."""
+    from filelock import FileLock, Timeout
+
+    home.ensure()
+    lock = FileLock(str(home.daemon_lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"error: a daemon is already running for {home.root}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_serve(home, host, port))
+    finally:
+        for p in (home.daemon_endpoint_path, home.daemon_pid_path):
+            try:
+                data = json.loads(p.read_text())
+                if data.get("pid") == os.getpid():
+                    p.unlink()
+            except (OSError, ValueError):
+                pass
+        lock.release()
+
+
+async def _serve(home: Home, host: str, port: int) -> int:
+    import psutil
+    import uvicorn
+
+    from llama_orchestrator.daemon.api import create_app
+    from llama_orchestrator.daemon.supervisor import Supervisor
+    from llama_orchestrator.state.db import StateStore
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    token = ensure_token(home)
+    store = StateStore(home.db_path)
+    sup = Supervisor(home, store)
+    await sup.boot()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+
+    server: uvicorn.Server | None = None
+
+    def request_exit() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(sup, token, on_shutdown=request_exit)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    me = psutil.Process()
+    ident = {"pid": me.pid, "create_time": me.create_time()}
+    _write_json_atomic(home.daemon_pid_path, ident)
+    _write_json_atomic(
+        home.daemon_endpoint_path,
+        {**ident, "url": f"http://{host}:{bound_port}", "started_at": time.time()},
+    )
+    logging.getLogger("llama_orchestrator").info(
+        "daemon %s listening on %s:%s for %s", me.pid, host, bound_port, home.root
+    )
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await sup.close()
+        store.close()
+    return 0

@@ -1,0 +1,132 @@
+"""The embedded engine: a ``llama-server`` stand-in serving through the xllamacpp wheel.
+
+xllamacpp embeds llama.cpp's own C++ HTTP server, so this runner answers the same
+``/health`` and OpenAI routes as the real binary. It takes the subset of llama-server's
+flags that the orchestrator builds, and refuses any other flag by name so a config that
+needs a real llama-server says so instead of silently running without it.
+
+    python -m llama_orchestrator.engine.embedded -m model.gguf --port 8001 ...
+
+It runs until SIGTERM/SIGINT (Windows: CTRL_BREAK), then releases the server and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+
+def engine_version() -> str:
+    from importlib.metadata import version
+
+    return f"xllamacpp {version('xllamacpp')}"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        print(
+            f"embedded engine: {message}\n"
+            "The embedded engine supports: -m -c -b -t --host --port -to -np -ngl -dev -a "
+            "--metrics --slots --api-key --list-devices --version. "
+            "Set the instance's 'binary' to a real llama-server for other flags.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llama-server (embedded)", add_help=True)
+    p.add_argument("-m", "--model")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096)
+    p.add_argument("-b", "--batch-size", type=int, default=2048)
+    p.add_argument("-t", "--threads", type=int, default=-1)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("-to", "--timeout", type=int, default=600)
+    p.add_argument("-np", "--parallel", type=int, default=1)
+    p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", default="0")
+    p.add_argument("-dev", "--device", default=None)
+    p.add_argument("-a", "--alias", default=None)
+    p.add_argument("--metrics", action="store_true")
+    p.add_argument("--slots", action="store_true")
+    p.add_argument("--no-slots", action="store_true")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--list-devices", action="store_true")
+    p.add_argument("--version", action="store_true")
+    return p
+
+
+def _list_devices() -> int:
+    import xllamacpp
+
+    print("Available devices:")
+    devices = [
+        d for d in xllamacpp.get_device_info() if not str(d.get("type", "")).upper().endswith("CPU")
+    ]
+    if not devices:
+        print("  (none)")
+    for d in devices:
+        total = int(d.get("memory_total", 0)) // (1024 * 1024)
+        free = int(d.get("memory_free", 0)) // (1024 * 1024)
+        print(f"  {d.get('name')}: {d.get('description')} ({total} MiB, {free} MiB free)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"version: {engine_version()} (embedded)", file=sys.stderr)
+        return 0
+    if args.list_devices:
+        return _list_devices()
+    if not args.model:
+        print("embedded engine: -m/--model is required", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: Any) -> None:
+        stop.set()  # only record; the main thread acts
+
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
+        if sig is not None:
+            signal.signal(sig, _on_signal)
+
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.n_ctx = args.ctx_size
+    params.n_batch = args.batch_size
+    if args.threads > 0:
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
+    params.hostnames = [args.host]
+    params.port = args.port
+    params.timeout_read = args.timeout
+    params.timeout_write = args.timeout
+    params.n_parallel = args.parallel
+    params.n_gpu_layers = -1 if args.gpu_layers in ("all", "auto") else int(args.gpu_layers)
+    params.endpoint_metrics = args.metrics
+    params.endpoint_slots = not args.no_slots
+    if args.alias:
+        params.model_alias = args.alias
+    if args.api_key:
+        params.api_keys = [args.api_key]
+    try:
+        server = xllamacpp.Server(params)
+    except Exception as e:  # the engine's own reason, e.g. a model that fails to load
+        print(f"embedded engine: failed to start: {e}", file=sys.stderr, flush=True)
+        return 1
+    print(f"embedded engine: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    while not stop.wait(0.5):
+        pass
+    del server
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""Server processes: spawn in their own group, watch for exit, stop the group, reap.
+
+Two kinds of handle share one interface:
+
+* ``ChildProcess``: spawned by this daemon. Its exit is observed without reaping
+  (pidfd on Linux, ``waitid(WNOWAIT)`` in a thread elsewhere), so its PID cannot be
+  reused while we may still signal its group; ``reap()`` collects the status afterwards.
+* ``AdoptedProcess``: found running after a daemon restart. It is not our child, so
+  every signal is preceded by an identity check (create time and command line): a PID
+  that now belongs to someone else is never signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from llama_orchestrator.engine.command import LaunchSpec
+
+IS_WINDOWS = os.name == "nt"
+# create_time is a float derived from /proc ticks; allow rounding between readers.
+_CREATE_TIME_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class Identity:
+    pid: int
+    create_time: float
+    cmdline: list[str]
+
+    def matches_live(self) -> bool:
+        """True when ``pid`` is still the very process recorded (not a reused PID)."""
+        try:
+            p = psutil.Process(self.pid)
+            if abs(p.create_time() - self.create_time) > _CREATE_TIME_SLACK:
+                return False
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return p.cmdline() == self.cmdline
+        except (psutil.Error, OSError):
+            return False
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None  # exit code, None when killed by a signal or unknown
+    signal: int | None  # the signal that ended it, if any
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by {name}"
+        if self.code is None:
+            return "exited (status unknown: process was adopted)"
+        return f"exited with code {self.code}"
+
+    @classmethod
+    def from_returncode(cls, rc: int) -> ExitStatus:
+        return cls(None, -rc) if rc < 0 else cls(rc, None)
+
+
+class ServerProcess:
+    """Common interface of a supervised server process."""
+
+    identity: Identity
+
+    @property
+    def pid(self) -> int:
+        return self.identity.pid
+
+    async def wait_exit(self) -> None:  # returns once the process has exited
+        raise NotImplementedError
+
+    def has_exited(self) -> bool:
+        raise NotImplementedError
+
+    def signal_group(self, sig: int) -> bool:
+        raise NotImplementedError
+
+    def reap(self) -> ExitStatus:
+        raise NotImplementedError
+
+    def graceful_signal(self) -> bool:
+        if IS_WINDOWS:
+            return self.signal_group(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        return self.signal_group(signal.SIGTERM)
+
+    def kill(self) -> bool:
+        if IS_WINDOWS:
+            return _kill_tree(self.pid)
+        return self.signal_group(signal.SIGKILL)
+
+    async def stop(self, grace: float) -> ExitStatus:
+        """Graceful signal to the group, wait ``grace`` s, kill the group, wait, reap."""
+        if not self.has_exited():
+            self.graceful_signal()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wait_exit(), grace)
+        # Kill the whole group even when the leader left on its own: a child it
+        # spawned must not outlive it. Safe: the leader is not reaped yet.
+        self.kill()
+        await asyncio.wait_for(self.wait_exit(), 30)
+        return self.reap()
+
+
+def _kill_tree(pid: int) -> bool:
+    try:
+        parent = psutil.Process(pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.Error:
+        return False
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return True
+
+
+def _pidfd_waiter(pid: int) -> asyncio.Future[None] | None:
+    """A future that completes when ``pid`` exits, via pidfd (Linux >= 5.3)."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def _ready() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, _ready)
+    return fut
+
+
+class ChildProcess(ServerProcess):
+    def __init__(self, popen: subprocess.Popen[bytes], identity: Identity) -> None:
+        self.popen = popen
+        self.identity = identity
+        self._exited = asyncio.get_running_loop().create_future()
+        self._status: ExitStatus | None = None
+        waiter = _pidfd_waiter(popen.pid)
+        if waiter is not None:
+            waiter.add_done_callback(lambda _f: self._mark_exited())
+        else:
+            self._thread_waiter()
+
+    def _thread_waiter(self) -> None:
+        loop = asyncio.get_running_loop()
+        pid = self.popen.pid
+
+        def wait() -> None:
+            if IS_WINDOWS:
+                self.popen.wait()
+            else:
+                while True:
+                    try:
+                        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+                        break
+                    except ChildProcessError:
+                        break
+                    except InterruptedError:
+                        continue
+            loop.call_soon_threadsafe(self._mark_exited)
+
+        threading.Thread(target=wait, name=f"wait-{pid}", daemon=True).start()
+
+    def _mark_exited(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    async def wait_exit(self) -> None:
+        await asyncio.shield(self._exited)
+
+    def has_exited(self) -> bool:
+        return self._exited.done() or self._status is not None
+
+    def signal_group(self, sig: int) -> bool:
+        if self._status is not None:  # reaped: the PID may belong to someone else now
+            return False
+        try:
+            if IS_WINDOWS:
+                self.popen.send_signal(sig)
+            else:
+                os.killpg(self.popen.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def reap(self) -> ExitStatus:
+        if self._status is None:
+            self._status = ExitStatus.from_returncode(self.popen.wait())
+        return self._status
+
+
+class AdoptedProcess(ServerProcess):
+    """A server found running after a daemon restart; identity-checked before any signal."""
+
+    def __init__(self, identity: Identity, poll_interval: float = 0.2) -> None:
+        self.identity = identity
+        self._poll = poll_interval
+        self._gone = False
+        self._exited = asyncio.get_running_loop().create_future()
+        waiter = _pidfd_waiter(identity.pid)
+        if waiter is not None:
+            waiter.add_done_callback(lambda _f: self._mark())
+        else:
+            asyncio.get_running_loop().create_task(self._poll_loop())
+
+    def _mark(self) -> None:
+        self._gone = True
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    async def _poll_loop(self) -> None:
+        while self.identity.matches_live():
+            await asyncio.sleep(self._poll)
+        self._mark()
+
+    async def wait_exit(self) -> None:
+        await asyncio.shield(self._exited)
+
+    def has_exited(self) -> bool:
+        if not self._gone and not self.identity.matches_live():
+            self._mark()
+        return self._gone
+
+    def signal_group(self, sig: int) -> bool:
+        if not self.identity.matches_live():
+            return False
+        try:
+            if IS_WINDOWS:
+                os.kill(self.pid, sig)
+            else:
+                if os.getpgid(self.pid) != self.pid:  # not the group leader we started
+                    os.kill(self.pid, sig)
+                else:
+                    os.killpg(self.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def kill(self) -> bool:
+        if IS_WINDOWS:
+            return self.identity.matches_live() and _kill_tree(self.pid)
+        return self.signal_group(signal.SIGKILL)
+
+    def reap(self) -> ExitStatus:
+        return ExitStatus(None, None)
+
+
+def adopt(pid: int, create_time: float, cmdline: list[str]) -> AdoptedProcess | None:
+    """Adopt a recorded server if and only if the PID is still that very process."""
+    ident = Identity(pid, create_time, cmdline)
+    return AdoptedProcess(ident) if ident.matches_live() else None
+
+
+def _marker(spec: LaunchSpec, name: str) -> bytes:
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"==== llama-orch: starting {name} at {stamp}: {subprocess.list2cmdline(spec.argv)}\n".encode()
+
+
+def rotate_if_needed(path: Path, max_bytes: int, keep: int) -> None:
+    """``stdout.log`` -> ``stdout.log.1`` ... ``.keep`` when it has grown past ``max_bytes``."""
+    try:
+        if path.stat().st_size < max_bytes:
+            return
+    except FileNotFoundError:
+        return
+    if keep <= 0:
+        path.unlink(missing_ok=True)
+        return
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+def spawn(spec: LaunchSpec, name: str) -> ChildProcess:
+    """Start a server in its own session/process group with output appended to its logs.
+
+    The server writes straight into its log files (not through a pipe of ours), so it
+    keeps running and logging when the daemon dies.
+    """
+    spec.stdout.parent.mkdir(parents=True, exist_ok=True)
+    spec.stderr.parent.mkdir(parents=True, exist_ok=True)
+    marker = _marker(spec, name)
+    kwargs: dict[str, object] = {}
+    if IS_WINDOWS:
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True
+    with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+        out.write(marker)
+        err.write(marker)
+        out.flush()
+        err.flush()
+        popen = subprocess.Popen(  # noqa: S603 - argv list from a validated config, no shell
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=spec.cwd,
+            env=spec.environ(),
+            close_fds=True,
+            **kwargs,  # type: ignore[call-overload]
+        )
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        create_time = time.time()
+    return ChildProcess(popen, Identity(popen.pid, create_time, list(spec.argv)))
+
+
+def tail_lines(path: Path, n: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last ``n`` lines of a log file, reading at most ``max_bytes`` from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-n:]
+
+
+def python_executable() -> str:
+    return sys.executable

@@ -1,0 +1,115 @@
+"""The workspace ("home"): where configs, state and logs live.
+
+Chosen by ``--home``, then ``LLAMA_ORCH_HOME``, then the per-user data folder
+(``platformdirs.user_data_dir("llama-orchestrator")``, e.g. ``~/.local/share/llama-orchestrator``
+on Linux). Every path the project touches is derived here, so tests isolate themselves
+by pointing ``LLAMA_ORCH_HOME`` at a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HOME = "LLAMA_ORCH_HOME"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def default_home() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("llama-orchestrator", appauthor=False))
+
+
+def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser().absolute()
+    return default_home()
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid instance name, or None when it is."""
+    if is_valid_name(name):
+        return None
+    return (
+        f"invalid instance name {name!r}: use lower-case letters, digits and '-', "
+        "starting and ending with a letter or digit (e.g. 'gemma-2b')"
+    )
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | os.PathLike[str] | None = None) -> Home:
+        return cls(resolve_home(explicit))
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.sqlite"
+
+    @property
+    def daemon_pid_path(self) -> Path:
+        return self.state_dir / "daemon.pid"
+
+    @property
+    def daemon_lock_path(self) -> Path:
+        return self.state_dir / "daemon.lock"
+
+    @property
+    def daemon_endpoint_path(self) -> Path:
+        """JSON with the control API's address; written by the daemon when it listens."""
+        return self.state_dir / "daemon.json"
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "token"
+
+    @property
+    def daemon_log_path(self) -> Path:
+        return self.logs_dir / "daemon.log"
+
+    def instance_dir(self, name: str) -> Path:
+        return self.instances_dir / name
+
+    def config_path(self, name: str) -> Path:
+        return self.instances_dir / name / "config.json"
+
+    def instance_names(self) -> list[str]:
+        """Names of the folders under ``instances/`` that hold a ``config.json``."""
+        if not self.instances_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.instances_dir.iterdir() if (p / "config.json").is_file()
+        )
+
+    def ensure(self) -> None:
+        for d in (self.instances_dir, self.state_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,173 @@
+"""Runtime state in SQLite: one row per instance, plus an append-only event log.
+
+The daemon is the only writer; the CLI reads (``ps`` works while the daemon is down).
+WAL mode lets readers proceed while the daemon writes, and a busy timeout covers the
+brief checkpoint moments. The schema is versioned with ``PRAGMA user_version`` and
+migrated forward on open.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        desired TEXT NOT NULL DEFAULT 'stopped',
+        status TEXT NOT NULL DEFAULT 'stopped',
+        health TEXT NOT NULL DEFAULT 'unknown',
+        pid INTEGER,
+        pid_create_time REAL,
+        cmdline TEXT,
+        host TEXT,
+        port INTEGER,
+        backend TEXT,
+        device TEXT,
+        model TEXT,
+        binary TEXT,
+        binary_version TEXT,
+        start_time REAL,
+        ready_time REAL,
+        last_health_check REAL,
+        restart_count INTEGER NOT NULL DEFAULT 0,
+        config_hash TEXT,
+        exit_code INTEGER,
+        exit_signal INTEGER,
+        last_error TEXT,
+        updated_at REAL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        old TEXT,
+        new TEXT,
+        reason TEXT
+    );
+    CREATE INDEX events_by_name ON events(name, id);
+    """,
+}
+
+INSTANCE_COLUMNS = frozenset(
+    {
+        "desired", "status", "health", "pid", "pid_create_time", "cmdline", "host", "port",
+        "backend", "device", "model", "binary", "binary_version", "start_time", "ready_time",
+        "last_health_check", "restart_count", "config_hash", "exit_code", "exit_signal",
+        "last_error",
+    }
+)
+
+
+class StateStore:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        if readonly:
+            uri = f"file:{path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=5, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.row_factory = sqlite3.Row
+        if not readonly:
+            self._migrate()
+
+    @classmethod
+    def open_for_reading(cls, path: Path) -> StateStore | None:
+        """A read-only view, or None when no state exists yet (never creates the file)."""
+        if not path.exists():
+            return None
+        try:
+            store = cls(path, readonly=True)
+            store._db.execute("SELECT 1 FROM instances LIMIT 1")
+        except sqlite3.Error:
+            return None
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: state schema version {current} is newer than this "
+                f"llama-orch supports ({SCHEMA_VERSION}); upgrade llama-orch"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self._db:
+                self._db.executescript(_MIGRATIONS[version])
+                self._db.execute(f"PRAGMA user_version={version}")
+
+    # -- instances ---------------------------------------------------------------------
+
+    def update(self, name: str, **fields: Any) -> None:
+        unknown = set(fields) - INSTANCE_COLUMNS
+        if unknown:
+            raise KeyError(f"unknown state columns: {sorted(unknown)}")
+        if "cmdline" in fields and isinstance(fields["cmdline"], list):
+            fields["cmdline"] = json.dumps(fields["cmdline"])
+        fields["updated_at"] = time.time()
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        sets = ", ".join(f"{c}=excluded.{c}" for c in fields)
+        with self._db:
+            self._db.execute(
+                f"INSERT INTO instances (name, {cols}) VALUES (?, {marks}) "
+                f"ON CONFLICT(name) DO UPDATE SET {sets}",
+                (name, *fields.values()),
+            )
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+        return _row(row) if row else None
+
+    def all(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM instances ORDER BY name").fetchall()
+        return [_row(r) for r in rows]
+
+    def delete(self, name: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM instances WHERE name=?", (name,))
+
+    # -- events ------------------------------------------------------------------------
+
+    def add_event(
+        self, name: str, kind: str, old: str | None = None, new: str | None = None,
+        reason: str | None = None, ts: float | None = None,
+    ) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO events (ts, name, kind, old, new, reason) VALUES (?,?,?,?,?,?)",
+                (time.time() if ts is None else ts, name, kind, old, new, reason),
+            )
+
+    def events(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if name is None:
+            q: Iterable[sqlite3.Row] = self._db.execute(
+                "SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        else:
+            q = self._db.execute(
+                "SELECT * FROM events WHERE name=? ORDER BY id DESC LIMIT ?", (name, limit)
+            )
+        return [dict(r) for r in q][::-1]
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    if d.get("cmdline"):
+        d["cmdline"] = json.loads(d["cmdline"])
+    return d
