@@ -7,6 +7,7 @@ and their daemon shut down when it ends, so no test leaves a process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -126,7 +127,10 @@ def _cleanup(home: Home) -> None:
         for args in (["down", "--all"], ["daemon", "stop"]):
             subprocess.run(
                 [sys.executable, "-m", "llama_orchestrator", *args],
-                env=env, capture_output=True, timeout=60, check=False,
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=False,
             )
     # Last resort for anything a failed test left: processes that name this home or
     # that the state database recorded (identity-checked by create time).
@@ -141,8 +145,6 @@ def _cleanup(home: Home) -> None:
         if proc.pid != os.getpid() and (marker in cmd or envs.get("LLAMA_ORCH_HOME") == marker):
             victims.append(proc)
     for proc in victims:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(victims, timeout=5)

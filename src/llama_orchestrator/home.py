@@ -106,9 +106,7 @@ class Home:
         """Names of the folders under ``instances/`` that hold a ``config.json``."""
         if not self.instances_dir.is_dir():
             return []
-        return sorted(
-            p.name for p in self.instances_dir.iterdir() if (p / "config.json").is_file()
-        )
+        return sorted(p.name for p in self.instances_dir.iterdir() if (p / "config.json").is_file())
 
     def ensure(self) -> None:
         for d in (self.instances_dir, self.state_dir, self.logs_dir):

@@ -51,9 +51,10 @@ def register(app: typer.Typer) -> None:
         for key in ("home", "instances_dir", "state_db", "logs_dir", "bin_dir"):
             print(f"{key + ':':15}{data[key]}")
         print(f"{'instances:':15}{', '.join(home.instance_names()) or '-'}")
-        d = status
-        print(f"{'daemon:':15}{'running (pid ' + str(d.pid) + ', ' + str(d.url) + ')' if d.running else 'not running'}")
+        daemon = f"running (pid {status.pid}, {status.url})" if status.running else "not running"
+        print(f"{'daemon:':15}{daemon}")
         if engine.get("path"):
-            print(f"{'llama-server:':15}{engine['path']} [{engine['source']}] {engine['version'] or ''}")
+            version = engine["version"] or ""
+            print(f"{'llama-server:':15}{engine['path']} [{engine['source']}] {version}")
         else:
             print(f"{'llama-server:':15}unavailable: {engine.get('error')}")

@@ -40,7 +40,7 @@ def _validate(home: Home, names: list[str]) -> None:
     """Refuse to act when any config is invalid: every problem, one per line, exit 1."""
     from llama_orchestrator.config.loader import ConfigError, load_instance
 
-    problems = []
+    problems: list[str] = []
     for name in names:
         try:
             load_instance(home, name)
@@ -153,7 +153,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def ps(
         ctx: typer.Context,
-        all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped instances.")] = False,
+        all_: Annotated[
+            bool, typer.Option("--all", "-a", help="Include stopped instances.")
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Names only.")] = False,
     ) -> None:
@@ -215,11 +217,17 @@ def _ps_rows(home: Home) -> list[dict[str, Any]]:
             server, gpu = raw.get("server") or {}, raw.get("gpu") or {}
             backend = gpu.get("backend", "cpu")
             r = {
-                "status": "stopped", "health": "unknown", "pid": None,
-                "port": server.get("port"), "backend": backend,
+                "status": "stopped",
+                "health": "unknown",
+                "pid": None,
+                "port": server.get("port"),
+                "backend": backend,
                 "device": "-" if backend == "cpu" else f"GPU:{gpu.get('device_id', 0)}",
-                "model": (raw.get("model") or {}).get("path"), "restart_count": 0,
-                "desired": "stopped", "start_time": None, "last_error": None,
+                "model": (raw.get("model") or {}).get("path"),
+                "restart_count": 0,
+                "desired": "stopped",
+                "start_time": None,
+                "last_error": None,
             }
         alive = r["status"] in ("running", "starting", "stopping") and r.get("start_time")
         model = r.get("model") or ""
@@ -257,8 +265,13 @@ def _uptime(seconds: float | None) -> str:
 
 
 _STATUS_STYLE = {
-    "running": "green", "starting": "yellow", "backoff": "yellow", "stopping": "yellow",
-    "exited": "red", "fatal": "red", "stopped": "dim",
+    "running": "green",
+    "starting": "yellow",
+    "backoff": "yellow",
+    "stopping": "yellow",
+    "exited": "red",
+    "fatal": "red",
+    "stopped": "dim",
 }
 _HEALTH_STYLE = {"healthy": "green", "loading": "yellow", "unhealthy": "red", "error": "red"}
 
@@ -269,15 +282,30 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("NAME", "PID", "PORT", "BACKEND", "DEVICE", "MODEL", "STATUS", "HEALTH",
-                "UPTIME", "RESTARTS"):
+    for col in (
+        "NAME",
+        "PID",
+        "PORT",
+        "BACKEND",
+        "DEVICE",
+        "MODEL",
+        "STATUS",
+        "HEALTH",
+        "UPTIME",
+        "RESTARTS",
+    ):
         table.add_column(col, no_wrap=col != "MODEL", overflow="fold")
     for r in rows:
         table.add_row(
-            r["name"], str(r["pid"] or "-"), str(r["port"] or "-"), r["backend"] or "-",
-            r["device"] or "-", r["model"] or "-",
+            r["name"],
+            str(r["pid"] or "-"),
+            str(r["port"] or "-"),
+            r["backend"] or "-",
+            r["device"] or "-",
+            r["model"] or "-",
             Text(r["status"], style=_STATUS_STYLE.get(r["status"], "")),
             Text(r["health"] or "-", style=_HEALTH_STYLE.get(r["health"] or "", "")),
-            _uptime(r["uptime_s"]), str(r["restarts"]),
+            _uptime(r["uptime_s"]),
+            str(r["restarts"]),
         )
     Console(soft_wrap=False).print(table)

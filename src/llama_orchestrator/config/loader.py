@@ -28,7 +28,12 @@ class Problem:
         return f"{self.file}: {self.field}: {self.message}{tail}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "field": self.field, "message": self.message, "value": self.value}
+        return {
+            "file": self.file,
+            "field": self.field,
+            "message": self.message,
+            "value": self.value,
+        }
 
 
 class ConfigError(Exception):

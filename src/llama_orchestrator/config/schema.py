@@ -22,8 +22,12 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    path: Path = Field(description="GGUF model file; relative paths resolve against the config file's folder.")
-    context_size: int = Field(default=4096, ge=16, le=1_048_576, description="-c, tokens of context")
+    path: Path = Field(
+        description="GGUF model file; relative paths resolve against the config file's folder."
+    )
+    context_size: int = Field(
+        default=4096, ge=16, le=1_048_576, description="-c, tokens of context"
+    )
     batch_size: int = Field(default=512, ge=1, le=65_536, description="-b, logical batch size")
     threads: int = Field(default=8, ge=1, le=128, description="-t, CPU threads")
 
@@ -56,7 +60,9 @@ class HealthcheckConfig(_Strict):
     interval: float = Field(default=10, gt=0, le=3600)
     timeout: float = Field(default=5, gt=0, le=600)
     retries: int = Field(default=3, ge=1, le=100)
-    start_period: float = Field(default=60, ge=0, le=86_400, description="seconds allowed for loading")
+    start_period: float = Field(
+        default=60, ge=0, le=86_400, description="seconds allowed for loading"
+    )
 
 
 class RestartPolicy(_Strict):

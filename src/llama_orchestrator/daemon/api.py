@@ -123,8 +123,12 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
     @app.get("/v1/daemon", dependencies=auth)
     async def daemon_info() -> DaemonInfo:
         return DaemonInfo(
-            pid=os.getpid(), version=__version__, home=str(sup.home.root), started_at=started,
-            uptime_s=time.time() - started, instances=len(sup.actors),
+            pid=os.getpid(),
+            version=__version__,
+            home=str(sup.home.root),
+            started_at=started,
+            uptime_s=time.time() - started,
+            instances=len(sup.actors),
         )
 
     @app.post("/v1/daemon/shutdown", dependencies=auth)

@@ -39,7 +39,8 @@ class DaemonStatus:
 
 def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
     try:
-        data = json.loads(open(path).read())
+        with open(path) as f:
+            data = json.load(f)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -50,7 +51,8 @@ def _alive(pid: int, create_time: float) -> bool:
 
     try:
         p = psutil.Process(pid)
-        return abs(p.create_time() - create_time) < 0.05 and p.status() != psutil.STATUS_ZOMBIE
+        same = abs(p.create_time() - create_time) < 0.05
+        return bool(same and p.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -76,7 +78,9 @@ class Client:
 
         self.url = url
         self._http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
             trust_env=False,
         )
 
@@ -103,16 +107,22 @@ def connect(home: Home) -> Client | None:
 
 def _spawn_daemon(home: Home) -> None:
     home.ensure()
-    log = open(home.daemon_log_path, "ab")
     kwargs: dict[str, Any] = {}
     if os.name == "nt":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
+        kwargs["creationflags"] = (
+            subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+            | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
+        )
     else:
         kwargs["start_new_session"] = True
-    with log:
-        subprocess.Popen(  # noqa: S603
+    with open(home.daemon_log_path, "ab") as log:
+        subprocess.Popen(
             [sys.executable, "-m", "llama_orchestrator", "--home", str(home.root), "daemon", "run"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, **kwargs,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            close_fds=True,
+            **kwargs,
         )
 
 
@@ -132,9 +142,7 @@ def ensure_daemon(home: Home, timeout: float = START_TIMEOUT_S) -> tuple[Client,
         if client is not None and _answers(client):
             return client, True
         time.sleep(0.02)
-    raise DaemonError(
-        f"the daemon did not start within {timeout:.0f}s; see {home.daemon_log_path}"
-    )
+    raise DaemonError(f"the daemon did not start within {timeout:.0f}s; see {home.daemon_log_path}")
 
 
 def _answers(client: Client) -> bool:

@@ -20,13 +20,24 @@ from typing import Any
 
 import httpx
 
-from llama_orchestrator.config.loader import ConfigError, LoadedConfig, UnknownInstance, load_instance
+from llama_orchestrator.config.loader import (
+    ConfigError,
+    LoadedConfig,
+    UnknownInstance,
+    load_instance,
+)
 from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.ports import port_holder
 from llama_orchestrator.engine.binary import BinaryError, resolve_binary
 from llama_orchestrator.engine.command import base_url, device_label, launch_spec
 from llama_orchestrator.engine.health import probe_health
-from llama_orchestrator.engine.process import ServerProcess, adopt, rotate_if_needed, spawn, tail_lines
+from llama_orchestrator.engine.process import (
+    ServerProcess,
+    adopt,
+    rotate_if_needed,
+    spawn,
+    tail_lines,
+)
 from llama_orchestrator.engine.states import ALIVE, Desired, Health, State, check_transition
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import StateStore
@@ -34,7 +45,9 @@ from llama_orchestrator.state.db import StateStore
 log = logging.getLogger("llama_orchestrator.supervisor")
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
-STABLE_AFTER_S = 10.0  # a run healthy this long resets the failure count (cf. supervisord startsecs)
+STABLE_AFTER_S = (
+    10.0  # a run healthy this long resets the failure count (cf. supervisord startsecs)
+)
 READY_POLL_S = 0.02  # /health polling while a server starts
 MIN_READY_DEADLINE_S = 5.0
 
@@ -85,7 +98,9 @@ class InstanceActor:
     # -- plumbing ----------------------------------------------------------------------
 
     def start_loop(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"actor-{self.name}")
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(), name=f"actor-{self.name}"
+        )
 
     async def request(self, command: str) -> Outcome:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -118,9 +133,7 @@ class InstanceActor:
             await self._on_exited(msg[1])
         elif kind == "ready":
             self._on_ready(msg[1], msg[2])
-        elif kind == "not_ready":
-            await self._on_failed_probe(msg[1], msg[2])
-        elif kind == "unhealthy":
+        elif kind == "not_ready" or kind == "unhealthy":
             await self._on_failed_probe(msg[1], msg[2])
         elif kind == "backoff_done":
             if self.state is State.BACKOFF and self.desired is Desired.RUNNING:
@@ -201,9 +214,7 @@ class InstanceActor:
             )
         proc, self.proc = self.proc, None
         status = await proc.stop(STOP_GRACE_S)
-        self.sup.store.update(
-            self.name, pid=None, exit_code=status.code, exit_signal=status.signal
-        )
+        self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
         self._set_health(Health.UNKNOWN, "stopped")
         self._set_state(State.STOPPED, f"stopped ({status.describe()})")  # STOPPING -> STOPPED
         return Outcome(True, "stopped")
@@ -218,7 +229,9 @@ class InstanceActor:
             return None, Outcome(False, str(e), error="unknown_instance")
         except ConfigError as e:
             return None, Outcome(
-                False, f"invalid config:\n{e}", error="config_invalid",
+                False,
+                f"invalid config:\n{e}",
+                error="config_invalid",
                 problems=[p.to_dict() for p in e.problems],
             )
         problem = model_file_problem(loaded.model_path)
@@ -280,12 +293,21 @@ class InstanceActor:
         self._set_health(Health.UNKNOWN, "starting")
         self.sup.store.update(
             self.name,
-            pid=proc.pid, pid_create_time=proc.identity.create_time, cmdline=spec.argv,
-            host=cfg.server.host, port=cfg.server.port, backend=cfg.gpu.backend,
+            pid=proc.pid,
+            pid_create_time=proc.identity.create_time,
+            cmdline=spec.argv,
+            host=cfg.server.host,
+            port=cfg.server.port,
+            backend=cfg.gpu.backend,
             device=device_label(cfg.gpu.backend, cfg.gpu.device_id),
-            model=str(loaded.model_path), binary=binary.display,
-            start_time=time.time(), ready_time=None, exit_code=None, exit_signal=None,
-            last_error=None, config_hash=loaded.raw_hash,
+            model=str(loaded.model_path),
+            binary=binary.display,
+            start_time=time.time(),
+            ready_time=None,
+            exit_code=None,
+            exit_signal=None,
+            last_error=None,
+            config_hash=loaded.raw_hash,
         )
         self.sup.emit(self.name, "spawned", None, str(proc.pid), " ".join(spec.argv))
         if fut is not None:
@@ -420,7 +442,9 @@ class InstanceActor:
                 from llama_orchestrator.engine.command import log_paths
 
                 self._stderr_path = log_paths(self.loaded, self.sup.home.root)[1]
-            self.sup.emit(self.name, "adopted", None, str(proc.pid), "re-adopted after daemon start")
+            self.sup.emit(
+                self.name, "adopted", None, str(proc.pid), "re-adopted after daemon start"
+            )
         self.inbox.put_nowait(("adopted_check",))
 
     async def _resume(self) -> None:
@@ -441,8 +465,13 @@ class InstanceActor:
             # The server died while no daemon watched it: reconcile the record (no live
             # transition happened that we could have observed).
             self.sup.store.update(self.name, pid=None, status=State.EXITED.value)
-            self.sup.emit(self.name, "exit", self.state.value, State.EXITED.value,
-                          "process ended while the daemon was down")
+            self.sup.emit(
+                self.name,
+                "exit",
+                self.state.value,
+                State.EXITED.value,
+                "process ended while the daemon was down",
+            )
             self.state = State.EXITED
         if self.desired is Desired.RUNNING and self.state in (State.EXITED, State.BACKOFF):
             await self._launch(None, auto=False)  # EXITED/BACKOFF -> STARTING

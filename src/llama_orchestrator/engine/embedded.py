@@ -64,7 +64,9 @@ def _list_devices() -> int:
 
     print("Available devices:")
     devices = [
-        d for d in xllamacpp.get_device_info() if not str(d.get("type", "")).upper().endswith("CPU")
+        d
+        for d in xllamacpp.get_device_info()
+        if not getattr(d.get("type"), "name", "").endswith("CPU")
     ]
     if not devices:
         print("  (none)")
@@ -121,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the engine's own reason, e.g. a model that fails to load
         print(f"embedded engine: failed to start: {e}", file=sys.stderr, flush=True)
         return 1
-    print(f"embedded engine: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    print(
+        f"embedded engine: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True
+    )
     while not stop.wait(0.5):
         pass
     del server

@@ -47,7 +47,7 @@ class Identity:
                 return False
             if p.status() == psutil.STATUS_ZOMBIE:
                 return False
-            return p.cmdline() == self.cmdline
+            return bool(p.cmdline() == self.cmdline)
         except (psutil.Error, OSError):
             return False
 
@@ -274,7 +274,8 @@ def adopt(pid: int, create_time: float, cmdline: list[str]) -> AdoptedProcess | 
 
 def _marker(spec: LaunchSpec, name: str) -> bytes:
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return f"==== llama-orch: starting {name} at {stamp}: {subprocess.list2cmdline(spec.argv)}\n".encode()
+    command = subprocess.list2cmdline(spec.argv)
+    return f"==== llama-orch: starting {name} at {stamp}: {command}\n".encode()
 
 
 def rotate_if_needed(path: Path, max_bytes: int, keep: int) -> None:
@@ -313,7 +314,7 @@ def spawn(spec: LaunchSpec, name: str) -> ChildProcess:
         err.write(marker)
         out.flush()
         err.flush()
-        popen = subprocess.Popen(  # noqa: S603 - argv list from a validated config, no shell
+        popen = subprocess.Popen(
             spec.argv,
             stdin=subprocess.DEVNULL,
             stdout=out,

@@ -59,9 +59,26 @@ _MIGRATIONS: dict[int, str] = {
 
 INSTANCE_COLUMNS = frozenset(
     {
-        "desired", "status", "health", "pid", "pid_create_time", "cmdline", "host", "port",
-        "backend", "device", "model", "binary", "binary_version", "start_time", "ready_time",
-        "last_health_check", "restart_count", "config_hash", "exit_code", "exit_signal",
+        "desired",
+        "status",
+        "health",
+        "pid",
+        "pid_create_time",
+        "cmdline",
+        "host",
+        "port",
+        "backend",
+        "device",
+        "model",
+        "binary",
+        "binary_version",
+        "start_time",
+        "ready_time",
+        "last_health_check",
+        "restart_count",
+        "config_hash",
+        "exit_code",
+        "exit_signal",
         "last_error",
     }
 )
@@ -145,8 +162,13 @@ class StateStore:
     # -- events ------------------------------------------------------------------------
 
     def add_event(
-        self, name: str, kind: str, old: str | None = None, new: str | None = None,
-        reason: str | None = None, ts: float | None = None,
+        self,
+        name: str,
+        kind: str,
+        old: str | None = None,
+        new: str | None = None,
+        reason: str | None = None,
+        ts: float | None = None,
     ) -> None:
         with self._db:
             self._db.execute(

