@@ -46,3 +46,13 @@ def health(port: int) -> int | None:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2, trust_env=False).status_code
     except httpx.HTTPError:
         return None
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie awaiting its new parent's reap counts as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import Cli, free_port, write_config
-from helpers import chat, health, ps_row, wait_for
+from helpers import chat, gone, health, ps_row, wait_for
 
 from llama_orchestrator.home import Home
 
@@ -67,7 +67,7 @@ def test_up_ps_chat_down(engine_cli: Cli, home: Home, tiny_model: Path) -> None:
 
     out = engine_cli("down", "alpha")
     assert out.returncode == 0, out.stderr
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
     assert health(port) is None
     row = ps_row(engine_cli, "alpha")
     assert row["status"] == "stopped" and row["pid"] is None
@@ -374,3 +374,45 @@ def test_stop_escalates_to_kill_when_sigterm_ignored(
     record = store.get("stubborn")
     store.close()
     assert record is not None and record["exit_signal"] == signal.SIGKILL
+
+
+def test_describe_shows_command_binary_runtime_and_events(
+    engine_cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port, env={"MY_FLAG": "a b"})
+    out = engine_cli("describe", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert "never started" in out.stdout
+    assert engine_cli("up", "alpha").returncode == 0
+    data = engine_cli.json("describe", "alpha", "--json")
+    assert data["command"][data["command"].index("--port") + 1] == str(port)
+    assert data["binary"]["version"]  # the chosen binary's own version string
+    if engine_cli.env["LLAMA_SERVER"] == "embedded":
+        assert data["binary"]["path"].startswith("embedded")
+    else:
+        assert data["binary"]["path"] == engine_cli.env["LLAMA_SERVER"]
+    assert data["env_overrides"] == {"MY_FLAG": "a b"}
+    assert data["runtime"]["status"] == "running"
+    assert data["runtime"]["pid"] == ps_row(engine_cli, "alpha")["pid"]
+    assert [e["new"] for e in data["events"] if e["kind"] == "state"][-1] == "running"
+    assert data["config"]["restart_policy"]["max_retries"] == 5  # defaults filled in
+    text = engine_cli("describe", "alpha").stdout
+    assert "MY_FLAG='a b'" in text and f"--port {port}" in text
+    missing = engine_cli("describe", "nope")
+    assert missing.returncode == 1 and "known: alpha" in missing.stderr
+
+
+def test_down_with_daemon_gone_still_stops_the_server(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    daemon = _daemon_pid(home)
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(daemon), what="daemon gone")
+    out = cli("down", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert gone(pid)
+    assert ps_row(cli, "alpha")["status"] == "stopped"

@@ -97,6 +97,7 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
         description="Start, stop and watch llama.cpp server instances.",
     )
     started = time.time()
+    background: set[asyncio.Task[Outcome]] = set()
 
     def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -159,6 +160,8 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
         actor = get_actor(name)
         if not wait:
             task = asyncio.get_running_loop().create_task(actor.request("start"))
+            background.add(task)  # keep a reference until the actor has replied
+            task.add_done_callback(background.discard)
             await asyncio.sleep(0)
             if task.done():
                 return result(name, task.result())

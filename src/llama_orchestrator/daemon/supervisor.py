@@ -184,7 +184,12 @@ class InstanceActor:
     async def _cmd_start(self, fut: asyncio.Future[Outcome]) -> None:
         if self.state is State.RUNNING and self.proc is not None:
             self._set_desired(Desired.RUNNING)
-            fut.set_result(Outcome(True, "already running", pid=self.proc.pid))
+            message = "already running"
+            with contextlib.suppress(ConfigError, UnknownInstance):
+                current = load_instance(self.sup.home, self.name)
+                if self.loaded is not None and current.raw_hash != self.loaded.raw_hash:
+                    message += f" (its config changed since: `llama-orch restart {self.name}`)"
+            fut.set_result(Outcome(True, message, pid=self.proc.pid))
             return
         if self.state is State.STARTING:
             self.waiters.append(fut)  # a concurrent `up` joins the start in progress

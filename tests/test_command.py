@@ -1,0 +1,209 @@
+"""engine/command.py: the llama-server argv, launch spec, logs and URLs, from parsed config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llama_orchestrator.config.loader import LoadedConfig, parse_config
+from llama_orchestrator.engine.binary import ResolvedBinary
+from llama_orchestrator.engine.command import (
+    base_url,
+    build_argv,
+    connect_host,
+    device_args,
+    device_label,
+    launch_spec,
+    log_paths,
+)
+
+BIN = ResolvedBinary("binary", "config", Path("/opt/llama/llama-server"))
+EMBEDDED = ResolvedBinary("embedded", "embedded", None)
+
+
+def loaded(tmp_path: Path, name: str = "chat", **overrides: Any) -> LoadedConfig:
+    data: dict[str, Any] = {"name": name, "model": {"path": "/models/x.gguf"}}
+    data.update(overrides)
+    path = tmp_path / "home" / "instances" / name / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data)
+    path.write_text(text)
+    return parse_config(text, path, name)
+
+
+def full(tmp_path: Path, **overrides: Any) -> LoadedConfig:
+    cfg: dict[str, Any] = {
+        "model": {"path": "/models/x.gguf", "context_size": 2048, "batch_size": 256, "threads": 6},
+        "server": {"host": "0.0.0.0", "port": 8123, "timeout": 90, "parallel": 3},
+        "gpu": {"backend": "cpu", "device_id": 0, "layers": 12},
+    }
+    cfg.update(overrides)
+    return loaded(tmp_path, **cfg)
+
+
+def test_argv_order(tmp_path: Path) -> None:
+    argv = build_argv(full(tmp_path), BIN)
+    assert argv == [
+        "/opt/llama/llama-server",
+        "-m",
+        str(Path("/models/x.gguf").resolve()),
+        "-c",
+        "2048",
+        "-b",
+        "256",
+        "-t",
+        "6",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8123",
+        "-to",
+        "90",
+        "-np",
+        "3",
+        "-ngl",
+        "12",
+    ]
+    assert all(isinstance(a, str) for a in argv)
+
+
+def test_defaults_fill_every_flag(tmp_path: Path) -> None:
+    argv = build_argv(loaded(tmp_path), BIN)
+    flags = argv[1::2]
+    assert flags == ["-m", "-c", "-b", "-t", "--host", "--port", "-to", "-np", "-ngl"]
+    assert argv[argv.index("--port") + 1] == "8001"
+    assert argv[argv.index("-c") + 1] == "4096"
+
+
+def test_embedded_prefix(tmp_path: Path) -> None:
+    argv = build_argv(loaded(tmp_path), EMBEDDED)
+    assert argv[:3] == [sys.executable, "-m", "llama_orchestrator.engine.embedded"]
+    assert argv[3] == "-m"
+
+
+@pytest.mark.parametrize(
+    ("backend", "device_id", "expected"),
+    [
+        ("vulkan", 1, ["-dev", "Vulkan1"]),
+        ("cuda", 0, ["-dev", "CUDA0"]),
+        ("metal", 0, ["-dev", "MTL0"]),
+        ("cuda", 3, ["-dev", "CUDA3"]),
+        ("cpu", 0, []),
+        ("cpu", 2, []),
+    ],
+)
+def test_device_args(backend: str, device_id: int, expected: list[str]) -> None:
+    assert device_args(backend, device_id) == expected
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [("vulkan", ["-dev", "Vulkan1"]), ("cuda", ["-dev", "CUDA1"]), ("metal", ["-dev", "MTL1"])],
+)
+def test_device_follows_ngl_then_args(tmp_path: Path, backend: str, expected: list[str]) -> None:
+    lc = full(
+        tmp_path,
+        gpu={"backend": backend, "device_id": 1, "layers": 30},
+        args=["--metrics", "-a", "my alias; rm -rf /", "--api-key", "$HOME"],
+    )
+    argv = build_argv(lc, BIN)
+    ngl = argv.index("-ngl")
+    assert argv[ngl + 1] == "30"
+    assert argv[ngl + 2 : ngl + 4] == expected
+    # args verbatim, each one element: no shell splitting, quoting or expansion
+    assert argv[ngl + 4 :] == ["--metrics", "-a", "my alias; rm -rf /", "--api-key", "$HOME"]
+
+
+def test_cpu_has_no_dev_flag(tmp_path: Path) -> None:
+    argv = build_argv(full(tmp_path, args=["--slots"]), BIN)
+    assert "-dev" not in argv
+    assert argv[-3:] == ["-ngl", "12", "--slots"]
+
+
+def test_device_label() -> None:
+    assert device_label("cpu", 0) == "-"
+    assert device_label("vulkan", 1) == "GPU:1"
+
+
+def test_relative_model_path_resolves_against_config_folder(tmp_path: Path) -> None:
+    lc = loaded(tmp_path, model={"path": "../../models/x.gguf"})
+    expected = (tmp_path / "home" / "models" / "x.gguf").resolve()
+    assert lc.model_path == expected
+    argv = build_argv(lc, BIN)
+    assert argv[argv.index("-m") + 1] == str(expected)
+
+
+def test_model_path_with_spaces_stays_one_element(tmp_path: Path) -> None:
+    lc = loaded(tmp_path, model={"path": "/my models/a b.gguf"})
+    argv = build_argv(lc, BIN)
+    assert argv[argv.index("-m") + 1] == str(Path("/my models/a b.gguf").resolve())
+
+
+def test_log_paths_substitute_name_relative_to_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    out, err = log_paths(loaded(tmp_path, name="gemma-2b"), home)
+    assert out == home / "logs" / "gemma-2b" / "stdout.log"
+    assert err == home / "logs" / "gemma-2b" / "stderr.log"
+
+
+def test_log_paths_custom_and_absolute(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    abs_err = tmp_path / "elsewhere" / "{name}-err.log"
+    lc = loaded(
+        tmp_path,
+        name="chat",
+        logs={"stdout": "custom/{name}/{name}.out", "stderr": str(abs_err)},
+    )
+    out, err = log_paths(lc, home)
+    assert out == home / "custom" / "chat" / "chat.out"
+    assert err == tmp_path / "elsewhere" / "chat-err.log"
+
+
+def test_launch_spec(tmp_path: Path) -> None:
+    lc = full(tmp_path, env={"GGML_VK_VISIBLE_DEVICES": "1", "PATH": "/custom/bin"})
+    home = tmp_path / "home"
+    spec = launch_spec(lc, BIN, home)
+    assert spec.argv == build_argv(lc, BIN)
+    assert (spec.stdout, spec.stderr) == log_paths(lc, home)
+    assert spec.cwd == lc.path.parent
+    assert spec.env_overrides == {"GGML_VK_VISIBLE_DEVICES": "1", "PATH": "/custom/bin"}
+
+
+def test_env_overrides_merge_over_base(tmp_path: Path) -> None:
+    spec = launch_spec(full(tmp_path, env={"A": "new", "B": "b"}), BIN, tmp_path / "home")
+    base = {"A": "old", "KEEP": "k"}
+    env = spec.environ(base)
+    assert env == {"A": "new", "B": "b", "KEEP": "k"}
+    assert base == {"A": "old", "KEEP": "k"}, "base must not be mutated"
+
+
+def test_env_defaults_to_process_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_ORCH_TEST_MARKER", "from-daemon")
+    monkeypatch.setenv("B", "daemon")
+    env = launch_spec(full(tmp_path, env={"B": "cfg"}), BIN, tmp_path / "h").environ()
+    assert env["LLAMA_ORCH_TEST_MARKER"] == "from-daemon"
+    assert env["B"] == "cfg"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8001"),
+        ("0.0.0.0", "http://127.0.0.1:8001"),
+        ("::", "http://[::1]:8001"),
+        ("::1", "http://[::1]:8001"),
+        ("localhost", "http://localhost:8001"),
+        ("192.168.1.5", "http://192.168.1.5:8001"),
+    ],
+)
+def test_base_url(host: str, url: str) -> None:
+    assert base_url(host, 8001) == url
+
+
+def test_connect_host_wildcards() -> None:
+    assert connect_host("0.0.0.0") == "127.0.0.1"
+    assert connect_host("::") == "::1"
