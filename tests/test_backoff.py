@@ -40,14 +40,6 @@ def test_monotonic_non_decreasing_and_float() -> None:
     assert all(isinstance(d, float) for d in delays)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="backoff_delay computes multiplier ** (failures - 2) before capping: with the "
-    "schema's own bounds (max_retries <= 1000, backoff_multiplier <= 10) failure ~311 raises "
-    "OverflowError inside InstanceActor._after_failure, after waiters were answered but "
-    "before the BACKOFF/FATAL transition, leaving the actor stuck with no process",
-)
 def test_schema_bounds_do_not_overflow() -> None:
     policy = RestartPolicy.model_validate(
         {"max_retries": 1000, "backoff_multiplier": 10.0, "backoff_base": 1.0, "backoff_max": 1.0}

@@ -109,5 +109,7 @@ class Home:
         return sorted(p.name for p in self.instances_dir.iterdir() if (p / "config.json").is_file())
 
     def ensure(self) -> None:
-        for d in (self.instances_dir, self.state_dir, self.logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        # State and logs hold full command lines (an --api-key in `args`, say): user-only.
+        for d in (self.state_dir, self.logs_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -62,7 +62,9 @@ def daemon_status(home: Home) -> DaemonStatus:
     pid_info = _read_json(home.daemon_pid_path)
     if pid_info is None:
         return DaemonStatus(False)
-    pid, ctime = int(pid_info.get("pid", 0)), float(pid_info.get("create_time", 0))
+    pid, ctime = pid_info.get("pid"), pid_info.get("create_time")
+    if not isinstance(pid, int) or not isinstance(ctime, (int, float)) or pid <= 0:
+        return DaemonStatus(False, None, None, stale_pid_file=True)  # garbled: treat as stale
     if not _alive(pid, ctime):
         return DaemonStatus(False, pid, None, stale_pid_file=True)
     endpoint = _read_json(home.daemon_endpoint_path) or {}
@@ -168,12 +170,25 @@ def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
             asked = client.post("/v1/daemon/shutdown", timeout=5).status_code == 200
         except Exception:
             asked = False
+    proc = psutil.Process(status.pid)
     if not asked:
-        psutil.Process(status.pid).terminate()
-    try:
-        psutil.Process(status.pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        psutil.Process(status.pid).kill()
+        proc.terminate()
+    if not _wait_exited(proc, timeout):
+        proc.kill()
+        _wait_exited(proc, 5)
     return True
+
+
+def _wait_exited(proc: Any, timeout: float) -> bool:
+    """Wait until ``proc`` has exited. A zombie counts: its reaping is its new parent's job."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False

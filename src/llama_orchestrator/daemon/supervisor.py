@@ -69,7 +69,11 @@ def backoff_delay(failures: int, base: float, multiplier: float, cap: float) -> 
     """No wait for the first failure after a healthy run; then base * multiplier^(n-2)."""
     if failures <= 1:
         return 0.0
-    return float(min(cap, base * multiplier ** (failures - 2)))
+    try:
+        delay = base * multiplier ** (failures - 2)
+    except OverflowError:  # a long crash loop with a big multiplier: the cap rules
+        return float(cap)
+    return float(min(cap, delay))
 
 
 Listener = Callable[[str, str, str | None, str | None, str | None], None]

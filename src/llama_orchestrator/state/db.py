@@ -89,7 +89,8 @@ class StateStore:
         self.path = path
         self.readonly = readonly
         if readonly:
-            uri = f"file:{path}?mode=ro"
+            # as_uri() percent-encodes '#', '?' and '%' that would otherwise cut the path.
+            uri = f"{path.absolute().as_uri()}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
