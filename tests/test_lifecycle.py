@@ -416,3 +416,15 @@ def test_down_with_daemon_gone_still_stops_the_server(
     assert out.returncode == 0, out.stderr
     assert gone(pid)
     assert ps_row(cli, "alpha")["status"] == "stopped"
+
+
+def test_lint_knows_a_running_instance_holds_its_own_port(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    out = cli("config", "lint", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    port_rows = [r for r in json.loads(out.stdout) if r["check"] == "port-free"]
+    assert port_rows and port_rows[0]["level"] == "ok"
+    assert "own server" in port_rows[0]["message"]

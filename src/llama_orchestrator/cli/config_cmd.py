@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
             if fmt == "json":
                 print("[]")
             return
-        results = run_lint(home, targets)
+        results = run_lint(home, targets, own_pids=_own_pids(home))
         if fmt == "json":
             print(json.dumps([r.to_dict() for r in results], indent=2))
         elif results:
@@ -261,3 +261,16 @@ def register(app: typer.Typer) -> None:
         if not _create_exclusive(path, json.dumps(data, indent=2) + "\n"):
             fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
         say(f"created {path} (port {chosen})")
+
+
+def _own_pids(home: Home) -> dict[str, int]:
+    """PIDs of this home's running servers, as recorded: their ports are not foreign."""
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return {}
+    try:
+        return {r["name"]: int(r["pid"]) for r in store.all() if r.get("pid")}
+    finally:
+        store.close()
