@@ -36,16 +36,16 @@ def _targets(home: Home, names: list[str] | None, all_: bool) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _validate(home: Home, names: list[str]) -> None:
-    """Refuse to act when any config is invalid: every problem, one per line, exit 1."""
-    from llama_orchestrator.config.loader import ConfigError, load_instance
+def _validate(client: Client, names: list[str]) -> None:
+    """Refuse to act when any config is invalid: every problem, one per line, exit 1.
 
-    problems: list[str] = []
-    for name in names:
-        try:
-            load_instance(home, name)
-        except ConfigError as e:
-            problems.extend(str(p) for p in e.problems)
+    The daemon validates (it has the config model loaded already), so the CLI does not
+    pay for importing it on every `up`.
+    """
+    reply = client.post("/v1/validate", params={"names": ",".join(names)})
+    if not reply.ok or not isinstance(reply.body, dict):
+        fail(f"the daemon could not validate the configs: {reply.body}")
+    problems: list[str] = reply.body["problems"]
     if problems:
         for line in problems:
             say(line)
@@ -86,12 +86,11 @@ def _report(name: str, body: dict[str, Any], verb: str) -> bool:
 def _act(client: Client, names: list[str], path: str, verb: str, **params: Any) -> bool:
     def one(name: str) -> tuple[str, dict[str, Any]]:
         r = client.post(f"/v1/instances/{name}/{path}", params=params)
-        try:
-            body = r.json()
-        except ValueError:
-            body = {"ok": False, "message": f"HTTP {r.status_code}: {r.text[:200]}"}
-        if "detail" in body and "ok" not in body:
-            body = {"ok": False, "message": body["detail"]}
+        body = r.body
+        if not isinstance(body, dict):
+            body = {"ok": False, "message": f"HTTP {r.status}: {str(body)[:200]}"}
+        elif "ok" not in body:
+            body = {"ok": False, "message": body.get("detail") or f"HTTP {r.status}"}
         return name, body
 
     ok = True
@@ -120,8 +119,8 @@ def register(app: typer.Typer) -> None:
         if not targets:
             say("no instances defined; create one with `llama-orch create`")
             return
-        _validate(home, targets)
         client = _client(home)
+        _validate(client, targets)
         if not _act(client, targets, "start", "starting", wait=not detach):
             raise typer.Exit(EXIT_FAIL)
 
@@ -146,8 +145,9 @@ def register(app: typer.Typer) -> None:
         """Stop and start instances with their current config."""
         home = home_of(ctx)
         targets = _targets(home, names, all_)
-        _validate(home, targets)
-        if not _act(_client(home), targets, "restart", "restarted"):
+        client = _client(home)
+        _validate(client, targets)
+        if not _act(client, targets, "restart", "restarted"):
             raise typer.Exit(EXIT_FAIL)
 
     @app.command()

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from llama_orchestrator import __version__
-from llama_orchestrator.config.loader import UnknownInstance
+from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
 from llama_orchestrator.daemon.supervisor import InstanceActor, Outcome, Supervisor
 from llama_orchestrator.home import name_problem
 
@@ -57,6 +57,11 @@ class CommandResult(BaseModel):
     stderr_tail: list[str] = []
     problems: list[dict[str, Any]] = []
     instance: InstanceStatus | None = None
+
+
+class ValidationReport(BaseModel):
+    valid: list[str] = []
+    problems: list[str] = []
 
 
 class DaemonInfo(BaseModel):
@@ -138,6 +143,23 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
         if on_shutdown is not None:
             asyncio.get_running_loop().call_later(0.05, on_shutdown)
         return {"status": "shutting down"}
+
+    @app.post("/v1/validate", dependencies=auth)
+    async def validate(names: str) -> ValidationReport:
+        """Validate the configs of ``names`` (comma-separated) without acting on them."""
+        report = ValidationReport()
+        for name in filter(None, names.split(",")):
+            problem = name_problem(name)
+            if problem:
+                raise HTTPException(400, problem)
+            try:
+                load_instance(sup.home, name)
+                report.valid.append(name)
+            except UnknownInstance as e:
+                raise HTTPException(404, str(e)) from None
+            except ConfigError as e:
+                report.problems.extend(str(p) for p in e.problems)
+        return report
 
     @app.get("/v1/instances", dependencies=auth)
     async def list_instances() -> list[InstanceStatus]:

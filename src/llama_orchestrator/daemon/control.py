@@ -12,12 +12,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from llama_orchestrator.home import Home
-
-if TYPE_CHECKING:
-    import httpx
 
 START_TIMEOUT_S = 20.0
 
@@ -72,28 +70,63 @@ def daemon_status(home: Home) -> DaemonStatus:
     return DaemonStatus(True, pid, url)
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # decoded JSON, or the raw text when the body is not JSON
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
 class Client:
-    """Bearer-token HTTP client of one daemon's control API."""
+    """Bearer-token client of one daemon's control API.
+
+    The standard library's http.client on purpose: the CLI pays for every import on
+    every command, and this loopback JSON API needs nothing more.
+    """
 
     def __init__(self, url: str, token: str, timeout: float = 600.0) -> None:
-        import httpx
-
+        parsed = urlsplit(url)
         self.url = url
-        self._http = httpx.Client(
-            base_url=url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            trust_env=False,
-        )
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 80
+        self.token = token
+        self.timeout = timeout
 
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        return self._http.get(path, **kw)
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """One request on a fresh connection (safe to call from several threads)."""
+        import http.client
 
-    def post(self, path: str, **kw: Any) -> httpx.Response:
-        return self._http.post(path, **kw)
+        if params:
+            path += "?" + urlencode(
+                {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+            )
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+        try:
+            conn.request(method, path, headers={"Authorization": f"Bearer {self.token}"})
+            resp = conn.getresponse()
+            raw = resp.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw
+        return Reply(resp.status, body)
 
-    def close(self) -> None:
-        self._http.close()
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Reply:
+        return self.request("POST", path, **kw)
 
 
 def connect(home: Home) -> Client | None:
@@ -148,11 +181,9 @@ def ensure_daemon(home: Home, timeout: float = START_TIMEOUT_S) -> tuple[Client,
 
 
 def _answers(client: Client) -> bool:
-    import httpx
-
     try:
-        return client.get("/v1/daemon", timeout=2).status_code == 200
-    except httpx.HTTPError:
+        return client.get("/v1/daemon", timeout=2).ok
+    except OSError:
         return False
 
 
@@ -167,8 +198,8 @@ def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
     asked = False
     if client is not None:
         try:
-            asked = client.post("/v1/daemon/shutdown", timeout=5).status_code == 200
-        except Exception:
+            asked = client.post("/v1/daemon/shutdown", timeout=5).ok
+        except OSError:
             asked = False
     proc = psutil.Process(status.pid)
     if not asked:
