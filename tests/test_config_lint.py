@@ -19,7 +19,8 @@ from llama_orchestrator.config.ports import PortHolder, find_free_port, port_hol
 from llama_orchestrator.home import Home
 
 LISTENER = (
-    "import socket,sys,time;s=socket.socket();s.bind(('127.0.0.1',int(sys.argv[1])));"
+    "import socket,sys,time;s=socket.socket();"
+    "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('127.0.0.1',int(sys.argv[1])));"
     "s.listen();print('ready',flush=True);time.sleep(600)"
 )
 

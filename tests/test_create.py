@@ -41,7 +41,8 @@ def listener_on() -> Iterator[Any]:
 
     def start(port: int) -> subprocess.Popen[str]:
         code = (
-            "import socket,sys,time;s=socket.socket();s.bind(('127.0.0.1',int(sys.argv[1])));"
+            "import socket,sys,time;s=socket.socket();"
+            "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('127.0.0.1',int(sys.argv[1])));"
             "s.listen();print('ready',flush=True);time.sleep(600)"
         )
         proc = subprocess.Popen(

@@ -226,6 +226,7 @@ def test_issue2_port_held_by_foreign_process(cli: Cli, home: Home, tiny_model: P
             sys.executable,
             "-c",
             "import socket,time;s=socket.socket();"
+            "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
             f"s.bind(('127.0.0.1',{port}));s.listen();"
             "print('ok',flush=True);time.sleep(120)",
         ],
