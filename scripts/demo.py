@@ -7,6 +7,7 @@ them again (pass ``--keep`` to leave them running).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,13 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 HOME = ROOT / ".demo" / "home"
 
 
-def orch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    print(f"\n$ llama-orch {' '.join(args)}", flush=True)
+def orch(*args: str, check: bool = True, show: bool = True) -> subprocess.CompletedProcess[str]:
+    if show:
+        print(f"\n$ llama-orch {' '.join(args)}", flush=True)
     env = dict(os.environ, LLAMA_ORCH_HOME=str(HOME), LLAMA_SERVER="embedded")
     cmd = [sys.executable, "-m", "llama_orchestrator", *args]
     out = subprocess.run(cmd, env=env, text=True, capture_output=True, check=False)
-    sys.stdout.write(out.stdout)
-    sys.stdout.write(out.stderr)
+    if show:
+        sys.stdout.write(out.stdout)
+        sys.stdout.write(out.stderr)
     sys.stdout.flush()
     if check and out.returncode != 0:
         raise SystemExit(out.returncode)
@@ -47,10 +50,7 @@ def main() -> int:
     orch("config", "validate", "--all")
     orch("up", "--all")
     orch("ps")
-    rows = orch("ps", "--json").stdout
-    import json
-
-    for row in json.loads(rows):
+    for row in json.loads(orch("ps", "--json", show=False).stdout):
         url = f"http://127.0.0.1:{row['port']}/v1/chat/completions"
         body = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}
         r = httpx.post(url, json=body, timeout=60, trust_env=False)
