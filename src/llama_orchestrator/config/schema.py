@@ -63,6 +63,12 @@ class HealthcheckConfig(_Strict):
     start_period: float = Field(
         default=60, ge=0, le=86_400, description="seconds allowed for loading"
     )
+    probe: Literal["health", "completion"] = Field(
+        default="health",
+        description="'completion' also proves liveness with a one-token completion "
+        "every probe_every checks (a server can answer /health yet fail inference)",
+    )
+    probe_every: int = Field(default=3, ge=1, le=1000)
 
 
 class RestartPolicy(_Strict):
@@ -71,6 +77,9 @@ class RestartPolicy(_Strict):
     backoff_multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
     backoff_base: float = Field(default=1.0, ge=0.0, le=3600, description="first delay (s)")
     backoff_max: float = Field(default=60.0, ge=0.0, le=86_400, description="delay cap (s)")
+    stable_after: float = Field(
+        default=10.0, ge=0.0, le=86_400, description="a healthy run this long resets the count"
+    )
 
 
 class LogsConfig(_Strict):
@@ -91,6 +100,9 @@ class InstanceConfig(_Strict):
     binary: str | None = Field(
         default=None,
         description="llama-server to run: a path, or 'embedded' for the built-in engine",
+    )
+    autostart: StrictBool = Field(
+        default=False, description="start this instance when the daemon starts after a reboot"
     )
     healthcheck: HealthcheckConfig = Field(default_factory=HealthcheckConfig)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
