@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 
 from llama_orchestrator import __version__
-from llama_orchestrator.cli import config_cmd, daemon_cmd, describe_cmd, info_cmd, lifecycle
+from llama_orchestrator.cli import (
+    config_cmd,
+    daemon_cmd,
+    describe_cmd,
+    health_cmd,
+    info_cmd,
+    lifecycle,
+)
 
 app = typer.Typer(
     name="llama-orch",
@@ -53,6 +60,7 @@ def _root(
 config_cmd.register(app)
 lifecycle.register(app)
 describe_cmd.register(app)
+health_cmd.register(app)
 daemon_cmd.register(app)
 info_cmd.register(app)
 

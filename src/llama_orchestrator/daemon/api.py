@@ -64,6 +64,18 @@ class ValidationReport(BaseModel):
     problems: list[str] = []
 
 
+class HealthReport(BaseModel):
+    name: str
+    status: str
+    health: str
+    consecutive_failures: int
+    retries: int | None = None
+    interval: float | None = None
+    probe: str | None = None
+    last_health_check: float | None = None
+    checks: list[dict[str, Any]] = []
+
+
 class DaemonInfo(BaseModel):
     pid: int
     version: str
@@ -175,6 +187,24 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
     async def instance_events(name: str, limit: int = 50) -> list[dict[str, Any]]:
         get_actor(name)
         return sup.store.events(name, limit)
+
+    @app.get("/v1/instances/{name}/health", dependencies=auth)
+    async def instance_health(name: str) -> HealthReport:
+        """The health state, the last checks with their latency, the failure streak."""
+        actor = get_actor(name)
+        row = sup.store.get(name) or {}
+        hc = actor.loaded.config.healthcheck if actor.loaded else None
+        return HealthReport(
+            name=name,
+            status=actor.state.value,
+            health=actor.health.value,
+            consecutive_failures=actor.misses,
+            retries=hc.retries if hc else None,
+            interval=hc.interval if hc else None,
+            probe=hc.probe if hc else None,
+            last_health_check=row.get("last_health_check"),
+            checks=list(actor.checks),
+        )
 
     @app.post("/v1/instances/{name}/start", dependencies=auth, response_model=CommandResult)
     async def start(name: str, wait: bool = True) -> JSONResponse:

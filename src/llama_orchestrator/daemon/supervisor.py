@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +31,12 @@ from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.ports import port_holder
 from llama_orchestrator.engine.binary import BinaryError, resolve_binary
 from llama_orchestrator.engine.command import base_url, device_label, launch_spec
-from llama_orchestrator.engine.health import probe_health
+from llama_orchestrator.engine.health import Probe, probe_completion, probe_health
 from llama_orchestrator.engine.process import (
     ServerProcess,
     adopt,
     rotate_if_needed,
+    rotate_live,
     spawn,
     tail_lines,
 )
@@ -45,11 +47,10 @@ from llama_orchestrator.state.db import StateStore
 log = logging.getLogger("llama_orchestrator.supervisor")
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
-STABLE_AFTER_S = (
-    10.0  # a run healthy this long resets the failure count (cf. supervisord startsecs)
-)
 READY_POLL_S = 0.02  # /health polling while a server starts
 MIN_READY_DEADLINE_S = 5.0
+CHECK_HISTORY = 20  # health checks kept per instance for `llama-orch health`
+LOG_CHECK_S = 2.0  # how often running servers' log sizes are checked for rotation
 
 
 @dataclass
@@ -96,6 +97,8 @@ class InstanceActor:
         self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ready_mono = 0.0
+        self.checks: deque[dict[str, Any]] = deque(maxlen=CHECK_HISTORY)  # bounded
+        self.misses = 0  # consecutive failed checks
         self._stderr_path: Any = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -145,7 +148,9 @@ class InstanceActor:
                 self.sup.store.update(self.name, restart_count=self.restart_count)
                 await self._launch(None, auto=True)
         elif kind == "adopted_check":
-            await self._resume()
+            await self._resume(msg[1], msg[2])
+        elif kind == "autostart":
+            await self._autostart()
 
     def _set_state(self, new: State, reason: str) -> None:
         """The one place a state changes: validated, recorded, announced."""
@@ -259,7 +264,9 @@ class InstanceActor:
             )
         return loaded, None
 
-    async def _launch(self, fut: asyncio.Future[Outcome] | None, *, auto: bool) -> None:
+    async def _launch(
+        self, fut: asyncio.Future[Outcome] | None, *, auto: bool, reason: str = "up requested"
+    ) -> None:
         loaded, refusal = self._preflight()
         if refusal is None and loaded is not None:
             try:
@@ -285,7 +292,7 @@ class InstanceActor:
         try:
             for path in (spec.stdout, spec.stderr):
                 rotate_if_needed(path, max_bytes, cfg.logs.rotation)
-            self._set_state(State.STARTING, "restart" if auto else "up requested")
+            self._set_state(State.STARTING, "restart" if auto else reason)
             proc = spawn(spec, self.name)
         except OSError as e:
             msg = f"cannot start {spec.argv[0]}: {e}"
@@ -360,24 +367,52 @@ class InstanceActor:
         assert self.loaded is not None
         self._spawn_task("monitor", self._monitor(proc, self.loaded))
 
+    def _record_check(self, kind: str, probe: Probe) -> None:
+        self.checks.append(
+            {
+                "ts": time.time(),
+                "kind": kind,
+                "ok": probe.ok,
+                "health": probe.health.value,
+                "status_code": probe.status_code,
+                "latency_ms": round(probe.latency_ms, 2),
+                "detail": probe.detail,
+            }
+        )
+
     async def _monitor(self, proc: ServerProcess, loaded: LoadedConfig) -> None:
-        """Poll /health every interval; ``retries`` failures in a row mean a restart."""
+        """Check every ``interval``; ``retries`` failures in a row mean a restart.
+
+        Each check is a GET of the health path; with ``probe: completion`` every
+        ``probe_every``-th check also asks for a one-token completion, so a server that
+        answers /health but cannot infer is caught too.
+        """
         hc = loaded.config.healthcheck
         url = base_url(loaded.config.server.host, loaded.config.server.port)
-        misses = 0
+        self.misses = 0
+        n = 0
+        due = time.monotonic() + hc.interval
         while not proc.has_exited():
-            await asyncio.sleep(hc.interval)
+            # A fixed cadence: a check that times out does not push the next one back,
+            # so a hang is caught within interval x retries + timeout.
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due + hc.interval, time.monotonic())
+            n += 1
             probe = await probe_health(self.sup.http, url, hc.path, hc.timeout)
+            self._record_check("health", probe)
+            if probe.ok and hc.probe == "completion" and n % hc.probe_every == 0:
+                probe = await probe_completion(self.sup.http, url, hc.timeout)
+                self._record_check("completion", probe)
             self.sup.store.update(self.name, last_health_check=time.time())
             if probe.ok:
-                misses = 0
+                self.misses = 0
                 self._set_health(Health.HEALTHY, probe.detail)
                 continue
-            misses += 1
-            self._set_health(Health.UNHEALTHY, f"{probe.detail} ({misses}/{hc.retries})")
-            if misses >= hc.retries:
+            self.misses += 1
+            self._set_health(Health.UNHEALTHY, f"{probe.detail} ({self.misses}/{hc.retries})")
+            if self.misses >= hc.retries:
                 await self.inbox.put(
-                    ("unhealthy", proc, f"health check failed {misses} times: {probe.detail}")
+                    ("unhealthy", proc, f"health check failed {self.misses} times: {probe.detail}")
                 )
                 return
 
@@ -400,8 +435,14 @@ class InstanceActor:
             return
         self.proc = None
         self._cancel_task("monitor")
-        await proc.stop(STOP_GRACE_S)
-        self.sup.store.update(self.name, pid=None)
+        # A server that fails its checks is presumed hung: it gets as long to honour
+        # SIGTERM as one check may take, not the full grace of a requested stop.
+        grace = STOP_GRACE_S
+        if self.loaded is not None:
+            grace = min(STOP_GRACE_S, self.loaded.config.healthcheck.timeout)
+        status = await proc.stop(grace)
+        self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
+        self.sup.emit(self.name, "exit", None, None, f"stopped as unhealthy: {status.describe()}")
         tail = tail_lines(self._stderr_path, 15) if self._stderr_path else []
         self._after_failure(reason, tail)
 
@@ -409,7 +450,8 @@ class InstanceActor:
         self._cancel_task("ready")
         self._cancel_task("monitor")
         was_running = self.state is State.RUNNING
-        if was_running and time.monotonic() - self._ready_mono >= STABLE_AFTER_S:
+        stable_after = self.loaded.config.restart_policy.stable_after if self.loaded else 10.0
+        if was_running and time.monotonic() - self._ready_mono >= stable_after:
             self.failures = 0
         self.failures += 1
         self._set_health(Health.ERROR if not was_running else Health.UNHEALTHY, reason)
@@ -437,7 +479,7 @@ class InstanceActor:
 
     # -- daemon restart ----------------------------------------------------------------
 
-    def adopt_from(self, row: dict[str, Any]) -> None:
+    def adopt_from(self, row: dict[str, Any], *, rebooted: bool, autostart: bool) -> None:
         """Take back a server that kept running while the daemon was away."""
         proc = None
         if row.get("pid") and row.get("pid_create_time") and row.get("cmdline"):
@@ -454,9 +496,9 @@ class InstanceActor:
             self.sup.emit(
                 self.name, "adopted", None, str(proc.pid), "re-adopted after daemon start"
             )
-        self.inbox.put_nowait(("adopted_check",))
+        self.inbox.put_nowait(("adopted_check", rebooted, autostart))
 
-    async def _resume(self) -> None:
+    async def _resume(self, rebooted: bool, autostart: bool) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
         if self.proc is not None:
             if self.loaded is None:
@@ -482,8 +524,29 @@ class InstanceActor:
                 "process ended while the daemon was down",
             )
             self.state = State.EXITED
+        if rebooted:
+            if autostart:
+                await self._autostart()
+            elif self.desired is Desired.RUNNING:
+                # After a reboot only `autostart` instances come back (#3).
+                self._set_desired(Desired.STOPPED)
+                self.sup.emit(
+                    self.name,
+                    "not_restarted",
+                    None,
+                    None,
+                    "the machine rebooted and autostart is off",
+                )
+            return
         if self.desired is Desired.RUNNING and self.state in (State.EXITED, State.BACKOFF):
-            await self._launch(None, auto=False)  # EXITED/BACKOFF -> STARTING
+            await self._launch(None, auto=False, reason="restarted: desired running")  # -> STARTING
+
+    async def _autostart(self) -> None:
+        if self.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
+            self.sup.emit(self.name, "autostart", None, None, "first daemon start since boot")
+            self._cancel_task("backoff")
+            self.failures = 0
+            await self._launch(None, auto=False, reason="autostart")  # -> STARTING
 
 
 class Supervisor:
@@ -492,12 +555,18 @@ class Supervisor:
         home: Home,
         store: StateStore,
         http: httpx.AsyncClient | None = None,
+        *,
+        boot_time: float | None = None,
+        log_check_interval: float = LOG_CHECK_S,
     ) -> None:
         self.home = home
         self.store = store
         self.http = http or httpx.AsyncClient(trust_env=False)
         self.actors: dict[str, InstanceActor] = {}
         self.listeners: list[Listener] = []
+        self.boot_time = boot_time  # None: ask the OS (tests inject one to simulate a reboot)
+        self.log_check_interval = log_check_interval
+        self._background: list[asyncio.Task[None]] = []
 
     def emit(
         self, name: str, kind: str, old: str | None, new: str | None, reason: str | None
@@ -516,17 +585,67 @@ class Supervisor:
             actor.start_loop()
         return actor
 
+    def _first_start_since_boot(self) -> bool:
+        """True when no daemon of this home ran since the machine booted."""
+        import psutil
+
+        booted = psutil.boot_time() if self.boot_time is None else self.boot_time
+        seen = self.store.meta_get("boot_time")
+        self.store.meta_set("boot_time", repr(booted))
+        return seen is None or abs(float(seen) - booted) > 1.0
+
+    def _autostart_names(self) -> set[str]:
+        names = set()
+        for name in self.home.instance_names():
+            with contextlib.suppress(ConfigError, UnknownInstance):
+                if load_instance(self.home, name).config.autostart:
+                    names.add(name)
+        return names
+
     async def boot(self) -> None:
-        """Re-adopt what still runs and restart what should run but died."""
+        """Re-adopt what still runs and restart what should run but died.
+
+        On the first daemon start since the machine booted, the servers of the previous
+        boot are gone: only instances with ``autostart`` are started then.
+        """
+        rebooted = self._first_start_since_boot()
+        autostart = self._autostart_names() if rebooted else set()
         for row in self.store.all():
             name = row["name"]
             actor = InstanceActor(name, self, row)
             self.actors[name] = actor
             actor.start_loop()
-            actor.adopt_from(row)
+            actor.adopt_from(row, rebooted=rebooted, autostart=name in autostart)
+        for name in sorted(autostart - set(self.actors)):
+            self.actor(name).inbox.put_nowait(("autostart",))
+        self._background.append(asyncio.get_running_loop().create_task(self._rotate_logs()))
+
+    async def _rotate_logs(self) -> None:
+        """Rotate running servers' logs past ``logs.max_size_mb`` without stopping them."""
+        from llama_orchestrator.engine.command import log_paths
+
+        while True:
+            await asyncio.sleep(self.log_check_interval)
+            for actor in list(self.actors.values()):
+                loaded = actor.loaded
+                if actor.proc is None or loaded is None:
+                    continue
+                limit = loaded.config.logs.max_size_mb * 1024 * 1024
+                for path in log_paths(loaded, self.home.root):
+                    try:
+                        done = await asyncio.to_thread(
+                            rotate_live, path, limit, loaded.config.logs.rotation
+                        )
+                    except OSError as e:
+                        log.warning("%s: cannot rotate %s: %s", actor.name, path, e)
+                        continue
+                    if done:
+                        self.emit(actor.name, "log_rotated", None, None, str(path))
 
     async def close(self) -> None:
         """Stop supervising. The servers keep running: instances outlive the daemon."""
+        for task in self._background:
+            task.cancel()
         for actor in self.actors.values():
             for task in actor._tasks.values():
                 task.cancel()

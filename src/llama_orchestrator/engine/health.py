@@ -48,3 +48,30 @@ async def probe_health(
 
 def _ms(t0: float) -> float:
     return (time.monotonic() - t0) * 1000.0
+
+
+async def probe_completion(client: httpx.AsyncClient, base_url: str, timeout: float) -> Probe:
+    """Prove the server can still infer: a one-token completion must answer 200.
+
+    A server that answers /health but fails every completion is a known failure in the
+    field; /health alone cannot see it.
+    """
+    t0 = time.monotonic()
+    body = {"prompt": "a", "max_tokens": 1, "temperature": 0}
+    try:
+        r = await client.post(base_url + "/v1/completions", json=body, timeout=timeout)
+    except httpx.TimeoutException:
+        return Probe(Health.UNHEALTHY, None, _ms(t0), "completion probe timed out")
+    except httpx.HTTPError as e:
+        return Probe(
+            Health.UNHEALTHY, None, _ms(t0), f"completion probe failed: {type(e).__name__}"
+        )
+    ms = _ms(t0)
+    if r.status_code == 200:
+        return Probe(Health.HEALTHY, 200, ms, "completion ok")
+    return Probe(
+        Health.UNHEALTHY,
+        r.status_code,
+        ms,
+        f"completion probe: HTTP {r.status_code}: {r.text[:160]}",
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,12 @@ class ServerProcess:
     def reap(self) -> ExitStatus:
         raise NotImplementedError
 
+    def is_frozen(self) -> bool:
+        try:
+            return bool(psutil.Process(self.pid).status() == psutil.STATUS_STOPPED)
+        except psutil.Error:
+            return False
+
     def graceful_signal(self) -> bool:
         if IS_WINDOWS:
             return self.signal_group(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
@@ -108,6 +115,8 @@ class ServerProcess:
         """Graceful signal to the group, wait ``grace`` s, kill the group, wait, reap."""
         if not self.has_exited():
             self.graceful_signal()
+            if self.is_frozen():
+                grace = 0.0  # a stopped (SIGSTOP) process never handles SIGTERM
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wait_exit(), grace)
         # Kill the whole group even when the leader left on its own: a child it
@@ -294,6 +303,29 @@ def rotate_if_needed(path: Path, max_bytes: int, keep: int) -> None:
         if older.exists():
             os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
     os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+def rotate_live(path: Path, max_bytes: int, keep: int) -> bool:
+    """Rotate a log that a running server appends to, without stopping it (copytruncate).
+
+    The server holds the file open with O_APPEND, so after the truncate its next write
+    lands at the start of the emptied file. What it writes between the copy and the
+    truncate (a window of one file copy) is lost; that is the documented cost.
+    """
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if keep > 0:
+        for i in range(keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    return True
 
 
 def spawn(spec: LaunchSpec, name: str) -> ChildProcess:

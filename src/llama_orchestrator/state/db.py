@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -54,6 +54,10 @@ _MIGRATIONS: dict[int, str] = {
         reason TEXT
     );
     CREATE INDEX events_by_name ON events(name, id);
+    """,
+    # v2: daemon-wide facts, such as the boot time it last saw (reboot detection).
+    2: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
 }
 
@@ -159,6 +163,20 @@ class StateStore:
     def delete(self, name: str) -> None:
         with self._db:
             self._db.execute("DELETE FROM instances WHERE name=?", (name,))
+
+    # -- meta --------------------------------------------------------------------------
+
+    def meta_get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
 
     # -- events ------------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""``llama-orch health NAME``: health state, the last checks and the failure streak."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from llama_orchestrator.cli.common import check_names, fail, home_of, say
+
+
+def _from_records(home: Any, name: str) -> dict[str, Any]:
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    row = None
+    if store is not None:
+        try:
+            row = store.get(name)
+        finally:
+            store.close()
+    row = row or {}
+    return {
+        "name": name,
+        "status": row.get("status", "stopped"),
+        "health": row.get("health", "unknown"),
+        "consecutive_failures": None,
+        "last_health_check": row.get("last_health_check"),
+        "checks": [],
+        "live": False,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def health(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="Instance name.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Show an instance's health: state, last checks with latency, failure streak."""
+        from llama_orchestrator.daemon.control import connect
+
+        check_names([name])
+        home = home_of(ctx)
+        known = home.instance_names()
+        if name not in known:
+            fail(f"no instance named {name!r} (known: {', '.join(known) or 'none defined yet'})")
+        client = connect(home)
+        data: dict[str, Any]
+        reply = None
+        if client is not None:
+            try:
+                reply = client.get(f"/v1/instances/{name}/health", timeout=10)
+            except OSError:
+                reply = None
+        if reply is not None and reply.ok and isinstance(reply.body, dict):
+            data = dict(reply.body, live=True)
+        else:
+            say("note: the daemon is not running; showing the last recorded health")
+            data = _from_records(home, name)
+        if as_json:
+            print(json.dumps(data, indent=2))
+            return
+        print(f"{'Name:':22}{name}")
+        print(f"{'Status:':22}{data['status']}")
+        print(f"{'Health:':22}{data['health']}")
+        if data.get("consecutive_failures") is not None:
+            retries = data.get("retries")
+            streak = f"{data['consecutive_failures']}" + (f" of {retries}" if retries else "")
+            print(f"{'Consecutive failures:':22}{streak}")
+        last = data.get("last_health_check")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "-"
+        print(f"{'Last check:':22}{when}")
+        checks = data.get("checks") or []
+        if not checks:
+            print("Checks:               none yet" if data.get("live") else "")
+            return
+        print("Checks (oldest first):")
+        for c in checks:
+            stamp = time.strftime("%H:%M:%S", time.localtime(c["ts"]))
+            code = c["status_code"] if c["status_code"] is not None else "-"
+            mark = "ok  " if c["ok"] else "FAIL"
+            print(
+                f"  {stamp}  {c['kind']:<10} {mark} {code!s:>4} {c['latency_ms']:8.1f} ms  "
+                f"{c['detail']}"[:120]
+            )
