@@ -343,6 +343,7 @@ def test_issue2_down_while_loading(cli: Cli, home: Home, tiny_model: Path, tmp_p
         what="loading",
     )
     wait_for(lambda: health(port) == 503, what="503 while loading")
+    wait_for(lambda: ps_row(cli, "slow")["health"] == "loading", what="health: loading")
     out = cli("down", "slow")
     assert out.returncode == 0, out.stderr
     _, err = up.communicate(timeout=60)

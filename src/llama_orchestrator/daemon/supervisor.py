@@ -138,6 +138,9 @@ class InstanceActor:
             await self._cmd_start(msg[1])
         elif kind == "exited":
             await self._on_exited(msg[1])
+        elif kind == "loading":
+            if msg[1] is self.proc and self.state is State.STARTING:
+                self._set_health(Health.LOADING, "/health answered 503 (loading the model)")
         elif kind == "ready":
             self._on_ready(msg[1], msg[2])
         elif kind == "not_ready" or kind == "unhealthy":
@@ -345,11 +348,15 @@ class InstanceActor:
         url = base_url(loaded.config.server.host, loaded.config.server.port)
         t0 = time.monotonic()
         deadline = t0 + max(hc.start_period, MIN_READY_DEADLINE_S)
+        loading_seen = False
         while not proc.has_exited():
             probe = await probe_health(self.sup.http, url, hc.path, hc.timeout)
             if probe.ok:
                 await self.inbox.put(("ready", proc, (time.monotonic() - t0) * 1000.0))
                 return
+            if probe.health is Health.LOADING and not loading_seen:
+                loading_seen = True
+                await self.inbox.put(("loading", proc))
             if time.monotonic() > deadline:
                 reason = f"not ready after {hc.start_period:g}s (last check: {probe.detail})"
                 await self.inbox.put(("not_ready", proc, reason))
