@@ -42,7 +42,10 @@ def _validate(client: Client, names: list[str]) -> None:
     The daemon validates (it has the config model loaded already), so the CLI does not
     pay for importing it on every `up`.
     """
-    reply = client.post("/v1/validate", params={"names": ",".join(names)})
+    try:
+        reply = client.post("/v1/validate", params={"names": ",".join(names)})
+    except OSError as e:
+        fail(f"lost the daemon ({e}); see {client.url} and logs/daemon.log")
     if not reply.ok or not isinstance(reply.body, dict):
         fail(f"the daemon could not validate the configs: {reply.body}")
     problems: list[str] = reply.body["problems"]
@@ -85,7 +88,10 @@ def _report(name: str, body: dict[str, Any], verb: str) -> bool:
 
 def _act(client: Client, names: list[str], path: str, verb: str, **params: Any) -> bool:
     def one(name: str) -> tuple[str, dict[str, Any]]:
-        r = client.post(f"/v1/instances/{name}/{path}", params=params)
+        try:
+            r = client.post(f"/v1/instances/{name}/{path}", params=params)
+        except OSError as e:  # the daemon died or was stopped mid-request
+            return name, {"ok": False, "message": f"lost the daemon while waiting ({e})"}
         body = r.body
         if not isinstance(body, dict):
             body = {"ok": False, "message": f"HTTP {r.status}: {str(body)[:200]}"}

@@ -292,23 +292,25 @@ class InstanceActor:
         cfg = loaded.config
         spec = launch_spec(loaded, binary, self.sup.home.root)
         max_bytes = cfg.logs.max_size_mb * 1024 * 1024
+        self._set_desired(Desired.RUNNING)
+        self._set_state(State.STARTING, "restart" if auto else reason)  # -> STARTING
         try:
             for path in (spec.stdout, spec.stderr):
                 rotate_if_needed(path, max_bytes, cfg.logs.rotation)
-            self._set_state(State.STARTING, "restart" if auto else reason)
             proc = spawn(spec, self.name)
         except OSError as e:
-            msg = f"cannot start {spec.argv[0]}: {e}"
-            self.sup.store.update(self.name, last_error=msg)
-            if self.state is not State.STARTING:
-                self._set_state(State.STARTING, "up requested")
+            log_places = {str(p) for p in (spec.stdout, spec.stderr)}
+            log_places |= {str(p.parent) for p in (spec.stdout, spec.stderr)}
+            if e.filename is not None and str(e.filename) in log_places:
+                msg = f"cannot write log file {e.filename}: {e.strerror} (see logs in the config)"
+            else:
+                msg = f"cannot start {spec.argv[0]}: {e}"
             if fut is not None:
                 fut.set_result(Outcome(False, msg, error="spawn"))
             self._after_failure(msg, [])
             return
         self.proc = proc
         self._stderr_path = spec.stderr
-        self._set_desired(Desired.RUNNING)
         self._set_health(Health.UNKNOWN, "starting")
         self.sup.store.update(
             self.name,
@@ -470,9 +472,9 @@ class InstanceActor:
             self._set_state(State.EXITED if was_running else State.FATAL, reason)
             return
         if self.failures > policy.max_retries:
-            self._set_state(  # STARTING/RUNNING -> FATAL
-                State.FATAL, f"{reason}; gave up after {policy.max_retries} restart(s)"
-            )
+            final = f"{reason}; gave up after {policy.max_retries} restart(s)"
+            self.sup.store.update(self.name, last_error=final)
+            self._set_state(State.FATAL, final)  # STARTING/RUNNING -> FATAL
             return
         delay = backoff_delay(
             self.failures, policy.backoff_base, policy.backoff_multiplier, policy.backoff_max
@@ -522,7 +524,10 @@ class InstanceActor:
         if self.state in ALIVE:
             # The server died while no daemon watched it: reconcile the record (no live
             # transition happened that we could have observed).
-            self.sup.store.update(self.name, pid=None, status=State.EXITED.value)
+            self.sup.store.update(
+                self.name, pid=None, status=State.EXITED.value, health=Health.UNKNOWN.value
+            )
+            self.health = Health.UNKNOWN
             self.sup.emit(
                 self.name,
                 "exit",

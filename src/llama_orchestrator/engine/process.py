@@ -48,9 +48,23 @@ class Identity:
                 return False
             if p.status() == psutil.STATUS_ZOMBIE:
                 return False
-            return bool(p.cmdline() == self.cmdline)
+            return command_matches(p.cmdline(), self.cmdline)
         except (psutil.Error, OSError):
             return False
+
+
+def command_matches(live: list[str], recorded: list[str]) -> bool:
+    """Does a live command line belong to the recorded argv?
+
+    Equal, or, for a script run through its ``#!`` interpreter or a wrapper that
+    ``exec``s the server, the recorded arguments after argv[0] end the live command line.
+    PID and create time already pin the process; this guards against a reused PID whose
+    create time happens to match.
+    """
+    if live == recorded:
+        return True
+    tail = recorded[1:]
+    return bool(tail) and len(live) > len(tail) and live[-len(tail) :] == tail
 
 
 @dataclass(frozen=True)
@@ -95,16 +109,13 @@ class ServerProcess:
     def reap(self) -> ExitStatus:
         raise NotImplementedError
 
-    def is_frozen(self) -> bool:
-        try:
-            return bool(psutil.Process(self.pid).status() == psutil.STATUS_STOPPED)
-        except psutil.Error:
-            return False
-
     def graceful_signal(self) -> bool:
         if IS_WINDOWS:
             return self.signal_group(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-        return self.signal_group(signal.SIGTERM)
+        sent = self.signal_group(signal.SIGTERM)
+        # As systemd does: a stopped (SIGSTOP) process only acts on SIGTERM once continued.
+        self.signal_group(signal.SIGCONT)
+        return sent
 
     def kill(self) -> bool:
         if IS_WINDOWS:
@@ -115,8 +126,6 @@ class ServerProcess:
         """Graceful signal to the group, wait ``grace`` s, kill the group, wait, reap."""
         if not self.has_exited():
             self.graceful_signal()
-            if self.is_frozen():
-                grace = 0.0  # a stopped (SIGSTOP) process never handles SIGTERM
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wait_exit(), grace)
         # Kill the whole group even when the leader left on its own: a child it
