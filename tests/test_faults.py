@@ -461,6 +461,7 @@ def test_issue3_fault_restart_of_server_ignoring_sigterm(
         # only the first server is stubborn, so the test's teardown is quick
         env={"FAKE_IGNORE_SIGTERM": "1", "FAKE_FAULT_ONCE": str(tmp_path / "faulted")},
         healthcheck=FAST_HC,
+        server={"stop_timeout": 1},
     )
     assert cli("up", "stubborn").returncode == 0
     pid = ps_row(cli, "stubborn")["pid"]

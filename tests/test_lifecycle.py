@@ -364,6 +364,7 @@ def test_stop_escalates_to_kill_when_sigterm_ignored(
         port,
         binary=str(_fake_binary(tmp_path)),
         env={"FAKE_IGNORE_SIGTERM": "1"},
+        server={"stop_timeout": 1},
     )
     assert cli("up", "stubborn").returncode == 0
     pid = ps_row(cli, "stubborn")["pid"]

@@ -47,6 +47,9 @@ class ServerConfig(_Strict):
     port: int = Field(default=8001, ge=1024, le=65535, description="--port")
     timeout: int = Field(default=600, ge=1, le=86_400, description="-to, read/write timeout (s)")
     parallel: int = Field(default=1, ge=1, le=16, description="-np, parallel slots")
+    stop_timeout: float = Field(
+        default=10, ge=0, le=3600, description="seconds between SIGTERM and SIGKILL on stop"
+    )
 
 
 class GpuConfig(_Strict):

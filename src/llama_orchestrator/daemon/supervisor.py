@@ -46,7 +46,7 @@ from llama_orchestrator.state.db import StateStore
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
-STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
+STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
 READY_POLL_S = 0.02  # /health polling while a server starts
 MIN_READY_DEADLINE_S = 5.0
 CHECK_HISTORY = 20  # health checks kept per instance for `llama-orch health`
@@ -230,7 +230,8 @@ class InstanceActor:
                 Outcome(False, "stopped by `down` while it was still loading", error="stopped")
             )
         proc, self.proc = self.proc, None
-        status = await proc.stop(STOP_GRACE_S)
+        grace = self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
+        status = await proc.stop(grace)
         self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
         self._set_health(Health.UNKNOWN, "stopped")
         self._set_state(State.STOPPED, f"stopped ({status.describe()})")  # STOPPING -> STOPPED
@@ -448,7 +449,8 @@ class InstanceActor:
         # SIGTERM as one check may take, not the full grace of a requested stop.
         grace = STOP_GRACE_S
         if self.loaded is not None:
-            grace = min(STOP_GRACE_S, self.loaded.config.healthcheck.timeout)
+            cfg = self.loaded.config
+            grace = min(cfg.server.stop_timeout, cfg.healthcheck.timeout)
         status = await proc.stop(grace)
         self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
         self.sup.emit(self.name, "exit", None, None, f"stopped as unhealthy: {status.describe()}")
