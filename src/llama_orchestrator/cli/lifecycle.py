@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +10,12 @@ import typer
 
 from llama_orchestrator.cli.common import EXIT_FAIL, EXIT_USAGE, check_names, fail, home_of, say
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.views import (
+    HEALTH_STYLE,
+    STATUS_STYLE,
+    format_uptime,
+    instance_rows,
+)
 
 if TYPE_CHECKING:
     from llama_orchestrator.daemon.control import Client
@@ -169,7 +174,7 @@ def register(app: typer.Typer) -> None:
         from llama_orchestrator.daemon.control import daemon_status
 
         home = home_of(ctx)
-        rows = _ps_rows(home)
+        rows = instance_rows(home)
         if not all_:
             rows = [r for r in rows if r["status"] != "stopped"]
         if not daemon_status(home).running:
@@ -193,93 +198,6 @@ def _any_recorded_alive(home: Home, names: list[str]) -> bool:
         return any((store.get(n) or {}).get("pid") for n in names)
     finally:
         store.close()
-
-
-def _raw_config(home: Home, name: str) -> dict[str, Any]:
-    """Display fields of a config that never ran, read without full validation."""
-    try:
-        data = json.loads(home.config_path(name).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _ps_rows(home: Home) -> list[dict[str, Any]]:
-    from llama_orchestrator.state.db import StateStore
-
-    store = StateStore.open_for_reading(home.db_path)
-    records: dict[str, dict[str, Any]] = {}
-    if store is not None:
-        try:
-            records = {r["name"]: r for r in store.all()}
-        finally:
-            store.close()
-    now = time.time()
-    rows = []
-    for name in sorted(set(home.instance_names()) | set(records)):
-        r = records.get(name)
-        if r is None:
-            raw = _raw_config(home, name)
-            server, gpu = raw.get("server") or {}, raw.get("gpu") or {}
-            backend = gpu.get("backend", "cpu")
-            r = {
-                "status": "stopped",
-                "health": "unknown",
-                "pid": None,
-                "port": server.get("port"),
-                "backend": backend,
-                "device": "-" if backend == "cpu" else f"GPU:{gpu.get('device_id', 0)}",
-                "model": (raw.get("model") or {}).get("path"),
-                "restart_count": 0,
-                "desired": "stopped",
-                "start_time": None,
-                "last_error": None,
-            }
-        alive = r["status"] in ("running", "starting", "stopping") and r.get("start_time")
-        model = r.get("model") or ""
-        rows.append(
-            {
-                "name": name,
-                "pid": r.get("pid"),
-                "port": r.get("port"),
-                "backend": r.get("backend"),
-                "device": r.get("device"),
-                "model": model.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf"),
-                "status": r["status"],
-                "health": r.get("health"),
-                "uptime_s": round(now - r["start_time"], 1) if alive else None,
-                "restarts": r.get("restart_count", 0),
-                "desired": r.get("desired"),
-                "defined": name in home.instance_names(),
-                "last_error": r.get("last_error"),
-            }
-        )
-    return rows
-
-
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-_STATUS_STYLE = {
-    "running": "green",
-    "starting": "yellow",
-    "backoff": "yellow",
-    "stopping": "yellow",
-    "exited": "red",
-    "fatal": "red",
-    "stopped": "dim",
-}
-_HEALTH_STYLE = {"healthy": "green", "loading": "yellow", "unhealthy": "red", "error": "red"}
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -309,9 +227,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             r["backend"] or "-",
             r["device"] or "-",
             r["model"] or "-",
-            Text(r["status"], style=_STATUS_STYLE.get(r["status"], "")),
-            Text(r["health"] or "-", style=_HEALTH_STYLE.get(r["health"] or "", "")),
-            _uptime(r["uptime_s"]),
+            Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+            Text(r["health"] or "-", style=HEALTH_STYLE.get(r["health"] or "", "")),
+            format_uptime(r["uptime_s"]),
             str(r["restarts"]),
         )
     Console(soft_wrap=False).print(table)

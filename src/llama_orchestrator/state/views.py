@@ -1,0 +1,100 @@
+"""What ``ps``, the dashboard and other readers show: one row per instance.
+
+Built from the state records (so it works while the daemon is down) plus the configs of
+instances that never ran. Reads only; cheap imports, since ``ps`` must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from llama_orchestrator.home import Home
+
+
+def _raw_config(home: Home, name: str) -> dict[str, Any]:
+    """Display fields of a config that never ran, read without full validation."""
+    try:
+        data = json.loads(home.config_path(name).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def instance_rows(home: Home) -> list[dict[str, Any]]:
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    records: dict[str, dict[str, Any]] = {}
+    if store is not None:
+        try:
+            records = {r["name"]: r for r in store.all()}
+        finally:
+            store.close()
+    now = time.time()
+    rows = []
+    for name in sorted(set(home.instance_names()) | set(records)):
+        r = records.get(name)
+        if r is None:
+            raw = _raw_config(home, name)
+            server, gpu = raw.get("server") or {}, raw.get("gpu") or {}
+            backend = gpu.get("backend", "cpu")
+            r = {
+                "status": "stopped",
+                "health": "unknown",
+                "pid": None,
+                "port": server.get("port"),
+                "backend": backend,
+                "device": "-" if backend == "cpu" else f"GPU:{gpu.get('device_id', 0)}",
+                "model": (raw.get("model") or {}).get("path"),
+                "restart_count": 0,
+                "desired": "stopped",
+                "start_time": None,
+                "last_error": None,
+            }
+        alive = r["status"] in ("running", "starting", "stopping") and r.get("start_time")
+        model = r.get("model") or ""
+        rows.append(
+            {
+                "name": name,
+                "pid": r.get("pid"),
+                "port": r.get("port"),
+                "backend": r.get("backend"),
+                "device": r.get("device"),
+                "model": model.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf"),
+                "status": r["status"],
+                "health": r.get("health"),
+                "uptime_s": round(now - r["start_time"], 1) if alive else None,
+                "restarts": r.get("restart_count", 0),
+                "desired": r.get("desired"),
+                "defined": name in home.instance_names(),
+                "last_error": r.get("last_error"),
+            }
+        )
+    return rows
+
+
+def format_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+STATUS_STYLE = {
+    "running": "green",
+    "starting": "yellow",
+    "backoff": "yellow",
+    "stopping": "yellow",
+    "exited": "red",
+    "fatal": "red",
+    "stopped": "dim",
+}
+HEALTH_STYLE = {"healthy": "green", "loading": "yellow", "unhealthy": "red", "error": "red"}
