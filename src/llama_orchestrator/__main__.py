@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from llama_orchestrator.cli.app import main
+from llama_orchestrator.cli.fast import main
 
 if __name__ == "__main__":
     main()

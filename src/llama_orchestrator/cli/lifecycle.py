@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,12 +9,6 @@ import typer
 
 from llama_orchestrator.cli.common import EXIT_FAIL, EXIT_USAGE, check_names, fail, home_of, say
 from llama_orchestrator.home import Home
-from llama_orchestrator.state.views import (
-    HEALTH_STYLE,
-    STATUS_STYLE,
-    format_uptime,
-    instance_rows,
-)
 
 if TYPE_CHECKING:
     from llama_orchestrator.daemon.control import Client
@@ -169,23 +162,26 @@ def register(app: typer.Typer) -> None:
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Names only.")] = False,
+        filters: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--filter",
+                "-f",
+                help="KEY=VALUE with KEY one of name, status, health, backend, device, desired; "
+                "repeatable.",
+            ),
+        ] = None,
     ) -> None:
-        """List instances: NAME PID PORT BACKEND DEVICE MODEL STATUS HEALTH UPTIME RESTARTS."""
-        from llama_orchestrator.daemon.control import daemon_status
+        """List instances: NAME PID PORT BACKEND DEVICE MODEL STATUS HEALTH UPTIME RESTARTS.
 
-        home = home_of(ctx)
-        rows = instance_rows(home)
-        if not all_:
-            rows = [r for r in rows if r["status"] != "stopped"]
-        if not daemon_status(home).running:
-            say("note: the daemon is not running; showing the last recorded state")
-        if quiet:
-            for r in rows:
-                print(r["name"])
-        elif as_json:
-            print(json.dumps(rows, indent=2))
-        else:
-            _print_table(rows)
+        Works from the records when the daemon is down (and says so).
+        Examples: llama-orch ps -a; llama-orch ps --filter status=backoff --json
+        """
+        from llama_orchestrator.cli.ps_view import run_ps
+
+        code = run_ps(home_of(ctx), all_=all_, as_json=as_json, quiet=quiet, filters=filters or [])
+        if code:
+            raise typer.Exit(code)
 
 
 def _any_recorded_alive(home: Home, names: list[str]) -> bool:
@@ -198,38 +194,3 @@ def _any_recorded_alive(home: Home, names: list[str]) -> bool:
         return any((store.get(n) or {}).get("pid") for n in names)
     finally:
         store.close()
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in (
-        "NAME",
-        "PID",
-        "PORT",
-        "BACKEND",
-        "DEVICE",
-        "MODEL",
-        "STATUS",
-        "HEALTH",
-        "UPTIME",
-        "RESTARTS",
-    ):
-        table.add_column(col, no_wrap=col != "MODEL", overflow="fold")
-    for r in rows:
-        table.add_row(
-            r["name"],
-            str(r["pid"] or "-"),
-            str(r["port"] or "-"),
-            r["backend"] or "-",
-            r["device"] or "-",
-            r["model"] or "-",
-            Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
-            Text(r["health"] or "-", style=HEALTH_STYLE.get(r["health"] or "", "")),
-            format_uptime(r["uptime_s"]),
-            str(r["restarts"]),
-        )
-    Console(soft_wrap=False).print(table)

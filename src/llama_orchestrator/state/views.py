@@ -34,7 +34,8 @@ def instance_rows(home: Home) -> list[dict[str, Any]]:
             store.close()
     now = time.time()
     rows = []
-    for name in sorted(set(home.instance_names()) | set(records)):
+    defined = set(home.instance_names())
+    for name in sorted(defined | set(records)):
         r = records.get(name)
         if r is None:
             raw = _raw_config(home, name)
@@ -68,7 +69,7 @@ def instance_rows(home: Home) -> list[dict[str, Any]]:
                 "uptime_s": round(now - r["start_time"], 1) if alive else None,
                 "restarts": r.get("restart_count", 0),
                 "desired": r.get("desired"),
-                "defined": name in home.instance_names(),
+                "defined": name in defined,
                 "last_error": r.get("last_error"),
             }
         )
