@@ -17,6 +17,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
     from llama_orchestrator.engine.binary import BinaryError, resolve_binary
     from llama_orchestrator.engine.command import launch_spec
+    from llama_orchestrator.models.header import GGUFError, read_model_info
     from llama_orchestrator.state.db import StateStore
 
     try:
@@ -64,6 +65,12 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
     data["runtime"] = runtime
     data["events"] = events
+    try:
+        info = read_model_info(loaded.model_path).to_dict()
+        info.pop("metadata")
+        data["model_info"] = info
+    except GGUFError as e:
+        data["model_info"] = {"error": str(e)}
     return data
 
 
@@ -74,6 +81,17 @@ def _print(data: dict[str, Any]) -> None:
     line("Name", data["name"])
     line("Config", data["config_file"])
     line("Model", data["model_file"])
+    mi = data.get("model_info") or {}
+    if "error" in mi:
+        line("Model info", f"unreadable: {mi['error']}")
+    else:
+        ctx = mi.get("context_length")
+        line(
+            "Model info",
+            f"{mi.get('architecture') or '?'}, {mi['parameters_human']} parameters, "
+            f"{mi.get('quantization') or '?'}, {mi.get('layers') or '?'} layers, "
+            f"trained context {ctx or '?'}, {mi['file_size'] / 1e6:.1f} MB",
+        )
     b = data.get("binary") or {}
     if "error" in b:
         line("Binary", f"unavailable: {b['error']}")
