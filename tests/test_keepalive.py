@@ -131,3 +131,55 @@ def test_issue3_logs_rotate_while_the_server_runs(cli: Cli, home: Home, tiny_mod
     wait_for(lambda: err.stat().st_size > size, what="server output after rotation")
     assert b"\0" not in err.read_bytes()[:64]  # appended at the new start, no hole
     assert any(e["kind"] == "log_rotated" for e in _events(home, "alpha"))
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from llama_orchestrator.state.db import StateStore
+store = StateStore(Path(sys.argv[1]))
+i = 0
+while True:
+    i += 1
+    store.update("x", restart_count=i, status="running")
+    store.add_event("x", "tick", None, str(i), "writer")
+    if i == 50:
+        print("ready", flush=True)
+"""
+
+
+def test_issue3_sqlite_killed_mid_write_stays_correct(tmp_path: Path) -> None:
+    """Readers never block or see a lost update; SIGKILL mid-write leaves a sound file."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "state.sqlite"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        reader = StateStore.open_for_reading(db)
+        assert reader is not None
+        seen = []
+        for _ in range(300):  # read while the writer commits as fast as it can
+            row = reader.get("x")
+            assert row is not None
+            seen.append(row["restart_count"])
+        reader.close()
+        assert seen == sorted(seen) and seen[-1] > seen[0]  # monotonic, and it moved
+    finally:
+        writer.kill()  # SIGKILL, most likely in the middle of a transaction
+        writer.wait()
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store = StateStore(db)  # reopens (and recovers the WAL) as the next daemon would
+    try:
+        row = store.get("x")
+        assert row is not None
+        last_event = int(store.events("x", 1)[0]["new"])
+        # each write is one committed transaction: the row is the last event's or one ahead
+        assert row["restart_count"] - last_event in (0, 1)
+        store.update("x", restart_count=0)  # and it is writable again
+    finally:
+        store.close()
