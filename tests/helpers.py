@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -56,3 +58,23 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def fake_binary(tmp_path: Path) -> Path:
+    """An executable that runs tests/fakeserver.py: the fake server, for fault injection."""
+    script = tmp_path / "fake-llama-server"
+    fake = Path(__file__).with_name("fakeserver.py")
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def events(home: Any, name: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """The instance's recorded events, oldest first."""
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore(home.db_path)
+    try:
+        return store.events(name, limit)
+    finally:
+        store.close()

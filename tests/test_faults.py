@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import Cli, free_port, write_config
-from helpers import chat, gone, health, ps_row, wait_for
+from helpers import chat, events, fake_binary, gone, health, ps_row, wait_for
 
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import StateStore
@@ -41,14 +41,6 @@ QUICK = {"backoff_base": 0.2, "backoff_multiplier": 2.0, "backoff_max": 5.0, "st
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _events(home: Home, name: str) -> list[dict[str, Any]]:
-    store = StateStore(home.db_path)
-    try:
-        return store.events(name, 1000)
-    finally:
-        store.close()
-
-
 def _record(home: Home, name: str) -> dict[str, Any]:
     store = StateStore(home.db_path)
     try:
@@ -62,13 +54,13 @@ def _record(home: Home, name: str) -> dict[str, Any]:
 def _reasons(home: Home, name: str, kind: str, new: str | None = None) -> list[str]:
     return [
         str(e["reason"])
-        for e in _events(home, name)
+        for e in events(home, name)
         if e["kind"] == kind and (new is None or e["new"] == new)
     ]
 
 
 def _spawns(home: Home, name: str) -> int:
-    return sum(1 for e in _events(home, name) if e["kind"] == "spawned")
+    return sum(1 for e in events(home, name) if e["kind"] == "spawned")
 
 
 def _stays(check: Callable[[], bool], duration: float, what: str) -> None:
@@ -85,14 +77,6 @@ def _daemon_pid(home: Home) -> int:
 
 def _running_with_new_pid(cli: Cli, name: str, old_pid: int) -> Callable[[], Any]:
     return lambda: (r := ps_row(cli, name))["status"] == "running" and r["pid"] != old_pid and r
-
-
-def _fake_binary(tmp_path: Path) -> Path:
-    script = tmp_path / "fake-llama-server"
-    fake = Path(__file__).with_name("fakeserver.py")
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
-    script.chmod(0o755)
-    return script
 
 
 _SITECUSTOMIZE = """\
@@ -115,7 +99,7 @@ if _main:
 """
 
 
-def _native_fake_binary(tmp_path: Path) -> Path:
+def _nativefake_binary(tmp_path: Path) -> Path:
     """The fake server, started so that its command line is exactly the argv it was given.
 
     A compiled llama-server's ``/proc/<pid>/cmdline`` equals the argv the daemon recorded,
@@ -294,7 +278,7 @@ def test_issue3_fault_health_ok_but_completions_fail(
         "mute",
         tiny_model,
         port,
-        binary=str(_fake_binary(tmp_path)),
+        binary=str(fake_binary(tmp_path)),
         # the first server answers /health 200 and 500 on every completion; the
         # restarted one is sound
         env={"FAKE_COMPLETIONS_FAIL": "1", "FAKE_FAULT_ONCE": str(tmp_path / "faulted")},
@@ -457,7 +441,7 @@ def test_issue3_fault_restart_of_server_ignoring_sigterm(
         "stubborn",
         tiny_model,
         port,
-        binary=str(_fake_binary(tmp_path)),
+        binary=str(fake_binary(tmp_path)),
         # only the first server is stubborn, so the test's teardown is quick
         env={"FAKE_IGNORE_SIGTERM": "1", "FAKE_FAULT_ONCE": str(tmp_path / "faulted")},
         healthcheck=FAST_HC,
@@ -487,7 +471,7 @@ def test_issue3_fault_daemon_sigkilled_in_the_middle_of_a_restart(
         "slow",
         tiny_model,
         port,
-        binary=str(_native_fake_binary(tmp_path)),
+        binary=str(_nativefake_binary(tmp_path)),
         env={"FAKE_LOAD_DELAY": "2.5"},
         healthcheck=FAST_HC,
     )
@@ -548,7 +532,7 @@ def test_issue3_fault_daemon_killed_while_the_cli_waits_is_reported(
         "slow",
         tiny_model,
         free_port(),
-        binary=str(_fake_binary(tmp_path)),
+        binary=str(fake_binary(tmp_path)),
         env={"FAKE_LOAD_DELAY": "60"},
     )
     assert cli("daemon", "start").returncode == 0
@@ -582,7 +566,7 @@ def test_issue3_fault_daemon_killed_readopts_a_script_binary(
 ) -> None:
     port = free_port()
     write_config(
-        home, "wrapped", tiny_model, port, binary=str(_fake_binary(tmp_path)), healthcheck=FAST_HC
+        home, "wrapped", tiny_model, port, binary=str(fake_binary(tmp_path)), healthcheck=FAST_HC
     )
     assert cli("up", "wrapped").returncode == 0
     pid = ps_row(cli, "wrapped")["pid"]

@@ -8,20 +8,12 @@ from pathlib import Path
 
 import psutil
 from conftest import Cli, free_port, write_config
-from helpers import chat, gone, health, ps_row, wait_for
+from helpers import chat, events, gone, health, ps_row, wait_for
 
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import StateStore
 
 FAST = {"interval": 0.2, "timeout": 1, "retries": 2, "start_period": 30}
-
-
-def _events(home: Home, name: str) -> list[dict[str, object]]:
-    store = StateStore(home.db_path)
-    try:
-        return store.events(name, 500)
-    finally:
-        store.close()
 
 
 def test_health_command_shows_checks_with_latency(cli: Cli, home: Home, tiny_model: Path) -> None:
@@ -84,7 +76,7 @@ def test_issue3_autostart_after_reboot(cli: Cli, home: Home, tiny_model: Path) -
     assert row["pid"] not in pids and health(auto_port) == 200
     plain = ps_row(cli, "plain")
     assert plain["status"] != "running" and plain["desired"] == "stopped"
-    reasons = [e["reason"] for e in _events(home, "plain") if e["kind"] == "not_restarted"]
+    reasons = [e["reason"] for e in events(home, "plain") if e["kind"] == "not_restarted"]
     assert reasons == ["the machine rebooted and autostart is off"]
     assert health(plain_port) is None
 
@@ -107,7 +99,7 @@ def test_issue3_daemon_crash_restarts_desired_running_servers(
         lambda: (r := ps_row(cli, "alpha"))["status"] == "running" and r, what="restarted"
     )
     assert row["pid"] != pid and health(port) == 200
-    kinds = [e["kind"] for e in _events(home, "alpha")]
+    kinds = [e["kind"] for e in events(home, "alpha")]
     assert "exit" in kinds[kinds.index("spawned") :]
 
 
@@ -130,7 +122,7 @@ def test_issue3_logs_rotate_while_the_server_runs(cli: Cli, home: Home, tiny_mod
     chat(port)
     wait_for(lambda: err.stat().st_size > size, what="server output after rotation")
     assert b"\0" not in err.read_bytes()[:64]  # appended at the new start, no hole
-    assert any(e["kind"] == "log_rotated" for e in _events(home, "alpha"))
+    assert any(e["kind"] == "log_rotated" for e in events(home, "alpha"))
 
 
 _WRITER = """

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import Cli, free_port, write_config
-from helpers import chat, gone, health, ps_row, wait_for
+from helpers import chat, fake_binary, gone, health, ps_row, wait_for
 
 from llama_orchestrator.home import Home
 
@@ -313,14 +313,6 @@ def test_issue2_unknown_instance_and_bad_names(cli: Cli, home: Home, tiny_model:
     assert not home.daemon_pid_path.exists()  # nothing was started for bad input
 
 
-def _fake_binary(tmp_path: Path) -> Path:
-    script = tmp_path / "fake-llama-server"
-    fake = Path(__file__).with_name("fakeserver.py")
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
-    script.chmod(0o755)
-    return script
-
-
 def test_issue2_down_while_loading(cli: Cli, home: Home, tiny_model: Path, tmp_path: Path) -> None:
     port = free_port()
     write_config(
@@ -328,7 +320,7 @@ def test_issue2_down_while_loading(cli: Cli, home: Home, tiny_model: Path, tmp_p
         "slow",
         tiny_model,
         port,
-        binary=str(_fake_binary(tmp_path)),
+        binary=str(fake_binary(tmp_path)),
         env={"FAKE_LOAD_DELAY": "60"},
     )
     up = subprocess.Popen(
@@ -362,7 +354,7 @@ def test_stop_escalates_to_kill_when_sigterm_ignored(
         "stubborn",
         tiny_model,
         port,
-        binary=str(_fake_binary(tmp_path)),
+        binary=str(fake_binary(tmp_path)),
         env={"FAKE_IGNORE_SIGTERM": "1"},
         server={"stop_timeout": 1},
     )
