@@ -14,10 +14,12 @@ from llama_orchestrator import __version__
 from llama_orchestrator.cli import (
     config_cmd,
     daemon_cmd,
+    dashboard_cmd,
     describe_cmd,
     health_cmd,
     info_cmd,
     lifecycle,
+    logs_cmd,
 )
 
 app = typer.Typer(
@@ -60,9 +62,11 @@ def _root(
 config_cmd.register(app)
 lifecycle.register(app)
 describe_cmd.register(app)
+logs_cmd.register(app)
 health_cmd.register(app)
 daemon_cmd.register(app)
 info_cmd.register(app)
+dashboard_cmd.register(app)
 
 
 def main() -> None:

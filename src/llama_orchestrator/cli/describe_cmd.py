@@ -3,140 +3,11 @@
 from __future__ import annotations
 
 import json
-import shlex
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from llama_orchestrator.cli.common import check_names, fail, home_of
-from llama_orchestrator.home import Home
-
-
-def describe_data(home: Home, name: str) -> dict[str, Any]:
-    from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-    from llama_orchestrator.engine.binary import BinaryError, resolve_binary
-    from llama_orchestrator.engine.command import launch_spec
-    from llama_orchestrator.models.header import GGUFError, read_model_info
-    from llama_orchestrator.state.db import StateStore
-
-    try:
-        loaded = load_instance(home, name)
-    except UnknownInstance as e:
-        fail(str(e))
-    except ConfigError as e:
-        fail(f"invalid config:\n{e}")
-    data: dict[str, Any] = {
-        "name": name,
-        "config_file": str(loaded.path),
-        "config": loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True),
-        "model_file": str(loaded.model_path),
-    }
-    try:
-        binary = resolve_binary(loaded.config.binary, home, config_dir=loaded.path.parent)
-        spec = launch_spec(loaded, binary, home.root)
-        data["binary"] = {
-            "path": binary.display,
-            "source": binary.source,
-            "version": binary.version(),
-        }
-        data["command"] = spec.argv
-        data["command_line"] = shlex.join(spec.argv)
-        data["env_overrides"] = spec.env_overrides
-        data["logs"] = {
-            stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
-            for stream, p in (("stdout", spec.stdout), ("stderr", spec.stderr))
-        }
-    except BinaryError as e:
-        data["binary"] = {"error": str(e)}
-    store = StateStore.open_for_reading(home.db_path)
-    runtime: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = []
-    if store is not None:
-        try:
-            runtime = store.get(name)
-            events = store.events(name, 15)
-        finally:
-            store.close()
-    if runtime is not None:
-        runtime.pop("name", None)
-        start = runtime.get("start_time")
-        alive = runtime.get("status") in ("running", "starting", "stopping")
-        runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
-    data["runtime"] = runtime
-    data["events"] = events
-    try:
-        info = read_model_info(loaded.model_path).to_dict()
-        info.pop("metadata")
-        data["model_info"] = info
-    except GGUFError as e:
-        data["model_info"] = {"error": str(e)}
-    return data
-
-
-def _print(data: dict[str, Any]) -> None:
-    def line(key: str, value: Any) -> None:
-        print(f"{key + ':':16}{'-' if value is None else value}")
-
-    line("Name", data["name"])
-    line("Config", data["config_file"])
-    line("Model", data["model_file"])
-    mi = data.get("model_info") or {}
-    if "error" in mi:
-        line("Model info", f"unreadable: {mi['error']}")
-    else:
-        ctx = mi.get("context_length")
-        line(
-            "Model info",
-            f"{mi.get('architecture') or '?'}, {mi['parameters_human']} parameters, "
-            f"{mi.get('quantization') or '?'}, {mi.get('layers') or '?'} layers, "
-            f"trained context {ctx or '?'}, {mi['file_size'] / 1e6:.1f} MB",
-        )
-    b = data.get("binary") or {}
-    if "error" in b:
-        line("Binary", f"unavailable: {b['error']}")
-    else:
-        line("Binary", f"{b['path']} [{b['source']}]")
-        line("Version", b.get("version"))
-        line("Command", data["command_line"])
-        env = data.get("env_overrides") or {}
-        line("Environment", " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) or None)
-    rt = data.get("runtime")
-    if rt is None:
-        print("Runtime:        never started")
-    else:
-        print("Runtime:")
-        for key in (
-            "status",
-            "desired",
-            "health",
-            "pid",
-            "port",
-            "uptime_s",
-            "restart_count",
-            "exit_code",
-            "exit_signal",
-            "last_error",
-        ):
-            print(f"  {key + ':':16}{'-' if rt.get(key) is None else rt.get(key)}")
-        if rt.get("start_time"):
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rt["start_time"]))
-            print(f"  {'started:':16}{started}")
-    for stream, info in (data.get("logs") or {}).items():
-        size = "missing" if info["bytes"] is None else f"{info['bytes']} bytes"
-        line(f"Log {stream}", f"{info['path']} ({size})")
-    print("Config (with defaults):")
-    for text in json.dumps(data["config"], indent=2).splitlines():
-        print(f"  {text}")
-    if data["events"]:
-        print("Events:")
-        for e in data["events"]:
-            stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-            if e["kind"] in ("state", "health"):
-                arc = f"{e['old']} -> {e['new']}"
-            else:
-                arc = f"pid {e['new']}" if e["new"] else ""
-            print(f"  {stamp}  {e['kind']:<13} {arc:<22} {e['reason'] or ''}"[:200])
 
 
 def register(app: typer.Typer) -> None:
@@ -146,10 +17,18 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Instance name.")],
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     ) -> None:
-        """Show an instance in full: config with defaults, command line, runtime, events."""
+        """Show an instance in full: config with defaults, command line, model, runtime, events.
+
+        Examples: llama-orch describe gemma; llama-orch describe gemma --json | jq .runtime
+        """
+        from llama_orchestrator.config.loader import ConfigError, UnknownInstance
+        from llama_orchestrator.state.describe import describe_data, render_describe
+
         check_names([name])
-        data = describe_data(home_of(ctx), name)
-        if as_json:
-            print(json.dumps(data, indent=2))
-        else:
-            _print(data)
+        try:
+            data = describe_data(home_of(ctx), name)
+        except UnknownInstance as e:
+            fail(str(e))
+        except ConfigError as e:
+            fail(f"invalid config:\n{e}")
+        print(json.dumps(data, indent=2) if as_json else render_describe(data))

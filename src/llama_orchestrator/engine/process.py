@@ -291,7 +291,7 @@ def adopt(pid: int, create_time: float, cmdline: list[str]) -> AdoptedProcess | 
 
 
 def _marker(spec: LaunchSpec, name: str) -> bytes:
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     # One line, whatever the arguments hold (a multi-line chat template, say).
     command = subprocess.list2cmdline(spec.argv).replace("\r", "\\r").replace("\n", "\\n")
     return f"==== llama-orch: starting {name} at {stamp}: {command}\n".encode()

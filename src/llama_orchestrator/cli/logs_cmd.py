@@ -1,0 +1,255 @@
+"""``llama-orch logs NAME``: an instance's stdout and stderr, like ``docker logs``.
+
+Both streams are shown by default, merged by each line's derived time (see logs/reader.py
+for how a time is worked out from the start markers and llama.cpp's own timestamps).
+Log lines go to stdout as written (bytes, unchanged); notes go to stderr.
+
+Missing files, decided as ``docker logs`` would for an instance that has no output:
+
+- an instance never started has no logs: a note, exit 0 (``--follow`` waits for them);
+- an instance that was started but whose chosen log files are all gone: an error naming
+  them, exit 1 (``--follow`` waits for them to appear, as ``tail -F`` does);
+- one of the two streams gone: the other is shown with a note, exit 0;
+- a file that exists but cannot be read: an error naming it, exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, BinaryIO
+
+import typer
+
+from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of, say
+from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:
+    from llama_orchestrator.logs.reader import LogLine, LogStream
+
+
+def _paths(home: Home, name: str) -> dict[str, Path]:
+    from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
+    from llama_orchestrator.config.schema import LogsConfig
+
+    try:
+        loaded = load_instance(home, name)
+    except UnknownInstance as e:
+        fail(str(e))
+    except ConfigError:
+        # The server may still be running (and logging) with the config it started with.
+        say(f"note: the config of {name} is invalid; reading the default log files")
+        defaults = LogsConfig()
+        templates = {"stdout": defaults.stdout, "stderr": defaults.stderr}
+    else:
+        templates = {"stdout": loaded.config.logs.stdout, "stderr": loaded.config.logs.stderr}
+    paths = {}
+    for stream, template in templates.items():
+        p = Path(template.replace("{name}", name))
+        paths[stream] = p if p.is_absolute() else home.root / p
+    return paths
+
+
+def _ever_started(home: Home, name: str, paths: dict[str, Path]) -> bool:
+    """Some log file of the instance exists, or the records say it was started."""
+    from llama_orchestrator.logs.reader import rotated_chain
+    from llama_orchestrator.state.db import StateStore
+
+    if any(rotated_chain(p) for p in paths.values()):
+        return True
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return False
+    try:
+        row = store.get(name)
+    finally:
+        store.close()
+    return bool(row and row.get("start_time"))
+
+
+def _parse_tail(value: str | None) -> int | None:
+    if value is None or value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        fail(f"invalid --tail value {value!r}: use a number of lines (0 or more) or 'all'", 2)
+    return n
+
+
+def _render(line: LogLine, timestamps: bool, prefix: bool) -> bytes:
+    from llama_orchestrator.logs.reader import format_time
+
+    head = f"{line.stream}| " if prefix else ""
+    if timestamps:
+        head += format_time(line.time) + " "
+    return head.encode() + line.text + b"\n"
+
+
+def _quiet_exit() -> typer.Exit:
+    """stdout was closed (``| head``): stop writing, exit 0 without a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return typer.Exit(0)
+
+
+def _show(
+    logs: list[LogStream],
+    out: BinaryIO,
+    stop: threading.Event,
+    *,
+    tail: int | None,
+    since: float | None,
+    follow: bool,
+    timestamps: bool,
+    prefix: bool,
+) -> None:
+    from llama_orchestrator.logs.reader import follow as follow_logs
+    from llama_orchestrator.logs.reader import read_merged
+
+    for line in read_merged(logs, tail=tail, since=since, partial=not follow):
+        if stop.is_set():
+            return
+        out.write(_render(line, timestamps, prefix))
+    out.flush()
+    if not follow:
+        return
+    for batch in follow_logs(logs, stop, note=lambda m: say(f"note: {m}")):
+        for line in batch:
+            if since is None or line.time >= since:
+                out.write(_render(line, timestamps, prefix))
+        out.flush()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        epilog="Examples:\n\n"
+        "  llama-orch logs gemma --tail 50\n\n"
+        "  llama-orch logs gemma -f --since 10m\n\n"
+        "  llama-orch logs gemma --stderr -t | grep -i error"
+    )
+    def logs(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="Instance name.")],
+        tail: Annotated[
+            str | None,
+            typer.Option(
+                "--tail",
+                "-n",
+                metavar="N",
+                help="Show the last N lines of the chosen streams together (default: all).",
+            ),
+        ] = None,
+        follow: Annotated[
+            bool,
+            typer.Option(
+                "--follow",
+                "-f",
+                help="Keep printing new lines, across log rotation and restarts; Ctrl+C ends.",
+            ),
+        ] = False,
+        stdout_only: Annotated[
+            bool, typer.Option("--stdout", help="Only the server's stdout.")
+        ] = False,
+        stderr_only: Annotated[
+            bool, typer.Option("--stderr", help="Only the server's stderr.")
+        ] = False,
+        since: Annotated[
+            str | None,
+            typer.Option(
+                "--since",
+                metavar="WHEN",
+                help="Only lines since a time: 30s, 10m, 2h, 1d, or an ISO time "
+                "(2025-01-31T14:00, ...Z, ...+02:00).",
+            ),
+        ] = None,
+        timestamps: Annotated[
+            bool,
+            typer.Option(
+                "--timestamps",
+                "-t",
+                help="Prefix each line with its time (UTC, derived from the start markers and "
+                "llama.cpp's own timestamps; the arrival time when following).",
+            ),
+        ] = False,
+        prefix: Annotated[
+            bool, typer.Option("--prefix", help="Prefix each line with 'stdout|' or 'stderr|'.")
+        ] = False,
+    ) -> None:
+        """Show an instance's logs (stdout and stderr, merged by time), like docker logs.
+
+        Reads the rotated files too. Line times are derived from the start markers and
+        llama.cpp's own timestamps, so the merge of the two streams is approximate.
+        """
+        from llama_orchestrator.logs.reader import LogReadError, SinceError, open_stream
+        from llama_orchestrator.logs.reader import parse_since as parse_when
+
+        check_names([name])
+        if stdout_only and stderr_only:
+            fail("--stdout and --stderr exclude each other (give neither for both)", EXIT_USAGE)
+        n = _parse_tail(tail)
+        try:
+            since_t = None if since is None else parse_when(since)
+        except SinceError as e:
+            fail(str(e), EXIT_USAGE)
+        home = home_of(ctx)
+        paths = _paths(home, name)
+        chosen = ["stdout"] if stdout_only else ["stderr"] if stderr_only else ["stdout", "stderr"]
+        logs: list[LogStream] = []
+        stop = threading.Event()
+        try:
+            for stream in chosen:
+                logs.append(open_stream(stream, paths[stream]))
+            present = [log for log in logs if log.files]
+            if not present:
+                listing = ", ".join(str(paths[s]) for s in chosen)
+                if not _ever_started(home, name, paths):
+                    say(
+                        f"{name} has not been started yet: no logs"
+                        + ("; waiting for them (Ctrl+C to stop)" if follow else "")
+                    )
+                    if not follow:
+                        return
+                elif follow:
+                    say(f"note: the log files of {name} are missing ({listing}); waiting for them")
+                else:
+                    fail(f"the log files of {name} are missing (deleted?): {listing}")
+            elif len(present) < len(logs):
+                gone = next(log for log in logs if not log.files)
+                say(f"note: {gone.live_path} is missing; showing {name}'s {present[0].stream} only")
+            if sys.stdout is None:
+                raise _quiet_exit()
+            # Ctrl+C only records; the reading and following loops notice and end cleanly.
+            previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
+            try:
+                sys.stdout.flush()
+                _show(
+                    logs,
+                    sys.stdout.buffer,
+                    stop,
+                    tail=n,
+                    since=since_t,
+                    follow=follow,
+                    timestamps=timestamps,
+                    prefix=prefix,
+                )
+            except BrokenPipeError:
+                raise _quiet_exit() from None
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        except LogReadError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"cannot read the logs of {name}: {e}")
+        finally:
+            for log in logs:
+                log.close()

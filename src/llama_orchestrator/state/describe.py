@@ -1,0 +1,139 @@
+"""``describe``: one instance in full, gathered from its config, records and model file.
+
+Shared by ``llama-orch describe`` and the dashboard, so it raises instead of exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any
+
+from llama_orchestrator.home import Home
+
+
+def describe_data(home: Home, name: str) -> dict[str, Any]:
+    """Everything known about one instance; raises UnknownInstance or ConfigError."""
+    from llama_orchestrator.config.loader import load_instance
+    from llama_orchestrator.engine.binary import BinaryError, resolve_binary
+    from llama_orchestrator.engine.command import launch_spec
+    from llama_orchestrator.models.header import GGUFError, read_model_info
+    from llama_orchestrator.state.db import StateStore
+
+    loaded = load_instance(home, name)  # raises UnknownInstance / ConfigError
+    data: dict[str, Any] = {
+        "name": name,
+        "config_file": str(loaded.path),
+        "config": loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "model_file": str(loaded.model_path),
+    }
+    try:
+        binary = resolve_binary(loaded.config.binary, home, config_dir=loaded.path.parent)
+        spec = launch_spec(loaded, binary, home.root)
+        data["binary"] = {
+            "path": binary.display,
+            "source": binary.source,
+            "version": binary.version(),
+        }
+        data["command"] = spec.argv
+        data["command_line"] = shlex.join(spec.argv)
+        data["env_overrides"] = spec.env_overrides
+        data["logs"] = {
+            stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
+            for stream, p in (("stdout", spec.stdout), ("stderr", spec.stderr))
+        }
+    except BinaryError as e:
+        data["binary"] = {"error": str(e)}
+    store = StateStore.open_for_reading(home.db_path)
+    runtime: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = []
+    if store is not None:
+        try:
+            runtime = store.get(name)
+            events = store.events(name, 15)
+        finally:
+            store.close()
+    if runtime is not None:
+        runtime.pop("name", None)
+        start = runtime.get("start_time")
+        alive = runtime.get("status") in ("running", "starting", "stopping")
+        runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
+    data["runtime"] = runtime
+    data["events"] = events
+    try:
+        info = read_model_info(loaded.model_path).to_dict()
+        info.pop("metadata")
+        data["model_info"] = info
+    except GGUFError as e:
+        data["model_info"] = {"error": str(e)}
+    return data
+
+
+def render_describe(data: dict[str, Any]) -> str:
+    """``describe``'s human-readable form (the CLI and the dashboard show the same)."""
+    out: list[str] = []
+
+    def line(key: str, value: Any) -> None:
+        out.append(f"{key + ':':16}{'-' if value is None else value}")
+
+    line("Name", data["name"])
+    line("Config", data["config_file"])
+    line("Model", data["model_file"])
+    mi = data.get("model_info") or {}
+    if "error" in mi:
+        line("Model info", f"unreadable: {mi['error']}")
+    else:
+        ctx = mi.get("context_length")
+        line(
+            "Model info",
+            f"{mi.get('architecture') or '?'}, {mi['parameters_human']} parameters, "
+            f"{mi.get('quantization') or '?'}, {mi.get('layers') or '?'} layers, "
+            f"trained context {ctx or '?'}, {mi['file_size'] / 1e6:.1f} MB",
+        )
+    b = data.get("binary") or {}
+    if "error" in b:
+        line("Binary", f"unavailable: {b['error']}")
+    else:
+        line("Binary", f"{b['path']} [{b['source']}]")
+        line("Version", b.get("version"))
+        line("Command", data["command_line"])
+        env = data.get("env_overrides") or {}
+        line("Environment", " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) or None)
+    rt = data.get("runtime")
+    if rt is None:
+        out.append("Runtime:        never started")
+    else:
+        out.append("Runtime:")
+        for key in (
+            "status",
+            "desired",
+            "health",
+            "pid",
+            "port",
+            "uptime_s",
+            "restart_count",
+            "exit_code",
+            "exit_signal",
+            "last_error",
+        ):
+            out.append(f"  {key + ':':16}{'-' if rt.get(key) is None else rt.get(key)}")
+        if rt.get("start_time"):
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rt["start_time"]))
+            out.append(f"  {'started:':16}{started}")
+    for stream, info in (data.get("logs") or {}).items():
+        size = "missing" if info["bytes"] is None else f"{info['bytes']} bytes"
+        line(f"Log {stream}", f"{info['path']} ({size})")
+    out.append("Config (with defaults):")
+    for text in json.dumps(data["config"], indent=2).splitlines():
+        out.append(f"  {text}")
+    if data["events"]:
+        out.append("Events:")
+        for e in data["events"]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
+            if e["kind"] in ("state", "health"):
+                arc = f"{e['old']} -> {e['new']}"
+            else:
+                arc = f"pid {e['new']}" if e["new"] else ""
+            out.append(f"  {stamp}  {e['kind']:<13} {arc:<22} {e['reason'] or ''}"[:200])
+    return "\n".join(out)
