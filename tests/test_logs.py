@@ -24,8 +24,8 @@ from conftest import Cli, free_port, write_config
 from helpers import wait_for
 
 from llama_orchestrator.home import Home
+from llama_orchestrator.logs.follow import follow
 from llama_orchestrator.logs.reader import (
-    follow,
     format_time,
     llama_offset,
     marker_time,

@@ -113,7 +113,7 @@ def _show(
     timestamps: bool,
     prefix: bool,
 ) -> None:
-    from llama_orchestrator.logs.reader import follow as follow_logs
+    from llama_orchestrator.logs.follow import follow as follow_logs
     from llama_orchestrator.logs.reader import read_merged
 
     for line in read_merged(logs, tail=tail, since=since, partial=not follow):

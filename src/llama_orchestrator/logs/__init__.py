@@ -6,12 +6,12 @@ this package only reads them, so ``llama-orch logs`` works with the daemon down.
 
 from __future__ import annotations
 
+from llama_orchestrator.logs.follow import follow
 from llama_orchestrator.logs.reader import (
     LogLine,
     LogReadError,
     LogStream,
     SinceError,
-    follow,
     format_time,
     open_stream,
     parse_since,

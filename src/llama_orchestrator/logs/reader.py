@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,7 +52,7 @@ CHUNK = 256 * 1024
 MAX_LINE = 1024 * 1024  # a longer "line" is handed out in pieces (bounded memory)
 ANCHOR_SCAN_BUDGET = 8 * 1024 * 1024  # how far past the tail to look for the run's marker
 POLL_INTERVAL = 0.15
-_RECOGNISE = 64  # bytes remembered to recognise our data in a copytruncate copy
+RECOGNISE = 64  # bytes remembered to recognise our data in a copytruncate copy
 
 Pos = tuple[int, int]  # (index of the file in its chain, byte offset in that file)
 Opener = Callable[[Path], BinaryIO]
@@ -158,13 +156,13 @@ def rotated_chain(live: Path) -> list[Path]:
     return files
 
 
-def _open(path: Path) -> BinaryIO:
+def open_binary(path: Path) -> BinaryIO:
     # Unbuffered: a buffered reader may answer a seek from stale buffered bytes of a
     # file that was truncated and written again meanwhile.
     return cast(BinaryIO, open(path, "rb", buffering=0))
 
 
-def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
+def read_at(f: BinaryIO, pos: int, n: int) -> bytes:
     f.seek(pos)
     return f.read(n)
 
@@ -177,7 +175,7 @@ def _lines_backward(f: BinaryIO, end: int) -> Iterator[tuple[int, bytes]]:
     while pos > 0:
         n = min(CHUNK, pos)
         pos -= n
-        data = _read_at(f, pos, n)
+        data = read_at(f, pos, n)
         if len(data) < n:  # the file shrank under us (copytruncate): stop at what was read
             return
         buf = data + buf
@@ -204,7 +202,7 @@ def _lines_forward(f: BinaryIO, start: int, end: int) -> Iterator[tuple[int, byt
     pos = line_pos = start
     carry = b""
     while pos < end:
-        data = _read_at(f, pos, min(CHUNK, end - pos))
+        data = read_at(f, pos, min(CHUNK, end - pos))
         if not data:
             break
         pos += len(data)
@@ -260,7 +258,7 @@ class LogStream:
         if not self.files:
             return False
         first = self.files[0]
-        return _read_at(first.f, 0, min(len(MARKER_PREFIX), first.end)) == MARKER_PREFIX
+        return read_at(first.f, 0, min(len(MARKER_PREFIX), first.end)) == MARKER_PREFIX
 
     def handoff(self) -> int:
         """Where following the live file starts: after its last complete line."""
@@ -268,12 +266,12 @@ class LogStream:
         if live is None or live.end == 0:
             return 0
         start = max(0, live.end - MAX_LINE)
-        data = _read_at(live.f, start, live.end - start)
+        data = read_at(live.f, start, live.end - start)
         cut = data.rfind(b"\n")
         return live.end if cut < 0 and start > 0 else start + cut + 1
 
 
-def open_stream(stream: str, live_path: Path, opener: Opener = _open) -> LogStream:
+def open_stream(stream: str, live_path: Path, opener: Opener = open_binary) -> LogStream:
     """Open every file of a stream's chain; raises LogReadError naming an unreadable file."""
     log = LogStream(stream, live_path)
     try:
@@ -297,7 +295,7 @@ def open_stream(stream: str, live_path: Path, opener: Opener = _open) -> LogStre
     return log
 
 
-class _Twins:
+class MarkerTwins:
     """Shows each start marker once although both files hold it.
 
     A marker is dropped when the other stream's copy of it was shown and not yet matched.
@@ -416,7 +414,7 @@ def read_merged(
 
     def merged() -> Iterator[LogLine]:
         streams = [_forward(log, start, partial=partial) for log, start in starts]
-        twins = _Twins()
+        twins = MarkerTwins()
         for line in heapq.merge(*streams, key=lambda ln: ln.time):
             if not twins.show(line):
                 continue
@@ -431,185 +429,3 @@ def read_merged(
     # were sized when opened, so both passes see the same lines.
     total = sum(1 for _ in merged())
     yield from itertools.islice(merged(), max(0, total - tail), None)
-
-
-class _Follower:
-    """``tail -F`` for one stream's live file: survives copytruncate, renames and deletion."""
-
-    def __init__(
-        self,
-        log: LogStream,
-        opener: Opener,
-        note: Callable[[str], None],
-        clock: Callable[[], float],
-    ) -> None:
-        self.stream = log.stream
-        self.path = log.live_path
-        self.opener = opener
-        self.note = note
-        self.clock = clock
-        self.partial = b""
-        self.seen = b""  # the last bytes read, to recognise them in a copytruncate copy
-        self.warned = False  # a note said the file is missing or unreadable
-        self.f: BinaryIO | None = None
-        self.ident: tuple[int, int] | None = None
-        self.pos = 0
-        live = log.live
-        # A file missing from the start is the caller's to mention (never started, say).
-        self.missing_since: float | None = None if live is not None else math.inf
-        if live is not None:
-            # Take the open file over from the reader, from the end of its last whole line;
-            # the first poll notices if the path has been replaced meanwhile.
-            self.pos = log.handoff()
-            self.f = live.f
-            log.files.pop()
-            st = os.fstat(self.f.fileno())
-            self.ident = (st.st_ino, st.st_dev)
-            self.seen = _read_at(self.f, max(0, self.pos - _RECOGNISE), min(self.pos, _RECOGNISE))
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-
-    def _take(self, data: bytes) -> list[bytes]:
-        self.seen = (self.seen + data)[-_RECOGNISE:]
-        parts = (self.partial + data).split(b"\n")
-        self.partial = parts.pop()
-        if len(self.partial) > MAX_LINE:
-            parts.append(self.partial)
-            self.partial = b""
-        return parts
-
-    def _flush_partial(self) -> list[bytes]:
-        line, self.partial = self.partial, b""
-        return [line] if line else []
-
-    def _drain(self) -> Iterator[bytes]:
-        assert self.f is not None
-        while True:
-            data = _read_at(self.f, self.pos, CHUNK)
-            if not data:
-                return
-            self.pos += len(data)
-            yield from self._take(data)
-
-    def _from_copy(self) -> Iterator[bytes]:
-        """After a copytruncate: what was written after our last read is in ``.1``."""
-        copy = self.path.with_name(self.path.name + ".1")
-        try:
-            f = self.opener(copy)
-        except OSError:
-            return
-        with f:
-            size = f.seek(0, os.SEEK_END)
-            k = min(len(self.seen), self.pos)
-            if k == 0 or size < self.pos or _read_at(f, self.pos - k, k) != self.seen:
-                return  # not a copy of what we read (a plain truncate, or rotated again)
-            while self.pos < size:
-                data = _read_at(f, self.pos, min(CHUNK, size - self.pos))
-                if not data:
-                    break
-                self.pos += len(data)
-                yield from self._take(data)
-
-    def _still_ours(self) -> bool:
-        """The bytes just before our position are still the ones we read there."""
-        assert self.f is not None
-        k = min(len(self.seen), self.pos)
-        return k == 0 or _read_at(self.f, self.pos - k, k) == self.seen[-k:]
-
-    def _warn(self, message: str) -> None:
-        if not self.warned:
-            self.note(message)
-            self.warned = True
-
-    def _reset(self) -> None:
-        self.pos = 0
-        self.seen = b""
-
-    def poll(self) -> Iterator[bytes]:
-        try:
-            st: os.stat_result | None = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        except OSError as e:
-            st = None
-            self._warn(f"cannot read {self.path}: {e.strerror}; retrying")
-        if st is None:
-            if self.f is not None:  # renamed away or deleted: finish what it holds
-                yield from self._drain()
-                yield from self._flush_partial()
-                self.close()
-            now = self.clock()
-            if self.missing_since is None:
-                self.missing_since = now
-            elif now - self.missing_since > 1.0:
-                # a rotation at start leaves the path missing for a moment: say so only later
-                self._warn(f"{self.path} is missing; waiting for it to appear")
-            return
-        self.missing_since = None
-        if self.f is not None and (st.st_ino, st.st_dev) != self.ident:
-            # replaced (the old one renamed to .1 at a start): finish it, then the new one
-            yield from self._drain()
-            yield from self._flush_partial()
-            self.close()
-        if self.f is None:
-            try:
-                self.f = self.opener(self.path)
-                opened = os.fstat(self.f.fileno())
-            except OSError as e:
-                self.close()
-                if not isinstance(e, FileNotFoundError):
-                    self._warn(f"cannot read {self.path}: {e.strerror}; retrying")
-                return
-            self.ident = (opened.st_ino, opened.st_dev)
-            self._reset()
-            if self.warned:
-                self.note(f"{self.path} is back; following it")
-                self.warned = False
-        elif st.st_size < self.pos or not self._still_ours():
-            # copy-and-truncate rotation: the rest of the old content went to .1 (checking
-            # our last bytes too catches a file that was truncated and grew back since)
-            yield from self._from_copy()
-            yield from self._flush_partial()
-            self._reset()
-        yield from self._drain()
-
-
-def follow(
-    logs: list[LogStream],
-    stop: threading.Event,
-    *,
-    interval: float = POLL_INTERVAL,
-    opener: Opener = _open,
-    note: Callable[[str], None] = lambda _msg: None,
-    clock: Callable[[], float] = time.time,
-) -> Iterator[list[LogLine]]:
-    """New lines of the streams' live files, a batch per poll, until ``stop`` is set.
-
-    Like ``tail -F``: a file that is truncated is read again from its start, one that is
-    replaced is finished and the new one read from its start, one that is missing is
-    waited for. A line's time is the time it was read; within one poll the lines are
-    grouped by stream.
-    """
-    # stderr is polled first: at a restart, the old server's last words (stderr) then come
-    # before the new start's marker, which both files get.
-    ordered = sorted(logs, key=lambda log: log.stream != "stderr")
-    followers = [_Follower(log, opener, note, clock) for log in ordered]
-    twins = _Twins()
-    try:
-        while True:
-            batch: list[LogLine] = []
-            now = clock()
-            for fo in followers:
-                for text in fo.poll():
-                    line = LogLine(now, fo.stream, text)
-                    if twins.show(line):
-                        batch.append(line)
-            yield batch
-            if stop.wait(interval):
-                return
-    finally:
-        for fo in followers:
-            fo.close()
