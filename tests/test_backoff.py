@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llama_orchestrator.config.schema import RestartPolicy
-from llama_orchestrator.daemon.supervisor import backoff_delay
+from llama_orchestrator.daemon.actor import backoff_delay
 
 
 def test_first_failure_restarts_at_once() -> None:

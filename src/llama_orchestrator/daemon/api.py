@@ -20,7 +20,8 @@ from pydantic import BaseModel
 
 from llama_orchestrator import __version__
 from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-from llama_orchestrator.daemon.supervisor import InstanceActor, Outcome, Supervisor
+from llama_orchestrator.daemon.actor import InstanceActor, Outcome
+from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.home import name_problem
 
 
