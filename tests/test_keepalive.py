@@ -45,6 +45,9 @@ def test_health_command_shows_checks_with_latency(cli: Cli, home: Home, tiny_mod
     assert out.returncode == 0
     assert "daemon is not running" in out.stderr
     assert json.loads(out.stdout)["health"] == "healthy"
+    write_config(home, "idle", tiny_model, free_port())
+    idle = cli("health", "idle")
+    assert idle.returncode == 0 and "has not been started yet" in idle.stderr
     unknown = cli("health", "nope")
     assert unknown.returncode == 1 and "known: alpha" in unknown.stderr
 

@@ -21,8 +21,10 @@ def _from_records(home: Any, name: str) -> dict[str, Any]:
             row = store.get(name)
         finally:
             store.close()
+    never = row is None or not row.get("start_time")
     row = row or {}
     return {
+        "never_started": never,
         "name": name,
         "status": row.get("status", "stopped"),
         "health": row.get("health", "unknown"),
@@ -64,6 +66,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(data, indent=2))
             return
+        if data.get("never_started") or (
+            data.get("live") and data["status"] == "stopped" and not data.get("last_health_check")
+        ):
+            say(f"{name} has not been started yet: no health checks")
         print(f"{'Name:':22}{name}")
         print(f"{'Status:':22}{data['status']}")
         print(f"{'Health:':22}{data['health']}")
@@ -76,7 +82,8 @@ def register(app: typer.Typer) -> None:
         print(f"{'Last check:':22}{when}")
         checks = data.get("checks") or []
         if not checks:
-            print("Checks:               none yet" if data.get("live") else "")
+            if data.get("live"):
+                print("Checks:               none yet")
             return
         print("Checks (oldest first):")
         for c in checks:
