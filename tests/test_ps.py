@@ -159,3 +159,21 @@ def test_ps_fast_and_full_paths_agree(cli: Cli, home: Home, tiny_model: Path) ->
     down = cli("ps")
     assert down.returncode == 0 and "daemon is not running" in down.stderr
     assert down.stdout.splitlines()[1].split()[0] == "alpha"
+
+
+def test_daemon_identity_by_start_ticks(home: Home) -> None:
+    """The pid file's start ticks pin the daemon: a live PID with other ticks is stale."""
+    import os
+
+    from llama_orchestrator.daemon.control import daemon_status, proc_start_ticks
+
+    ticks = proc_start_ticks(os.getpid())
+    if ticks is None:
+        pytest.skip("no /proc on this system: psutil's create time is used instead")
+    home.ensure()
+    record = {"pid": os.getpid(), "create_time": 0.0, "start_ticks": ticks}
+    home.daemon_pid_path.write_text(json.dumps(record))
+    assert daemon_status(home).running  # this very process, by its start ticks
+    home.daemon_pid_path.write_text(json.dumps(dict(record, start_ticks=ticks + 1)))
+    status = daemon_status(home)
+    assert not status.running and status.stale_pid_file  # same PID, another process

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 from llama_orchestrator.home import Home
 
@@ -44,7 +42,26 @@ def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _alive(pid: int, create_time: float) -> bool:
+def proc_start_ticks(pid: int) -> int | None:
+    """Linux: a process's start time in clock ticks since boot (/proc/PID/stat field 22).
+
+    With the PID it identifies a process exactly, and reading it costs far less than
+    importing psutil, which matters to ``ps``. None where /proc is not available.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # the name may hold spaces and ')'
+    if fields[0] == b"Z":
+        return None  # a zombie is not a live daemon
+    return int(fields[19])
+
+
+def _alive(pid: int, create_time: float, start_ticks: Any = None) -> bool:
+    if isinstance(start_ticks, int) and os.path.isdir("/proc"):
+        return proc_start_ticks(pid) == start_ticks
     import psutil
 
     try:
@@ -63,7 +80,7 @@ def daemon_status(home: Home) -> DaemonStatus:
     pid, ctime = pid_info.get("pid"), pid_info.get("create_time")
     if not isinstance(pid, int) or not isinstance(ctime, (int, float)) or pid <= 0:
         return DaemonStatus(False, None, None, stale_pid_file=True)  # garbled: treat as stale
-    if not _alive(pid, ctime):
+    if not _alive(pid, ctime, pid_info.get("start_ticks")):
         return DaemonStatus(False, pid, None, stale_pid_file=True)
     endpoint = _read_json(home.daemon_endpoint_path) or {}
     url = endpoint.get("url") if endpoint.get("pid") == pid else None
@@ -88,6 +105,8 @@ class Client:
     """
 
     def __init__(self, url: str, token: str, timeout: float = 600.0) -> None:
+        from urllib.parse import urlsplit
+
         parsed = urlsplit(url)
         self.url = url
         self.host = parsed.hostname or "127.0.0.1"
@@ -104,6 +123,7 @@ class Client:
     ) -> Reply:
         """One request on a fresh connection (safe to call from several threads)."""
         import http.client
+        from urllib.parse import urlencode
 
         if params:
             path += "?" + urlencode(
@@ -141,6 +161,8 @@ def connect(home: Home) -> Client | None:
 
 
 def _spawn_daemon(home: Home) -> None:
+    import subprocess
+
     home.ensure()
     kwargs: dict[str, Any] = {}
     if os.name == "nt":

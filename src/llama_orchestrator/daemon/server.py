@@ -106,7 +106,13 @@ async def _serve(home: Home, host: str, port: int) -> int:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     me = psutil.Process()
-    ident = {"pid": me.pid, "create_time": me.create_time()}
+    from llama_orchestrator.daemon.control import proc_start_ticks
+
+    ident = {
+        "pid": me.pid,
+        "create_time": me.create_time(),
+        "start_ticks": proc_start_ticks(me.pid),  # Linux: lets `ps` skip importing psutil
+    }
     _write_json_atomic(home.daemon_pid_path, ident)
     _write_json_atomic(
         home.daemon_endpoint_path,
