@@ -146,7 +146,10 @@ def register(app: typer.Typer) -> None:
         all_: AllOpt = False,
         files: FileOpt = None,
     ) -> None:
-        """Exit 0 when the configs can start; else print each problem as `file: field: ...`."""
+        """Exit 0 when the configs can start; else print each problem as `file: field: ...`.
+
+        Examples: llama-orch config validate --all; llama-orch config validate --file x.json
+        """
         from llama_orchestrator.config.lint import validate as run_validate
 
         home = home_of(ctx)
@@ -172,7 +175,10 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--format", help="table or json.", case_sensitive=False)
         ] = "table",
     ) -> None:
-        """The full report: syntax, schema, model, ports, GPU device, log folder."""
+        """The full report: syntax, schema, model, ports, GPU device, log folder.
+
+        Examples: llama-orch config lint; llama-orch config lint gemma --format json
+        """
         from llama_orchestrator.config.lint import lint as run_lint
 
         fmt = fmt.lower()
@@ -230,7 +236,10 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--threads", help="CPU threads (default: min(8, CPUs)).")
         ] = None,
     ) -> None:
-        """Write instances/NAME/config.json for a model; never overwrites an existing one."""
+        """Write instances/NAME/config.json for a model; never overwrites an existing one.
+
+        Examples: llama-orch create gemma --model ../models/gemma-270m.gguf --port 8002
+        """
         from pydantic import ValidationError
 
         from llama_orchestrator.config.loader import problems_from_validation

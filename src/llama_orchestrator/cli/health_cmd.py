@@ -42,7 +42,10 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Instance name.")],
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     ) -> None:
-        """Show an instance's health: state, last checks with latency, failure streak."""
+        """Show an instance's health: state, last checks with latency, failure streak.
+
+        Examples: llama-orch health gemma; llama-orch health gemma --json | jq .checks
+        """
         from llama_orchestrator.daemon.control import connect
 
         check_names([name])

@@ -130,7 +130,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def down(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
-        """Stop instances (graceful signal, then kill after a grace period)."""
+        """Stop instances (graceful signal, then kill after server.stop_timeout).
+
+        Examples: llama-orch down gemma; llama-orch down --all
+        """
         from llama_orchestrator.daemon.control import daemon_status
 
         home = home_of(ctx)
@@ -146,7 +149,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def restart(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
-        """Stop and start instances with their current config."""
+        """Stop and start instances with their current config.
+
+        Examples: llama-orch restart gemma; llama-orch restart --all
+        """
         home = home_of(ctx)
         targets = _targets(home, names, all_)
         client = _client(home)

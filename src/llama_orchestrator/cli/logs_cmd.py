@@ -189,6 +189,8 @@ def register(app: typer.Typer) -> None:
 
         Reads the rotated files too. Line times are derived from the start markers and
         llama.cpp's own timestamps, so the merge of the two streams is approximate.
+
+        Examples: llama-orch logs gemma -f --tail 50; llama-orch logs gemma --since 10m -t
         """
         from llama_orchestrator.logs.reader import LogReadError, SinceError, open_stream
         from llama_orchestrator.logs.reader import parse_since as parse_when
