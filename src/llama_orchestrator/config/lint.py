@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +27,10 @@ from llama_orchestrator.config.loader import (
 )
 from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.ports import PortHolder, port_holder
+from llama_orchestrator.gpu.devices import Device, device_name, find_device
 from llama_orchestrator.home import Home
 
 Level = Literal["ok", "warning", "error"]
-DEVICE_PREFIX = {"vulkan": "Vulkan", "cuda": "CUDA", "metal": "MTL"}
-LIST_DEVICES_TIMEOUT = 15.0
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
 _DEFAULT_PORT = 8001  # ServerConfig's default, for raw configs that omit server.port
 
@@ -214,43 +212,36 @@ HolderFinder = Callable[[str, int], "PortHolder | None"]
 
 
 def run_tool(argv: list[str]) -> str:
-    """Run a short-lived tool and return its stdout then stderr; raise when it cannot run."""
+    """Run ``llama-server --list-devices``; its stdout then stderr, or raise when it fails."""
+    from llama_orchestrator.gpu.run import ToolFailed, ToolMissing
+    from llama_orchestrator.gpu.run import run_tool as run
+
     try:
-        out = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=LIST_DEVICES_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"timed out after {LIST_DEVICES_TIMEOUT:g} s") from None
+        out = run(argv)
+    except (ToolMissing, ToolFailed) as e:
+        raise RuntimeError(str(e)) from None
     text = out.stdout + "\n" + out.stderr
     if out.returncode != 0 and "Available devices:" not in text:
-        last = out.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"exit code {out.returncode}: {last[0]}")
+        raise RuntimeError(out.reason())
     return text
 
 
 def parse_devices(output: str) -> dict[str, str] | None:
-    """``{"Vulkan0": "AMD Radeon ... (24560 MiB, 24000 MiB free)"}``; None without a list.
+    """``{"Vulkan0": "AMD Radeon ... (24560 MiB, 24000 MiB free)"}``; None without a list."""
+    from llama_orchestrator.gpu import llama
+    from llama_orchestrator.gpu.devices import ParseError
 
-    llama-server prints ``Available devices:`` then one indented line per device, or
-    ``  (none)``.
-    """
-    lines = output.splitlines()
-    start = next((i for i, line in enumerate(lines) if "Available devices:" in line), None)
-    if start is None:
+    try:
+        return dict(llama.device_lines(output))
+    except ParseError:
         return None
-    devices: dict[str, str] = {}
-    for line in lines[start + 1 :]:
-        if not line[:1].isspace():
-            break
-        name, sep, description = line.strip().partition(":")
-        if sep and name and " " not in name:
-            devices[name] = description.strip()
-    return devices
+
+
+def _other_tools() -> list[Device]:
+    """What nvidia-smi, vulkaninfo, rocm-smi and system_profiler see (for hints)."""
+    from llama_orchestrator.gpu.detect import detect
+
+    return detect(None).devices
 
 
 class Linter:
@@ -263,12 +254,15 @@ class Linter:
         own_pids: Mapping[str, int] | None = None,
         run: Runner = run_tool,
         holder: HolderFinder = port_holder,
+        other_tools: Callable[[], list[Device]] = _other_tools,
     ) -> None:
         self.home = home
         self.own_pids = dict(own_pids or {})
         self._run = run
         self._holder = holder
-        self._device_cache: dict[tuple[str, ...], dict[str, str] | str] = {}
+        self._other_tools = other_tools
+        self._device_cache: dict[tuple[str, ...], list[Device] | str] = {}
+        self._others: list[Device] | None = None
 
     def lint(self, targets: Sequence[Target]) -> list[LintResult]:
         entries = [load_entry(t) for t in targets]
@@ -350,21 +344,37 @@ class Linter:
         devices = self._devices([*binary.argv_prefix, "--list-devices"])
         if isinstance(devices, str):
             return "warning", f"cannot detect devices: {devices}"
-        wanted = f"{DEVICE_PREFIX[backend]}{device_id}"
-        if wanted in devices:
-            return "ok", f"{wanted}: {devices[wanted]}"
-        found = ", ".join(f"{n} ({d})" for n, d in devices.items()) or "none"
-        return "error", f"device {wanted} not found by {binary.display}; devices found: {found}"
+        wanted = device_name(backend, device_id)
+        found = find_device(devices, backend, device_id)
+        if found is not None:
+            return "ok", f"{found.label}: {found.summary()}"
+        listed = ", ".join(f"{d.label} ({d.summary()})" for d in devices) or "none"
+        message = f"device {wanted} not found by {binary.display}; devices found: {listed}"
+        return "error", message + self._hint(devices, backend, device_id, binary.display)
 
-    def _devices(self, argv: list[str]) -> dict[str, str] | str:
+    def _hint(self, devices: list[Device], backend: str, device_id: int, binary: str) -> str:
+        """Why the device may be missing: the binary's build, or what other tools see."""
+        hint = ""
+        if not any(d.backend == backend for d in devices):
+            hint = f"; {binary} lists no {backend} devices: is it built with {backend} support?"
+        if self._others is None:
+            self._others = self._other_tools()
+        seen = find_device(self._others, backend, device_id)
+        if seen is not None:
+            hint += f"; {', '.join(seen.sources)} sees {seen.label} ({seen.summary()})"
+        return hint
+
+    def _devices(self, argv: list[str]) -> list[Device] | str:
         """The parsed device list, or why there is none; one run per binary per lint."""
+        from llama_orchestrator.gpu import llama
+        from llama_orchestrator.gpu.devices import ParseError
+
         key = tuple(argv)
         if key not in self._device_cache:
             try:
-                parsed = parse_devices(self._run(argv))
-                self._device_cache[key] = (
-                    parsed if parsed is not None else f"{argv[0]} printed no device list"
-                )
+                self._device_cache[key] = llama.parse(self._run(argv))
+            except ParseError:
+                self._device_cache[key] = f"{argv[0]} printed no device list"
             except (OSError, RuntimeError) as e:
                 self._device_cache[key] = str(e)
         return self._device_cache[key]
