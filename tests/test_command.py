@@ -12,11 +12,13 @@ import pytest
 from llama_orchestrator.config.loader import LoadedConfig, parse_config
 from llama_orchestrator.engine.binary import ResolvedBinary
 from llama_orchestrator.engine.command import (
+    BACKENDS,
     base_url,
     build_argv,
     connect_host,
     device_args,
     device_label,
+    device_selection,
     launch_spec,
     log_paths,
 )
@@ -91,7 +93,8 @@ def test_embedded_prefix(tmp_path: Path) -> None:
         ("vulkan", 1, ["-dev", "Vulkan1"]),
         ("cuda", 0, ["-dev", "CUDA0"]),
         ("metal", 0, ["-dev", "MTL0"]),
-        ("cuda", 3, ["-dev", "CUDA3"]),
+        # issue 5: CUDA_VISIBLE_DEVICES=3 leaves one GPU, which the server calls CUDA0
+        ("cuda", 3, ["-dev", "CUDA0"]),
         ("cpu", 0, []),
         ("cpu", 2, []),
     ],
@@ -102,7 +105,7 @@ def test_device_args(backend: str, device_id: int, expected: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "expected"),
-    [("vulkan", ["-dev", "Vulkan1"]), ("cuda", ["-dev", "CUDA1"]), ("metal", ["-dev", "MTL1"])],
+    [("vulkan", ["-dev", "Vulkan1"]), ("cuda", ["-dev", "CUDA0"]), ("metal", ["-dev", "MTL1"])],
 )
 def test_device_follows_ngl_then_args(tmp_path: Path, backend: str, expected: list[str]) -> None:
     lc = full(
@@ -207,3 +210,87 @@ def test_base_url(host: str, url: str) -> None:
 def test_connect_host_wildcards() -> None:
     assert connect_host("0.0.0.0") == "127.0.0.1"
     assert connect_host("::") == "::1"
+
+
+# --- the backend table (issue 5, part 2) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "device_id", "args", "env"),
+    [
+        ("cpu", 0, [], {}),
+        ("cpu", 3, [], {}),
+        ("vulkan", 0, ["-dev", "Vulkan0"], {}),
+        ("vulkan", 2, ["-dev", "Vulkan2"], {}),
+        ("cuda", 0, ["-dev", "CUDA0"], {"CUDA_VISIBLE_DEVICES": "0"}),
+        ("cuda", 2, ["-dev", "CUDA0"], {"CUDA_VISIBLE_DEVICES": "2"}),
+        ("metal", 0, ["-dev", "MTL0"], {}),
+    ],
+)
+def test_backend_table(backend: str, device_id: int, args: list[str], env: dict[str, str]) -> None:
+    sel = device_selection(backend, device_id, base_env={})
+    assert (sel.args, sel.env) == (args, env)
+
+
+def test_every_schema_backend_has_a_rule() -> None:
+    from typing import get_args
+
+    from llama_orchestrator.config.schema import Backend
+
+    assert set(BACKENDS) == set(get_args(Backend))
+
+
+def test_no_obsolete_vulkan_variable() -> None:
+    # GGML_VULKAN_DEVICE is ignored by current llama.cpp; GGML_VK_VISIBLE_DEVICES numbers
+    # physical devices, not the Vulkan<N> of --list-devices: neither is generated.
+    for device_id in range(4):
+        assert device_selection("vulkan", device_id, base_env={}).env == {}
+
+
+def test_cuda_indexes_an_inherited_visible_list() -> None:
+    base = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert device_selection("cuda", 1, base_env=base).env == {"CUDA_VISIBLE_DEVICES": "3"}
+    # an index past the list is passed through; lint reports the missing device
+    assert device_selection("cuda", 5, base_env=base).env == {"CUDA_VISIBLE_DEVICES": "5"}
+
+
+def test_cuda_launch_spec_generates_env(tmp_path: Path) -> None:
+    lc = full(tmp_path, gpu={"backend": "cuda", "device_id": 1, "layers": 99}, env={"X": "1"})
+    spec = launch_spec(lc, BIN, tmp_path / "home", base_env={})
+    assert spec.argv[spec.argv.index("-dev") + 1] == "CUDA0"
+    assert spec.generated_env == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert spec.env_overrides == {"CUDA_VISIBLE_DEVICES": "1", "X": "1"}
+    assert spec.environ({"CUDA_VISIBLE_DEVICES": "0,1"})["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_config_env_wins_over_generated(tmp_path: Path) -> None:
+    lc = full(
+        tmp_path,
+        gpu={"backend": "cuda", "device_id": 1, "layers": 99},
+        env={"CUDA_VISIBLE_DEVICES": "4,5"},
+    )
+    spec = launch_spec(lc, BIN, tmp_path / "home", base_env={})
+    assert spec.env_overrides == {"CUDA_VISIBLE_DEVICES": "4,5"}
+    assert spec.generated_env == {}
+    # the user's own list stays visible, so device_id indexes it
+    assert spec.argv[spec.argv.index("-dev") + 1] == "CUDA1"
+
+
+def test_describe_marks_generated_env() -> None:
+    from llama_orchestrator.state.describe import render_describe
+
+    data: dict[str, Any] = {
+        "name": "x",
+        "config_file": "c",
+        "model_file": "m",
+        "model_info": {"error": "e"},
+        "binary": {"path": "b", "source": "config", "version": "v"},
+        "command_line": "b -m m",
+        "env_overrides": {"CUDA_VISIBLE_DEVICES": "1", "MINE": "a b"},
+        "env_generated": {"CUDA_VISIBLE_DEVICES": "1"},
+        "runtime": None,
+        "config": {},
+        "events": [],
+    }
+    text = render_describe(data)
+    assert "CUDA_VISIBLE_DEVICES=1 (generated) MINE='a b'" in text

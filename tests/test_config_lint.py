@@ -331,3 +331,29 @@ def test_find_free_port_skips_taken_and_held(
     assert chosen not in (start, held)
     assert chosen > held
     assert port_holder("127.0.0.1", chosen) is None
+
+
+@pytest.mark.parametrize(("total_mib", "level"), [(1, "warning"), (24000, "ok")])
+def test_issue5_instances_that_overfill_one_device_warn(
+    home: Home, tiny_model: Path, total_mib: int, level: str
+) -> None:
+    def run(argv: list[str]) -> str:
+        return f"Available devices:\n  Vulkan0: Test GPU ({total_mib} MiB, {total_mib} MiB free)\n"
+
+    for i, name in enumerate(("alpha", "beta")):
+        write_config(
+            home,
+            name,
+            tiny_model,
+            8200 + i,
+            binary="embedded",
+            gpu={"backend": "vulkan", "device_id": 0, "layers": 999},
+        )
+    rows = Linter(home, run=run, holder=lambda h, p: None).lint(
+        [Target.of_instance(home, "alpha"), Target.of_instance(home, "beta")]
+    )
+    memory = [r for r in rows if r.check == "gpu-memory"]
+    assert [r.level for r in memory] == [level, level]
+    if level == "warning":
+        assert "Vulkan0 has 1 MiB" in memory[0].message
+        assert "alpha" in memory[0].message and "beta" in memory[0].message

@@ -16,10 +16,13 @@ from llama_orchestrator.cli import (
     daemon_cmd,
     dashboard_cmd,
     describe_cmd,
+    devices_cmd,
+    fit_cmd,
     health_cmd,
     info_cmd,
     lifecycle,
     logs_cmd,
+    service_cmd,
 )
 
 app = typer.Typer(
@@ -67,6 +70,9 @@ health_cmd.register(app)
 daemon_cmd.register(app)
 info_cmd.register(app)
 dashboard_cmd.register(app)
+devices_cmd.register(app)
+fit_cmd.register(app)
+service_cmd.register(app)
 
 
 def main() -> None:

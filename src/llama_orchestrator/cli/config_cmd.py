@@ -230,15 +230,31 @@ def register(app: typer.Typer) -> None:
         port: Annotated[
             int | None, typer.Option("--port", help="Default: the first free port from 8001.")
         ] = None,
-        host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-        ctx_size: Annotated[int, typer.Option("--ctx", help="Context size in tokens.")] = 4096,
+        host: Annotated[
+            str | None,
+            typer.Option("--host", help="Address to listen on (default: 127.0.0.1)."),
+        ] = None,
+        ctx_size: Annotated[
+            int | None, typer.Option("--ctx", help="Context size in tokens (default: 4096).")
+        ] = None,
         threads: Annotated[
             int | None, typer.Option("--threads", help="CPU threads (default: min(8, CPUs)).")
+        ] = None,
+        template: Annotated[
+            str | None,
+            typer.Option(
+                "--template",
+                help="Defaults for a backend: cpu, vulkan, cuda, metal, or one of yours "
+                "(llama-orch templates). Options given here override it.",
+            ),
         ] = None,
     ) -> None:
         """Write instances/NAME/config.json for a model; never overwrites an existing one.
 
-        Examples: llama-orch create gemma --model ../models/gemma-270m.gguf --port 8002
+        An unknown --template exits 2 (a usage error) and lists the templates there are.
+
+        Examples: llama-orch create gemma --model ../models/gemma-270m.gguf --port 8002;
+        llama-orch create big --model big.gguf --template vulkan
         """
         from pydantic import ValidationError
 
@@ -248,6 +264,15 @@ def register(app: typer.Typer) -> None:
 
         check_names([name])
         home = home_of(ctx)
+        overlay: dict[str, Any] = {}
+        if template is not None:
+            from llama_orchestrator.templates import TemplateError, get_template
+
+            try:
+                overlay = get_template(home, template).overlay
+            except TemplateError as e:
+                # Unknown name: a bad option value (usage, 2); a broken file: failure (1).
+                fail(str(e), EXIT_USAGE if str(e).startswith("unknown") else EXIT_FAIL)
         path = home.config_path(name)
         if path.exists():
             fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
@@ -257,10 +282,26 @@ def register(app: typer.Typer) -> None:
         reason = model_file_problem(model_path)
         if reason:
             fail(f"model {model_path} {reason}")
+        t_model, t_server = overlay.get("model", {}), overlay.get("server", {})
+        host = host or t_server.get("host") or "127.0.0.1"
         chosen = _choose_port(home, name, host, port)
         data = _build_config(
-            name, model_path, host, chosen, ctx_size, threads or min(8, os.cpu_count() or 1)
+            name,
+            model_path,
+            host,
+            chosen,
+            ctx_size or t_model.get("context_size") or 4096,
+            threads or t_model.get("threads") or min(8, os.cpu_count() or 1),
         )
+        if overlay:
+            from llama_orchestrator.templates import merge
+
+            # create's defaults < the template < the options given on the command line
+            data = merge(data, overlay)
+            data["server"]["host"] = host
+            data["model"].update(
+                {k: v for k, v in (("context_size", ctx_size), ("threads", threads)) if v}
+            )
         try:
             InstanceConfig.model_validate(data)
         except ValidationError as e:
@@ -269,7 +310,8 @@ def register(app: typer.Typer) -> None:
             fail("the options do not make a valid config", EXIT_USAGE)
         if not _create_exclusive(path, json.dumps(data, indent=2) + "\n"):
             fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
-        say(f"created {path} (port {chosen})")
+        via = f", template {template}" if template else ""
+        say(f"created {path} (port {chosen}{via})")
 
 
 def _own_pids(home: Home) -> dict[str, int]:

@@ -263,6 +263,7 @@ class Linter:
         self._other_tools = other_tools
         self._device_cache: dict[tuple[str, ...], list[Device] | str] = {}
         self._others: list[Device] | None = None
+        self._overcommit: dict[str, str] | None = None
 
     def lint(self, targets: Sequence[Target]) -> list[LintResult]:
         entries = [load_entry(t) for t in targets]
@@ -284,6 +285,7 @@ class Linter:
             ("port-unique", self.check_port_unique(cfg, clashes)),
             ("port-free", self.check_port_free(cfg)),
             ("gpu-device", self.check_gpu_device(cfg)),
+            ("gpu-memory", self.check_gpu_memory(cfg)),
             ("logs-writable", self.check_logs(cfg)),
         ]
         label, file = target.label, str(target.path)
@@ -335,13 +337,7 @@ class Linter:
         backend, device_id = cfg.config.gpu.backend, cfg.config.gpu.device_id
         if backend == "cpu":
             return "ok", "cpu backend: no GPU device needed"
-        from llama_orchestrator.engine.binary import BinaryError, resolve_binary
-
-        try:
-            binary = resolve_binary(cfg.config.binary, self.home, config_dir=cfg.path.parent)
-        except BinaryError as e:
-            return "warning", f"cannot detect devices: {e}"
-        devices = self._devices([*binary.argv_prefix, "--list-devices"])
+        binary, devices = self._binary_devices(cfg)
         if isinstance(devices, str):
             return "warning", f"cannot detect devices: {devices}"
         wanted = device_name(backend, device_id)
@@ -349,8 +345,34 @@ class Linter:
         if found is not None:
             return "ok", f"{found.label}: {found.summary()}"
         listed = ", ".join(f"{d.label} ({d.summary()})" for d in devices) or "none"
-        message = f"device {wanted} not found by {binary.display}; devices found: {listed}"
-        return "error", message + self._hint(devices, backend, device_id, binary.display)
+        message = f"device {wanted} not found by {binary}; devices found: {listed}"
+        return "error", message + self._hint(devices, backend, device_id, binary)
+
+    def check_gpu_memory(self, cfg: LoadedConfig) -> tuple[Level, str]:
+        """Warn when the instances assigned to one device clearly exceed its memory."""
+        if cfg.config.gpu.backend == "cpu" or cfg.config.gpu.layers == 0:
+            return "ok", "no layers offloaded to a GPU"
+        _binary, devices = self._binary_devices(cfg)
+        if isinstance(devices, str):
+            return "ok", f"device memory unknown: {devices}"
+        if self._overcommit is None:
+            from llama_orchestrator.models.fit import device_overcommit
+
+            self._overcommit = device_overcommit(home_configs(self.home), devices)
+        message = self._overcommit.get(cfg.name)
+        if message:
+            return "warning", message
+        return "ok", "the instances on its device fit in its memory (estimate)"
+
+    def _binary_devices(self, cfg: LoadedConfig) -> tuple[str, list[Device] | str]:
+        """The binary that would run ``cfg`` and its device list (or why there is none)."""
+        from llama_orchestrator.engine.binary import BinaryError, resolve_binary
+
+        try:
+            binary = resolve_binary(cfg.config.binary, self.home, config_dir=cfg.path.parent)
+        except BinaryError as e:
+            return "?", str(e)
+        return binary.display, self._devices([*binary.argv_prefix, "--list-devices"])
 
     def _hint(self, devices: list[Device], backend: str, device_id: int, binary: str) -> str:
         """Why the device may be missing: the binary's build, or what other tools see."""

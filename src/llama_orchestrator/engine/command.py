@@ -2,12 +2,45 @@
 
 argv is always a list (never a shell string): ``-m -c -b -t --host --port -to -np -ngl``,
 the backend's device selection, then the config's ``args`` verbatim.
+
+Device selection (issue 5, part 2): one table, :data:`BACKENDS`, says what
+``gpu.backend`` + ``gpu.device_id`` (``<id>``) turn into:
+
+=======  ==================  =============================  ==============================
+backend  flags               generated environment          why
+=======  ==================  =============================  ==============================
+cpu      (none)              (none)                         ``-ngl`` (0 by default) decides
+vulkan   ``-dev Vulkan<id>`` (none)                         see below
+cuda     ``-dev CUDA0``      ``CUDA_VISIBLE_DEVICES=<id>``  only the chosen GPU is visible,
+                                                            so it is CUDA0 inside the server
+metal    ``-dev MTL<id>``    (none)                         Metal has one device, MTL0;
+                                                            lint rejects any other id
+=======  ==================  =============================  ==============================
+
+``<id>`` is always the index ``llama-server --list-devices`` (and ``llama-orch devices``)
+shows for that backend. The config's own ``env`` wins over generated variables; when it
+sets the backend's visibility variable itself (``CUDA_VISIBLE_DEVICES``), nothing is
+generated and ``-dev CUDA<id>`` indexes the devices the user left visible. When the
+daemon's own environment already narrows CUDA (``CUDA_VISIBLE_DEVICES=2,3``), ``<id>``
+indexes that list (``device_id`` 1 -> ``CUDA_VISIBLE_DEVICES=3``), because that is the
+numbering ``--list-devices`` showed.
+
+Vulkan gets no environment on purpose. ``GGML_VULKAN_DEVICE`` (named in the plan) is
+the variable of llama.cpp's first Vulkan backend and is ignored by current builds; its
+successor ``GGML_VK_VISIBLE_DEVICES`` takes indices into the raw
+``vkEnumeratePhysicalDevices`` order, while ``Vulkan<N>`` in ``--list-devices`` numbers
+the devices left after llama.cpp's default filtering (integrated GPUs dropped when a
+discrete one exists, duplicate drivers of one GPU merged). The two numberings differ on
+exactly the machines that need pinning, so ``-dev Vulkan<id>`` alone names the device
+the user saw; a user who wants the others hidden sets ``GGML_VK_VISIBLE_DEVICES`` in
+``env``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_orchestrator.config.loader import LoadedConfig
@@ -17,23 +50,86 @@ from llama_orchestrator.engine.binary import ResolvedBinary
 DEVICE_PREFIX = {"vulkan": "Vulkan", "cuda": "CUDA", "metal": "MTL"}
 
 
+@dataclass(frozen=True)
+class BackendRule:
+    """How one backend selects device ``<id>``: a ``-dev`` prefix and a visibility variable.
+
+    With ``visible_env`` set, the server sees only the chosen device, which it then calls
+    ``<prefix>0``.
+    """
+
+    dev_prefix: str | None
+    visible_env: str | None = None
+    note: str = ""
+
+
+BACKENDS: dict[str, BackendRule] = {
+    "cpu": BackendRule(None, note="no device flag; -ngl decides offload"),
+    "vulkan": BackendRule("Vulkan", note="-dev Vulkan<id>; no env (see module doc)"),
+    "cuda": BackendRule(
+        "CUDA", "CUDA_VISIBLE_DEVICES", note="CUDA_VISIBLE_DEVICES=<id>, then -dev CUDA0"
+    ),
+    "metal": BackendRule("MTL", note="-dev MTL<id>; Metal has one device, MTL0"),
+}
+
+
+@dataclass(frozen=True)
+class DeviceSelection:
+    """The flags and generated environment that pick a backend's device."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _visible_value(current: str | None, device_id: int) -> str:
+    """The visibility value for ``device_id``, indexing an existing list when there is one."""
+    if current:
+        entries = [e.strip() for e in current.split(",") if e.strip()]
+        if 0 <= device_id < len(entries):
+            return entries[device_id]
+    return str(device_id)
+
+
+def device_selection(
+    backend: str,
+    device_id: int,
+    config_env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+) -> DeviceSelection:
+    """Flags and environment for ``backend``'s device ``device_id`` (the table above).
+
+    ``config_env`` is the instance's own ``env`` (it wins); ``base_env`` the daemon's
+    environment (default ``os.environ``).
+    """
+    rule = BACKENDS.get(backend)
+    if rule is None or rule.dev_prefix is None:
+        return DeviceSelection([])
+    config_env = config_env or {}
+    if rule.visible_env is None or rule.visible_env in config_env:
+        return DeviceSelection(["-dev", f"{rule.dev_prefix}{device_id}"])
+    base = os.environ if base_env is None else base_env
+    value = _visible_value(base.get(rule.visible_env), device_id)
+    return DeviceSelection(["-dev", f"{rule.dev_prefix}0"], {rule.visible_env: value})
+
+
 def device_label(backend: str, device_id: int) -> str:
     """What ``ps`` shows in DEVICE: ``-`` for the CPU, else ``GPU:<id>``."""
     return "-" if backend == "cpu" else f"GPU:{device_id}"
 
 
 def device_args(backend: str, device_id: int) -> list[str]:
-    prefix = DEVICE_PREFIX.get(backend)
-    return [] if prefix is None else ["-dev", f"{prefix}{device_id}"]
+    """The ``-dev`` flags of :func:`device_selection` for a config without its own env."""
+    return device_selection(backend, device_id, base_env={}).args
 
 
 @dataclass(frozen=True)
 class LaunchSpec:
     argv: list[str]
-    env_overrides: dict[str, str]
+    env_overrides: dict[str, str]  # generated device variables, then the config's env
     stdout: Path
     stderr: Path
     cwd: Path
+    generated_env: dict[str, str] = field(default_factory=dict)  # what the table added
 
     def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
@@ -41,7 +137,14 @@ class LaunchSpec:
         return env
 
 
-def build_argv(loaded: LoadedConfig, binary: ResolvedBinary) -> list[str]:
+def _selection(loaded: LoadedConfig, base_env: Mapping[str, str] | None) -> DeviceSelection:
+    c = loaded.config
+    return device_selection(c.gpu.backend, c.gpu.device_id, c.env, base_env)
+
+
+def build_argv(
+    loaded: LoadedConfig, binary: ResolvedBinary, base_env: Mapping[str, str] | None = None
+) -> list[str]:
     c = loaded.config
     argv = [
         *binary.argv_prefix,
@@ -63,7 +166,7 @@ def build_argv(loaded: LoadedConfig, binary: ResolvedBinary) -> list[str]:
         str(c.server.parallel),
         "-ngl",
         str(c.gpu.layers),
-        *device_args(c.gpu.backend, c.gpu.device_id),
+        *_selection(loaded, base_env).args,
         *c.args,
     ]
     return argv
@@ -79,14 +182,22 @@ def log_paths(loaded: LoadedConfig, home_root: Path) -> tuple[Path, Path]:
     )
 
 
-def launch_spec(loaded: LoadedConfig, binary: ResolvedBinary, home_root: Path) -> LaunchSpec:
+def launch_spec(
+    loaded: LoadedConfig,
+    binary: ResolvedBinary,
+    home_root: Path,
+    base_env: Mapping[str, str] | None = None,
+) -> LaunchSpec:
+    """Everything needed to start the server; ``base_env`` is the daemon's environment."""
     out, err = log_paths(loaded, home_root)
+    generated = _selection(loaded, base_env).env
     return LaunchSpec(
-        argv=build_argv(loaded, binary),
-        env_overrides=dict(loaded.config.env),
+        argv=build_argv(loaded, binary, base_env),
+        env_overrides={**generated, **loaded.config.env},  # the config's env wins
         stdout=out,
         stderr=err,
         cwd=loaded.path.parent,
+        generated_env=generated,
     )
 
 

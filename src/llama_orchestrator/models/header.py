@@ -69,7 +69,7 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-class _Cursor:
+class HeaderCursor:
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
         self.pos = 0
@@ -131,7 +131,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
 def _parse(path: Path, size: int, buf: mmap.mmap) -> ModelInfo:
     if buf[:4] != b"GGUF":
         raise GGUFError(f"{path}: not a GGUF file (starts with {bytes(buf[:4])!r})")
-    cur = _Cursor(buf)
+    cur = HeaderCursor(buf)
     cur.pos = 4
     try:
         version = cur.unpack("<I")

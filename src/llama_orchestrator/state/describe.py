@@ -39,6 +39,10 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         data["command"] = spec.argv
         data["command_line"] = shlex.join(spec.argv)
         data["env_overrides"] = spec.env_overrides
+        # the part of env_overrides the backend table produced (issue 5, part 2)
+        data["env_generated"] = {
+            k: v for k, v in spec.generated_env.items() if spec.env_overrides.get(k) == v
+        }
         data["logs"] = {
             stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
             for stream, p in (("stdout", spec.stdout), ("stderr", spec.stderr))
@@ -99,7 +103,15 @@ def render_describe(data: dict[str, Any]) -> str:
         line("Version", b.get("version"))
         line("Command", data["command_line"])
         env = data.get("env_overrides") or {}
-        line("Environment", " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) or None)
+        generated = data.get("env_generated") or {}
+        line(
+            "Environment",
+            " ".join(
+                f"{k}={shlex.quote(v)}" + (" (generated)" if k in generated else "")
+                for k, v in env.items()
+            )
+            or None,
+        )
     rt = data.get("runtime")
     if rt is None:
         out.append("Runtime:        never started")
