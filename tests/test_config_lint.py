@@ -85,6 +85,7 @@ def test_issue2_lint_clean_config_reports_every_check(
         "port-unique",
         "port-free",
         "gpu-device",
+        "gpu-memory",
         "logs-writable",
     ]
     assert {r["level"] for r in rows} == {"ok"}
