@@ -107,7 +107,8 @@ def test_dashboard_shows_and_drives_instances(
             await pilot.press("R")
             await until(pilot, lambda: "alpha: ready" in app.notes, "the restart's reply")
             await until(pilot, lambda: row_of(app, "alpha")["pid"] not in (None, pid), "new pid")
-            assert status_of(app, "alpha") == "running"
+            # the table may have caught the new server between spawn and ready
+            await until(pilot, lambda: status_of(app, "alpha") == "running", "restarted running")
 
             # The daemon goes away: the footer says so and the dashboard keeps going.
             await asyncio.to_thread(cli, "daemon", "stop")
