@@ -11,9 +11,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:
+    from llama_orchestrator.engine.platform import Platform
 
 START_TIMEOUT_S = 20.0
 
@@ -160,18 +163,15 @@ def connect(home: Home) -> Client | None:
     return Client(status.url, token)
 
 
-def _spawn_daemon(home: Home) -> None:
+def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> None:
     import subprocess
 
+    from llama_orchestrator.engine.platform import current_platform
+
     home.ensure()
-    kwargs: dict[str, Any] = {}
-    if os.name == "nt":
-        kwargs["creationflags"] = (
-            subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-            | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
-        )
-    else:
-        kwargs["start_new_session"] = True
+    # POSIX: a session of its own. Windows: a process group and a hidden console of its
+    # own (not DETACHED_PROCESS: its servers share its console to receive CTRL_BREAK).
+    kwargs: dict[str, Any] = (platform or current_platform()).daemon_spawn_kwargs()
     with open(home.daemon_log_path, "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "llama_orchestrator", "--home", str(home.root), "daemon", "run"],

@@ -4,24 +4,32 @@ Resolution order (first match wins): the instance's ``binary`` field, ``LLAMA_SE
 the environment, ``bin/llama-server[.exe]`` in the home, ``llama-server`` on PATH, and
 finally the embedded engine (``python -m llama_orchestrator.engine.embedded``). The value
 ``embedded`` in the field or the variable selects the embedded engine directly.
+
+On Windows (through the injected ``Platform``): the home's binary is
+``bin/llama-server.exe``; a configured path without an extension (``C:\\llama\\llama-server``)
+also finds ``llama-server.exe`` (PATHEXT order, ``.exe`` first); a bare name goes to
+``shutil.which``, which applies PATHEXT there; executable means an executable extension,
+since ``os.access(X_OK)`` is always true on Windows. The resolved path is kept as one
+argv element however many spaces it holds.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from llama_orchestrator.engine.platform import Platform, current_platform
 from llama_orchestrator.home import Home
 
 ENV_BINARY = "LLAMA_SERVER"
 EMBEDDED = "embedded"
 EMBEDDED_MODULE = "llama_orchestrator.engine.embedded"
-EXE = "llama-server.exe" if os.name == "nt" else "llama-server"
+BASE_NAME = "llama-server"
+EXE = current_platform().exe_name(BASE_NAME)  # this machine's name; resolution asks the seam
 
 
 class BinaryError(RuntimeError):
@@ -71,20 +79,24 @@ def _binary_version(path: str, mtime_ns: int) -> str | None:
     return None
 
 
-def _explicit(value: str, source: str, base: Path | None) -> ResolvedBinary:
+def _explicit(value: str, source: str, base: Path | None, plat: Platform) -> ResolvedBinary:
     if value == EMBEDDED:
         return ResolvedBinary("embedded", source, None)
     p = Path(value).expanduser()
-    if not p.is_absolute() and base is not None and (os.sep in value or "/" in value):
+    is_path = plat.has_dir_component(value)
+    if not p.is_absolute() and base is not None and is_path:
         p = (base / p).resolve()
-    if not p.is_absolute() and os.sep not in value and "/" not in value:
-        found = shutil.which(value)
+    if not p.is_absolute() and not is_path:
+        found = plat.which(value)
         if found is None:
             raise BinaryError(f"{source}: {value!r} is not on PATH")
         p = Path(found)
+    else:
+        # "C:\\llama\\llama-server" means llama-server.exe on Windows.
+        p = next((c for c in plat.exe_candidates(p) if c.is_file()), p)
     if not p.is_file():
         raise BinaryError(f"{source}: llama-server binary {str(p)!r} does not exist")
-    if not os.access(p, os.X_OK):
+    if not plat.is_executable(p):
         raise BinaryError(f"{source}: llama-server binary {str(p)!r} is not executable")
     return ResolvedBinary("binary", source, p)
 
@@ -95,17 +107,19 @@ def resolve_binary(
     *,
     config_dir: Path | None = None,
     environ: dict[str, str] | None = None,
+    platform: Platform | None = None,
 ) -> ResolvedBinary:
+    plat = platform or current_platform()
     env = os.environ if environ is None else environ
     if configured:
-        return _explicit(configured, "config 'binary'", config_dir)
+        return _explicit(configured, "config 'binary'", config_dir, plat)
     from_env = env.get(ENV_BINARY)
     if from_env:
-        return _explicit(from_env, ENV_BINARY, None)
-    in_home = home.bin_dir / EXE
-    if in_home.is_file() and os.access(in_home, os.X_OK):
+        return _explicit(from_env, ENV_BINARY, None, plat)
+    in_home = home.bin_dir / plat.exe_name(BASE_NAME)
+    if plat.is_executable(in_home):
         return ResolvedBinary("binary", "home", in_home)
-    on_path = shutil.which("llama-server")
+    on_path = plat.which(BASE_NAME)
     if on_path:
         return ResolvedBinary("binary", "PATH", Path(on_path))
     return ResolvedBinary("embedded", "embedded", None)

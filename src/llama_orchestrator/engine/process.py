@@ -3,8 +3,9 @@
 Two kinds of handle share one interface:
 
 * ``ChildProcess``: spawned by this daemon. Its exit is observed without reaping
-  (pidfd on Linux, ``waitid(WNOWAIT)`` in a thread elsewhere), so its PID cannot be
-  reused while we may still signal its group; ``reap()`` collects the status afterwards.
+  (pidfd on Linux, ``waitid(WNOWAIT)`` in a thread on other POSIX systems, the
+  process handle on Windows), so its PID cannot be reused while we may still signal its
+  group; ``reap()`` collects the status afterwards.
 * ``AdoptedProcess``: found running after a daemon restart. It is not our child, so
   every signal is preceded by an identity check (create time and command line): a PID
   that now belongs to someone else is never signalled.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -21,17 +23,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from llama_orchestrator.engine.command import LaunchSpec
+from llama_orchestrator.engine.platform import Platform, current_platform
 
-IS_WINDOWS = os.name == "nt"
+log = logging.getLogger("llama_orchestrator.engine")
 # create_time is a float derived from /proc ticks; allow rounding between readers.
 _CREATE_TIME_SLACK = 0.05
+# The exit code of a Windows process that a console control event ended (ExitProcess in
+# the default handler): what llama-server exits with on CTRL_BREAK.
+_STATUS_CONTROL_C_EXIT = 0xC000013A
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,10 @@ class ExitStatus:
             return f"killed by {name}"
         if self.code is None:
             return "exited (status unknown: process was adopted)"
+        if self.code == _STATUS_CONTROL_C_EXIT:  # Windows: ended by CTRL_BREAK/CTRL_C
+            return "exited on CTRL_BREAK (0xC000013A)"
+        if self.code > 0xFFFF:  # a Windows NTSTATUS, readable in hex
+            return f"exited with code {self.code:#010X}".replace("0X", "0x")
         return f"exited with code {self.code}"
 
     @classmethod
@@ -89,13 +101,26 @@ class ExitStatus:
 
 
 class ServerProcess:
-    """Common interface of a supervised server process."""
+    """Common interface of a supervised server process.
+
+    What differs between POSIX and Windows (how a group is signalled, what a graceful
+    stop and a kill are) is asked of ``platform``, injected by the constructors.
+    """
 
     identity: Identity
+    platform: Platform
 
     @property
     def pid(self) -> int:
         return self.identity.pid
+
+    @property
+    def create_time(self) -> float:
+        return self.identity.create_time
+
+    def may_signal(self) -> bool:
+        """Is ``pid`` still ours to signal (not reaped, not reused)?"""
+        raise NotImplementedError
 
     async def wait_exit(self) -> None:  # returns once the process has exited
         raise NotImplementedError
@@ -110,22 +135,21 @@ class ServerProcess:
         raise NotImplementedError
 
     def graceful_signal(self) -> bool:
-        if IS_WINDOWS:
-            return self.signal_group(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-        sent = self.signal_group(signal.SIGTERM)
-        # As systemd does: a stopped (SIGSTOP) process only acts on SIGTERM once continued.
-        self.signal_group(signal.SIGCONT)
-        return sent
+        """SIGTERM (+SIGCONT) to the group; CTRL_BREAK to the console group on Windows."""
+        return self.platform.graceful_stop(self)
 
     def kill(self) -> bool:
-        if IS_WINDOWS:
-            return _kill_tree(self.pid)
-        return self.signal_group(signal.SIGKILL)
+        """SIGKILL to the group; a psutil tree kill on Windows."""
+        return self.platform.kill(self)
 
     async def stop(self, grace: float) -> ExitStatus:
-        """Graceful signal to the group, wait ``grace`` s, kill the group, wait, reap."""
-        if not self.has_exited():
-            self.graceful_signal()
+        """Graceful signal to the group, wait ``grace`` s, kill the group, wait, reap.
+
+        When the graceful request cannot be delivered at all (the group is gone; on
+        Windows, a server that does not share the daemon's console) there is nothing to
+        wait for: straight to the kill.
+        """
+        if not self.has_exited() and self.graceful_signal():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wait_exit(), grace)
         # Kill the whole group even when the leader left on its own: a child it
@@ -133,18 +157,6 @@ class ServerProcess:
         self.kill()
         await asyncio.wait_for(self.wait_exit(), 30)
         return self.reap()
-
-
-def _kill_tree(pid: int) -> bool:
-    try:
-        parent = psutil.Process(pid)
-        procs = [*parent.children(recursive=True), parent]
-    except psutil.Error:
-        return False
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    return True
 
 
 def _pidfd_waiter(pid: int) -> asyncio.Future[None] | None:
@@ -169,9 +181,15 @@ def _pidfd_waiter(pid: int) -> asyncio.Future[None] | None:
 
 
 class ChildProcess(ServerProcess):
-    def __init__(self, popen: subprocess.Popen[bytes], identity: Identity) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        identity: Identity,
+        platform: Platform | None = None,
+    ) -> None:
         self.popen = popen
         self.identity = identity
+        self.platform = platform or current_platform()
         self._exited = asyncio.get_running_loop().create_future()
         self._status: ExitStatus | None = None
         waiter = _pidfd_waiter(popen.pid)
@@ -185,17 +203,7 @@ class ChildProcess(ServerProcess):
         pid = self.popen.pid
 
         def wait() -> None:
-            if IS_WINDOWS:
-                self.popen.wait()
-            else:
-                while True:
-                    try:
-                        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-                        break
-                    except ChildProcessError:
-                        break
-                    except InterruptedError:
-                        continue
+            self.platform.wait_blocking(self.popen)
             loop.call_soon_threadsafe(self._mark_exited)
 
         threading.Thread(target=wait, name=f"wait-{pid}", daemon=True).start()
@@ -210,17 +218,13 @@ class ChildProcess(ServerProcess):
     def has_exited(self) -> bool:
         return self._exited.done() or self._status is not None
 
+    def may_signal(self) -> bool:
+        return self._status is None  # reaped: the PID may belong to someone else now
+
     def signal_group(self, sig: int) -> bool:
-        if self._status is not None:  # reaped: the PID may belong to someone else now
+        if not self.may_signal():
             return False
-        try:
-            if IS_WINDOWS:
-                self.popen.send_signal(sig)
-            else:
-                os.killpg(self.popen.pid, sig)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
+        return self.platform.send_group(self.popen.pid, sig)
 
     def reap(self) -> ExitStatus:
         if self._status is None:
@@ -231,8 +235,11 @@ class ChildProcess(ServerProcess):
 class AdoptedProcess(ServerProcess):
     """A server found running after a daemon restart; identity-checked before any signal."""
 
-    def __init__(self, identity: Identity, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self, identity: Identity, poll_interval: float = 0.2, platform: Platform | None = None
+    ) -> None:
         self.identity = identity
+        self.platform = platform or current_platform()
         self._poll = poll_interval
         self._gone = False
         self._exited = asyncio.get_running_loop().create_future()
@@ -260,34 +267,26 @@ class AdoptedProcess(ServerProcess):
             self._mark()
         return self._gone
 
-    def signal_group(self, sig: int) -> bool:
-        if not self.identity.matches_live():
-            return False
-        try:
-            if IS_WINDOWS:
-                os.kill(self.pid, sig)
-            else:
-                if os.getpgid(self.pid) != self.pid:  # not the group leader we started
-                    os.kill(self.pid, sig)
-                else:
-                    os.killpg(self.pid, sig)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
+    def may_signal(self) -> bool:
+        return self.identity.matches_live()
 
-    def kill(self) -> bool:
-        if IS_WINDOWS:
-            return self.identity.matches_live() and _kill_tree(self.pid)
-        return self.signal_group(signal.SIGKILL)
+    def signal_group(self, sig: int) -> bool:
+        if not self.may_signal():
+            return False
+        if self.platform.is_group_leader(self.pid):
+            return self.platform.send_group(self.pid, sig)
+        return self.platform.send_one(self.pid, sig)  # not the group leader we started
 
     def reap(self) -> ExitStatus:
         return ExitStatus(None, None)
 
 
-def adopt(pid: int, create_time: float, cmdline: list[str]) -> AdoptedProcess | None:
+def adopt(
+    pid: int, create_time: float, cmdline: list[str], *, platform: Platform | None = None
+) -> AdoptedProcess | None:
     """Adopt a recorded server if and only if the PID is still that very process."""
     ident = Identity(pid, create_time, cmdline)
-    return AdoptedProcess(ident) if ident.matches_live() else None
+    return AdoptedProcess(ident, platform=platform) if ident.matches_live() else None
 
 
 def _marker(spec: LaunchSpec, name: str) -> bytes:
@@ -297,80 +296,150 @@ def _marker(spec: LaunchSpec, name: str) -> bytes:
     return f"==== llama-orch: starting {name} at {stamp}: {command}\n".encode()
 
 
-def rotate_if_needed(path: Path, max_bytes: int, keep: int) -> None:
-    """``stdout.log`` -> ``stdout.log.1`` ... ``.keep`` when it has grown past ``max_bytes``."""
+def _held_open(e: OSError) -> str:
+    return f"{e.strerror or e}: another process holds it open"
+
+
+def _shift(path: Path, keep: int, plat: Platform) -> bool:
+    """``.N-1`` -> ``.N`` ... ``.1`` -> ``.2``; False (and a warning) when one is held open."""
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            newer = path.with_name(f"{path.name}.{i + 1}")
+            try:
+                plat.replace(older, newer)
+            except PermissionError as e:
+                log.warning(
+                    "log rotation of %s skipped: cannot rename %s to %s (%s); "
+                    "it is retried when the log next grows",
+                    path,
+                    older,
+                    newer.name,
+                    _held_open(e),
+                )
+                return False
+    return True
+
+
+def _copy_truncate(path: Path, dest: Path | None) -> bool:
+    """Copy ``path`` to ``dest`` (when given), then empty it in place.
+
+    Works on a file another process holds open, on Windows too: Python's ``open()``
+    there shares read and write access (only delete/rename is refused), and so does a
+    server writing its log through handles we opened.
+    """
+    try:
+        if dest is not None:
+            shutil.copyfile(path, dest)
+        with open(path, "r+b") as f:
+            f.truncate(0)
+        return True
+    except PermissionError as e:
+        log.warning("log rotation of %s skipped: cannot truncate it (%s)", path, _held_open(e))
+        return False
+
+
+def rotate_if_needed(
+    path: Path, max_bytes: int, keep: int, *, platform: Platform | None = None
+) -> None:
+    """``stdout.log`` -> ``stdout.log.1`` ... ``.keep`` when it has grown past ``max_bytes``.
+
+    Runs before a server starts, so normally nobody writes the log. On Windows, though,
+    a file that any process holds open (an orphaned child of the old server, a viewer
+    following it) cannot be renamed or deleted: then rotate by copy and truncate, and
+    when even that is refused, leave the log alone with a warning.
+    """
+    plat = platform or current_platform()
     try:
         if path.stat().st_size < max_bytes:
             return
     except FileNotFoundError:
         return
     if keep <= 0:
-        path.unlink(missing_ok=True)
+        try:
+            plat.unlink(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError as e:
+            log.warning("cannot delete %s (%s); truncating it instead", path, _held_open(e))
+            _copy_truncate(path, None)
         return
-    for i in range(keep - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    os.replace(path, path.with_name(f"{path.name}.1"))
+    if not _shift(path, keep, plat):
+        return
+    dest = path.with_name(f"{path.name}.1")
+    try:
+        plat.replace(path, dest)
+    except PermissionError as e:
+        log.warning(
+            "cannot rename %s to %s (%s); rotating by copy and truncate instead",
+            path,
+            dest.name,
+            _held_open(e),
+        )
+        _copy_truncate(path, dest)
 
 
-def rotate_live(path: Path, max_bytes: int, keep: int) -> bool:
+def rotate_live(path: Path, max_bytes: int, keep: int, *, platform: Platform | None = None) -> bool:
     """Rotate a log that a running server appends to, without stopping it (copytruncate).
 
     The server holds the file open with O_APPEND, so after the truncate its next write
     lands at the start of the emptied file. What it writes between the copy and the
-    truncate (a window of one file copy) is lost; that is the documented cost.
+    truncate (a window of one file copy) is lost; that is the documented cost. When an
+    older rotation is held open by another process (Windows refuses the rename), the
+    rotation is skipped with a warning and False returned.
     """
+    plat = platform or current_platform()
     try:
         if path.stat().st_size < max_bytes:
             return False
     except FileNotFoundError:
         return False
     if keep > 0:
-        for i in range(keep - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{i}")
-            if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    return True
+        if not _shift(path, keep, plat):
+            return False
+        return _copy_truncate(path, path.with_name(f"{path.name}.1"))
+    return _copy_truncate(path, None)
 
 
-def spawn(spec: LaunchSpec, name: str) -> ChildProcess:
+def spawn(
+    spec: LaunchSpec,
+    name: str,
+    *,
+    platform: Platform | None = None,
+    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+) -> ChildProcess:
     """Start a server in its own session/process group with output appended to its logs.
 
     The server writes straight into its log files (not through a pipe of ours), so it
-    keeps running and logging when the daemon dies.
+    keeps running and logging when the daemon dies. ``argv`` goes to ``Popen`` as a
+    list, never through a shell: a path with spaces or a drive letter stays one element
+    (on Windows ``Popen`` quotes each element with ``subprocess.list2cmdline``).
     """
+    plat = platform or current_platform()
     spec.stdout.parent.mkdir(parents=True, exist_ok=True)
     spec.stderr.parent.mkdir(parents=True, exist_ok=True)
     marker = _marker(spec, name)
-    kwargs: dict[str, object] = {}
-    if IS_WINDOWS:
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    else:
-        kwargs["start_new_session"] = True
+    kwargs: dict[str, Any] = plat.spawn_kwargs()
     with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
         out.write(marker)
         err.write(marker)
         out.flush()
         err.flush()
-        popen = subprocess.Popen(
-            spec.argv,
+        proc = popen(
+            list(spec.argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             cwd=spec.cwd,
             env=spec.environ(),
             close_fds=True,
-            **kwargs,  # type: ignore[call-overload]
+            **kwargs,
         )
     try:
-        create_time = psutil.Process(popen.pid).create_time()
+        create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         create_time = time.time()
-    return ChildProcess(popen, Identity(popen.pid, create_time, list(spec.argv)))
+    return ChildProcess(proc, Identity(proc.pid, create_time, list(spec.argv)), plat)
 
 
 def tail_lines(path: Path, n: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
