@@ -650,6 +650,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_and_report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any], TextIO], None],
+) -> int:
+    """Every benchmark's ending: SIGTERM cleans up like Ctrl+C, then table (and JSON)."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = run(args)
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted; everything started was stopped")
+        return 130
+    # With --json the JSON goes to stdout and the table to stderr, so both are kept.
+    report(result, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=None, help="runs of (a) (default 7, quick 3)")
@@ -669,23 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is not None and args.runs < 1:
         p.error("--runs must be at least 1")
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        result = run(args)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
-    # With --json the JSON goes to stdout and the table to stderr, so both are kept.
-    report(result, sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return run_and_report(args, run, report)
 
 
 def report(result: dict[str, Any], out: TextIO) -> None:

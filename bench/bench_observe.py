@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from bench_core import (
     log,
     machine,
     orch_command,
+    run_and_report,
 )
 from bench_recovery import source_revision
 
@@ -830,22 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gguf_gib < 1:
         p.error("--gguf-gib must be at least 1")
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        result = run(args)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
-    report(result, sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return run_and_report(args, run, report)
 
 
 if __name__ == "__main__":

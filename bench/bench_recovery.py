@@ -80,6 +80,7 @@ from bench_core import (
     log,
     machine,
     orch_command,
+    run_and_report,
 )
 
 from llama_orchestrator.config.ports import find_free_port
@@ -845,22 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stable_wait <= max(STABLE_AFTER_S, PM2_MIN_UPTIME_MS / 1000.0):
         p.error("--stable-wait must exceed the supervisors' stable period (1 s)")
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        result = run(args)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
-    report(result, sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return run_and_report(args, run, report)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ def reaper() -> Iterator[list[int]]:
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     """A plain sleeping process in its own session (what an orphaned server looks like)."""
     p = subprocess.Popen([sys.executable, "-c", SLEEP], start_new_session=True)
+    # until it has exec'd, /proc shows the parent's command line
+    deadline = time.monotonic() + 10
+    while SLEEP not in psutil.Process(p.pid).cmdline() and time.monotonic() < deadline:
+        time.sleep(0.005)
     yield p
     if p.poll() is None:
         p.kill()

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import wait_for
 
 import llama_orchestrator.engine.binary as binary_mod
 import llama_orchestrator.engine.platform as platform_mod
@@ -429,6 +430,9 @@ def test_stop_through_the_windows_seam_tree_kills_when_ctrl_break_cannot_be_sent
 def test_adopted_process_through_the_windows_seam(tmp_path: Path) -> None:
     real = subprocess.Popen(LAUNCH_REAL)
     try:
+        # Until the child has exec'd, /proc shows the parent's command line: wait for it,
+        # as an adopted server would long have done.
+        wait_for(lambda: psutil.Process(real.pid).cmdline() == LAUNCH_REAL, what="exec")
         ident = Identity(real.pid, psutil.Process(real.pid).create_time(), list(LAUNCH_REAL))
         sent: list[tuple[int, int]] = []
         ps = FakePsutil()
