@@ -29,7 +29,6 @@ ENV_BINARY = "LLAMA_SERVER"
 EMBEDDED = "embedded"
 EMBEDDED_MODULE = "llama_orchestrator.engine.embedded"
 BASE_NAME = "llama-server"
-EXE = current_platform().exe_name(BASE_NAME)  # this machine's name; resolution asks the seam
 
 
 class BinaryError(RuntimeError):

@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -454,7 +453,3 @@ def tail_lines(path: Path, n: int = 20, max_bytes: int = 64 * 1024) -> list[str]
         return []
     lines = data.decode("utf-8", "replace").splitlines()
     return lines[-n:]
-
-
-def python_executable() -> str:
-    return sys.executable
