@@ -272,55 +272,16 @@ def test_estimate_matches_real_server(
 
 def write_gqa_model(path: Path) -> Path:
     """A 26 MiB f16 llama with grouped-query attention: 6 layers, 512 dims, 8 heads, 2 KV."""
-    import gguf
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    n_embd, n_head, n_kv, n_ff, n_layer = 512, 8, 2, 1024, 6
-    head = n_embd // n_head
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(8192)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(head)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_tokenizer_model("llama")
-    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * len(tokens))
-    control = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-    w.add_token_types(control + [gguf.TokenType.BYTE] * 256)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-
-    def rand(name: str, shape: tuple[int, int]) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float16))
-
-    def norm(name: str) -> None:
-        w.add_tensor(name, np.ones(n_embd, dtype=np.float32))
-
-    rand("token_embd.weight", (len(tokens), n_embd))
-    norm("output_norm.weight")
-    rand("output.weight", (len(tokens), n_embd))
-    for i in range(n_layer):
-        norm(f"blk.{i}.attn_norm.weight")
-        norm(f"blk.{i}.ffn_norm.weight")
-        rand(f"blk.{i}.attn_q.weight", (n_embd, n_embd))
-        rand(f"blk.{i}.attn_k.weight", (n_kv * head, n_embd))
-        rand(f"blk.{i}.attn_v.weight", (n_kv * head, n_embd))
-        rand(f"blk.{i}.attn_output.weight", (n_embd, n_embd))
-        rand(f"blk.{i}.ffn_gate.weight", (n_ff, n_embd))
-        rand(f"blk.{i}.ffn_up.weight", (n_ff, n_embd))
-        rand(f"blk.{i}.ffn_down.weight", (n_embd, n_ff))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tiny_model(
+        path,
+        context_length=8192,
+        n_layer=6,
+        n_embd=512,
+        n_head=8,
+        n_head_kv=2,
+        n_ff=1024,
+        f16=True,
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,29 @@ import sys
 from pathlib import Path
 
 
-def write_tiny_model(path: str | Path, seed: int = 0, context_length: int = 2048) -> Path:
+def write_tiny_model(
+    path: str | Path,
+    seed: int = 0,
+    context_length: int = 2048,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int | None = None,
+    n_ff: int = 128,
+    f16: bool = False,
+) -> Path:
+    """Write the model; the keywords make bigger variants (e.g. grouped-query attention
+    with ``n_head_kv < n_head``, f16 weights) for tests that need them."""
     import gguf
     import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n_embd, n_head, n_ff, n_layer = 64, 4, 128, 2
+    n_kv = n_head if n_head_kv is None else n_head_kv
+    head = n_embd // n_head
+    weight_type = np.float16 if f16 else np.float32
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-test")
     w.add_context_length(context_length)
@@ -29,10 +44,10 @@ def write_tiny_model(path: str | Path, seed: int = 0, context_length: int = 2048
     w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
+    w.add_head_count_kv(n_kv)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_rope_dimension_count(head)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
@@ -45,7 +60,7 @@ def write_tiny_model(path: str | Path, seed: int = 0, context_length: int = 2048
     w.add_unk_token_id(0)
 
     def rand(name: str, shape: tuple[int, ...]) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(weight_type))
 
     def ones(name: str) -> None:
         w.add_tensor(name, np.ones(n_embd, dtype=np.float32))
@@ -55,8 +70,10 @@ def write_tiny_model(path: str | Path, seed: int = 0, context_length: int = 2048
     rand("output.weight", (len(tokens), n_embd))
     for i in range(n_layer):
         ones(f"blk.{i}.attn_norm.weight")
-        for part in ("q", "k", "v", "output"):
-            rand(f"blk.{i}.attn_{part}.weight", (n_embd, n_embd))
+        rand(f"blk.{i}.attn_q.weight", (n_embd, n_embd))
+        rand(f"blk.{i}.attn_k.weight", (n_kv * head, n_embd))
+        rand(f"blk.{i}.attn_v.weight", (n_kv * head, n_embd))
+        rand(f"blk.{i}.attn_output.weight", (n_embd, n_embd))
         ones(f"blk.{i}.ffn_norm.weight")
         rand(f"blk.{i}.ffn_gate.weight", (n_ff, n_embd))
         rand(f"blk.{i}.ffn_up.weight", (n_ff, n_embd))
