@@ -47,6 +47,12 @@ def name_problem(name: str) -> str | None:
     )
 
 
+def unknown_instance_message(unknown: list[str], known: list[str]) -> str:
+    """The one wording of "no such instance", listing the ones that exist."""
+    listing = ", ".join(known) if known else "none defined yet"
+    return f"no instance named {', '.join(map(repr, unknown))} (known: {listing})"
+
+
 @dataclass(frozen=True)
 class Home:
     root: Path

@@ -34,6 +34,17 @@ def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:
     raise typer.Exit(code)
 
 
+def require_known(home: Home, names: list[str]) -> list[str]:
+    """Fail (exit 1) when any name is not a defined instance; else the defined names."""
+    from llama_orchestrator.home import unknown_instance_message
+
+    known = home.instance_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        fail(unknown_instance_message(unknown, known))
+    return known
+
+
 def check_names(names: list[str]) -> None:
     """Refuse names that could escape the instances folder before touching anything."""
     from llama_orchestrator.home import name_problem

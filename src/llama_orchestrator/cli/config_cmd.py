@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llama_orchestrator.cli.common import EXIT_FAIL, EXIT_USAGE, check_names, fail, home_of, say
+from llama_orchestrator.cli.common import (
+    EXIT_FAIL,
+    EXIT_USAGE,
+    check_names,
+    fail,
+    home_of,
+    require_known,
+    say,
+)
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
@@ -32,13 +40,9 @@ def resolve_targets(
 ) -> list[Target]:
     """The configs a command works on; exits 2 on a bad name, 1 on an unknown one."""
     from llama_orchestrator.config.lint import Target
-    from llama_orchestrator.config.loader import UnknownInstance
 
     check_names(names)
-    known = home.instance_names()
-    for name in names:
-        if name not in known:
-            fail(str(UnknownInstance(name, known)))
+    known = require_known(home, names)
     if not (names or all_ or files or default_all):
         fail("name one or more instances, or use --all or --file PATH", EXIT_USAGE)
     chosen = known if all_ or not (names or files) else names

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llama_orchestrator.cli.common import check_names, fail, home_of, say
+from llama_orchestrator.cli.common import check_names, home_of, require_known, say
 
 
 def _from_records(home: Any, name: str) -> dict[str, Any]:
@@ -50,9 +50,7 @@ def register(app: typer.Typer) -> None:
 
         check_names([name])
         home = home_of(ctx)
-        known = home.instance_names()
-        if name not in known:
-            fail(f"no instance named {name!r} (known: {', '.join(known) or 'none defined yet'})")
+        require_known(home, [name])
         client = connect(home)
         data: dict[str, Any]
         reply = None

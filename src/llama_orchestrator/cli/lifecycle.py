@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llama_orchestrator.cli.common import EXIT_FAIL, EXIT_USAGE, check_names, fail, home_of, say
+from llama_orchestrator.cli.common import (
+    EXIT_FAIL,
+    EXIT_USAGE,
+    check_names,
+    fail,
+    home_of,
+    require_known,
+    say,
+)
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
@@ -19,18 +27,14 @@ AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every defined instanc
 
 def _targets(home: Home, names: list[str] | None, all_: bool) -> list[str]:
     """The instances a command acts on; unknown names fail before anything happens."""
-    known = home.instance_names()
     if all_:
         if names:
             fail("give instance names or --all, not both", EXIT_USAGE)
-        return known
+        return home.instance_names()
     if not names:
         fail("name at least one instance, or use --all", EXIT_USAGE)
     check_names(names)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        listing = ", ".join(known) if known else "none defined yet"
-        fail(f"no instance named {', '.join(map(repr, unknown))} (known: {listing})")
+    require_known(home, names)
     return list(dict.fromkeys(names))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llama_orchestrator.config.schema import InstanceConfig
-from llama_orchestrator.home import Home
+from llama_orchestrator.home import Home, unknown_instance_message
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,7 @@ class UnknownInstance(LookupError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known
-        listing = ", ".join(known) if known else "none defined yet"
-        super().__init__(f"no instance named {name!r} (known: {listing})")
+        super().__init__(unknown_instance_message([name], known))
 
 
 def load_instance(home: Home, name: str) -> LoadedConfig:
