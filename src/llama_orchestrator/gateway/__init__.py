@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: one address in front of every instance."""
