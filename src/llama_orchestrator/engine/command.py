@@ -46,9 +46,6 @@ from pathlib import Path
 from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.engine.binary import ResolvedBinary
 
-# llama-server's ``-dev`` names devices by backend prefix and index (``--list-devices``).
-DEVICE_PREFIX = {"vulkan": "Vulkan", "cuda": "CUDA", "metal": "MTL"}
-
 
 @dataclass(frozen=True)
 class BackendRule:
