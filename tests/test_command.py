@@ -166,6 +166,21 @@ def test_log_paths_custom_and_absolute(tmp_path: Path) -> None:
     assert err == tmp_path / "elsewhere" / "chat-err.log"
 
 
+def test_log_paths_expand_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path / "user"))
+    lc = loaded(tmp_path, name="chat", logs={"stdout": "~/logs/{name}.out"})
+    out, err = log_paths(lc, tmp_path / "home")
+    assert out == tmp_path / "user" / "logs" / "chat.out"
+    assert err == tmp_path / "home" / "logs" / "chat" / "stderr.log"
+    assert launch_spec(lc, BIN, tmp_path / "home").stdout == out
+
+
+def test_log_paths_keep_a_stray_brace(tmp_path: Path) -> None:
+    lc = loaded(tmp_path, name="chat", logs={"stdout": "logs/{name}/{oops.log"})
+    assert log_paths(lc, tmp_path)[0] == tmp_path / "logs" / "chat" / "{oops.log"
+
+
 def test_launch_spec(tmp_path: Path) -> None:
     lc = full(tmp_path, env={"GGML_VK_VISIBLE_DEVICES": "1", "PATH": "/custom/bin"})
     home = tmp_path / "home"

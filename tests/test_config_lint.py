@@ -15,7 +15,9 @@ import pytest
 from conftest import Cli, free_port, write_config
 
 from llama_orchestrator.config.lint import Linter, Target, parse_devices
+from llama_orchestrator.config.loader import load_file
 from llama_orchestrator.config.ports import PortHolder, find_free_port, port_holder
+from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.home import Home
 
 LISTENER = (
@@ -178,6 +180,29 @@ def test_issue2_lint_log_folder_not_creatable(cli: Cli, home: Home, tiny_model: 
     logs = row(rows, "alpha", "logs-writable")
     assert logs["level"] == "error"
     assert logs["message"].endswith(f"{home.root / 'blocker'} is not a folder")
+
+
+def test_lint_and_engine_agree_on_log_paths_with_tilde(
+    home: Home, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lint expanded ``~`` in log paths while the engine did not: it checked one file and
+    the server wrote ``<home>/~/...``. Both now take the engine's one answer."""
+    user_home = tmp_path / "user"
+    monkeypatch.setenv("HOME", str(user_home))
+    monkeypatch.setenv("USERPROFILE", str(user_home))
+    logs = {"stdout": "~/llama-logs/{name}.out", "stderr": "~/llama-logs/{name}.err"}
+    write_config(home, "alpha", tiny_model, 8100, logs=logs)
+    loaded = load_file(home.config_path("alpha"))
+    out, err = log_paths(loaded, home.root)
+    assert (out, err) == (
+        user_home / "llama-logs" / "alpha.out",
+        user_home / "llama-logs" / "alpha.err",
+    )
+    linter = Linter(home, holder=lambda h, p: None)
+    assert linter.log_paths(loaded) == [out, err]
+    level, message = linter.check_logs(loaded)
+    assert level == "ok"
+    assert message == f"log folder {user_home / 'llama-logs'} will be created (in {tmp_path})"
 
 
 @pytest.mark.skipif(os.name == "nt", reason="shell-script stand-in for llama-server")

@@ -27,6 +27,7 @@ from llama_orchestrator.config.loader import (
 )
 from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.ports import PortHolder, port_holder
+from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.gpu.devices import Device, device_name, find_device
 from llama_orchestrator.home import Home
 
@@ -409,12 +410,8 @@ class Linter:
         return "ok", "; ".join(dict.fromkeys(msg for _, msg in results))
 
     def log_paths(self, cfg: LoadedConfig) -> list[Path]:
-        paths = []
-        for template in (cfg.config.logs.stdout, cfg.config.logs.stderr):
-            # replace(), not format(): a stray brace in the template must not raise.
-            p = Path(template.replace("{name}", cfg.name)).expanduser()
-            paths.append(p if p.is_absolute() else self.home.root / p)
-        return list(dict.fromkeys(paths))
+        """The files the server will write (the engine's answer), each once."""
+        return list(dict.fromkeys(log_paths(cfg, self.home.root)))
 
 
 def _folder_problem(path: Path) -> str | None:

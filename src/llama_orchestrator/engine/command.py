@@ -170,13 +170,20 @@ def build_argv(
 
 
 def log_paths(loaded: LoadedConfig, home_root: Path) -> tuple[Path, Path]:
+    """Where the server's stdout and stderr go: ``logs.stdout``/``logs.stderr``.
+
+    ``{name}`` becomes the instance's name, ``~`` the user's home folder, and a relative
+    path is relative to the orchestrator's home. The one answer for the engine, the
+    daemon, ``logs`` and ``config lint``, so what is checked is what the server writes.
+    """
     c = loaded.config
-    out = Path(c.logs.stdout.replace("{name}", c.name))
-    err = Path(c.logs.stderr.replace("{name}", c.name))
-    return (
-        out if out.is_absolute() else home_root / out,
-        err if err.is_absolute() else home_root / err,
-    )
+
+    def resolve(template: str) -> Path:
+        # replace(), not format(): a stray brace in the template must not raise.
+        p = Path(template.replace("{name}", c.name)).expanduser()
+        return p if p.is_absolute() else home_root / p
+
+    return resolve(c.logs.stdout), resolve(c.logs.stderr)
 
 
 def launch_spec(
