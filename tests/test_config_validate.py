@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import Cli, free_port, write_config
 
+from llama_orchestrator.config.loader import ConfigError, parse_config
 from llama_orchestrator.config.modelfile import model_file_problem
+from llama_orchestrator.config.schema import InstanceGateway
 from llama_orchestrator.home import Home
 
 
@@ -184,6 +186,96 @@ def test_issue2_validate_bad_config_disturbs_nothing(
     assert path.read_text() == "{ not json"
 
 
+# --- the gateway section ------------------------------------------------------------------
+
+
+def parse_gateway_section(tmp_path: Path, section: object) -> InstanceGateway:
+    data = {"name": "alpha", "model": {"path": "x.gguf"}, "gateway": section}
+    return parse_config(
+        json.dumps(data), tmp_path / "alpha" / "config.json", "alpha"
+    ).config.gateway
+
+
+def gateway_section_problem(tmp_path: Path, section: object) -> tuple[str, str, str | None]:
+    with pytest.raises(ConfigError) as info:
+        parse_gateway_section(tmp_path, section)
+    [p] = info.value.problems
+    return p.field, p.message, p.value
+
+
+def test_gateway_section_defaults(tmp_path: Path) -> None:
+    data = {"name": "alpha", "model": {"path": "x.gguf"}}
+    cfg = parse_config(json.dumps(data), tmp_path / "config.json").config
+    assert cfg.gateway == InstanceGateway()
+    g = cfg.gateway
+    assert (g.aliases, g.on_demand, g.ttl, g.pinned, g.priority) == ([], True, None, False, 0)
+
+
+def test_gateway_section_read(tmp_path: Path) -> None:
+    g = parse_gateway_section(
+        tmp_path,
+        {
+            "aliases": ["gpt-4o", "org/model:q4"],
+            "on_demand": False,
+            "ttl": 0,
+            "pinned": True,
+            "priority": -100,
+        },
+    )
+    assert (g.aliases, g.on_demand, g.ttl, g.pinned, g.priority) == (
+        ["gpt-4o", "org/model:q4"],
+        False,
+        0,
+        True,
+        -100,
+    )
+    assert parse_gateway_section(tmp_path, {"ttl": None, "priority": 100}).ttl is None
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "message"),
+    [
+        ({"aliases": [""]}, "gateway.aliases[0]", "an alias must not be empty"),
+        ({"aliases": ["a" * 129]}, "gateway.aliases[0]", "at most 128 characters"),
+        ({"aliases": ["ok", "two words"]}, "gateway.aliases[1]", "must not contain whitespace"),
+        ({"aliases": ["tab\there"]}, "gateway.aliases[0]", "must not contain whitespace"),
+        ({"aliases": ["/v1/models"]}, "gateway.aliases[0]", "must not start with '/'"),
+        ({"aliases": ["same", "same"]}, "gateway.aliases", "alias 'same' is listed twice"),
+        ({"aliases": [3]}, "gateway.aliases[0]", "valid string"),
+        ({"aliases": "gpt-4o"}, "gateway.aliases", "valid list"),
+        ({"on_demand": "true"}, "gateway.on_demand", "valid boolean"),
+        ({"ttl": -1}, "gateway.ttl", "greater than or equal to 0"),
+        ({"ttl": 1.5}, "gateway.ttl", "valid integer"),
+        ({"pinned": 1}, "gateway.pinned", "valid boolean"),
+        ({"priority": 101}, "gateway.priority", "less than or equal to 100"),
+        ({"priority": -101}, "gateway.priority", "greater than or equal to -100"),
+        ({"prio": 1}, "gateway.prio", "unknown field"),
+    ],
+)
+def test_gateway_section_bad_values(
+    tmp_path: Path, section: dict[str, object], field: str, message: str
+) -> None:
+    got_field, got_message, _ = gateway_section_problem(tmp_path, section)
+    assert got_field == field
+    assert message in got_message
+    assert not got_message.startswith("Value error")
+
+
+def test_gateway_section_alias_of_128_is_fine(tmp_path: Path) -> None:
+    assert parse_gateway_section(tmp_path, {"aliases": ["a" * 128]}).aliases == ["a" * 128]
+
+
+def test_gateway_section_problem_on_the_command_line(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    path = write_config(home, "alpha", tiny_model, free_port(), gateway={"aliases": ["x y"]})
+    out = cli("config", "validate", "alpha")
+    assert out.returncode == 1
+    assert problem_lines(out) == [
+        f"{path}: gateway.aliases[0]: an alias must not contain whitespace ('x y')"
+    ]
+
+
 # --- config schema ------------------------------------------------------------------------
 
 
@@ -192,11 +284,15 @@ def _check_schema(schema: dict[str, object]) -> None:
     assert schema["additionalProperties"] is False
     props = schema["properties"]
     assert isinstance(props, dict)
-    assert {"$schema", "name", "model", "server", "gpu", "binary", "logs"} <= set(props)
+    assert {"$schema", "name", "model", "server", "gpu", "binary", "logs", "gateway"} <= set(props)
     defs = schema["$defs"]
     assert isinstance(defs, dict)
     assert defs["ModelConfig"]["additionalProperties"] is False
     assert defs["ServerConfig"]["properties"]["port"]["minimum"] == 1024
+    gateway = defs["InstanceGateway"]
+    assert gateway["additionalProperties"] is False
+    assert gateway["properties"]["priority"]["maximum"] == 100
+    assert all("description" in f for f in gateway["properties"].values())
 
 
 def test_issue2_schema_to_stdout(cli: Cli) -> None:

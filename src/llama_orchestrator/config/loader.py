@@ -59,12 +59,15 @@ class LoadedConfig:
         return p if p.is_absolute() else (self.path.parent / p).resolve()
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A value as a problem line shows it: JSON, or a quoted string, cut at 80 characters."""
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[-1] == "[key]":  # pydantic's marker for a bad key of a mapping
+        loc = loc[:-1]
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -80,17 +83,18 @@ def problems_from_validation(file: str, err: ValidationError) -> list[Problem]:
                 Problem(file, _field_path(loc), "unknown field (check its spelling)", None)
             )
             continue
-        value = None if e["type"] == "missing" else _short(e.get("input"))
+        value = None if e["type"] == "missing" else short_value(e.get("input"))
         msg = e["msg"]
         if e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")  # our own validators' messages, as written
         problems.append(Problem(file, _field_path(loc), msg, value))
     return problems
 
 
-def parse_config(text: str, path: Path, expected_name: str | None = None) -> LoadedConfig:
-    """Parse and validate config ``text``; raise ConfigError listing every problem."""
-    file = str(path)
+def json_object(text: str, file: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; ConfigError naming the line and column otherwise."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -98,7 +102,24 @@ def parse_config(text: str, path: Path, expected_name: str | None = None) -> Loa
             [Problem(file, "(json)", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")]
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError([Problem(file, "(root)", "must be a JSON object", _short(data))])
+        raise ConfigError([Problem(file, "(root)", "must be a JSON object", short_value(data))])
+    return data
+
+
+def read_text(path: Path) -> str:
+    """A config file's text; ConfigError when it is missing or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(str(path), "(file)", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([Problem(str(path), "(file)", f"cannot read: {e}")]) from None
+
+
+def parse_config(text: str, path: Path, expected_name: str | None = None) -> LoadedConfig:
+    """Parse and validate config ``text``; raise ConfigError listing every problem."""
+    file = str(path)
+    data = json_object(text, file)
     try:
         cfg = InstanceConfig.model_validate(data)
     except ValidationError as e:
@@ -110,7 +131,7 @@ def parse_config(text: str, path: Path, expected_name: str | None = None) -> Loa
                     file,
                     "name",
                     f"must equal its folder's name {expected_name!r} (rename one of them)",
-                    _short(cfg.name),
+                    short_value(cfg.name),
                 )
             ]
         )
@@ -119,12 +140,7 @@ def parse_config(text: str, path: Path, expected_name: str | None = None) -> Loa
 
 
 def load_file(path: Path, *, check_folder_name: bool = True) -> LoadedConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(str(path), "(file)", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([Problem(str(path), "(file)", f"cannot read: {e}")]) from None
+    text = read_text(path)
     expected = path.parent.name if check_folder_name and path.name == "config.json" else None
     return parse_config(text, path, expected)
 

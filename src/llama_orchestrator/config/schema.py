@@ -8,9 +8,9 @@ string that merely looks like a number (``strict`` scalars).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from llama_orchestrator.home import NAME_PATTERN
 
@@ -92,6 +92,59 @@ class LogsConfig(_Strict):
     rotation: int = Field(default=5, ge=0, le=100)
 
 
+ALIAS_MAX = 128
+TTL_MAX = 31_536_000  # a year, in seconds
+
+
+def _check_alias(v: str) -> str:
+    if not v:
+        raise ValueError("an alias must not be empty")
+    if len(v) > ALIAS_MAX:
+        raise ValueError(f"an alias is at most {ALIAS_MAX} characters, this one has {len(v)}")
+    if any(c.isspace() for c in v):
+        raise ValueError("an alias must not contain whitespace")
+    if v.startswith("/"):
+        raise ValueError("an alias must not start with '/' (it would look like a path)")
+    return v
+
+
+Alias = Annotated[str, AfterValidator(_check_alias)]
+
+
+class InstanceGateway(_Strict):
+    """How the gateway routes to and schedules this instance."""
+
+    aliases: list[Alias] = Field(
+        default_factory=list,
+        description="extra names clients may send as 'model' for this instance "
+        "(each 1-128 characters, no whitespace, not starting with '/')",
+    )
+    on_demand: StrictBool = Field(
+        default=True, description="a request for this instance starts it when it is stopped"
+    )
+    ttl: int | None = Field(
+        default=None,
+        ge=0,
+        le=TTL_MAX,
+        description="seconds idle before it is stopped; null: gateway.json's default_ttl "
+        "for instances started on demand; 0: never stopped for being idle",
+    )
+    pinned: StrictBool = Field(default=False, description="never evicted to make room")
+    priority: int = Field(
+        default=0, ge=-100, le=100, description="eviction order: lower is evicted first"
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for alias in v:
+            if alias in seen:
+                raise ValueError(f"alias {alias!r} is listed twice (list each name once)")
+            seen.add(alias)
+        return v
+
+
 class InstanceConfig(_Strict):
     schema_ref: str | None = Field(default=None, alias="$schema")
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
@@ -110,6 +163,9 @@ class InstanceConfig(_Strict):
     healthcheck: HealthcheckConfig = Field(default_factory=HealthcheckConfig)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    gateway: InstanceGateway = Field(
+        default_factory=InstanceGateway, description="routing and scheduling by the gateway"
+    )
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
