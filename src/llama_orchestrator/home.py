@@ -99,6 +99,11 @@ class Home:
         return self.state_dir / "token"
 
     @property
+    def gateway_path(self) -> Path:
+        """The gateway's settings (optional: defaults apply when it does not exist)."""
+        return self.root / "gateway.json"
+
+    @property
     def daemon_log_path(self) -> Path:
         return self.logs_dir / "daemon.log"
 

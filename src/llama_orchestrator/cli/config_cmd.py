@@ -114,15 +114,24 @@ def _build_config(
 
 
 def _choose_port(home: Home, name: str, host: str, port: int | None) -> int:
-    from llama_orchestrator.config.lint import configured_endpoints, hosts_overlap
+    from llama_orchestrator.config.lint import (
+        configured_endpoints,
+        effective_gateway,
+        hosts_overlap,
+    )
     from llama_orchestrator.config.ports import find_free_port, port_holder
 
     claimed = configured_endpoints(home, skip=name)
+    gateway = effective_gateway(home)
+    gateway_port = {gateway.port} if gateway is not None else set()
     if port is None:
         try:
-            return find_free_port(host, 8001, taken={p for _, p in claimed.values()})
+            taken = {p for _, p in claimed.values()} | gateway_port
+            return find_free_port(host, 8001, taken=taken)
         except OSError as e:
             fail(f"cannot choose a free port on {host}: {e.strerror or e}; pass --port")
+    if port in gateway_port:
+        fail(f"port {port} is the gateway's port (see {home.gateway_path}); pick another --port")
     for other, (other_host, other_port) in claimed.items():
         if other_port == port and hosts_overlap(host, other_host):
             fail(f"port {port} is already used by instance {other!r} ({other_host}:{port})")
@@ -152,22 +161,26 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Exit 0 when the configs can start; else print each problem as `file: field: ...`.
 
+        Instances are checked with the home's gateway.json, when there is one.
+
         Examples: llama-orch config validate --all; llama-orch config validate --file x.json
         """
         from llama_orchestrator.config.lint import validate as run_validate
 
         home = home_of(ctx)
         targets = resolve_targets(home, names or [], all_, files or [], default_all=False)
-        if not targets:
+        gateway = _with_gateway(home, names or [], all_)
+        if not targets and not gateway:
             say(f"no instances in {home.instances_dir}")
             return
-        problems = run_validate(home, targets)
+        problems = run_validate(home, targets, gateway=gateway)
         for p in problems:
             say(str(p))
+        checked = len(targets) + gateway
         if problems:
             bad = len({p.file for p in problems})
-            fail(f"{len(problems)} problem(s) in {bad} of {len(targets)} config(s)", EXIT_FAIL)
-        say(f"{len(targets)} config(s) valid")
+            fail(f"{len(problems)} problem(s) in {bad} of {checked} config(s)", EXIT_FAIL)
+        say(f"{checked} config(s) valid")
 
     @config_app.command()
     def lint(
@@ -181,6 +194,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The full report: syntax, schema, model, ports, GPU device, log folder.
 
+        The home's gateway.json, when there is one, is reported as "(gateway)": syntax,
+        schema, API keys, its port against the instances', and whether the port is free.
+
         Examples: llama-orch config lint; llama-orch config lint gemma --format json
         """
         from llama_orchestrator.config.lint import lint as run_lint
@@ -190,41 +206,77 @@ def register(app: typer.Typer) -> None:
             fail(f"--format must be 'table' or 'json', not {fmt!r}", EXIT_USAGE)
         home = home_of(ctx)
         targets = resolve_targets(home, names or [], all_, files or [], default_all=True)
-        if not targets:
+        gateway = _with_gateway(home, names or [], all_ or not files)
+        if not targets and not gateway:
             say(f"no instances in {home.instances_dir}")
             if fmt == "json":
                 print("[]")
             return
-        results = run_lint(home, targets, own_pids=_own_pids(home))
+        results = run_lint(
+            home, targets, own_pids=_own_pids(home), daemon_pid=_daemon_pid(home), gateway=gateway
+        )
         if fmt == "json":
             print(json.dumps([r.to_dict() for r in results], indent=2))
         elif results:
             _print_table(results)
         errors = sum(r.level == "error" for r in results)
         warnings = sum(r.level == "warning" for r in results)
-        say(f"{len(targets)} config(s): {errors} error(s), {warnings} warning(s)")
+        say(f"{len(targets) + gateway} config(s): {errors} error(s), {warnings} warning(s)")
         if errors:
             raise typer.Exit(EXIT_FAIL)
 
     @config_app.command()
     def schema(
         output: Annotated[
-            str, typer.Option("--output", "-o", help="Where to write it; '-' for stdout.")
-        ] = "llama-instance-schema.json",
+            str | None,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Where to write it; '-' for stdout (default: llama-instance-schema.json, "
+                "or llama-gateway-schema.json with --gateway). Without --gateway the gateway "
+                "schema is also written beside it as llama-gateway-schema.json (not for '-').",
+                show_default=False,
+            ),
+        ] = None,
+        gateway: Annotated[
+            bool,
+            typer.Option(
+                "--gateway",
+                help="Only the schema of gateway.json, to --output (default "
+                "llama-gateway-schema.json).",
+            ),
+        ] = False,
     ) -> None:
-        """Write the JSON Schema of an instance config (for editor completion and checks)."""
-        from llama_orchestrator.config.schema import json_schema
+        """Write the JSON Schemas of instance configs and gateway.json (for editors, checks).
 
-        text = json.dumps(json_schema(), indent=2) + "\n"
-        if output == "-":
-            print(text, end="")
-            return
-        path = Path(output).absolute()
-        try:
-            _write_atomic(path, text)
-        except OSError as e:
-            fail(f"cannot write {path}: {e.strerror or e}")
-        say(f"wrote {path}")
+        Examples: llama-orch config schema; llama-orch config schema --gateway -o -
+        """
+        from llama_orchestrator.config.gateway import GATEWAY_SCHEMA_FILENAME, gateway_json_schema
+        from llama_orchestrator.config.schema import SCHEMA_FILENAME, json_schema
+
+        if gateway:
+            writes = [(output or GATEWAY_SCHEMA_FILENAME, gateway_json_schema())]
+        else:
+            output = output or SCHEMA_FILENAME
+            writes = [(output, json_schema())]
+            if output != "-":
+                beside = Path(output).absolute().with_name(GATEWAY_SCHEMA_FILENAME)
+                if beside == Path(output).absolute():
+                    fail(
+                        f"--output {output} is the gateway schema's name; add --gateway", EXIT_USAGE
+                    )
+                writes.append((str(beside), gateway_json_schema()))
+        for where, document in writes:
+            text = json.dumps(document, indent=2) + "\n"
+            if where == "-":
+                print(text, end="")
+                continue
+            path = Path(where).absolute()
+            try:
+                _write_atomic(path, text)
+            except OSError as e:
+                fail(f"cannot write {path}: {e.strerror or e}")
+            say(f"wrote {path}")
 
     @app.command()
     def create(
@@ -316,6 +368,19 @@ def register(app: typer.Typer) -> None:
             fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
         via = f", template {template}" if template else ""
         say(f"created {path} (port {chosen}{via})")
+
+
+def _with_gateway(home: Home, names: list[str], whole_home: bool) -> bool:
+    """Check gateway.json too: it exists and the home's instances (not only files) are checked."""
+    return bool(names or whole_home) and home.gateway_path.exists()
+
+
+def _daemon_pid(home: Home) -> int | None:
+    """The PID of this home's running daemon: the gateway port it holds is not foreign."""
+    from llama_orchestrator.daemon.control import daemon_status
+
+    status = daemon_status(home)
+    return status.pid if status.running else None
 
 
 def _own_pids(home: Home) -> dict[str, int]:

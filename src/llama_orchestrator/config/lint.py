@@ -6,7 +6,12 @@ check and instance, including what only the machine can tell (a port held by ano
 process, a GPU device the binary cannot see, a log folder that cannot be written).
 
 Port clashes are looked for against every instance in the home, not only the ones being
-checked: ``config lint gemma`` must say that ``phi`` already uses gemma's port.
+checked: ``config lint gemma`` must say that ``phi`` already uses gemma's port. The
+gateway's port counts too while the gateway is enabled (its defaults when
+``gateway.json`` does not exist): an instance may not take it.
+
+With ``gateway=True`` both also check ``gateway.json`` when it exists; lint reports it as
+the pseudo-instance ``(gateway)``, a label no instance name can take.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from llama_orchestrator.config.gateway import (
+    GatewayConfig,
+    exposure_problem,
+    keys_file_path,
+    load_gateway,
+    parse_gateway,
+    read_keys_file,
+)
 from llama_orchestrator.config.loader import (
     ConfigError,
     LoadedConfig,
@@ -32,6 +45,7 @@ from llama_orchestrator.gpu.devices import Device, device_name, find_device
 from llama_orchestrator.home import Home
 
 Level = Literal["ok", "warning", "error"]
+GATEWAY_LABEL = "(gateway)"  # lint's row label for gateway.json; never an instance name
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
 _DEFAULT_PORT = 8001  # ServerConfig's default, for raw configs that omit server.port
 
@@ -160,6 +174,40 @@ def configured_endpoints(home: Home, *, skip: str | None = None) -> dict[str, tu
     return found
 
 
+def effective_gateway(home: Home) -> GatewayConfig | None:
+    """The gateway settings whose port instances must leave alone; None when disabled.
+
+    The defaults when ``gateway.json`` does not exist; None too when it cannot be read
+    or is invalid (that is reported on its own, and guessing a port would mislead).
+    """
+    path = home.gateway_path
+    if not path.exists():
+        config = GatewayConfig()
+    else:
+        try:
+            config = parse_gateway(path.read_text(encoding="utf-8"), path)
+        except (OSError, UnicodeDecodeError, ConfigError):
+            return None
+    return config if config.enabled else None
+
+
+def _gateway_clash_text(gateway: GatewayConfig, home: Home) -> str:
+    where = "set in gateway.json" if home.gateway_path.exists() else "its default"
+    return (
+        f"port {gateway.port} is the gateway's port ({where}): change server.port, "
+        f"or set another port in {home.gateway_path}"
+    )
+
+
+def gateway_problems(home: Home) -> list[Problem]:
+    """What is wrong with ``gateway.json`` (none when it does not exist)."""
+    try:
+        load_gateway(home)
+    except ConfigError as e:
+        return list(e.problems)
+    return []
+
+
 def _endpoint(cfg: LoadedConfig) -> str:
     return f"{cfg.config.server.host}:{cfg.config.server.port}"
 
@@ -171,11 +219,15 @@ def _clash_text(other: LoadedConfig) -> str:
 # --- validate -----------------------------------------------------------------------------
 
 
-def validate(home: Home, targets: Sequence[Target]) -> list[Problem]:
-    """Every problem that would stop these configs from starting, in target order."""
+def validate(home: Home, targets: Sequence[Target], *, gateway: bool = False) -> list[Problem]:
+    """Every problem that would stop these configs from starting, in target order.
+
+    With ``gateway``, the problems of ``gateway.json`` (when it exists) come last.
+    """
     entries = [load_entry(t) for t in targets]
     loaded = [e.loaded for e in entries if e.loaded is not None]
     clashes = port_clashes(loaded, home_configs(home))
+    gw = effective_gateway(home)
     problems: list[Problem] = []
     for entry in entries:
         problems += entry.problems
@@ -190,6 +242,12 @@ def validate(home: Home, targets: Sequence[Target]) -> list[Problem]:
         port = str(cfg.config.server.port)
         for other in clashes[cfg.path]:
             problems.append(Problem(str(cfg.path), "server.port", _clash_text(other), port))
+        if gw is not None and gw.port == cfg.config.server.port:
+            problems.append(
+                Problem(str(cfg.path), "server.port", _gateway_clash_text(gw, home), port)
+            )
+    if gateway:
+        problems += gateway_problems(home)
     return problems
 
 
@@ -246,27 +304,36 @@ def _other_tools() -> list[Device]:
 
 
 class Linter:
-    """Runs every check; the device lister and port prober can be swapped for tests."""
+    """Runs every check; the device lister and port prober can be swapped for tests.
+
+    ``own_pids`` are the recorded PIDs of this home's servers and ``daemon_pid`` its
+    running daemon's: ports they hold are not foreign.
+    """
 
     def __init__(
         self,
         home: Home,
         *,
         own_pids: Mapping[str, int] | None = None,
+        daemon_pid: int | None = None,
         run: Runner = run_tool,
         holder: HolderFinder = port_holder,
         other_tools: Callable[[], list[Device]] = _other_tools,
     ) -> None:
         self.home = home
         self.own_pids = dict(own_pids or {})
+        self.daemon_pid = daemon_pid
         self._run = run
         self._holder = holder
         self._other_tools = other_tools
         self._device_cache: dict[tuple[str, ...], list[Device] | str] = {}
         self._others: list[Device] | None = None
         self._overcommit: dict[str, str] | None = None
+        self._gateway: GatewayConfig | None = None
+        self._gateway_read = False
 
-    def lint(self, targets: Sequence[Target]) -> list[LintResult]:
+    def lint(self, targets: Sequence[Target], *, gateway: bool = False) -> list[LintResult]:
+        """One row per check and target; with ``gateway``, then ``gateway.json``'s rows."""
         entries = [load_entry(t) for t in targets]
         loaded = [e.loaded for e in entries if e.loaded is not None]
         clashes = port_clashes(loaded, home_configs(self.home))
@@ -276,7 +343,91 @@ class Linter:
             cfg = entry.loaded
             if cfg is not None:
                 results += self._machine_rows(entry.target, cfg, clashes[cfg.path])
+        if gateway and self.home.gateway_path.exists():
+            results += self.gateway_rows()
         return results
+
+    @property
+    def gateway(self) -> GatewayConfig | None:
+        """The enabled gateway's settings (see :func:`effective_gateway`), read once."""
+        if not self._gateway_read:
+            self._gateway = effective_gateway(self.home)
+            self._gateway_read = True
+        return self._gateway
+
+    # --- gateway.json ---------------------------------------------------------------------
+
+    def gateway_rows(self) -> list[LintResult]:
+        """``gateway.json``: JSON, schema, keys, its port against instances, port free."""
+        path = self.home.gateway_path
+        file = str(path)
+
+        def rows(*checks: tuple[str, Level, str]) -> list[LintResult]:
+            return [LintResult(GATEWAY_LABEL, file, c, level, m) for c, level, m in checks]
+
+        try:
+            text = path.read_text(encoding="utf-8")
+            json.loads(text)
+        except (OSError, UnicodeDecodeError) as e:
+            return rows(("json", "error", f"cannot read: {e}"))
+        except json.JSONDecodeError as e:
+            where = f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+            return rows(("json", "error", where))
+        out = rows(("json", "ok", "valid JSON"))
+        try:
+            config = parse_gateway(text, path)
+        except ConfigError as e:
+            return out + rows(*(("schema", "error", _problem_text(p)) for p in e.problems))
+        out += rows(("schema", "ok", "matches the schema"))
+        out += rows(("api-keys", *self.check_gateway_keys(config)))
+        out += rows(("port-unique", *self.check_gateway_port_unique(config)))
+        out += rows(("port-free", *self.check_gateway_port_free(config)))
+        return out
+
+    def check_gateway_keys(self, config: GatewayConfig) -> tuple[Level, str]:
+        """The key file reads and holds good keys; no keys only on loopback."""
+        keys_file = keys_file_path(config, self.home)
+        try:
+            file_keys = read_keys_file(keys_file, self.home.gateway_path) if keys_file else []
+        except ConfigError as e:
+            return "error", "; ".join(_problem_text(p, with_file=True) for p in e.problems)
+        keys = tuple(dict.fromkeys([*config.api_keys, *file_keys]))
+        problem = exposure_problem(config, keys, str(self.home.gateway_path))
+        if problem:
+            return "error", _problem_text(problem)
+        if not keys:
+            return "ok", f"no API keys: only this machine can reach {config.host}"
+        source = f" ({len(file_keys)} from {keys_file})" if keys_file else ""
+        return "ok", f"{len(keys)} API key(s){source}"
+
+    def check_gateway_port_unique(self, config: GatewayConfig) -> tuple[Level, str]:
+        if not config.enabled:
+            return "ok", "the gateway is disabled (enabled: false)"
+        users = [
+            f"instance {name!r} ({host}:{port})"
+            for name, (host, port) in configured_endpoints(self.home).items()
+            if port == config.port
+        ]
+        if users:
+            return "error", f"port {config.port} is also used by " + ", ".join(users)
+        return "ok", f"no instance uses port {config.port}"
+
+    def check_gateway_port_free(self, config: GatewayConfig) -> tuple[Level, str]:
+        if not config.enabled:
+            return "ok", "the gateway is disabled (enabled: false)"
+        host, port = config.host, config.port
+        try:
+            holder = self._holder(host, port)
+        except OSError as e:
+            return "warning", f"cannot check {host}:{port}: {e.strerror or e}"
+        if holder is None:
+            return "ok", f"{host}:{port} is free"
+        if holder.pid is not None and holder.pid == self.daemon_pid:
+            return "ok", f"{host}:{port} is held by this home's daemon (PID {holder.pid})"
+        for other, pid in self.own_pids.items():
+            if holder.pid == pid:
+                return "warning", f"{host}:{port} is held by instance {other!r} (PID {pid})"
+        return "warning", f"{host}:{port} is held by {holder}"
 
     def _machine_rows(
         self, target: Target, cfg: LoadedConfig, clashes: Sequence[LoadedConfig]
@@ -315,8 +466,12 @@ class Linter:
     def check_port_unique(
         self, cfg: LoadedConfig, others: Sequence[LoadedConfig]
     ) -> tuple[Level, str]:
-        if others:
-            return "error", "; ".join(_clash_text(o) for o in others)
+        clashes = [_clash_text(o) for o in others]
+        gateway = self.gateway
+        if gateway is not None and gateway.port == cfg.config.server.port:
+            clashes.append(_gateway_clash_text(gateway, self.home))
+        if clashes:
+            return "error", "; ".join(clashes)
         return "ok", f"no other instance uses {_endpoint(cfg)}"
 
     def check_port_free(self, cfg: LoadedConfig) -> tuple[Level, str]:
@@ -414,6 +569,13 @@ class Linter:
         return list(dict.fromkeys(log_paths(cfg, self.home.root)))
 
 
+def _problem_text(p: Problem, *, with_file: bool = False) -> str:
+    """A problem as a lint message: ``field: message (value)``, its file when it differs."""
+    tail = f" ({p.value})" if p.value is not None else ""
+    head = f"{p.file}: " if with_file else ""
+    return f"{head}{p.field}: {p.message}{tail}"
+
+
 def _folder_problem(path: Path) -> str | None:
     if not path.is_dir():
         return f"{path} is not a folder"
@@ -444,6 +606,11 @@ def log_path_problem(log_file: Path) -> tuple[Level, str]:
 
 
 def lint(
-    home: Home, targets: Sequence[Target], *, own_pids: Mapping[str, int] | None = None
+    home: Home,
+    targets: Sequence[Target],
+    *,
+    own_pids: Mapping[str, int] | None = None,
+    daemon_pid: int | None = None,
+    gateway: bool = False,
 ) -> list[LintResult]:
-    return Linter(home, own_pids=own_pids).lint(targets)
+    return Linter(home, own_pids=own_pids, daemon_pid=daemon_pid).lint(targets, gateway=gateway)
