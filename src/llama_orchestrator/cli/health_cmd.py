@@ -9,10 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from llama_orchestrator.cli.common import check_names, home_of, require_known, say
+from llama_orchestrator.engine.states import State
+from llama_orchestrator.home import Home
 
 
-def _from_records(home: Any, name: str) -> dict[str, Any]:
+def _from_records(home: Home, name: str) -> dict[str, Any]:
     from llama_orchestrator.state.db import StateStore
+    from llama_orchestrator.state.rows import instance_status
 
     store = StateStore.open_for_reading(home.db_path)
     row = None
@@ -21,15 +24,14 @@ def _from_records(home: Any, name: str) -> dict[str, Any]:
             row = store.get(name)
         finally:
             store.close()
-    never = row is None or not row.get("start_time")
-    row = row or {}
+    status = instance_status(name, row)
     return {
-        "never_started": never,
+        "never_started": not status["start_time"],
         "name": name,
-        "status": row.get("status", "stopped"),
-        "health": row.get("health", "unknown"),
+        "status": status["status"],
+        "health": status["health"],
         "consecutive_failures": None,
-        "last_health_check": row.get("last_health_check"),
+        "last_health_check": status["last_health_check"],
         "checks": [],
         "live": False,
     }
@@ -67,9 +69,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(data, indent=2))
             return
-        if data.get("never_started") or (
-            data.get("live") and data["status"] == "stopped" and not data.get("last_health_check")
-        ):
+        live_never = data["status"] == State.STOPPED and not data.get("last_health_check")
+        if data.get("never_started") or (data.get("live") and live_never):
             say(f"{name} has not been started yet: no health checks")
         print(f"{'Name:':22}{name}")
         print(f"{'Status:':22}{data['status']}")

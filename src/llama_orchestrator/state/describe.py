@@ -10,7 +10,9 @@ import shlex
 import time
 from typing import Any
 
+from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.rows import instance_status
 
 
 def describe_data(home: Home, name: str) -> dict[str, Any]:
@@ -59,9 +61,10 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         finally:
             store.close()
     if runtime is not None:
-        runtime.pop("name", None)
-        start = runtime.get("start_time")
-        alive = runtime.get("status") in ("running", "starting", "stopping")
+        runtime = instance_status(name, runtime)
+        runtime.pop("name")
+        start = runtime["start_time"]
+        alive = runtime["status"] in ALIVE
         runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
     data["runtime"] = runtime
     data["events"] = events

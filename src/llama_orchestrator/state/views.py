@@ -10,7 +10,9 @@ import json
 import time
 from typing import Any
 
+from llama_orchestrator.engine.states import ALIVE, Health, State
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.rows import instance_status
 
 
 def _raw_config(home: Home, name: str) -> dict[str, Any]:
@@ -36,41 +38,35 @@ def instance_rows(home: Home) -> list[dict[str, Any]]:
     rows = []
     defined = set(home.instance_names())
     for name in sorted(defined | set(records)):
-        r = records.get(name)
-        if r is None:
+        record = records.get(name)
+        if record is None:
             raw = _raw_config(home, name)
             server, gpu = raw.get("server") or {}, raw.get("gpu") or {}
             backend = gpu.get("backend", "cpu")
-            r = {
-                "status": "stopped",
-                "health": "unknown",
-                "pid": None,
+            record = {
                 "port": server.get("port"),
                 "backend": backend,
                 "device": "-" if backend == "cpu" else f"GPU:{gpu.get('device_id', 0)}",
                 "model": (raw.get("model") or {}).get("path"),
-                "restart_count": 0,
-                "desired": "stopped",
-                "start_time": None,
-                "last_error": None,
             }
-        alive = r["status"] in ("running", "starting", "stopping") and r.get("start_time")
-        model = r.get("model") or ""
+        s = instance_status(name, record)
+        alive = s["status"] in ALIVE and s["start_time"]
+        model = s["model"] or ""
         rows.append(
             {
                 "name": name,
-                "pid": r.get("pid"),
-                "port": r.get("port"),
-                "backend": r.get("backend"),
-                "device": r.get("device"),
+                "pid": s["pid"],
+                "port": s["port"],
+                "backend": s["backend"],
+                "device": s["device"],
                 "model": model.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf"),
-                "status": r["status"],
-                "health": r.get("health"),
-                "uptime_s": round(now - r["start_time"], 1) if alive else None,
-                "restarts": r.get("restart_count", 0),
-                "desired": r.get("desired"),
+                "status": s["status"],
+                "health": s["health"],
+                "uptime_s": round(now - s["start_time"], 1) if alive else None,
+                "restarts": s["restart_count"],
+                "desired": s["desired"],
                 "defined": name in defined,
-                "last_error": r.get("last_error"),
+                "last_error": s["last_error"],
             }
         )
     return rows
@@ -90,12 +86,17 @@ def format_uptime(seconds: float | None) -> str:
 
 
 STATUS_STYLE = {
-    "running": "green",
-    "starting": "yellow",
-    "backoff": "yellow",
-    "stopping": "yellow",
-    "exited": "red",
-    "fatal": "red",
-    "stopped": "dim",
+    State.RUNNING.value: "green",
+    State.STARTING.value: "yellow",
+    State.BACKOFF.value: "yellow",
+    State.STOPPING.value: "yellow",
+    State.EXITED.value: "red",
+    State.FATAL.value: "red",
+    State.STOPPED.value: "dim",
 }
-HEALTH_STYLE = {"healthy": "green", "loading": "yellow", "unhealthy": "red", "error": "red"}
+HEALTH_STYLE = {
+    Health.HEALTHY.value: "green",
+    Health.LOADING.value: "yellow",
+    Health.UNHEALTHY.value: "red",
+    Health.ERROR.value: "red",
+}
