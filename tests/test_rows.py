@@ -1,10 +1,19 @@
-"""One status shape for every reader (state/rows.py)."""
+"""One status shape for every reader (state/rows.py), and ps rows of never-started
+instances from their configs through the loader."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import free_port, write_config
 
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import INSTANCE_COLUMNS, StateStore
 from llama_orchestrator.state.rows import STATUS_FIELDS, instance_status
+from llama_orchestrator.state.views import instance_rows
 
 
 def test_status_of_an_instance_without_a_row_has_every_field_with_defaults() -> None:
@@ -44,3 +53,44 @@ def test_status_of_a_row_keeps_its_values_and_drops_private_columns(home: Home) 
     assert "pid_create_time" not in s and "updated_at" not in s
     # a null column reads as its default, as a missing one does
     assert instance_status("alpha", {"status": None, "restart_count": None})["status"] == "stopped"
+
+
+def test_ps_rows_of_never_started_instances_come_through_the_config_loader(
+    home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "gpu", tiny_model, port, gpu={"backend": "vulkan", "device_id": 1})
+    write_config(home, "typo", tiny_model, free_port(), server={"prot": 1})
+    broken = home.config_path("broken")
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    rows = {r["name"]: r for r in instance_rows(home)}
+    assert rows["gpu"]["port"] == port
+    assert (rows["gpu"]["backend"], rows["gpu"]["device"]) == ("vulkan", "GPU:1")
+    assert rows["gpu"]["model"] == "tiny"
+    assert rows["gpu"]["status"] == "stopped" and rows["gpu"]["last_error"] is None
+    for name in ("typo", "broken"):  # invalid: a stopped row that says why, no raw fields
+        r = rows[name]
+        assert r["status"] == "stopped" and r["health"] == "unknown", r
+        assert (r["port"], r["backend"], r["model"]) == (None, None, ""), r
+        assert r["last_error"].startswith("invalid config: "), r
+    assert "prot" in rows["typo"]["last_error"]
+    assert "invalid JSON" in rows["broken"]["last_error"]
+    # plain ps shows no stopped rows, so it need not read those configs at all
+    assert instance_rows(home, stopped=False) == []
+
+
+def test_plain_ps_does_not_import_pydantic(home: Home, tiny_model: Path) -> None:
+    """The fast path stays light: never-started configs are read only for ``ps -a``."""
+    write_config(home, "alpha", tiny_model, free_port())
+    code = (
+        "import sys; from llama_orchestrator.cli.fast import try_fast\n"
+        "assert try_fast(['ps']) == 0\n"
+        "print(sorted(m for m in ('pydantic', 'typer', 'rich') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, LLAMA_ORCH_HOME=str(home.root))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "[]"

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, TextIO
 
+from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime, instance_rows
 
@@ -48,11 +49,18 @@ def parse_filters(specs: list[str]) -> dict[str, set[str]]:
     return out
 
 
+def shows_stopped(all_: bool, filters: dict[str, set[str]]) -> bool:
+    """Whether :func:`select` can keep a stopped row (plain ``ps`` hides them)."""
+    if "status" in filters:
+        return State.STOPPED.value in filters["status"]
+    return all_
+
+
 def select(
     rows: list[dict[str, Any]], all_: bool, filters: dict[str, set[str]]
 ) -> list[dict[str, Any]]:
-    if not all_ and "status" not in filters:
-        rows = [r for r in rows if r["status"] != "stopped"]
+    if not shows_stopped(all_, filters):
+        rows = [r for r in rows if r["status"] != State.STOPPED]
     return [r for r in rows if all(str(r.get(k)) in v for k, v in filters.items())]
 
 
@@ -105,7 +113,8 @@ def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[
     except FilterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = select(instance_rows(home), all_, parsed)
+    # Without stopped rows, the configs of never-started instances need not be read.
+    rows = select(instance_rows(home, stopped=shows_stopped(all_, parsed)), all_, parsed)
     if not daemon_status(home).running:
         print("note: the daemon is not running; showing the last recorded state", file=sys.stderr)
     if quiet:

@@ -1,12 +1,12 @@
 """What ``ps``, the dashboard and other readers show: one row per instance.
 
 Built from the state records (so it works while the daemon is down) plus the configs of
-instances that never ran. Reads only; cheap imports, since ``ps`` must start fast.
+instances that never ran. Reads only; cheap imports, since ``ps`` must start fast: the
+config loader (pydantic) is imported only when a never-started instance is shown.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -15,16 +15,41 @@ from llama_orchestrator.home import Home
 from llama_orchestrator.state.rows import instance_status
 
 
-def _raw_config(home: Home, name: str) -> dict[str, Any]:
-    """Display fields of a config that never ran, read without full validation."""
+def _never_started(home: Home, name: str) -> dict[str, Any] | None:
+    """The status of an instance without a state row, its display fields from its config.
+
+    The config comes through the loader like every other config; an invalid one gives a
+    stopped row without those fields, its ``last_error`` naming the problem. None when
+    the config vanished since the folder was listed.
+    """
+    from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
+    from llama_orchestrator.engine.command import device_label
+
+    status = instance_status(name, None)
     try:
-        data = json.loads(home.config_path(name).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        loaded = load_instance(home, name)
+    except UnknownInstance:
+        return None
+    except ConfigError as e:
+        status["last_error"] = f"invalid config: {e.problems[0]}" if e.problems else str(e)
+        return status
+    c = loaded.config
+    status.update(
+        host=c.server.host,
+        port=c.server.port,
+        backend=c.gpu.backend,
+        device=device_label(c.gpu.backend, c.gpu.device_id),
+        model=str(loaded.model_path),
+    )
+    return status
 
 
-def instance_rows(home: Home) -> list[dict[str, Any]]:
+def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
+    """One row per instance (defined or recorded), sorted by name.
+
+    ``stopped=False`` leaves out stopped instances, and so never reads the configs of
+    instances that never ran (plain ``ps`` hides them anyway).
+    """
     from llama_orchestrator.state.db import StateStore
 
     store = StateStore.open_for_reading(home.db_path)
@@ -39,17 +64,14 @@ def instance_rows(home: Home) -> list[dict[str, Any]]:
     defined = set(home.instance_names())
     for name in sorted(defined | set(records)):
         record = records.get(name)
-        if record is None:
-            raw = _raw_config(home, name)
-            server, gpu = raw.get("server") or {}, raw.get("gpu") or {}
-            backend = gpu.get("backend", "cpu")
-            record = {
-                "port": server.get("port"),
-                "backend": backend,
-                "device": "-" if backend == "cpu" else f"GPU:{gpu.get('device_id', 0)}",
-                "model": (raw.get("model") or {}).get("path"),
-            }
-        s = instance_status(name, record)
+        if record is not None:
+            s: dict[str, Any] | None = instance_status(name, record)
+        elif stopped:
+            s = _never_started(home, name)
+        else:
+            continue
+        if s is None or (not stopped and s["status"] == State.STOPPED):
+            continue
         alive = s["status"] in ALIVE and s["start_time"]
         model = s["model"] or ""
         rows.append(
