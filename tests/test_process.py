@@ -23,10 +23,10 @@ from llama_orchestrator.engine.process import (
     ExitStatus,
     Identity,
     adopt,
-    rotate_if_needed,
     spawn,
     tail_lines,
 )
+from llama_orchestrator.logs.rotate import rotate_if_needed
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX sessions and signals")
 

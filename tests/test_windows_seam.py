@@ -37,11 +37,10 @@ from llama_orchestrator.engine.process import (
     AdoptedProcess,
     ExitStatus,
     Identity,
-    rotate_if_needed,
-    rotate_live,
     spawn,
 )
 from llama_orchestrator.home import Home
+from llama_orchestrator.logs.rotate import rotate_if_needed, rotate_live
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="real processes run the POSIX way")
 

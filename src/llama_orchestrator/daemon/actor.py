@@ -1,82 +1,50 @@
 """One instance's actor: the only code that changes that instance's state.
 
-Commands (start, stop, restart) arrive in its inbox from the control API and are
-answered through futures; process exits, readiness, health results and backoff timers
-arrive as messages in the same inbox, so nothing ever races on an instance's state.
+Commands (start, stop, restart) arrive in its inbox from the control API and the
+gateway; its side tasks (daemon/watch.py: exit watcher, readiness poll, health monitor,
+stop, backoff timer) only post reports to the same inbox. Every handler runs on the
+actor's loop and none of them awaits, so the actor answers every message at once: a
+``down`` during a slow stop or a start waiting for admission is handled immediately.
+
 Desired state (``up`` -> running, ``down`` -> stopped) is recorded, and the actor
-converges the observed process onto it, restarting with exponential backoff on failure.
+converges the observed process onto it, restarting with backoff on failure
+(daemon/policy.py decides how). The gateway borrows a running server through leases
+(``acquire``/``release``), which keep ``in_flight`` and ``last_used``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llama_orchestrator.config.loader import (
-    ConfigError,
-    LoadedConfig,
-    UnknownInstance,
-    load_instance,
-)
-from llama_orchestrator.config.modelfile import model_file_problem
-from llama_orchestrator.config.ports import port_holder
-from llama_orchestrator.engine.binary import BinaryError, resolve_binary
-from llama_orchestrator.engine.command import base_url, device_label, launch_spec
-from llama_orchestrator.engine.health import Probe, probe_completion, probe_health
-from llama_orchestrator.engine.process import (
-    ServerProcess,
-    adopt,
-    rotate_if_needed,
-    spawn,
-    tail_lines,
-)
+from llama_orchestrator.config.loader import LoadedConfig
+from llama_orchestrator.config.schema import HealthcheckConfig
+from llama_orchestrator.daemon import messages as m
+from llama_orchestrator.daemon import watch
+from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.leases import CheckLog, Leases
+from llama_orchestrator.daemon.mailbox import Mailbox
+from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.policy import after_failure
+from llama_orchestrator.daemon.preflight import Plan, load, prepare, refusal, spawn_error
+from llama_orchestrator.daemon.scheduler import Claim
+from llama_orchestrator.engine.command import base_url
+from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.states import ALIVE, Desired, Health, State, check_transition
-
-if TYPE_CHECKING:
-    from llama_orchestrator.daemon.supervisor import Supervisor
+from llama_orchestrator.errors import ErrorCode
+from llama_orchestrator.gateway.backend import Endpoint
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
-READY_POLL_S = 0.02  # /health polling while a server starts
-MIN_READY_DEADLINE_S = 5.0
-CHECK_HISTORY = 20  # health checks kept per instance for `llama-orch health`
-LOG_CHECK_S = 2.0  # how often running servers' log sizes are checked for rotation
+STDERR_TAIL = 15
 
 
-@dataclass
-class Outcome:
-    """The reply to a command: what happened, in words a person and a script can use."""
-
-    ok: bool
-    message: str
-    error: str | None = None  # machine code: config_invalid, model, port_in_use, ...
-    ready_ms: float | None = None
-    stderr_tail: list[str] = field(default_factory=list)
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    pid: int | None = None
-
-
-def backoff_delay(failures: int, base: float, multiplier: float, cap: float) -> float:
-    """No wait for the first failure after a healthy run; then base * multiplier^(n-2)."""
-    if failures <= 1:
-        return 0.0
-    try:
-        delay = base * multiplier ** (failures - 2)
-    except OverflowError:  # a long crash loop with a big multiplier: the cap rules
-        return float(cap)
-    return float(min(cap, delay))
-
-
-class InstanceActor:
-    def __init__(self, name: str, sup: Supervisor, row: dict[str, Any] | None) -> None:
-        self.name = name
-        self.sup = sup
+class InstanceActor(Mailbox):
+    def __init__(self, name: str, ctx: ActorContext, row: dict[str, Any] | None) -> None:
+        super().__init__(name)
+        self.ctx = ctx
         row = row or {}
         # The initial state is read from the record as-is: it is where we left off.
         self.state = State(row.get("status") or State.STOPPED.value)
@@ -86,471 +54,442 @@ class InstanceActor:
         self.failures = 0
         self.proc: ServerProcess | None = None
         self.loaded: LoadedConfig | None = None
-        self.waiters: list[asyncio.Future[Outcome]] = []
-        self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._ready_mono = 0.0
-        self.checks: deque[dict[str, Any]] = deque(maxlen=CHECK_HISTORY)  # bounded
+        self.url: str | None = None
+        self.checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
         self.misses = 0  # consecutive failed checks
+        self.leases = Leases(ctx.clock)  # the gateway's requests in flight
+        # who waits for what
+        self._ready_waiters: list[m.Reply] = []  # a start in progress, until ready/failed
+        self._accept_waiters: list[m.Reply] = []  # `up --detach`: until spawned/refused
+        self._stop_waiters: list[m.Reply] = []
+        self._after_stop: list[m.Start | m.Restart] = []  # starts queued behind a stop
+        self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
+        self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
+        self._backoff_gen = 0
+        self._ready_mono = 0.0
         self._stderr_path: Any = None
-        self._runner: asyncio.Task[None] | None = None
 
-    # -- plumbing ----------------------------------------------------------------------
-
-    def start_loop(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(
-            self._run(), name=f"actor-{self.name}"
-        )
-
-    async def request(self, command: str) -> Outcome:
-        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self.inbox.put((command, fut))
-        return await fut
-
-    async def _run(self) -> None:
-        while True:
-            msg = await self.inbox.get()
-            try:
-                await self._dispatch(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # keep the actor alive; the caller gets the reason
-                log.exception("%s: error handling %s", self.name, msg[0])
-                fut = msg[1] if len(msg) > 1 and isinstance(msg[1], asyncio.Future) else None
-                if fut is not None and not fut.done():
-                    fut.set_result(Outcome(False, f"internal error: {e}", error="internal"))
-
-    async def _dispatch(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "start":
-            await self._cmd_start(msg[1])
-        elif kind == "stop":
-            msg[1].set_result(await self._cmd_stop())
-        elif kind == "restart":
-            await self._cmd_stop()
-            await self._cmd_start(msg[1])
-        elif kind == "exited":
-            await self._on_exited(msg[1])
-        elif kind == "loading":
-            if msg[1] is self.proc and self.state is State.STARTING:
-                self._set_health(Health.LOADING, "/health answered 503 (loading the model)")
-        elif kind == "ready":
-            self._on_ready(msg[1], msg[2])
-        elif kind == "not_ready" or kind == "unhealthy":
-            await self._on_failed_probe(msg[1], msg[2])
-        elif kind == "backoff_done":
-            if self.state is State.BACKOFF and self.desired is Desired.RUNNING:
-                self.restart_count += 1
-                self.sup.store.update(self.name, restart_count=self.restart_count)
-                await self._launch(None, auto=True)
-        elif kind == "adopted_check":
-            await self._resume(msg[1], msg[2])
-        elif kind == "autostart":
-            await self._autostart()
+    def dispatch(self, msg: m.Message) -> None:
+        match msg:
+            case m.Start():
+                self._on_start(msg)
+            case m.Stop():
+                self._on_stop(msg)
+            case m.Restart():
+                self._on_restart(msg)
+            case m.Exited():
+                self._on_exited(msg)
+            case m.Loading():
+                self._on_loading(msg)
+            case m.Ready():
+                self._on_ready(msg)
+            case m.NotReady():
+                self._on_not_ready(msg)
+            case m.Checked():
+                self._on_checked(msg)
+            case m.Stopped():
+                self._on_stopped(msg)
+            case m.BackoffDone():
+                self._on_backoff_done(msg)
+            case m.VersionKnown():
+                self.ctx.store.update(self.name, binary_version=msg.version)
+            case m.Admitted():
+                self._on_admitted(msg)
+            case m.Resume():
+                self._on_resume(msg)
+            case m.Autostart():
+                self._on_autostart()
 
     def _set_state(self, new: State, reason: str) -> None:
         """The one place a state changes: validated, recorded, announced."""
         old = self.state
         check_transition(old, new)
         self.state = new
-        self.sup.store.update(self.name, status=new.value)
-        self.sup.emit(self.name, "state", old.value, new.value, reason)
+        self.ctx.store.update(self.name, status=new.value)
+        self.ctx.bus.emit(self.name, EventKind.STATE, old.value, new.value, reason)
+        if new in (State.STOPPED, State.EXITED, State.FATAL):
+            self.ctx.scheduler.release(self.name)  # holds nothing any more
 
     def _set_health(self, new: Health, reason: str) -> None:
         if new is self.health:
             return
-        old = self.health
-        self.health = new
-        self.sup.store.update(self.name, health=new.value)
-        self.sup.emit(self.name, "health", old.value, new.value, reason)
+        old, self.health = self.health, new
+        self.ctx.store.update(self.name, health=new.value)
+        self.ctx.bus.emit(self.name, EventKind.HEALTH, old.value, new.value, reason)
 
     def _set_desired(self, desired: Desired) -> None:
         if desired is not self.desired:
             self.desired = desired
-            self.sup.store.update(self.name, desired=desired.value)
+            self.ctx.store.update(self.name, desired=desired.value)
 
-    def _spawn_task(self, key: str, coro: Any) -> None:
-        self._cancel_task(key)
-        self._tasks[key] = asyncio.get_running_loop().create_task(coro)
+    # -- leases ------------------------------------------------------------------------
 
-    def _cancel_task(self, key: str) -> None:
-        task = self._tasks.pop(key, None)
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+    @property
+    def routable(self) -> bool:
+        return self.state is State.RUNNING and self.health is Health.HEALTHY
 
-    def _reply_waiters(self, outcome: Outcome) -> None:
-        waiters, self.waiters = self.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(outcome)
+    def acquire(self) -> Endpoint | None:
+        """Lend the running server to one request, or None when it cannot take one now."""
+        return self.leases.acquire(self.name, self.url if self.routable else None)
+
+    def release(self) -> None:
+        self.leases.release()
 
     # -- commands ----------------------------------------------------------------------
 
-    async def _cmd_start(self, fut: asyncio.Future[Outcome]) -> None:
+    def _on_start(self, cmd: m.Start | m.Restart, reason: str = "up requested") -> None:
         if self.state is State.RUNNING and self.proc is not None:
             self._set_desired(Desired.RUNNING)
             message = "already running"
-            with contextlib.suppress(ConfigError, UnknownInstance):
-                current = load_instance(self.sup.home, self.name)
-                if self.loaded is not None and current.raw_hash != self.loaded.raw_hash:
-                    message += f" (its config changed since: `llama-orch restart {self.name}`)"
-            fut.set_result(Outcome(True, message, pid=self.proc.pid))
+            now = load(self.ctx.home, self.name)
+            if isinstance(now, LoadedConfig) and self.loaded and now.raw_hash != self.loaded.raw_hash:
+                message += f" (its config changed since: `llama-orch restart {self.name}`)"
+            cmd.reply.set_result(Outcome(True, message, pid=self.proc.pid))
             return
-        if self.state is State.STARTING:
-            self.waiters.append(fut)  # a concurrent `up` joins the start in progress
+        if self.state is State.STOPPING:
+            self._set_desired(Desired.RUNNING)
+            self._after_stop.append(cmd)  # starts once the stop has finished
+            return
+        if self.state is State.STARTING or self._admission is not None:
+            self._join_start(cmd)  # a concurrent `up` joins the start in progress
             return
         self._cancel_task("backoff")
         self.failures = 0
-        await self._launch(fut, auto=False)
+        self._join_start(cmd)
+        self._begin_start(auto=False, reason=reason)
 
-    async def _cmd_stop(self) -> Outcome:
+    def _join_start(self, cmd: m.Start | m.Restart) -> None:
+        if cmd.wait_ready:
+            self._ready_waiters.append(cmd.reply)
+        elif self.state is State.STARTING and self.proc is not None:
+            cmd.reply.set_result(Outcome(True, "starting", pid=self.proc.pid, accepted=True))
+        else:
+            self._accept_waiters.append(cmd.reply)
+
+    def _on_restart(self, cmd: m.Restart) -> None:
+        if self.state in (State.RUNNING, State.STARTING) and self.proc is not None:
+            # The callers of a start in progress get the outcome of the restarted one.
+            waiting = [m.Start(f) for f in self._ready_waiters]
+            self._ready_waiters = []
+            self._begin_stop("restart requested")
+            self._after_stop.extend([*waiting, cmd])
+            return
+        if self.state is State.STOPPING:
+            self._after_stop.append(cmd)  # concurrent restarts coalesce into one start
+            return
+        self._on_start(cmd, reason="restart requested")
+
+    def _on_stop(self, cmd: m.Stop) -> None:
         self._set_desired(Desired.STOPPED)
         self._cancel_task("backoff")
+        stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
+        self._answer([c.reply for c in self._after_stop], stopped)
+        self._after_stop.clear()
+        if self._admission is not None:  # still waiting for admission: nothing runs yet
+            self._admission = None
+            self._answer(self._ready_waiters, stopped)
+            self._answer(self._accept_waiters, stopped)
         if self.state is State.BACKOFF:
             self._set_state(State.STOPPED, "down requested during backoff")  # BACKOFF -> STOPPED
-            return Outcome(True, "stopped")
-        if self.state in (State.EXITED, State.FATAL):
+            cmd.reply.set_result(Outcome(True, "stopped"))
+        elif self.state in (State.EXITED, State.FATAL):
             self._set_state(State.STOPPED, "down requested")  # EXITED/FATAL -> STOPPED
-            return Outcome(True, "already stopped")
-        if self.proc is None or self.state is State.STOPPED:
-            return Outcome(True, "already stopped")
-        was_starting = self.state is State.STARTING
-        self._set_state(State.STOPPING, "down requested")  # STARTING/RUNNING -> STOPPING
+            cmd.reply.set_result(Outcome(True, "already stopped"))
+        elif self.state is State.STOPPING:
+            self._stop_waiters.append(cmd.reply)
+        elif self.proc is None or self.state is State.STOPPED:
+            cmd.reply.set_result(Outcome(True, "already stopped"))
+        else:
+            if self.state is State.STARTING:
+                self._answer(
+                    self._ready_waiters,
+                    refusal(ErrorCode.STOPPED, "stopped by `down` while it was still loading"),
+                )
+            self._stop_waiters.append(cmd.reply)
+            self._begin_stop("down requested")
+
+    def _begin_stop(self, reason: str, *, grace: float | None = None) -> None:
+        """STARTING/RUNNING -> STOPPING; a task stops the process and posts Stopped."""
+        assert self.proc is not None
         self._cancel_task("ready")
         self._cancel_task("monitor")
-        if was_starting:
-            self._reply_waiters(
-                Outcome(False, "stopped by `down` while it was still loading", error="stopped")
+        self._set_state(State.STOPPING, reason)  # STARTING/RUNNING -> STOPPING
+        if grace is None:
+            grace = self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
+        self._spawn_task("stop", watch.stop_process(self.proc, grace, reason, self.post))
+
+    def _on_stopped(self, msg: m.Stopped) -> None:
+        if msg.proc is not self.proc or self.state is not State.STOPPING:
+            return
+        self.proc = None
+        status = msg.status
+        self.ctx.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
+        failing, self._failing = self._failing, None
+        if failing is not None and self.desired is Desired.RUNNING and not self._after_stop:
+            reason, was_running = failing
+            self.ctx.bus.emit(
+                self.name, EventKind.EXIT, None, None, f"stopped as unhealthy: {status.describe()}"
             )
-        proc, self.proc = self.proc, None
-        grace = self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
-        status = await proc.stop(grace)
-        self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
+            self._fail(reason, self._stderr_tail(), was_running=was_running)
+            return
         self._set_health(Health.UNKNOWN, "stopped")
         self._set_state(State.STOPPED, f"stopped ({status.describe()})")  # STOPPING -> STOPPED
-        return Outcome(True, "stopped")
+        self._answer(self._stop_waiters, Outcome(True, "stopped"))
+        if self._after_stop:
+            queued, self._after_stop = self._after_stop, []
+            self.failures = 0
+            for cmd in queued:
+                self._join_start(cmd)
+            self._set_desired(Desired.RUNNING)
+            self._begin_start(auto=False, reason="restart requested")
 
     # -- starting ----------------------------------------------------------------------
 
-    def _preflight(self) -> tuple[LoadedConfig | None, Outcome | None]:
-        """Everything that can be checked before spawning, as a refusal with a reason."""
-        try:
-            loaded = load_instance(self.sup.home, self.name)
-        except UnknownInstance as e:
-            return None, Outcome(False, str(e), error="unknown_instance")
-        except ConfigError as e:
-            return None, Outcome(
-                False,
-                f"invalid config:\n{e}",
-                error="config_invalid",
-                problems=[p.to_dict() for p in e.problems],
-            )
-        problem = model_file_problem(loaded.model_path)
-        if problem:
-            return loaded, Outcome(
-                False, f"{loaded.path}: model.path: {problem} ({loaded.model_path})", error="model"
-            )
-        server = loaded.config.server
-        holder = port_holder(server.host, server.port)
-        if holder is not None:
-            return loaded, Outcome(
-                False,
-                f"port {server.port} is already in use by {holder}; "
-                f"choose another server.port in {loaded.path}",
-                error="port_in_use",
-            )
-        return loaded, None
-
-    async def _launch(
-        self, fut: asyncio.Future[Outcome] | None, *, auto: bool, reason: str = "up requested"
-    ) -> None:
-        loaded, refusal = self._preflight()
-        if refusal is None and loaded is not None:
-            try:
-                binary = resolve_binary(
-                    loaded.config.binary, self.sup.home, config_dir=loaded.path.parent
-                )
-            except BinaryError as e:
-                refusal = Outcome(False, str(e), error="binary")
-        if refusal is not None or loaded is None:
-            assert refusal is not None
-            self.sup.store.update(self.name, last_error=refusal.message)
-            self.sup.emit(self.name, "start_refused", None, None, refusal.message)
-            if fut is not None:
-                fut.set_result(refusal)
-            if auto:  # a restart that cannot even begin counts as a failed attempt
-                self._set_state(State.STARTING, "restart")  # BACKOFF -> STARTING
-                self._after_failure(refusal.message, [])
+    def _begin_start(self, *, auto: bool, reason: str) -> None:
+        """Check, then (once admitted by the scheduler) spawn."""
+        plan = prepare(self.ctx.home, self.name)
+        if isinstance(plan, Outcome):
+            self._refused(plan, auto=auto)
             return
-        self.loaded = loaded
-        cfg = loaded.config
-        spec = launch_spec(loaded, binary, self.sup.home.root)
-        max_bytes = cfg.logs.max_size_mb * 1024 * 1024
+        if self.ctx.scheduler.holds(self.name):  # a restart keeps the admission it had
+            self._launch(plan, auto=auto, reason=reason)
+            return
+        ticket = self.ctx.scheduler.request(
+            Claim(self.name), lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason))
+        )
+        self._admission = (ticket, plan, auto, reason)
+
+    def _on_admitted(self, msg: m.Admitted) -> None:
+        if self._admission is None or self._admission[0] != msg.ticket:
+            if msg.granted:  # a start that was called off meanwhile
+                self.ctx.scheduler.release(self.name)
+            return
+        _, plan, auto, reason = self._admission
+        self._admission = None
+        if not msg.granted:
+            self._refused(refusal(ErrorCode.BUSY, msg.reason), auto=auto)
+            return
+        self._launch(plan, auto=auto, reason=reason)
+
+    def _refused(self, outcome: Outcome, *, auto: bool) -> None:
+        self.ctx.store.update(self.name, last_error=outcome.message)
+        self.ctx.bus.emit(self.name, EventKind.START_REFUSED, None, None, outcome.message)
+        self._answer(self._ready_waiters, outcome)
+        self._answer(self._accept_waiters, outcome)
+        if auto:  # a restart that cannot even begin counts as a failed attempt
+            self._set_state(State.STARTING, "restart")  # BACKOFF -> STARTING
+            self._fail(outcome.message, [], was_running=False)
+        elif self.state is State.BACKOFF:  # `up` during backoff, now refused: stop waiting
+            self._set_state(State.FATAL, f"start refused: {outcome.message}")  # BACKOFF -> FATAL
+
+    def _launch(self, plan: Plan, *, auto: bool, reason: str) -> None:
+        self.loaded = loaded = plan.loaded
+        cfg, spec = loaded.config, plan.spec
         self._set_desired(Desired.RUNNING)
         self._set_state(State.STARTING, "restart" if auto else reason)  # -> STARTING
         try:
             for path in (spec.stdout, spec.stderr):
-                rotate_if_needed(path, max_bytes, cfg.logs.rotation)
-            proc = spawn(spec, self.name)
+                self.ctx.launcher.rotate(
+                    path, cfg.logs.max_size_mb * 1024 * 1024, cfg.logs.rotation
+                )
+            proc = self.ctx.launcher.spawn(spec, self.name)
         except OSError as e:
-            log_places = {str(p) for p in (spec.stdout, spec.stderr)}
-            log_places |= {str(p.parent) for p in (spec.stdout, spec.stderr)}
-            if e.filename is not None and str(e.filename) in log_places:
-                msg = f"cannot write log file {e.filename}: {e.strerror} (see logs in the config)"
-            else:
-                msg = f"cannot start {spec.argv[0]}: {e}"
-            if fut is not None:
-                fut.set_result(Outcome(False, msg, error="spawn"))
-            self._after_failure(msg, [])
+            msg = spawn_error(spec, e)
+            failed = refusal(ErrorCode.SPAWN, msg)
+            self._answer(self._ready_waiters, failed)
+            self._answer(self._accept_waiters, failed)
+            self._fail(msg, [], was_running=False)
             return
         self.proc = proc
+        self.url = base_url(cfg.server.host, cfg.server.port)
         self._stderr_path = spec.stderr
         self._set_health(Health.UNKNOWN, "starting")
-        self.sup.store.update(
-            self.name,
-            pid=proc.pid,
-            pid_create_time=proc.identity.create_time,
-            cmdline=spec.argv,
-            host=cfg.server.host,
-            port=cfg.server.port,
-            backend=cfg.gpu.backend,
-            device=device_label(cfg.gpu.backend, cfg.gpu.device_id),
-            model=str(loaded.model_path),
-            binary=binary.display,
-            start_time=time.time(),
-            ready_time=None,
-            exit_code=None,
-            exit_signal=None,
-            last_error=None,
-            config_hash=loaded.raw_hash,
-        )
-        self.sup.emit(self.name, "spawned", None, str(proc.pid), " ".join(spec.argv))
-        if fut is not None:
-            self.waiters.append(fut)
-        self._spawn_task("watch", self._watch(proc))
-        self._spawn_task("ready", self._await_ready(proc, loaded))
-        self._spawn_task("version", self._record_version(binary))
+        self.ctx.store.update(self.name, **plan.record(proc, self.ctx.clock.time()))
+        self.ctx.bus.emit(self.name, EventKind.SPAWNED, None, str(proc.pid), " ".join(spec.argv))
+        self._answer(self._accept_waiters, Outcome(True, "starting", pid=proc.pid, accepted=True))
+        self._watch(proc, cfg.healthcheck, ready=False)
+        self._spawn_task("version", watch.record_version(plan.binary, self.post))
 
-    async def _record_version(self, binary: Any) -> None:
-        version = await asyncio.to_thread(binary.version)
-        self.sup.store.update(self.name, binary_version=version)
+    def _watch(self, proc: ServerProcess, hc: HealthcheckConfig, *, ready: bool) -> None:
+        """The exit watcher, and the readiness poll (starting) or the health monitor."""
+        self._spawn_task("exit", watch.watch_exit(proc, self.post))
+        if self.url is None:  # an adopted server with neither a recorded address nor a config
+            return
+        args = (proc, self.url, hc, self.ctx.http, self.ctx.clock, self.post)
+        if ready:
+            self.misses = 0
+            self._spawn_task("monitor", watch.monitor(*args))
+        else:
+            self._spawn_task("ready", watch.await_ready(*args))
 
-    async def _watch(self, proc: ServerProcess) -> None:
-        await proc.wait_exit()
-        await self.inbox.put(("exited", proc))
+    def _healthcheck(self) -> HealthcheckConfig:
+        return self.loaded.config.healthcheck if self.loaded else HealthcheckConfig()
 
-    async def _await_ready(self, proc: ServerProcess, loaded: LoadedConfig) -> None:
-        hc = loaded.config.healthcheck
-        url = base_url(loaded.config.server.host, loaded.config.server.port)
-        t0 = time.monotonic()
-        deadline = t0 + max(hc.start_period, MIN_READY_DEADLINE_S)
-        loading_seen = False
-        while not proc.has_exited():
-            probe = await probe_health(self.sup.http, url, hc.path, hc.timeout)
-            if probe.ok:
-                await self.inbox.put(("ready", proc, (time.monotonic() - t0) * 1000.0))
-                return
-            if probe.health is Health.LOADING and not loading_seen:
-                loading_seen = True
-                await self.inbox.put(("loading", proc))
-            if time.monotonic() > deadline:
-                reason = f"not ready after {hc.start_period:g}s (last check: {probe.detail})"
-                await self.inbox.put(("not_ready", proc, reason))
-                return
-            await asyncio.sleep(READY_POLL_S)
+    def _on_loading(self, msg: m.Loading) -> None:
+        if msg.proc is self.proc and self.state is State.STARTING:
+            self._set_health(Health.LOADING, "/health answered 503 (loading the model)")
 
-    def _on_ready(self, proc: ServerProcess, ready_ms: float) -> None:
-        if proc is not self.proc or self.state is not State.STARTING:
+    def _on_ready(self, msg: m.Ready) -> None:
+        if msg.proc is not self.proc or self.state is not State.STARTING:
             return  # a stale report about a process we already let go
-        self._ready_mono = time.monotonic()
-        self.sup.store.update(self.name, ready_time=time.time(), last_health_check=time.time())
+        self._ready_mono = self.ctx.clock.monotonic()
+        now = self.ctx.clock.time()
+        self.ctx.store.update(self.name, ready_time=now, last_health_check=now)
         self._set_health(Health.HEALTHY, "/health answered 200")
-        self._set_state(State.RUNNING, f"ready in {ready_ms:.0f} ms")  # STARTING -> RUNNING
-        self._reply_waiters(Outcome(True, "ready", ready_ms=ready_ms, pid=proc.pid))
-        assert self.loaded is not None
-        self._spawn_task("monitor", self._monitor(proc, self.loaded))
-
-    def _record_check(self, kind: str, probe: Probe) -> None:
-        self.checks.append(
-            {
-                "ts": time.time(),
-                "kind": kind,
-                "ok": probe.ok,
-                "health": probe.health.value,
-                "status_code": probe.status_code,
-                "latency_ms": round(probe.latency_ms, 2),
-                "detail": probe.detail,
-            }
+        self._set_state(State.RUNNING, f"ready in {msg.ready_ms:.0f} ms")  # STARTING -> RUNNING
+        self._answer(
+            self._ready_waiters, Outcome(True, "ready", ready_ms=msg.ready_ms, pid=msg.proc.pid)
         )
+        self._watch(msg.proc, self._healthcheck(), ready=True)
 
-    async def _monitor(self, proc: ServerProcess, loaded: LoadedConfig) -> None:
-        """Check every ``interval``; ``retries`` failures in a row mean a restart.
-
-        Each check is a GET of the health path; with ``probe: completion`` every
-        ``probe_every``-th check also asks for a one-token completion, so a server that
-        answers /health but cannot infer is caught too.
-        """
-        hc = loaded.config.healthcheck
-        url = base_url(loaded.config.server.host, loaded.config.server.port)
-        self.misses = 0
-        n = 0
-        due = time.monotonic() + hc.interval
-        while not proc.has_exited():
-            # A fixed cadence: a check that times out does not push the next one back,
-            # so a hang is caught within interval x retries + timeout.
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            due = max(due + hc.interval, time.monotonic())
-            n += 1
-            probe = await probe_health(self.sup.http, url, hc.path, hc.timeout)
-            self._record_check("health", probe)
-            if probe.ok and hc.probe == "completion" and n % hc.probe_every == 0:
-                probe = await probe_completion(self.sup.http, url, hc.timeout)
-                self._record_check("completion", probe)
-            self.sup.store.update(self.name, last_health_check=time.time())
-            if probe.ok:
+    def _on_checked(self, msg: m.Checked) -> None:
+        if msg.proc is not self.proc or self.state is not State.RUNNING:
+            return
+        self.checks.record(msg.kind, msg.probe)
+        self.ctx.store.update(self.name, last_health_check=self.ctx.clock.time())
+        probe, hc = msg.probe, self._healthcheck()
+        if probe.ok:
+            if msg.final:
                 self.misses = 0
                 self._set_health(Health.HEALTHY, probe.detail)
-                continue
-            self.misses += 1
-            self._set_health(Health.UNHEALTHY, f"{probe.detail} ({self.misses}/{hc.retries})")
-            if self.misses >= hc.retries:
-                await self.inbox.put(
-                    ("unhealthy", proc, f"health check failed {self.misses} times: {probe.detail}")
-                )
-                return
+            return
+        self.misses += 1
+        self._set_health(Health.UNHEALTHY, f"{probe.detail} ({self.misses}/{hc.retries})")
+        if self.misses >= hc.retries:
+            self._fail_stop(f"health check failed {self.misses} times: {probe.detail}")
 
     # -- failures ----------------------------------------------------------------------
 
-    async def _on_exited(self, proc: ServerProcess) -> None:
-        if proc is not self.proc:
-            return  # already stopped on purpose
-        self.proc = None
-        proc.kill()  # anything left in its group goes with it
-        status = proc.reap()
-        self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
-        self.sup.emit(self.name, "exit", None, None, status.describe())
-        tail = tail_lines(self._stderr_path, 15) if self._stderr_path else []
-        during = "during start" if self.state is State.STARTING else "unexpectedly"
-        self._after_failure(f"{during}: {status.describe()}", tail)
+    def _on_not_ready(self, msg: m.NotReady) -> None:
+        if msg.proc is self.proc and self.state is State.STARTING:
+            self._fail_stop(msg.reason)
 
-    async def _on_failed_probe(self, proc: ServerProcess, reason: str) -> None:
-        if proc is not self.proc:
-            return
-        self.proc = None
-        self._cancel_task("monitor")
-        # A server that fails its checks is presumed hung: it gets as long to honour
-        # SIGTERM as one check may take, not the full grace of a requested stop.
+    def _fail_stop(self, reason: str) -> None:
+        """Stop a server that failed its checks, then handle it as a failure.
+
+        It is presumed hung: it gets as long to honour SIGTERM as one check may take,
+        not the full grace of a requested stop.
+        """
+        self._failing = (reason, self.state is State.RUNNING)
         grace = STOP_GRACE_S
         if self.loaded is not None:
             cfg = self.loaded.config
             grace = min(cfg.server.stop_timeout, cfg.healthcheck.timeout)
-        status = await proc.stop(grace)
-        self.sup.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
-        self.sup.emit(self.name, "exit", None, None, f"stopped as unhealthy: {status.describe()}")
-        tail = tail_lines(self._stderr_path, 15) if self._stderr_path else []
-        self._after_failure(reason, tail)
+        self._begin_stop(f"unhealthy: {reason}", grace=grace)
 
-    def _after_failure(self, reason: str, tail: list[str]) -> None:
+    def _on_exited(self, msg: m.Exited) -> None:
+        if msg.proc is not self.proc or self.state is State.STOPPING:
+            return  # let go already, or a stop in progress will report it
+        proc, self.proc = msg.proc, None
+        proc.kill()  # anything left in its group goes with it
+        status = proc.reap()
+        self.ctx.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
+        self.ctx.bus.emit(self.name, EventKind.EXIT, None, None, status.describe())
+        during = "during start" if self.state is State.STARTING else "unexpectedly"
+        self._fail(
+            f"{during}: {status.describe()}",
+            self._stderr_tail(),
+            was_running=self.state is State.RUNNING,
+        )
+
+    def _stderr_tail(self) -> list[str]:
+        return tail_lines(self._stderr_path, STDERR_TAIL) if self._stderr_path else []
+
+    def _fail(self, reason: str, tail: list[str], *, was_running: bool) -> None:
         self._cancel_task("ready")
         self._cancel_task("monitor")
-        was_running = self.state is State.RUNNING
-        stable_after = self.loaded.config.restart_policy.stable_after if self.loaded else 10.0
-        if was_running and time.monotonic() - self._ready_mono >= stable_after:
-            self.failures = 0
-        self.failures += 1
-        self._set_health(Health.ERROR if not was_running else Health.UNHEALTHY, reason)
-        self.sup.store.update(self.name, last_error=reason)
-        self._reply_waiters(Outcome(False, reason, error="start_failed", stderr_tail=tail))
+        ran_for = self.ctx.clock.monotonic() - self._ready_mono if was_running else 0.0
         policy = self.loaded.config.restart_policy if self.loaded else None
-        if policy is None or not policy.enabled:
-            # RUNNING -> EXITED / STARTING -> FATAL
-            self._set_state(State.EXITED if was_running else State.FATAL, reason)
-            return
-        if self.failures > policy.max_retries:
-            final = f"{reason}; gave up after {policy.max_retries} restart(s)"
-            self.sup.store.update(self.name, last_error=final)
-            self._set_state(State.FATAL, final)  # STARTING/RUNNING -> FATAL
-            return
-        delay = backoff_delay(
-            self.failures, policy.backoff_base, policy.backoff_multiplier, policy.backoff_max
+        decision = after_failure(
+            policy, self.failures, was_running=was_running, ran_for=ran_for, reason=reason
         )
-        self._set_state(State.BACKOFF, f"{reason}; restarting in {delay:.1f}s")  # -> BACKOFF
-        self._spawn_task("backoff", self._backoff(delay))
-
-    async def _backoff(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self.inbox.put(("backoff_done",))
-
-    # -- daemon restart ----------------------------------------------------------------
-
-    def adopt_from(self, row: dict[str, Any], *, rebooted: bool, autostart: bool) -> None:
-        """Take back a server that kept running while the daemon was away."""
-        proc = None
-        if row.get("pid") and row.get("pid_create_time") and row.get("cmdline"):
-            proc = adopt(int(row["pid"]), float(row["pid_create_time"]), list(row["cmdline"]))
-        if proc is not None:
-            self.proc = proc
-            with contextlib.suppress(ConfigError, UnknownInstance):
-                self.loaded = load_instance(self.sup.home, self.name)
-            self._stderr_path = None
-            if self.loaded is not None:
-                from llama_orchestrator.engine.command import log_paths
-
-                self._stderr_path = log_paths(self.loaded, self.sup.home.root)[1]
-            self.sup.emit(
-                self.name, "adopted", None, str(proc.pid), "re-adopted after daemon start"
+        self.failures = decision.failures
+        self._set_health(Health.UNHEALTHY if was_running else Health.ERROR, reason)
+        self.ctx.store.update(
+            self.name, last_error=decision.reason if decision.state is State.FATAL else reason
+        )
+        failed = Outcome(False, reason, error=ErrorCode.START_FAILED, stderr_tail=tail)
+        self._answer(self._ready_waiters, failed)
+        self._set_state(decision.state, decision.reason)  # -> BACKOFF / EXITED / FATAL
+        if decision.state is State.BACKOFF:
+            self._backoff_gen += 1
+            self._spawn_task(
+                "backoff",
+                watch.backoff_timer(decision.delay, self._backoff_gen, self.ctx.clock, self.post),
             )
-        self.inbox.put_nowait(("adopted_check", rebooted, autostart))
 
-    async def _resume(self, rebooted: bool, autostart: bool) -> None:
+    def _on_backoff_done(self, msg: m.BackoffDone) -> None:
+        if msg.generation != self._backoff_gen:
+            return
+        if self.state is State.BACKOFF and self.desired is Desired.RUNNING:
+            self.restart_count += 1
+            self.ctx.store.update(self.name, restart_count=self.restart_count)
+            self._begin_start(auto=True, reason="restart")
+
+    # -- daemon start ------------------------------------------------------------------
+
+    def adopt_from(self, row: dict[str, Any]) -> None:
+        """Take back a server that kept running while the daemon was away.
+
+        The process is watched from its record alone: a config that no longer loads only
+        blocks the next start (issue 10: a dead adopted server must not look healthy).
+        """
+        from llama_orchestrator.daemon.adopt import adopt_recorded
+
+        adopted = adopt_recorded(self.ctx, self.name, row)
+        if adopted is not None:
+            self.proc, self.loaded, self.url, self._stderr_path = adopted
+            self.ctx.bus.emit(
+                self.name,
+                EventKind.ADOPTED,
+                None,
+                str(self.proc.pid),
+                "re-adopted after daemon start",
+            )
+
+    def _on_resume(self, msg: m.Resume) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
         if self.proc is not None:
-            if self.loaded is None:
+            self.ctx.scheduler.request(Claim(self.name), lambda _a: None)  # it holds what it uses
+            if self.state is State.STOPPING:
+                self._cancel_task("ready")
+                self._spawn_task("exit", watch.watch_exit(self.proc, self.post))
+                grace = self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
+                self._spawn_task("stop", watch.stop_process(self.proc, grace, "down", self.post))
                 return
-            self._spawn_task("watch", self._watch(self.proc))
             if self.state is State.RUNNING:
-                self._ready_mono = time.monotonic()
-                self._spawn_task("monitor", self._monitor(self.proc, self.loaded))
-            elif self.state is State.STARTING:
-                self._spawn_task("ready", self._await_ready(self.proc, self.loaded))
-            elif self.state is State.STOPPING:
-                await self._cmd_stop()
+                self._ready_mono = self.ctx.clock.monotonic()
+            self._watch(self.proc, self._healthcheck(), ready=self.state is State.RUNNING)
             return
         if self.state in ALIVE:
-            # The server died while no daemon watched it: reconcile the record (no live
-            # transition happened that we could have observed).
-            self.sup.store.update(
-                self.name, pid=None, status=State.EXITED.value, health=Health.UNKNOWN.value
-            )
-            self.health = Health.UNKNOWN
-            self.sup.emit(
-                self.name,
-                "exit",
-                self.state.value,
-                State.EXITED.value,
-                "process ended while the daemon was down",
-            )
-            self.state = State.EXITED
-        if rebooted:
-            if autostart:
-                await self._autostart()
+            # The server died while no daemon watched it: reconcile the record.
+            self.ctx.store.update(self.name, pid=None)
+            why = "process ended while the daemon was down"
+            self.ctx.bus.emit(self.name, EventKind.EXIT, self.state.value, State.EXITED.value, why)
+            self._set_health(Health.UNKNOWN, why)
+            self._set_state(State.EXITED, why)  # STARTING/RUNNING/STOPPING -> EXITED
+        if msg.rebooted:
+            if msg.autostart:
+                self._on_autostart()
             elif self.desired is Desired.RUNNING:
                 # After a reboot only `autostart` instances come back (#3).
                 self._set_desired(Desired.STOPPED)
-                self.sup.emit(
+                self.ctx.bus.emit(
                     self.name,
-                    "not_restarted",
+                    EventKind.NOT_RESTARTED,
                     None,
                     None,
                     "the machine rebooted and autostart is off",
                 )
             return
         if self.desired is Desired.RUNNING and self.state in (State.EXITED, State.BACKOFF):
-            await self._launch(None, auto=False, reason="restarted: desired running")  # -> STARTING
+            self._begin_start(auto=False, reason="restarted: desired running")  # -> STARTING
 
-    async def _autostart(self) -> None:
+    def _on_autostart(self) -> None:
         if self.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
-            self.sup.emit(self.name, "autostart", None, None, "first daemon start since boot")
+            self.ctx.bus.emit(
+                self.name, EventKind.AUTOSTART, None, None, "first daemon start since boot"
+            )
             self._cancel_task("backoff")
             self.failures = 0
-            await self._launch(None, auto=False, reason="autostart")  # -> STARTING
+            self._begin_start(auto=False, reason="autostart")  # -> STARTING

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import os
 import time
-from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -20,7 +20,9 @@ from pydantic import BaseModel
 
 from llama_orchestrator import __version__
 from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-from llama_orchestrator.daemon.actor import InstanceActor, Outcome
+from llama_orchestrator.daemon import messages as m
+from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.home import name_problem
 
@@ -55,6 +57,7 @@ class CommandResult(BaseModel):
     error: str | None = None
     ready_ms: float | None = None
     pid: int | None = None
+    accepted: bool = False
     stderr_tail: list[str] = []
     problems: list[dict[str, Any]] = []
     instance: InstanceStatus | None = None
@@ -88,16 +91,6 @@ class DaemonInfo(BaseModel):
 
 _STATUS_FIELDS = set(InstanceStatus.model_fields)
 
-# HTTP status for each refusal/failure code of an Outcome.
-_HTTP_FOR_ERROR = {
-    "unknown_instance": 404,
-    "config_invalid": 422,
-    "model": 422,
-    "binary": 422,
-    "port_in_use": 409,
-    "stopped": 409,
-}
-
 
 def status_of(sup: Supervisor, name: str) -> InstanceStatus:
     row = sup.store.get(name) or {"name": name}
@@ -108,14 +101,15 @@ def status_of(sup: Supervisor, name: str) -> InstanceStatus:
     return InstanceStatus(**data)
 
 
-def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
+def create_app(
+    sup: Supervisor, token: str, on_shutdown: Callable[[], None] | None = None
+) -> FastAPI:
     app = FastAPI(
         title="llama-orchestrator control API",
         version=__version__,
         description="Start, stop and watch llama.cpp server instances.",
     )
     started = time.time()
-    background: set[asyncio.Task[Outcome]] = set()
 
     def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -133,8 +127,8 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
             raise HTTPException(404, str(e)) from None
 
     def result(name: str, outcome: Outcome) -> JSONResponse:
-        body = CommandResult(name=name, instance=status_of(sup, name), **asdict(outcome))
-        code = 200 if outcome.ok else _HTTP_FOR_ERROR.get(outcome.error or "", 500)
+        body = CommandResult(name=name, instance=status_of(sup, name), **outcome.to_dict())
+        code = 200 if outcome.ok or outcome.error is None else outcome.error.http_status
         return JSONResponse(body.model_dump(), status_code=code)
 
     auth = [Depends(require_token)]
@@ -154,6 +148,7 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
     async def shutdown() -> dict[str, str]:
         """Stop the daemon. Instances keep running and are re-adopted at its next start."""
         if on_shutdown is not None:
+            # After this reply is written: the same path as SIGTERM.
             asyncio.get_running_loop().call_later(0.05, on_shutdown)
         return {"status": "shutting down"}
 
@@ -209,24 +204,19 @@ def create_app(sup: Supervisor, token: str, on_shutdown: Any = None) -> FastAPI:
 
     @app.post("/v1/instances/{name}/start", dependencies=auth, response_model=CommandResult)
     async def start(name: str, wait: bool = True) -> JSONResponse:
-        """Record desired=running and start; with ``wait`` reply once /health is 200."""
-        actor = get_actor(name)
-        if not wait:
-            task = asyncio.get_running_loop().create_task(actor.request("start"))
-            background.add(task)  # keep a reference until the actor has replied
-            task.add_done_callback(background.discard)
-            await asyncio.sleep(0)
-            if task.done():
-                return result(name, task.result())
-            return result(name, Outcome(True, "starting"))
-        return result(name, await actor.request("start"))
+        """Record desired=running and start.
+
+        With ``wait``, reply once /health answers 200; without, once the server has been
+        spawned (``accepted``) or the start was refused (port in use, invalid config...).
+        """
+        return result(name, await get_actor(name).request(lambda r: m.Start(r, wait_ready=wait)))
 
     @app.post("/v1/instances/{name}/stop", dependencies=auth, response_model=CommandResult)
     async def stop(name: str) -> JSONResponse:
-        return result(name, await get_actor(name).request("stop"))
+        return result(name, await get_actor(name).request(m.Stop))
 
     @app.post("/v1/instances/{name}/restart", dependencies=auth, response_model=CommandResult)
     async def restart(name: str) -> JSONResponse:
-        return result(name, await get_actor(name).request("restart"))
+        return result(name, await get_actor(name).request(m.Restart))
 
     return app

@@ -8,19 +8,39 @@ stopping or killing the daemon never stops a server; the next daemon re-adopts t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from llama_orchestrator.home import Home
 
 
-class AlreadyRunning(RuntimeError):
-    pass
+def _quiet_server_class() -> Any:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn without its own signal handling: the daemon's loop owns the signals.
+
+        uvicorn would re-raise a captured SIGTERM after ``serve()`` returns, so the process
+        would die of it (exit 143) before removing its pid and endpoint files.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        def install_signal_handlers(self) -> None:  # older uvicorn
+            return
+
+    return QuietServer
 
 
 def ensure_token(home: Home) -> str:
@@ -72,6 +92,47 @@ def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
         lock.release()
 
 
+class _SignalQueue:
+    """Signal handlers only record the signal; the daemon's loop acts on it."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[int] = asyncio.Queue()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        wanted = [signal.SIGTERM, signal.SIGINT]
+        if hasattr(signal, "SIGHUP"):
+            wanted.append(signal.SIGHUP)
+        for sig in wanted:
+            try:
+                loop.add_signal_handler(sig, self.queue.put_nowait, sig)
+            except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+                signal.signal(
+                    sig, lambda s, _f: loop.call_soon_threadsafe(self.queue.put_nowait, s)
+                )
+
+
+async def _handle_signals(
+    signals: _SignalQueue, server: Any, sup: Any, log: logging.Logger
+) -> None:
+    """TERM/INT: stop serving, leave the servers running; a second one forces the exit.
+    HUP: reload the configs."""
+    stopping = False
+    while True:
+        sig = await signals.queue.get()
+        if hasattr(signal, "SIGHUP") and sig == signal.SIGHUP:
+            log.info("SIGHUP: reloading configs")
+            sup.reload()
+            continue
+        name = signal.Signals(sig).name
+        if stopping:
+            log.warning("%s again: exiting now", name)
+            server.force_exit = True
+            continue
+        stopping = True
+        log.info("%s: stopping the daemon (servers keep running)", name)
+        server.should_exit = True
+
+
 async def _serve(home: Home, host: str, port: int) -> int:
     import psutil
     import uvicorn
@@ -96,15 +157,17 @@ async def _serve(home: Home, host: str, port: int) -> int:
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
 
-    server: uvicorn.Server | None = None
+    signals = _SignalQueue()
 
-    def request_exit() -> None:
-        if server is not None:
-            server.should_exit = True
+    def request_exit() -> None:  # the shutdown endpoint takes the path of SIGTERM
+        signals.queue.put_nowait(signal.SIGTERM)
 
     app = create_app(sup, token, on_shutdown=request_exit)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server = _quiet_server_class()(config)
+    signals.install(asyncio.get_running_loop())
+    log = logging.getLogger("llama_orchestrator")
+    handler = asyncio.get_running_loop().create_task(_handle_signals(signals, server, sup, log))
     me = psutil.Process()
     from llama_orchestrator.daemon.control import proc_start_ticks
 
@@ -118,12 +181,11 @@ async def _serve(home: Home, host: str, port: int) -> int:
         home.daemon_endpoint_path,
         {**ident, "url": f"http://{host}:{bound_port}", "started_at": time.time()},
     )
-    logging.getLogger("llama_orchestrator").info(
-        "daemon %s listening on %s:%s for %s", me.pid, host, bound_port, home.root
-    )
+    log.info("daemon %s listening on %s:%s for %s", me.pid, host, bound_port, home.root)
     try:
         await server.serve(sockets=[sock])
     finally:
+        handler.cancel()
         await sup.close()
         store.close()
     return 0

@@ -1,8 +1,9 @@
 """The supervisor: owns one actor per instance (daemon/actor.py) and the daemon-wide work.
 
-It creates the actors, re-adopts servers at daemon start (and starts ``autostart``
-instances on the first start since boot), rotates running servers' logs, and fans every
-event out to the state store and any listener.
+It builds the actors' context (state store, event bus, HTTP client, launcher, clock,
+scheduler), creates the actors, re-adopts servers at daemon start (and starts
+``autostart`` instances on the first start since boot), and rotates running servers'
+logs. Every event goes through the bus; the SQLite recorder is its first sink.
 """
 
 from __future__ import annotations
@@ -10,19 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import httpx
 
+from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-from llama_orchestrator.daemon.actor import LOG_CHECK_S, InstanceActor
-from llama_orchestrator.engine.process import rotate_live
+from llama_orchestrator.daemon import messages as m
+from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.context import ActorContext, Launcher, ProcessLauncher
+from llama_orchestrator.daemon.events import EventBus, EventKind
+from llama_orchestrator.daemon.recorder import Recorder
+from llama_orchestrator.daemon.scheduler import Scheduler
+from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.home import Home
+from llama_orchestrator.logs.rotate import rotate_live
 from llama_orchestrator.state.db import StateStore
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
-Listener = Callable[[str, str, str | None, str | None, str | None], None]
+LOG_CHECK_S = 2.0  # how often running servers' log sizes are checked for rotation
 
 
 class Supervisor:
@@ -34,31 +41,40 @@ class Supervisor:
         *,
         boot_time: float | None = None,
         log_check_interval: float = LOG_CHECK_S,
+        launcher: Launcher | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.home = home
         self.store = store
-        self.http = http or httpx.AsyncClient(trust_env=False)
+        self.bus = EventBus()
+        self.bus.add_sink(Recorder(store))
+        self.scheduler = Scheduler()
+        self.ctx = ActorContext(
+            home=home,
+            store=store,
+            bus=self.bus,
+            http=http or httpx.AsyncClient(trust_env=False),
+            scheduler=self.scheduler,
+            launcher=launcher or ProcessLauncher(),
+            clock=clock,
+        )
         self.actors: dict[str, InstanceActor] = {}
-        self.listeners: list[Listener] = []
         self.boot_time = boot_time  # None: ask the OS (tests inject one to simulate a reboot)
         self.log_check_interval = log_check_interval
         self._background: list[asyncio.Task[None]] = []
-
-    def emit(
-        self, name: str, kind: str, old: str | None, new: str | None, reason: str | None
-    ) -> None:
-        self.store.add_event(name, kind, old, new, reason)
-        for listener in self.listeners:
-            listener(name, kind, old, new, reason)
 
     def actor(self, name: str) -> InstanceActor:
         actor = self.actors.get(name)
         if actor is None:
             if not self.home.config_path(name).is_file():
                 raise UnknownInstance(name, self.home.instance_names())
-            actor = InstanceActor(name, self, self.store.get(name))
-            self.actors[name] = actor
-            actor.start_loop()
+            actor = self._new_actor(name)
+        return actor
+
+    def _new_actor(self, name: str) -> InstanceActor:
+        actor = InstanceActor(name, self.ctx, self.store.get(name))
+        self.actors[name] = actor
+        actor.start_loop()
         return actor
 
     def _first_start_since_boot(self) -> bool:
@@ -84,22 +100,29 @@ class Supervisor:
         On the first daemon start since the machine booted, the servers of the previous
         boot are gone: only instances with ``autostart`` are started then.
         """
+        self.scheduler.start()
         rebooted = self._first_start_since_boot()
         autostart = self._autostart_names() if rebooted else set()
         for row in self.store.all():
-            name = row["name"]
-            actor = InstanceActor(name, self, row)
-            self.actors[name] = actor
-            actor.start_loop()
-            actor.adopt_from(row, rebooted=rebooted, autostart=name in autostart)
+            actor = self._new_actor(row["name"])
+            actor.adopt_from(row)
+            actor.post(m.Resume(rebooted, row["name"] in autostart))
         for name in sorted(autostart - set(self.actors)):
-            self.actor(name).inbox.put_nowait(("autostart",))
+            self.actor(name).post(m.Autostart())
         self._background.append(asyncio.get_running_loop().create_task(self._rotate_logs()))
+
+    def reload(self) -> None:
+        """Pick up instances created since the daemon started (SIGHUP)."""
+        names = self.home.instance_names()
+        for name in names:
+            if name not in self.actors:
+                self._new_actor(name)
+        self.bus.emit(
+            "", EventKind.CONFIG, None, None, f"configs reloaded ({len(names)} instances)"
+        )
 
     async def _rotate_logs(self) -> None:
         """Rotate running servers' logs past ``logs.max_size_mb`` without stopping them."""
-        from llama_orchestrator.engine.command import log_paths
-
         while True:
             await asyncio.sleep(self.log_check_interval)
             for actor in list(self.actors.values()):
@@ -116,15 +139,13 @@ class Supervisor:
                         log.warning("%s: cannot rotate %s: %s", actor.name, path, e)
                         continue
                     if done:
-                        self.emit(actor.name, "log_rotated", None, None, str(path))
+                        self.bus.emit(actor.name, EventKind.LOG_ROTATED, None, None, str(path))
 
     async def close(self) -> None:
         """Stop supervising. The servers keep running: instances outlive the daemon."""
         for task in self._background:
             task.cancel()
         for actor in self.actors.values():
-            for task in actor._tasks.values():
-                task.cancel()
-            if actor._runner is not None:
-                actor._runner.cancel()
-        await self.http.aclose()
+            actor.cancel_tasks()
+        await self.scheduler.close()
+        await self.ctx.http.aclose()

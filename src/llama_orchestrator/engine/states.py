@@ -35,10 +35,15 @@ class Health(str, Enum):
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
-    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.FATAL}),
+    # STARTING -> EXITED: it ended while no daemon watched (found so at the next start)
+    State.STARTING: frozenset(
+        {State.RUNNING, State.STOPPING, State.BACKOFF, State.FATAL, State.EXITED}
+    ),
     State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.EXITED, State.FATAL}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPED, State.FATAL}),
-    State.STOPPING: frozenset({State.STOPPED}),
+    # STOPPING -> BACKOFF/FATAL/EXITED: a server stopped because it failed its checks;
+    # STOPPING -> EXITED also when it ended while no daemon watched
+    State.STOPPING: frozenset({State.STOPPED, State.BACKOFF, State.FATAL, State.EXITED}),
     State.EXITED: frozenset({State.STARTING, State.STOPPED}),
     State.FATAL: frozenset({State.STARTING, State.STOPPED}),
 }

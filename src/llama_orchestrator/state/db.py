@@ -195,6 +195,16 @@ class StateStore:
                 (time.time() if ts is None else ts, name, kind, old, new, reason),
             )
 
+    def prune_events(self, name: str, keep: int) -> int:
+        """Keep only the newest ``keep`` events of ``name``; returns how many went."""
+        with self._db:
+            cur = self._db.execute(
+                "DELETE FROM events WHERE name=? AND id <= "
+                "(SELECT id FROM events WHERE name=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (name, name, keep),
+            )
+        return cur.rowcount
+
     def events(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if name is None:
             q: Iterable[sqlite3.Row] = self._db.execute(

@@ -1,0 +1,59 @@
+"""What an instance actor is given, instead of the whole supervisor: its seams.
+
+Tests build an ``ActorContext`` with a fake launcher (scripted processes), a
+``FakeClock`` and an ``httpx.MockTransport``, and drive an actor through a history in
+milliseconds; the daemon builds it with the real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
+from llama_orchestrator.daemon.events import EventBus
+from llama_orchestrator.daemon.scheduler import Scheduler
+from llama_orchestrator.engine.command import LaunchSpec
+from llama_orchestrator.engine.process import ServerProcess, adopt, spawn
+from llama_orchestrator.home import Home
+from llama_orchestrator.logs.rotate import rotate_if_needed
+from llama_orchestrator.state.db import StateStore
+
+
+class Launcher(Protocol):
+    """Creates and re-finds server processes."""
+
+    def spawn(self, spec: LaunchSpec, name: str) -> ServerProcess: ...
+
+    def adopt(self, pid: int, create_time: float, cmdline: list[str]) -> ServerProcess | None: ...
+
+    def rotate(self, path: Path, max_bytes: int, keep: int) -> None:
+        """Rotate a log before a start (nobody writes it then)."""
+        ...
+
+
+class ProcessLauncher:
+    """The real thing: processes in their own session, logs on disk."""
+
+    def spawn(self, spec: LaunchSpec, name: str) -> ServerProcess:
+        return spawn(spec, name)
+
+    def adopt(self, pid: int, create_time: float, cmdline: list[str]) -> ServerProcess | None:
+        return adopt(pid, create_time, cmdline)
+
+    def rotate(self, path: Path, max_bytes: int, keep: int) -> None:
+        rotate_if_needed(path, max_bytes, keep)
+
+
+@dataclass
+class ActorContext:
+    home: Home
+    store: StateStore
+    bus: EventBus
+    http: httpx.AsyncClient
+    scheduler: Scheduler
+    launcher: Launcher = field(default_factory=ProcessLauncher)
+    clock: Clock = SYSTEM_CLOCK

@@ -1,0 +1,160 @@
+"""What an instance actor's inbox holds: commands from clients, reports from its tasks.
+
+Commands carry the future their sender awaits. Reports come from the actor's own side
+tasks (exit watcher, readiness poll, health monitor, stop, backoff timer) and carry the
+process they are about, so a report about a process the actor already let go is ignored.
+Side tasks never change the actor's state themselves: they post one of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_orchestrator.engine.health import Probe
+from llama_orchestrator.engine.process import ExitStatus, ServerProcess
+from llama_orchestrator.errors import ErrorCode
+
+
+@dataclass
+class Outcome:
+    """The reply to a command: what happened, in words a person and a script can use."""
+
+    ok: bool
+    message: str
+    error: ErrorCode | None = None
+    ready_ms: float | None = None
+    stderr_tail: list[str] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    pid: int | None = None
+    accepted: bool = False  # a start that was accepted and is still on its way to ready
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "message": self.message,
+            "error": self.error.value if self.error else None,
+            "ready_ms": self.ready_ms,
+            "stderr_tail": self.stderr_tail,
+            "problems": self.problems,
+            "pid": self.pid,
+            "accepted": self.accepted,
+        }
+
+
+Reply = asyncio.Future[Outcome]
+
+
+# -- commands (from clients) ---------------------------------------------------------
+
+
+@dataclass
+class Start:
+    reply: Reply
+    wait_ready: bool = True  # False: reply once accepted (spawned) or refused
+    reason: str = "up requested"
+
+
+@dataclass
+class Stop:
+    reply: Reply
+
+
+@dataclass
+class Restart:
+    reply: Reply
+    wait_ready: bool = True
+
+
+Command = Start | Stop | Restart
+
+
+# -- reports (from the actor's own tasks and the daemon) ------------------------------
+
+
+@dataclass
+class Exited:
+    proc: ServerProcess
+
+
+@dataclass
+class Loading:
+    proc: ServerProcess
+
+
+@dataclass
+class Ready:
+    proc: ServerProcess
+    ready_ms: float
+
+
+@dataclass
+class NotReady:
+    proc: ServerProcess
+    reason: str
+
+
+@dataclass
+class Checked:
+    """One periodic health check of a running server."""
+
+    proc: ServerProcess
+    kind: str  # "health" or "completion"
+    probe: Probe
+    final: bool  # the last check of its round (a completion probe may follow a health one)
+
+
+@dataclass
+class Stopped:
+    proc: ServerProcess
+    status: ExitStatus
+    why: str  # "requested" or the reason it was stopped as unhealthy
+
+
+@dataclass
+class BackoffDone:
+    generation: int  # ignored unless it is the actor's current backoff
+
+
+@dataclass
+class VersionKnown:
+    version: str | None
+
+
+@dataclass
+class Resume:
+    """After a daemon start: converge onto the record (watch, restart, autostart)."""
+
+    rebooted: bool
+    autostart: bool
+
+
+@dataclass
+class Autostart:
+    pass
+
+
+@dataclass
+class Admitted:
+    """The scheduler's answer to a start that asked for admission."""
+
+    ticket: int
+    granted: bool
+    reason: str = ""
+
+
+Report = (
+    Exited
+    | Loading
+    | Ready
+    | NotReady
+    | Checked
+    | Stopped
+    | BackoffDone
+    | VersionKnown
+    | Resume
+    | Autostart
+    | Admitted
+)
+Message = Command | Report

@@ -1,0 +1,124 @@
+"""Everything that can be checked before a server is spawned, as a refusal with a reason.
+
+A refusal names the file, the field, the value and what to do, exactly as ``config
+validate`` would; it never raises. The actor turns a refusal of an automatic restart
+into a counted failed attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llama_orchestrator.config.loader import (
+    ConfigError,
+    LoadedConfig,
+    UnknownInstance,
+    load_instance,
+)
+from llama_orchestrator.config.modelfile import model_file_problem
+from llama_orchestrator.config.ports import port_holder
+from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
+from llama_orchestrator.engine.command import LaunchSpec, device_label, launch_spec
+from llama_orchestrator.engine.process import ServerProcess
+from llama_orchestrator.errors import ErrorCode
+from llama_orchestrator.home import Home
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A start that passed every check: what to run."""
+
+    loaded: LoadedConfig
+    binary: ResolvedBinary
+    spec: LaunchSpec
+
+    def record(self, proc: ServerProcess, now: float) -> dict[str, Any]:
+        """The state-store fields of a server just spawned from this plan."""
+        cfg = self.loaded.config
+        return {
+            "pid": proc.pid,
+            "pid_create_time": proc.identity.create_time,
+            "cmdline": self.spec.argv,
+            "host": cfg.server.host,
+            "port": cfg.server.port,
+            "backend": cfg.gpu.backend,
+            "device": device_label(cfg.gpu.backend, cfg.gpu.device_id),
+            "model": str(self.loaded.model_path),
+            "binary": self.binary.display,
+            "start_time": now,
+            "ready_time": None,
+            "exit_code": None,
+            "exit_signal": None,
+            "last_error": None,
+            "config_hash": self.loaded.raw_hash,
+        }
+
+
+def refusal(code: ErrorCode, message: str, problems: list[dict[str, Any]] | None = None) -> Outcome:
+    return Outcome(False, message, error=code, problems=problems or [])
+
+
+def load(home: Home, name: str) -> LoadedConfig | Outcome:
+    try:
+        return load_instance(home, name)
+    except UnknownInstance as e:
+        return refusal(ErrorCode.UNKNOWN_INSTANCE, str(e))
+    except ConfigError as e:
+        return refusal(
+            ErrorCode.CONFIG_INVALID,
+            f"invalid config:\n{e}",
+            problems=[p.to_dict() for p in e.problems],
+        )
+
+
+def port_problem(loaded: LoadedConfig) -> Outcome | None:
+    server = loaded.config.server
+    try:
+        holder = port_holder(server.host, server.port)
+    except OSError as e:  # an unknown host name, an address that is not on this machine
+        reason = e.strerror or str(e)
+        return refusal(
+            ErrorCode.HOST,
+            f"{loaded.path}: server.host: cannot listen on {server.host!r} here ({reason}); "
+            "use a local address such as 127.0.0.1 or 0.0.0.0",
+        )
+    if holder is None:
+        return None
+    return refusal(
+        ErrorCode.PORT_IN_USE,
+        f"port {server.port} is already in use by {holder}; "
+        f"choose another server.port in {loaded.path}",
+    )
+
+
+def prepare(home: Home, name: str) -> Plan | Outcome:
+    """A ``Plan`` to spawn, or the ``Outcome`` that refuses the start."""
+    loaded = load(home, name)
+    if isinstance(loaded, Outcome):
+        return loaded
+    problem = model_file_problem(loaded.model_path)
+    if problem:
+        return refusal(
+            ErrorCode.MODEL, f"{loaded.path}: model.path: {problem} ({loaded.model_path})"
+        )
+    taken = port_problem(loaded)
+    if taken is not None:
+        return taken
+    try:
+        binary = resolve_binary(loaded.config.binary, home, config_dir=loaded.path.parent)
+    except BinaryError as e:
+        return refusal(ErrorCode.BINARY, str(e))
+    return Plan(loaded, binary, launch_spec(loaded, binary, home.root))
+
+
+def spawn_error(spec: LaunchSpec, e: OSError) -> str:
+    """Why a spawn failed, naming the log file when that was the cause."""
+    logs: set[str] = set()
+    for p in (spec.stdout, spec.stderr):
+        logs |= {str(p), str(Path(p).parent)}
+    if e.filename is not None and str(e.filename) in logs:
+        return f"cannot write log file {e.filename}: {e.strerror} (see logs in the config)"
+    return f"cannot start {spec.argv[0]}: {e}"

@@ -1,0 +1,109 @@
+"""An actor's side tasks. Each one waits or probes, then posts what it saw; none of
+them changes the actor's state or writes the state store (the actor does, on its loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import httpx
+
+from llama_orchestrator.clock import Clock
+from llama_orchestrator.config.schema import HealthcheckConfig
+from llama_orchestrator.daemon.messages import (
+    BackoffDone,
+    Checked,
+    Exited,
+    Loading,
+    NotReady,
+    Ready,
+    Report,
+    Stopped,
+    VersionKnown,
+)
+from llama_orchestrator.engine.binary import ResolvedBinary
+from llama_orchestrator.engine.health import probe_completion, probe_health
+from llama_orchestrator.engine.process import ServerProcess
+from llama_orchestrator.engine.states import Health
+
+Post = Callable[[Report], None]
+
+READY_POLL_S = 0.02  # /health polling while a server starts
+MIN_READY_DEADLINE_S = 5.0
+
+
+async def watch_exit(proc: ServerProcess, post: Post) -> None:
+    await proc.wait_exit()
+    post(Exited(proc))
+
+
+async def await_ready(
+    proc: ServerProcess,
+    url: str,
+    hc: HealthcheckConfig,
+    http: httpx.AsyncClient,
+    clock: Clock,
+    post: Post,
+) -> None:
+    """Poll /health until 200 (Ready), the deadline (NotReady) or the process exits."""
+    t0 = clock.monotonic()
+    wait = max(hc.start_period, MIN_READY_DEADLINE_S)
+    deadline = t0 + wait
+    loading_seen = False
+    while not proc.has_exited():
+        probe = await probe_health(http, url, hc.path, hc.timeout)
+        if probe.ok:
+            post(Ready(proc, (clock.monotonic() - t0) * 1000.0))
+            return
+        if probe.health is Health.LOADING and not loading_seen:
+            loading_seen = True
+            post(Loading(proc))
+        if clock.monotonic() > deadline:
+            post(NotReady(proc, f"not ready after {wait:g}s (last check: {probe.detail})"))
+            return
+        await clock.sleep(READY_POLL_S)
+
+
+async def monitor(
+    proc: ServerProcess,
+    url: str,
+    hc: HealthcheckConfig,
+    http: httpx.AsyncClient,
+    clock: Clock,
+    post: Post,
+) -> None:
+    """A check every ``interval`` on a fixed cadence, until the actor cancels it.
+
+    A check that times out does not push the next one back, so a hang is caught within
+    interval x retries + timeout. With ``probe: completion`` every ``probe_every``-th
+    check also asks for a one-token completion.
+    """
+    n = 0
+    due = clock.monotonic() + hc.interval
+    while not proc.has_exited():
+        await clock.sleep(max(0.0, due - clock.monotonic()))
+        due = max(due + hc.interval, clock.monotonic())
+        n += 1
+        probe = await probe_health(http, url, hc.path, hc.timeout)
+        deeper = probe.ok and hc.probe == "completion" and n % hc.probe_every == 0
+        post(Checked(proc, "health", probe, final=not deeper))
+        if deeper:
+            post(Checked(proc, "completion", await probe_completion(http, url, hc.timeout), True))
+
+
+async def stop_process(proc: ServerProcess, grace: float, why: str, post: Post) -> None:
+    post(Stopped(proc, await proc.stop(grace), why))
+
+
+async def backoff_timer(delay: float, generation: int, clock: Clock, post: Post) -> None:
+    await clock.sleep(delay)
+    post(BackoffDone(generation))
+
+
+async def record_version(binary: ResolvedBinary, post: Post) -> None:
+    version = None
+    with contextlib.suppress(Exception):  # a version is nice to have, never worth a failure
+        version = await asyncio.to_thread(binary.version)
+    post(VersionKnown(version))

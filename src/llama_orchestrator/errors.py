@@ -1,0 +1,56 @@
+"""The package's root exception and the error codes that cross the control API.
+
+Every exception the package raises on purpose derives from ``OrchestratorError``::
+
+    OrchestratorError
+    ├── ConfigError            config/loader.py: a config file has problems (file, field, value)
+    ├── UnknownInstance        config/loader.py: no instance of that name
+    ├── BinaryError            engine/binary.py: the llama-server to run cannot be used
+    ├── TransitionError        engine/states.py: an arc not in the state table (a bug)
+    ├── DaemonError            client/control.py: the daemon cannot be reached or started
+    └── TemplateError          templates: a template is missing or invalid
+
+A refusal or failure the daemon reports is an ``ErrorCode``; each maps to one HTTP
+status, so the control API never answers 500 for a known condition.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class OrchestratorError(Exception):
+    """Root of the package's own exceptions."""
+
+
+class ErrorCode(str, Enum):
+    UNKNOWN_INSTANCE = "unknown_instance"
+    CONFIG_INVALID = "config_invalid"
+    MODEL = "model"
+    BINARY = "binary"
+    PORT_IN_USE = "port_in_use"
+    HOST = "host"  # server.host cannot be bound here (unknown name, not a local address)
+    STOPPED = "stopped"  # a stop overtook the start
+    SPAWN = "spawn"  # the process could not be created
+    START_FAILED = "start_failed"  # it ran, but exited or never became ready
+    BUSY = "busy"  # the instance's inbox is full
+    INTERNAL = "internal"
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS[self]
+
+
+_HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_INSTANCE: 404,
+    ErrorCode.CONFIG_INVALID: 422,
+    ErrorCode.MODEL: 422,
+    ErrorCode.BINARY: 422,
+    ErrorCode.PORT_IN_USE: 409,
+    ErrorCode.HOST: 422,
+    ErrorCode.STOPPED: 409,
+    ErrorCode.SPAWN: 424,  # a dependency of the request (the executable, its logs) failed
+    ErrorCode.START_FAILED: 502,  # the server it depends on answered badly or died
+    ErrorCode.BUSY: 503,
+    ErrorCode.INTERNAL: 500,
+}

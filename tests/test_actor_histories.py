@@ -1,0 +1,318 @@
+"""Scripted histories of one instance actor, in-process, on a fake clock (issue 8).
+
+A fake launcher hands out scripted processes and the health probes are answered by a
+mock transport, so crash loops, backoff timing, stops during loading and starts during
+stopping run in milliseconds. The real paths are tested against real servers elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from actor_fakes import Harness, harness
+from conftest import free_port, write_config
+
+from llama_orchestrator.daemon import messages as m
+from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.engine.states import Desired, Health, State
+from llama_orchestrator.errors import ErrorCode
+from llama_orchestrator.home import Home
+
+Scenario = Callable[[Harness, InstanceActor], Awaitable[None]]
+
+
+def run(home: Home, scenario: Scenario, row: dict[str, Any] | None = None) -> Harness:
+    async def main() -> Harness:
+        h = await harness(home)
+        actor = InstanceActor("alpha", h.ctx, row)
+        actor.start_loop()
+        try:
+            await asyncio.wait_for(scenario(h, actor), 10)
+        finally:
+            actor.cancel_tasks()
+            await h.ctx.scheduler.close()
+            await h.ctx.http.aclose()
+            h.store.close()
+        return h
+
+    return asyncio.run(main())
+
+
+def config(home: Home, model: Path, **overrides: Any) -> int:
+    port = free_port()
+    hc = {"interval": 5, "timeout": 2, "retries": 3, "start_period": 30}
+    hc.update(overrides.pop("healthcheck", {}))
+    write_config(home, "alpha", model, port, healthcheck=hc, **overrides)
+    return port
+
+
+async def start(actor: InstanceActor, wait: bool = True) -> asyncio.Task[m.Outcome]:
+    task = asyncio.ensure_future(actor.request(lambda r: m.Start(r, wait_ready=wait)))
+    await asyncio.sleep(0)
+    return task
+
+
+def test_crash_loop_backs_off_then_gives_up(home: Home, tiny_model: Path) -> None:
+    policy = {
+        "max_retries": 3,
+        "backoff_base": 1.0,
+        "backoff_multiplier": 2.0,
+        "backoff_max": 60.0,
+        "stable_after": 10,
+    }
+    config(home, tiny_model, restart_policy=policy)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        first = await start(actor)
+        await h.clock.advance(0.05)
+        assert (await first).ok and actor.state is State.RUNNING
+        spawn_times = [h.clock.monotonic()]
+        for _ in range(4):
+            h.launcher.last.die(1)
+            before = len(h.launcher.spawned)
+            for _ in range(200):  # in 50 ms steps until the restart (or fatal)
+                await h.clock.advance(0.05)
+                if len(h.launcher.spawned) > before or actor.state is State.FATAL:
+                    break
+            spawn_times.append(h.clock.monotonic())
+            await h.clock.advance(0.05)  # let the new one become ready
+        assert actor.state is State.FATAL
+        assert "gave up after 3 restart(s)" in h.reasons("alpha")[-1]
+        # first failure restarts at once, then 1 s, 2 s (failures 2 and 3); the 4th gives up
+        gaps = [b - a for a, b in zip(spawn_times, spawn_times[1:])]
+        assert gaps[0] < 0.15
+        assert 1.0 <= gaps[1] < 1.25 and 2.0 <= gaps[2] < 2.25, gaps
+        assert len(h.launcher.spawned) == 4  # the first start and three restarts
+        assert (h.store.get("alpha") or {})["restart_count"] == 3
+
+    h = run(home, scenario)
+    assert h.states("alpha").count("backoff") == 3
+
+
+def test_backoff_timing_is_exact_on_the_clock(home: Home, tiny_model: Path) -> None:
+    policy = {"backoff_base": 4.0, "backoff_multiplier": 3.0, "stable_after": 100}
+    config(home, tiny_model, restart_policy=policy)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        await start(actor)
+        await h.clock.advance(0.05)
+        h.launcher.last.die(1)  # failure 1: at once
+        await h.clock.advance(0.05)
+        assert len(h.launcher.spawned) == 2
+        h.launcher.last.die(1)  # failure 2 (not stable yet): base = 4 s
+        await h.clock.advance(0.0)
+        assert actor.state is State.BACKOFF
+        await h.clock.advance(3.99)
+        assert actor.state is State.BACKOFF and len(h.launcher.spawned) == 2
+        await h.clock.advance(0.02)
+        assert actor.state in (State.STARTING, State.RUNNING) and len(h.launcher.spawned) == 3
+        await h.clock.advance(0.05)
+        h.launcher.last.die(1)  # failure 3: 4 * 3 = 12 s
+        await h.clock.advance(11.9)
+        assert len(h.launcher.spawned) == 3
+        await h.clock.advance(0.2)
+        assert len(h.launcher.spawned) == 4
+
+    run(home, scenario)
+
+
+def test_stable_run_resets_the_failure_streak(home: Home, tiny_model: Path) -> None:
+    config(
+        home,
+        tiny_model,
+        restart_policy={"stable_after": 10, "backoff_base": 5.0},
+        healthcheck={"interval": 60},
+    )
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        await start(actor)
+        await h.clock.advance(0.05)
+        h.launcher.last.die(1)
+        await h.clock.advance(0.05)  # restarted at once (failure 1)
+        await h.clock.advance(10.5)  # healthy longer than stable_after
+        h.launcher.last.die(1)
+        await h.clock.advance(0.05)  # failure 1 again, not 2: at once, no 5 s backoff
+        assert len(h.launcher.spawned) == 3
+        assert actor.failures == 1
+
+    run(home, scenario)
+
+
+def test_stop_during_loading(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"mode": "loading", "term_delay": 0.5})
+        up = await start(actor)
+        await h.clock.advance(0.1)
+        assert actor.state is State.STARTING and actor.health is Health.LOADING
+        down = asyncio.ensure_future(actor.request(m.Stop))
+        await h.clock.advance(0.0)
+        # the actor answered at once: the start's caller is told, the stop is under way
+        assert up.done() and up.result().error is ErrorCode.STOPPED
+        assert "still loading" in up.result().message
+        assert actor.state is State.STOPPING and not down.done()
+        await h.clock.advance(0.6)
+        assert (await down).ok and actor.state is State.STOPPED
+        assert actor.desired is Desired.STOPPED
+        assert h.launcher.last.signals == ["TERM", "KILL"]  # the group kill after exit
+
+    h = run(home, scenario)
+    assert h.states("alpha") == ["starting", "stopping", "stopped"]
+
+
+def test_actor_answers_while_a_slow_stop_runs(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model, server={"stop_timeout": 10})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"ignores_term": True})
+        await start(actor)
+        await h.clock.advance(0.05)
+        first = asyncio.ensure_future(actor.request(m.Stop))
+        await h.clock.advance(1.0)
+        assert actor.state is State.STOPPING
+        # a second command is taken at once, not after the 10 s grace
+        up = await start(actor, wait=False)
+        await h.clock.advance(0.0)
+        assert actor.desired is Desired.RUNNING and not up.done()
+        await h.clock.advance(9.1)  # grace over: SIGKILL, stopped, then the queued start
+        assert (await first).ok
+        result = await up
+        assert result.ok and result.accepted and result.pid == h.launcher.last.pid
+        await h.clock.advance(0.05)
+        assert actor.state is State.RUNNING and len(h.launcher.spawned) == 2
+
+    run(home, scenario)
+
+
+def test_start_during_stopping_runs_after_the_stop(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"term_delay": 2.0})
+        await start(actor)
+        await h.clock.advance(0.05)
+        down = asyncio.ensure_future(actor.request(m.Stop))
+        await h.clock.advance(0.5)
+        up = await start(actor)
+        await h.clock.advance(2.0)
+        assert (await down).ok
+        await h.clock.advance(0.05)
+        assert (await up).ok and actor.state is State.RUNNING
+
+    h = run(home, scenario)
+    assert h.states("alpha") == [
+        "starting",
+        "running",
+        "stopping",
+        "stopped",
+        "starting",
+        "running",
+    ]
+
+
+def test_concurrent_restarts_coalesce_into_one(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"term_delay": 0.3})
+        await start(actor)
+        await h.clock.advance(0.05)
+        restarts = [asyncio.ensure_future(actor.request(m.Restart)) for _ in range(5)]
+        await h.clock.advance(0.5)
+        outcomes = await asyncio.gather(*restarts)
+        assert all(o.ok for o in outcomes), outcomes
+        assert len(h.launcher.spawned) == 2  # one restart for five callers
+
+    run(home, scenario)
+
+
+def test_detached_start_reports_a_refusal(home: Home, tiny_model: Path) -> None:
+    port = config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            outcome = await (await start(actor, wait=False))
+        assert not outcome.ok and outcome.error is ErrorCode.PORT_IN_USE
+        assert f"port {port} is already in use" in outcome.message
+        assert not h.launcher.spawned and actor.state is State.STOPPED
+
+    run(home, scenario)
+
+
+def test_detached_start_is_accepted_before_ready(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"mode": "loading"})
+        outcome = await (await start(actor, wait=False))
+        assert outcome.ok and outcome.accepted and outcome.message == "starting"
+        assert actor.state is State.STARTING
+
+    run(home, scenario)
+
+
+def test_issue8_unresolvable_host_on_restart_is_a_counted_failure_not_backoff_forever(
+    home: Home, tiny_model: Path
+) -> None:
+    config(home, tiny_model, restart_policy={"max_retries": 2, "backoff_base": 0.5})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        await start(actor)
+        await h.clock.advance(0.05)
+        cfg = home.config_path("alpha")
+        cfg.write_text(cfg.read_text().replace('"127.0.0.1"', '"no-such-host.invalid"'))
+        h.launcher.last.die(None, 9)
+        await h.clock.advance(5.0)
+        assert actor.state is State.FATAL
+        assert len(h.launcher.spawned) == 1
+
+    h = run(home, scenario)
+    refused = [e.reason or "" for e in h.events if e.kind.value == "start_refused"]
+    assert refused and all("server.host" in r and "no-such-host.invalid" in r for r in refused)
+
+
+def test_failing_health_checks_restart_the_server(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model, healthcheck={"interval": 1, "retries": 3, "timeout": 1})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        await start(actor)
+        await h.clock.advance(0.05)
+        h.launcher.last.mode = "error"
+        await h.clock.advance(2.05)
+        assert actor.health is Health.UNHEALTHY and actor.misses == 2
+        assert actor.state is State.RUNNING and actor.acquire() is None  # out of rotation
+        await h.clock.advance(1.0)  # third miss: stopped and restarted
+        await h.clock.advance(0.1)
+        assert len(h.launcher.spawned) == 2 and h.launcher.spawned[0].signals[0] == "TERM"
+        assert actor.state is State.RUNNING and actor.health is Health.HEALTHY
+
+    h = run(home, scenario)
+    assert "stopping" in h.states("alpha") and "backoff" in h.states("alpha")
+
+
+def test_leases_count_in_flight_and_last_use(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        assert actor.acquire() is None  # not running
+        await start(actor)
+        await h.clock.advance(0.05)
+        a, b = actor.acquire(), actor.acquire()
+        assert a is not None and b is not None and a.instance == "alpha"
+        assert a.base_url.startswith("http://127.0.0.1:") and actor.leases.in_flight == 2
+        await h.clock.advance(3.0)
+        actor.release()
+        assert actor.leases.idle_for() == 0.0  # one still in flight
+        actor.release()
+        await h.clock.advance(2.0)
+        assert actor.leases.idle_for() == pytest.approx(2.0)
+
+    run(home, scenario)
