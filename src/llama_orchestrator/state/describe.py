@@ -15,11 +15,40 @@ from llama_orchestrator.home import Home
 from llama_orchestrator.state.rows import instance_status
 
 
+def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
+    """The values of ``keys`` in the recorded server's own environment, or None.
+
+    None when the process is gone, is not the one recorded (a reused PID) or does not let
+    its environment be read.
+    """
+    import psutil
+
+    from llama_orchestrator.engine.process import Identity
+
+    pid, create_time, cmdline = row.get("pid"), row.get("pid_create_time"), row.get("cmdline")
+    if not (pid and create_time and cmdline):
+        return None
+    if not Identity(int(pid), float(create_time), list(cmdline)).matches_live():
+        return None
+    try:
+        environ = psutil.Process(int(pid)).environ()
+    except (psutil.Error, OSError):
+        return None
+    return {k: environ[k] for k in keys if k in environ}
+
+
 def describe_data(home: Home, name: str) -> dict[str, Any]:
-    """Everything known about one instance; raises UnknownInstance or ConfigError."""
+    """Everything known about one instance; raises UnknownInstance or ConfigError.
+
+    For a server that runs (its state is one of ``ALIVE``) the command line and binary
+    are the recorded ones, and the environment is read from the process: rebuilding them
+    here would use this process's ``LLAMA_SERVER`` and ``CUDA_VISIBLE_DEVICES``, not the
+    daemon's. Otherwise they are what a start would run, built here
+    (``command_source`` says which).
+    """
     from llama_orchestrator.config.loader import load_instance
-    from llama_orchestrator.engine.binary import BinaryError, resolve_binary
-    from llama_orchestrator.engine.command import launch_spec
+    from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
+    from llama_orchestrator.engine.command import LaunchSpec, launch_spec, log_paths
     from llama_orchestrator.models.header import GGUFError, read_model_info
     from llama_orchestrator.state.db import StateStore
 
@@ -30,9 +59,42 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         "config": loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True),
         "model_file": str(loaded.model_path),
     }
+    store = StateStore.open_for_reading(home.db_path)
+    row: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = []
+    if store is not None:
+        try:
+            row = store.get(name)
+            events = store.events(name, 15)
+        finally:
+            store.close()
+    runtime: dict[str, Any] | None = None
+    recorded: list[str] | None = None
+    if row is not None:
+        runtime = instance_status(name, row)
+        runtime.pop("name")
+        start = runtime["start_time"]
+        alive = runtime["status"] in ALIVE
+        runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
+        if alive and runtime["cmdline"]:
+            recorded = [str(a) for a in runtime["cmdline"]]
+
+    binary: ResolvedBinary | None = None
+    spec: LaunchSpec | None = None
     try:
         binary = resolve_binary(loaded.config.binary, home, config_dir=loaded.path.parent)
         spec = launch_spec(loaded, binary, home.root)
+    except BinaryError as e:
+        data["binary"] = {"error": str(e)}
+    if recorded is not None and runtime is not None and row is not None:
+        version = runtime["binary_version"]
+        if version is None and binary is not None and binary.display == runtime["binary"]:
+            version = binary.version()  # recorded once the daemon's probe has answered
+        data["binary"] = {"path": runtime["binary"], "source": "recorded", "version": version}
+        data["command"] = recorded
+        data["command_line"] = shlex.join(recorded)
+        data["command_source"] = "recorded"
+    elif binary is not None and spec is not None:
         data["binary"] = {
             "path": binary.display,
             "source": binary.source,
@@ -40,32 +102,25 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         }
         data["command"] = spec.argv
         data["command_line"] = shlex.join(spec.argv)
-        data["env_overrides"] = spec.env_overrides
-        # the part of env_overrides the backend table produced (issue 5, part 2)
+        data["command_source"] = "would_run"
+    if spec is not None:
+        env = dict(spec.env_overrides)
+        env_source = "would_run"
+        if recorded is not None and row is not None:
+            live = _process_env(row, list(env))
+            if live is not None:
+                env, env_source = live, "process"
+        data["env_overrides"] = env
+        data["env_source"] = env_source
+        # the part of env_overrides the backend table produced (issue 5, part 2); the
+        # config's own env wins over it
         data["env_generated"] = {
-            k: v for k, v in spec.generated_env.items() if spec.env_overrides.get(k) == v
+            k: env[k] for k in spec.generated_env if k in env and k not in loaded.config.env
         }
-        data["logs"] = {
-            stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
-            for stream, p in (("stdout", spec.stdout), ("stderr", spec.stderr))
-        }
-    except BinaryError as e:
-        data["binary"] = {"error": str(e)}
-    store = StateStore.open_for_reading(home.db_path)
-    runtime: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = []
-    if store is not None:
-        try:
-            runtime = store.get(name)
-            events = store.events(name, 15)
-        finally:
-            store.close()
-    if runtime is not None:
-        runtime = instance_status(name, runtime)
-        runtime.pop("name")
-        start = runtime["start_time"]
-        alive = runtime["status"] in ALIVE
-        runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
+    data["logs"] = {
+        stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
+        for stream, p in zip(("stdout", "stderr"), log_paths(loaded, home.root), strict=True)
+    }
     data["runtime"] = runtime
     data["events"] = events
     try:
@@ -82,7 +137,7 @@ def render_describe(data: dict[str, Any]) -> str:
     out: list[str] = []
 
     def line(key: str, value: Any) -> None:
-        out.append(f"{key + ':':16}{'-' if value is None else value}")
+        out.append(f"{key + ':':<15} {'-' if value is None else value}")
 
     line("Name", data["name"])
     line("Config", data["config_file"])
@@ -104,11 +159,17 @@ def render_describe(data: dict[str, Any]) -> str:
     else:
         line("Binary", f"{b['path']} [{b['source']}]")
         line("Version", b.get("version"))
-        line("Command", data["command_line"])
-        env = data.get("env_overrides") or {}
+    # A running server's own command line; else the one a start would run.
+    would_run = " (would run)"
+    if "command_line" in data:
+        recorded = data.get("command_source") == "recorded"
+        line("Command" + ("" if recorded else would_run), data["command_line"])
+    if "env_overrides" in data:
+        env = data["env_overrides"] or {}
         generated = data.get("env_generated") or {}
+        from_process = data.get("env_source") == "process"
         line(
-            "Environment",
+            "Environment" + ("" if from_process else would_run),
             " ".join(
                 f"{k}={shlex.quote(v)}" + (" (generated)" if k in generated else "")
                 for k, v in env.items()
