@@ -8,6 +8,7 @@ stopping run in milliseconds. The real paths are tested against real servers els
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_crash_loop_backs_off_then_gives_up(home: Home, tiny_model: Path) -> Non
         assert actor.state is State.FATAL
         assert "gave up after 3 restart(s)" in h.reasons("alpha")[-1]
         # first failure restarts at once, then 1 s, 2 s (failures 2 and 3); the 4th gives up
-        gaps = [b - a for a, b in zip(spawn_times, spawn_times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(spawn_times)]
         assert gaps[0] < 0.15
         assert 1.0 <= gaps[1] < 1.25 and 2.0 <= gaps[2] < 2.25, gaps
         assert len(h.launcher.spawned) == 4  # the first start and three restarts

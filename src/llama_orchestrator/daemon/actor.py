@@ -142,7 +142,8 @@ class InstanceActor(Mailbox):
             self._set_desired(Desired.RUNNING)
             message = "already running"
             now = load(self.ctx.home, self.name)
-            if isinstance(now, LoadedConfig) and self.loaded and now.raw_hash != self.loaded.raw_hash:
+            was = self.loaded.raw_hash if self.loaded else None
+            if isinstance(now, LoadedConfig) and was is not None and now.raw_hash != was:
                 message += f" (its config changed since: `llama-orch restart {self.name}`)"
             cmd.reply.set_result(Outcome(True, message, pid=self.proc.pid))
             return
