@@ -55,13 +55,10 @@ def resolve_targets(
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from llama_orchestrator.fs import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text)
 
 
 def _create_exclusive(path: Path, text: str) -> bool:

@@ -239,10 +239,10 @@ def display(argv: Sequence[str], platform: Platform) -> str:
 
 
 def _write(path: Path, content: bytes) -> None:
+    from llama_orchestrator.fs import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    write_atomic(path, content)
 
 
 def _extra_hints(art: Artifact, installing: bool) -> list[str]:
