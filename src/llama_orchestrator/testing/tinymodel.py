@@ -6,12 +6,28 @@ loads it in tens of milliseconds and answers completions with random bytes: enou
 exercise every part of the orchestrator without downloading a model.
 
     python -m llama_orchestrator.testing.tinymodel OUT.gguf
+
+It needs the ``gguf`` and ``numpy`` packages, which nothing else of llama-orchestrator
+uses: they come with the ``demo`` extra (``pip install 'llama-orchestrator[demo]'``;
+the ``test`` extra includes it).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+
+class MissingExtra(ImportError):
+    """The generator's packages are not installed; the message says how to get them."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__(
+            f"the tiny model generator needs the {module!r} package, which comes with the "
+            "'demo' extra: pip install 'llama-orchestrator[demo]' (or pip install -e '.[demo]' "
+            "in a checkout)",
+            name=module,
+        )
 
 
 def write_tiny_model(
@@ -28,8 +44,11 @@ def write_tiny_model(
 ) -> Path:
     """Write the model; the keywords make bigger variants (e.g. grouped-query attention
     with ``n_head_kv < n_head``, f16 weights) for tests that need them."""
-    import gguf
-    import numpy as np
+    try:
+        import gguf
+        import numpy as np
+    except ImportError as e:
+        raise MissingExtra(e.name or "gguf") from e
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,4 +108,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         print("usage: python -m llama_orchestrator.testing.tinymodel OUT.gguf", file=sys.stderr)
         raise SystemExit(2)
-    print(write_tiny_model(sys.argv[1]))
+    try:
+        print(write_tiny_model(sys.argv[1]))
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
