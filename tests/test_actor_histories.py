@@ -20,9 +20,15 @@ from conftest import free_port, write_config
 
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.directory import InstanceView
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import Home
+
+
+def no_config(_name: str) -> None:
+    return None
+
 
 Scenario = Callable[[Harness, InstanceActor], Awaitable[None]]
 
@@ -289,7 +295,7 @@ def test_failing_health_checks_restart_the_server(home: Home, tiny_model: Path) 
         h.launcher.last.mode = "error"
         await h.clock.advance(2.05)
         assert actor.health is Health.UNHEALTHY and actor.misses == 2
-        assert actor.state is State.RUNNING and actor.acquire() is None  # out of rotation
+        assert actor.state is State.RUNNING and InstanceView(actor, no_config).acquire() is None
         await h.clock.advance(1.0)  # third miss: stopped and restarted
         await h.clock.advance(0.1)
         assert len(h.launcher.spawned) == 2 and h.launcher.spawned[0].signals[0] == "TERM"
@@ -303,16 +309,17 @@ def test_leases_count_in_flight_and_last_use(home: Home, tiny_model: Path) -> No
     config(home, tiny_model)
 
     async def scenario(h: Harness, actor: InstanceActor) -> None:
-        assert actor.acquire() is None  # not running
+        view = InstanceView(actor, no_config)
+        assert view.acquire() is None  # not running
         await start(actor)
         await h.clock.advance(0.05)
-        a, b = actor.acquire(), actor.acquire()
+        a, b = view.acquire(), view.acquire()
         assert a is not None and b is not None and a.instance == "alpha"
         assert a.base_url.startswith("http://127.0.0.1:") and actor.leases.in_flight == 2
         await h.clock.advance(3.0)
-        actor.release()
-        assert actor.leases.idle_for() == 0.0  # one still in flight
-        actor.release()
+        view.release()
+        assert actor.leases.idle_for() == 0.0 and view.in_flight == 1  # one still in flight
+        view.release()
         await h.clock.advance(2.0)
         assert actor.leases.idle_for() == pytest.approx(2.0)
 

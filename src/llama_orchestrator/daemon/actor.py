@@ -21,6 +21,7 @@ from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.config.schema import HealthcheckConfig
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon import watch
+from llama_orchestrator.daemon.adopt import adopt_recorded
 from llama_orchestrator.daemon.context import ActorContext
 from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.daemon.leases import CheckLog, Leases
@@ -33,7 +34,6 @@ from llama_orchestrator.engine.command import base_url
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.states import ALIVE, Desired, Health, State, check_transition
 from llama_orchestrator.errors import ErrorCode
-from llama_orchestrator.gateway.backend import Endpoint
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
@@ -79,8 +79,8 @@ class InstanceActor(Mailbox):
                 self._on_restart(msg)
             case m.Exited():
                 self._on_exited(msg)
-            case m.Loading():
-                self._on_loading(msg)
+            case m.Loading() if msg.proc is self.proc and self.state is State.STARTING:
+                self._set_health(Health.LOADING, "/health answered 503 (loading the model)")
             case m.Ready():
                 self._on_ready(msg)
             case m.NotReady():
@@ -121,19 +121,6 @@ class InstanceActor(Mailbox):
         if desired is not self.desired:
             self.desired = desired
             self.ctx.store.update(self.name, desired=desired.value)
-
-    # -- leases ------------------------------------------------------------------------
-
-    @property
-    def routable(self) -> bool:
-        return self.state is State.RUNNING and self.health is Health.HEALTHY
-
-    def acquire(self) -> Endpoint | None:
-        """Lend the running server to one request, or None when it cannot take one now."""
-        return self.leases.acquire(self.name, self.url if self.routable else None)
-
-    def release(self) -> None:
-        self.leases.release()
 
     # -- commands ----------------------------------------------------------------------
 
@@ -215,9 +202,11 @@ class InstanceActor(Mailbox):
         self._cancel_task("ready")
         self._cancel_task("monitor")
         self._set_state(State.STOPPING, reason)  # STARTING/RUNNING -> STOPPING
-        if grace is None:
-            grace = self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
+        grace = self._grace() if grace is None else grace
         self._spawn_task("stop", watch.stop_process(self.proc, grace, reason, self.post))
+
+    def _grace(self) -> float:
+        return self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
 
     def _on_stopped(self, msg: m.Stopped) -> None:
         if msg.proc is not self.proc or self.state is not State.STOPPING:
@@ -326,10 +315,6 @@ class InstanceActor(Mailbox):
     def _healthcheck(self) -> HealthcheckConfig:
         return self.loaded.config.healthcheck if self.loaded else HealthcheckConfig()
 
-    def _on_loading(self, msg: m.Loading) -> None:
-        if msg.proc is self.proc and self.state is State.STARTING:
-            self._set_health(Health.LOADING, "/health answered 503 (loading the model)")
-
     def _on_ready(self, msg: m.Ready) -> None:
         if msg.proc is not self.proc or self.state is not State.STARTING:
             return  # a stale report about a process we already let go
@@ -430,33 +415,20 @@ class InstanceActor(Mailbox):
     # -- daemon start ------------------------------------------------------------------
 
     def adopt_from(self, row: dict[str, Any]) -> None:
-        """Take back a server that kept running while the daemon was away.
-
-        The process is watched from its record alone: a config that no longer loads only
-        blocks the next start (issue 10: a dead adopted server must not look healthy).
-        """
-        from llama_orchestrator.daemon.adopt import adopt_recorded
-
+        """Take back a server that kept running while the daemon was away (daemon/adopt.py)."""
         adopted = adopt_recorded(self.ctx, self.name, row)
         if adopted is not None:
             self.proc, self.loaded, self.url, self._stderr_path = adopted
-            self.ctx.bus.emit(
-                self.name,
-                EventKind.ADOPTED,
-                None,
-                str(self.proc.pid),
-                "re-adopted after daemon start",
-            )
 
     def _on_resume(self, msg: m.Resume) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
         if self.proc is not None:
             self.ctx.scheduler.request(Claim(self.name), lambda _a: None)  # it holds what it uses
-            if self.state is State.STOPPING:
-                self._cancel_task("ready")
+            if self.state is State.STOPPING:  # it was being stopped: finish the stop
                 self._spawn_task("exit", watch.watch_exit(self.proc, self.post))
-                grace = self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
-                self._spawn_task("stop", watch.stop_process(self.proc, grace, "down", self.post))
+                self._spawn_task(
+                    "stop", watch.stop_process(self.proc, self._grace(), "down", self.post)
+                )
                 return
             if self.state is State.RUNNING:
                 self._ready_mono = self.ctx.clock.monotonic()
@@ -475,13 +447,8 @@ class InstanceActor(Mailbox):
             elif self.desired is Desired.RUNNING:
                 # After a reboot only `autostart` instances come back (#3).
                 self._set_desired(Desired.STOPPED)
-                self.ctx.bus.emit(
-                    self.name,
-                    EventKind.NOT_RESTARTED,
-                    None,
-                    None,
-                    "the machine rebooted and autostart is off",
-                )
+                why = "the machine rebooted and autostart is off"
+                self.ctx.bus.emit(self.name, EventKind.NOT_RESTARTED, reason=why)
             return
         if self.desired is Desired.RUNNING and self.state in (State.EXITED, State.BACKOFF):
             self._begin_start(auto=False, reason="restarted: desired running")  # -> STARTING
@@ -489,7 +456,7 @@ class InstanceActor(Mailbox):
     def _on_autostart(self) -> None:
         if self.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
             self.ctx.bus.emit(
-                self.name, EventKind.AUTOSTART, None, None, "first daemon start since boot"
+                self.name, EventKind.AUTOSTART, reason="first daemon start since boot"
             )
             self._cancel_task("backoff")
             self.failures = 0

@@ -13,6 +13,7 @@ from llama_orchestrator.config.loader import (
     load_instance,
 )
 from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.engine.command import base_url, log_paths
 from llama_orchestrator.engine.process import ServerProcess
 
@@ -22,7 +23,9 @@ def adopt_recorded(
 ) -> tuple[ServerProcess, LoadedConfig | None, str | None, Path | None] | None:
     """The recorded server if its PID is still that very process, with what is known of it.
 
-    The URL comes from the record (the host and port it was started with), not from the
+    The process is watched from its record alone: a config that no longer loads only
+    blocks the next start (a dead adopted server must never look healthy). The URL
+    comes from the record (the host and port it was started with), not from the
     config, which may have changed or no longer load; the config is only used for the
     health check settings and the log path when it still loads.
     """
@@ -40,4 +43,5 @@ def adopt_recorded(
     elif loaded is not None:
         url = base_url(loaded.config.server.host, loaded.config.server.port)
     stderr = log_paths(loaded, ctx.home.root)[1] if loaded is not None else None
+    ctx.bus.emit(name, EventKind.ADOPTED, None, str(proc.pid), "re-adopted after daemon start")
     return proc, loaded, url, stderr

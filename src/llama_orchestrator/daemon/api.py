@@ -25,6 +25,7 @@ from llama_orchestrator.daemon.actor import InstanceActor
 from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.home import name_problem
+from llama_orchestrator.state.rows import instance_status
 
 
 class InstanceStatus(BaseModel):
@@ -93,12 +94,8 @@ _STATUS_FIELDS = set(InstanceStatus.model_fields)
 
 
 def status_of(sup: Supervisor, name: str) -> InstanceStatus:
-    row = sup.store.get(name) or {"name": name}
-    data = {k: v for k, v in row.items() if k in _STATUS_FIELDS}
-    data.setdefault("desired", "stopped")
-    data.setdefault("status", "stopped")
-    data.setdefault("health", "unknown")
-    return InstanceStatus(**data)
+    data = instance_status(name, sup.store.get(name))
+    return InstanceStatus(**{k: v for k, v in data.items() if k in _STATUS_FIELDS})
 
 
 def create_app(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from llama_orchestrator.fs import write_atomic
 from llama_orchestrator.home import Home
 
 
@@ -45,27 +46,19 @@ def _quiet_server_class() -> Any:
 
 def ensure_token(home: Home) -> str:
     """The control API's bearer token, readable by this user only (0600)."""
-    path = home.token_path
     try:
-        token = path.read_text().strip()
+        token = home.token_path.read_text().strip()
         if token:
             return token
     except FileNotFoundError:
         pass
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".token.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    os.replace(tmp, path)
+    write_atomic(home.token_path, token, mode=0o600)
     return token
 
 
-def _write_json_atomic(path: os.PathLike[str] | str, data: dict[str, object]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
+    write_atomic(path, json.dumps(data))
 
 
 def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -176,8 +169,8 @@ async def _serve(home: Home, host: str, port: int) -> int:
         "create_time": me.create_time(),
         "start_ticks": proc_start_ticks(me.pid),  # Linux: lets `ps` skip importing psutil
     }
-    _write_json_atomic(home.daemon_pid_path, ident)
-    _write_json_atomic(
+    _write_json(home.daemon_pid_path, ident)
+    _write_json(
         home.daemon_endpoint_path,
         {**ident, "url": f"http://{host}:{bound_port}", "started_at": time.time()},
     )
