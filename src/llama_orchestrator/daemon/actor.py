@@ -6,10 +6,9 @@ stop, backoff timer) only post reports to the same inbox. Every handler runs on 
 actor's loop and none of them awaits, so the actor answers every message at once: a
 ``down`` during a slow stop or a start waiting for admission is handled immediately.
 
-Desired state (``up`` -> running, ``down`` -> stopped) is recorded, and the actor
-converges the observed process onto it, restarting with backoff on failure
-(daemon/policy.py decides how). The gateway borrows a running server through leases
-(``acquire``/``release``), which keep ``in_flight`` and ``last_used``.
+Desired state (``up`` -> running, ``down`` -> stopped) is recorded and converged onto,
+restarting with backoff on failure (daemon/policy.py decides how). ``leases`` count
+the gateway's requests on the running server (daemon/directory.py lends them).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from llama_orchestrator.errors import ErrorCode
 log = logging.getLogger("llama_orchestrator.supervisor")
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
-STDERR_TAIL = 15
 
 
 class InstanceActor(Mailbox):
@@ -371,15 +369,12 @@ class InstanceActor(Mailbox):
         status = proc.reap()
         self.ctx.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
         self.ctx.bus.emit(self.name, EventKind.EXIT, None, None, status.describe())
-        during = "during start" if self.state is State.STARTING else "unexpectedly"
-        self._fail(
-            f"{during}: {status.describe()}",
-            self._stderr_tail(),
-            was_running=self.state is State.RUNNING,
-        )
+        when = "during start" if self.state is State.STARTING else "unexpectedly"
+        why = f"{when}: {status.describe()}"
+        self._fail(why, self._stderr_tail(), was_running=self.state is State.RUNNING)
 
     def _stderr_tail(self) -> list[str]:
-        return tail_lines(self._stderr_path, STDERR_TAIL) if self._stderr_path else []
+        return tail_lines(self._stderr_path, 15) if self._stderr_path else []
 
     def _fail(self, reason: str, tail: list[str], *, was_running: bool) -> None:
         self._cancel_task("ready")
@@ -399,10 +394,13 @@ class InstanceActor(Mailbox):
         self._set_state(decision.state, decision.reason)  # -> BACKOFF / EXITED / FATAL
         if decision.state is State.BACKOFF:
             self._backoff_gen += 1
-            self._spawn_task(
-                "backoff",
-                watch.backoff_timer(decision.delay, self._backoff_gen, self.ctx.clock, self.post),
+            if decision.delay <= 0:  # the first failure after a healthy run: at once
+                self._on_backoff_done(m.BackoffDone(self._backoff_gen))
+                return
+            timer = watch.backoff_timer(
+                decision.delay, self._backoff_gen, self.ctx.clock, self.post
             )
+            self._spawn_task("backoff", timer)
 
     def _on_backoff_done(self, msg: m.BackoffDone) -> None:
         if msg.generation != self._backoff_gen:
