@@ -56,7 +56,6 @@ class InstanceActor(Mailbox):
         self.checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
         self.misses = 0  # consecutive failed checks
         self.leases = Leases(ctx.clock)  # the gateway's requests in flight
-        # who waits for what
         self._ready_waiters: list[m.Reply] = []  # a start in progress, until ready/failed
         self._accept_waiters: list[m.Reply] = []  # `up --detach`: until spawned/refused
         self._stop_waiters: list[m.Reply] = []
