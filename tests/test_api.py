@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import Cli, write_config
+from conftest import Cli, free_port, write_config
 from helpers import wait_for
 
 from llama_orchestrator.home import Home
@@ -214,3 +214,13 @@ def test_corrupt_pid_file_reads_as_stale(cli: Cli, home: Home, content: str) -> 
     assert "not running" in out.stdout
     _, _, pid = start_daemon(cli)  # and it is replaced
     assert json.loads(home.daemon_pid_path.read_text())["pid"] == pid
+
+
+def test_issue10_events_limit_over_the_bound_is_a_400_not_a_500(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    url, token, _pid = start_daemon(cli)
+    r = get(url, "/v1/instances/alpha/events?limit=100000", token)
+    assert r.status_code in (400, 422), r.text
+    assert get(url, "/v1/instances/alpha/events?limit=500", token).status_code == 200

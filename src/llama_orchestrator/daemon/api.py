@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon.actor import InstanceActor
 from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.recorder import EVENTS_KEPT
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.home import name_problem
 from llama_orchestrator.state.rows import instance_status
@@ -177,7 +178,9 @@ def create_app(
         return status_of(sup, name)
 
     @app.get("/v1/instances/{name}/events", dependencies=auth)
-    async def instance_events(name: str, limit: int = 50) -> list[dict[str, Any]]:
+    async def instance_events(
+        name: str, limit: int = Query(50, ge=1, le=EVENTS_KEPT)
+    ) -> list[dict[str, Any]]:
         get_actor(name)
         return sup.store.events(name, limit)
 
