@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -130,6 +131,14 @@ def create_app(
         return JSONResponse(body.model_dump(), status_code=code)
 
     auth = [Depends(require_token)]
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A parameter out of its bounds is the client's mistake: 400, naming it."""
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=400)
 
     @app.get("/v1/daemon", dependencies=auth)
     async def daemon_info() -> DaemonInfo:
