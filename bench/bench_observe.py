@@ -328,7 +328,7 @@ def expect_count(word: str, n: int) -> Callable[[subprocess.CompletedProcess[str
 # -- where ps's time goes -----------------------------------------------------------------
 
 # What the ps fast path imports, in the order it imports it (cli/fast.py, cli/ps_view.py,
-# then, inside run_ps, daemon/control.py, state/db.py and psutil): each step is timed on
+# then, inside run_ps, client/control.py, state/db.py and psutil): each step is timed on
 # top of the ones before it, so a stdlib module is charged to the first step that needs
 # it. Whatever the path imports beyond these shows up in the work.
 PS_IMPORT_STEPS = [
@@ -343,7 +343,7 @@ PS_IMPORT_STEPS = [
     "llama_orchestrator.cli.ps_view",
     "subprocess",
     "urllib.parse",
-    "llama_orchestrator.daemon.control",
+    "llama_orchestrator.client.control",
     "sqlite3",
     "llama_orchestrator.state.db",
     "psutil",

@@ -165,7 +165,7 @@ def test_daemon_identity_by_start_ticks(home: Home) -> None:
     """The pid file's start ticks pin the daemon: a live PID with other ticks is stale."""
     import os
 
-    from llama_orchestrator.daemon.control import daemon_status, proc_start_ticks
+    from llama_orchestrator.client.control import daemon_status, proc_start_ticks
 
     ticks = proc_start_ticks(os.getpid())
     if ticks is None:

@@ -25,7 +25,8 @@ from llama_orchestrator.cli.common import (
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
-    from llama_orchestrator.config.lint import LintResult, Target
+    from llama_orchestrator.config.lint import LintResult
+    from llama_orchestrator.config.targets import Target
 
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Instance names.", show_default=False)]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every instance in the home.")]
@@ -39,7 +40,7 @@ def resolve_targets(
     home: Home, names: list[str], all_: bool, files: list[Path], *, default_all: bool
 ) -> list[Target]:
     """The configs a command works on; exits 2 on a bad name, 1 on an unknown one."""
-    from llama_orchestrator.config.lint import Target
+    from llama_orchestrator.config.targets import Target
 
     check_names(names)
     known = require_known(home, names)
@@ -111,7 +112,7 @@ def _build_config(
 
 
 def _choose_port(home: Home, name: str, host: str, port: int | None) -> int:
-    from llama_orchestrator.config.lint import (
+    from llama_orchestrator.config.portcheck import (
         configured_endpoints,
         effective_gateway,
         hosts_overlap,
@@ -374,7 +375,7 @@ def _with_gateway(home: Home, names: list[str], whole_home: bool) -> bool:
 
 def _daemon_pid(home: Home) -> int | None:
     """The PID of this home's running daemon: the gateway port it holds is not foreign."""
-    from llama_orchestrator.daemon.control import daemon_status
+    from llama_orchestrator.client.control import daemon_status
 
     status = daemon_status(home)
     return status.pid if status.running else None

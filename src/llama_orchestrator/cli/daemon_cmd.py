@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     @daemon.command()
     def start(ctx: typer.Context) -> None:
         """Start the daemon in the background (no-op when it already runs)."""
-        from llama_orchestrator.daemon.control import DaemonError, daemon_status, ensure_daemon
+        from llama_orchestrator.client.control import DaemonError, daemon_status, ensure_daemon
 
         home = home_of(ctx)
         try:
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     @daemon.command()
     def stop(ctx: typer.Context) -> None:
         """Stop the daemon. Instances keep running; the next daemon re-adopts them."""
-        from llama_orchestrator.daemon.control import stop_daemon
+        from llama_orchestrator.client.control import stop_daemon
 
         say("daemon stopped" if stop_daemon(home_of(ctx)) else "daemon is not running")
 
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     ) -> None:
         """Show whether the daemon runs. Exit 0 when it does, 1 when it does not."""
-        from llama_orchestrator.daemon.control import daemon_status
+        from llama_orchestrator.client.control import daemon_status
 
         st = daemon_status(home_of(ctx))
         if as_json:

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
         Examples: llama-orch health gemma; llama-orch health gemma --json | jq .checks
         """
-        from llama_orchestrator.daemon.control import connect
+        from llama_orchestrator.client.control import connect
 
         check_names([name])
         home = home_of(ctx)

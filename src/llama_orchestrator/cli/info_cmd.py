@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show the home folder, its files, the daemon and the default llama-server."""
         from llama_orchestrator import __version__
-        from llama_orchestrator.daemon.control import daemon_status
+        from llama_orchestrator.client.control import daemon_status
         from llama_orchestrator.engine.binary import resolve_binary
 
         home = home_of(ctx)

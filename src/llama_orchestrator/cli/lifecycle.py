@@ -19,7 +19,7 @@ from llama_orchestrator.cli.common import (
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
-    from llama_orchestrator.daemon.control import Client
+    from llama_orchestrator.client.control import Client
 
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Instance names.", show_default=False)]
 AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every defined instance.")]
@@ -58,7 +58,7 @@ def _validate(client: Client, names: list[str]) -> None:
 
 
 def _client(home: Home) -> Client:
-    from llama_orchestrator.daemon.control import DaemonError, ensure_daemon
+    from llama_orchestrator.client.control import DaemonError, ensure_daemon
 
     try:
         client, started = ensure_daemon(home)
@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
 
         Examples: llama-orch down gemma; llama-orch down --all
         """
-        from llama_orchestrator.daemon.control import daemon_status
+        from llama_orchestrator.client.control import daemon_status
 
         home = home_of(ctx)
         targets = _targets(home, names, all_)

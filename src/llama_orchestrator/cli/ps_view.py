@@ -106,7 +106,7 @@ def render_table(rows: list[dict[str, Any]], color: bool) -> str:
 
 def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[str]) -> int:
     """The whole command; returns its exit code."""
-    from llama_orchestrator.daemon.control import daemon_status
+    from llama_orchestrator.client.control import daemon_status
 
     try:
         parsed = parse_filters(filters)

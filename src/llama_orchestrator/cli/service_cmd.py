@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
 
 def _note_running_daemon(ctx: typer.Context) -> None:
     try:
-        from llama_orchestrator.daemon.control import daemon_status
+        from llama_orchestrator.client.control import daemon_status
 
         st = daemon_status(home_of(ctx))
     except Exception:  # a status probe must never fail the install

@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, RichLog, Static
 
-from llama_orchestrator.daemon.control import DaemonStatus
+from llama_orchestrator.client.control import DaemonStatus
 from llama_orchestrator.dashboard import data
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_orchestrator.daemon.control import DaemonStatus, connect, daemon_status
+from llama_orchestrator.client.control import DaemonStatus, connect, daemon_status
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.views import instance_rows
 
@@ -66,7 +66,7 @@ def act(
     Only ``up`` starts a daemon when none runs, as ``llama-orch up`` does; ``down`` and
     ``restart`` need one already. Returns (ok, message for a notification).
     """
-    from llama_orchestrator.daemon.control import DaemonError, ensure_daemon
+    from llama_orchestrator.client.control import DaemonError, ensure_daemon
 
     verb = VERBS[command]
     client = connect(home)
