@@ -18,6 +18,7 @@ from llama_orchestrator.cli import (
     describe_cmd,
     devices_cmd,
     fit_cmd,
+    gateway_cmd,
     health_cmd,
     info_cmd,
     lifecycle,
@@ -73,6 +74,7 @@ dashboard_cmd.register(app)
 devices_cmd.register(app)
 fit_cmd.register(app)
 service_cmd.register(app)
+gateway_cmd.register(app)
 
 
 def main() -> None:

@@ -101,7 +101,10 @@ def status_of(sup: Supervisor, name: str) -> InstanceStatus:
 
 
 def create_app(
-    sup: Supervisor, token: str, on_shutdown: Callable[[], None] | None = None
+    sup: Supervisor,
+    token: str,
+    on_shutdown: Callable[[], None] | None = None,
+    gateway_status: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="llama-orchestrator control API",
@@ -158,6 +161,13 @@ def create_app(
             # After this reply is written: the same path as SIGTERM.
             asyncio.get_running_loop().call_later(0.05, on_shutdown)
         return {"status": "shutting down"}
+
+    @app.get("/v1/gateway", dependencies=auth)
+    async def gateway() -> dict[str, Any]:
+        """The gateway: its URL, whether it listens (or why not), keys, routes, load."""
+        if gateway_status is None:
+            return {"url": None, "listening": False, "reason": "no gateway in this daemon"}
+        return gateway_status()
 
     @app.post("/v1/validate", dependencies=auth)
     async def validate(names: str) -> ValidationReport:

@@ -1,0 +1,94 @@
+"""The gateway inside the daemon: settings from ``gateway.json``, requests on the bus.
+
+The daemon supervises whether or not the gateway listens: an invalid ``gateway.json``,
+``"enabled": false`` or a port held by another program leave it off, with the reason
+kept for ``llama-orch gateway status`` and recorded in the state store (meta key
+``gateway``) for ``ps``, which reads the records without asking the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from llama_orchestrator.config.gateway import load_gateway
+from llama_orchestrator.config.loader import ConfigError
+from llama_orchestrator.daemon.directory import ActorDirectory
+from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.supervisor import Supervisor
+from llama_orchestrator.gateway.app import Gateway
+from llama_orchestrator.gateway.records import RequestRecord
+from llama_orchestrator.gateway.settings import GatewaySettings
+
+log = logging.getLogger("llama_orchestrator.gateway")
+
+META_KEY = "gateway"
+
+
+class GatewayHost:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.directory = ActorDirectory(sup)
+        self.gateway: Gateway | None = None
+        self.settings: GatewaySettings | None = None
+        self.reason: str | None = "not started"
+
+    def _settings(self) -> GatewaySettings | None:
+        try:
+            loaded = load_gateway(self.sup.home)
+        except ConfigError as e:
+            self.reason = f"invalid gateway.json: {e.problems[0] if e.problems else e}"
+            return None
+        cfg = loaded.config
+        if not cfg.enabled:
+            self.reason = f"disabled (\"enabled\": false in {loaded.path})"
+            return None
+        return GatewaySettings(
+            host=cfg.host,
+            port=cfg.port,
+            api_keys=loaded.api_keys,
+            load_timeout=float(cfg.load_timeout),
+            queue_max_per_model=cfg.queue.max_per_model,
+            queue_timeout=float(cfg.queue.timeout),
+            max_body_bytes=cfg.max_body_mb * 1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        self.settings = self._settings()
+        if self.settings is not None:
+            gateway = Gateway(self.directory, self.settings, on_request=self._on_request)
+            try:
+                await gateway.start()
+            except (OSError, ValueError) as e:
+                self.reason = gateway.error or str(e)
+            else:
+                self.gateway, self.reason = gateway, None
+                log.info("gateway listening on %s", gateway.url)
+        if self.reason is not None:
+            log.warning("gateway not listening: %s", self.reason)
+        self._record()
+
+    def _record(self) -> None:
+        status = self.status()
+        keep = {k: status.get(k) for k in ("url", "listening", "reason", "keys")}
+        self.sup.store.meta_set(META_KEY, json.dumps(keep))
+
+    def _on_request(self, record: RequestRecord) -> None:
+        data = asdict(record)
+        reason = f"{record.method} {record.path} -> {record.status}"
+        self.sup.bus.emit(record.instance or "", EventKind.REQUEST, None, None, reason, data=data)
+
+    def status(self) -> dict[str, Any]:
+        if self.gateway is not None:
+            return {**self.gateway.status(), "reason": None}
+        url = self.settings.url if self.settings is not None else None
+        return {"url": url, "listening": False, "reason": self.reason, "keys": 0}
+
+    async def close(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
+            self.gateway = None
+            self.reason = "the daemon stopped"
+        self._record()
