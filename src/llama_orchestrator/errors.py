@@ -1,14 +1,20 @@
 """The package's root exception and the error codes that cross the control API.
 
-Every exception the package raises on purpose derives from ``OrchestratorError``::
+The errors a caller may want to catch across the package's layers derive from
+``OrchestratorError`` (each keeps its older base too, so existing ``except`` clauses still
+match)::
 
     OrchestratorError
     ├── ConfigError            config/loader.py: a config file has problems (file, field, value)
-    ├── UnknownInstance        config/loader.py: no instance of that name
+    ├── UnknownInstance        config/loader.py: no instance of that name (also a LookupError)
     ├── BinaryError            engine/binary.py: the llama-server to run cannot be used
-    ├── TransitionError        engine/states.py: an arc not in the state table (a bug)
+    │                          (also a RuntimeError)
     ├── DaemonError            client/control.py: the daemon cannot be reached or started
-    └── TemplateError          templates: a template is missing or invalid
+    │                          (also a RuntimeError)
+    └── TemplateError          templates: a template is missing or invalid (also a ValueError)
+
+engine/states.py's ``TransitionError`` (an arc not in the state table, a bug) stays a plain
+``RuntimeError``: states.py is a leaf module that imports nothing of the project.
 
 A refusal or failure the daemon reports is an ``ErrorCode``; each maps to one HTTP
 status, so the control API never answers 500 for a known condition.

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 START_TIMEOUT_S = 20.0
 
 
-class DaemonError(RuntimeError):
+class DaemonError(OrchestratorError, RuntimeError):
     pass
 
 

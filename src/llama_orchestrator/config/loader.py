@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llama_orchestrator.config.schema import InstanceConfig
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home, unknown_instance_message
 
 
@@ -36,7 +37,7 @@ class Problem:
         }
 
 
-class ConfigError(Exception):
+class ConfigError(OrchestratorError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
@@ -145,7 +146,7 @@ def load_file(path: Path, *, check_folder_name: bool = True) -> LoadedConfig:
     return parse_config(text, path, expected)
 
 
-class UnknownInstance(LookupError):
+class UnknownInstance(OrchestratorError, LookupError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known

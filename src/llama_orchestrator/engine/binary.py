@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from llama_orchestrator.engine.platform import Platform, current_platform
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home
 
 ENV_BINARY = "LLAMA_SERVER"
@@ -31,7 +32,7 @@ EMBEDDED_MODULE = "llama_orchestrator.engine.embedded"
 BASE_NAME = "llama-server"
 
 
-class BinaryError(RuntimeError):
+class BinaryError(OrchestratorError, RuntimeError):
     pass
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home, is_valid_name
 
 # Keys a template may not set: they name one instance, not a kind of instance.
@@ -77,7 +78,7 @@ def builtin_templates() -> dict[str, tuple[str, dict[str, Any]]]:
 BUILTIN = tuple(builtin_templates())
 
 
-class TemplateError(ValueError):
+class TemplateError(OrchestratorError, ValueError):
     """A template that does not exist or is not a valid overlay."""
 
 
