@@ -324,3 +324,23 @@ def test_leases_count_in_flight_and_last_use(home: Home, tiny_model: Path) -> No
         assert actor.leases.idle_for() == pytest.approx(2.0)
 
     run(home, scenario)
+
+
+def test_issue10_a_start_asked_for_by_a_person_that_fails_is_not_retried(
+    home: Home, tiny_model: Path
+) -> None:
+    config(home, tiny_model, restart_policy={"max_retries": 5})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"mode": "loading"})
+        up = await start(actor)
+        await h.clock.advance(0.05)
+        h.launcher.last.die(1)  # it dies while loading: before it was ever ready
+        outcome = await up
+        assert not outcome.ok and outcome.error is ErrorCode.START_FAILED
+        await h.clock.advance(30.0)
+        assert actor.state is State.FATAL and len(h.launcher.spawned) == 1
+        assert "not retried" in (h.store.get("alpha") or {})["last_error"]
+
+    h = run(home, scenario)
+    assert h.states("alpha") == ["starting", "fatal"]

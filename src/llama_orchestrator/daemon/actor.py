@@ -63,6 +63,7 @@ class InstanceActor(Mailbox):
         self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
         self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
         self._backoff_gen = 0
+        self._by_person = False  # the start in progress was asked for by a person
         self._ready_mono = 0.0
         self._stderr_path: Any = None
 
@@ -141,7 +142,7 @@ class InstanceActor(Mailbox):
         self._cancel_task("backoff")
         self.failures = 0
         self._join_start(cmd)
-        self._begin_start(auto=False, reason=reason)
+        self._begin_start(auto=False, reason=reason, by_person=True)
 
     def _join_start(self, cmd: m.Start | m.Restart) -> None:
         if cmd.wait_ready:
@@ -228,12 +229,13 @@ class InstanceActor(Mailbox):
             for cmd in queued:
                 self._join_start(cmd)
             self._set_desired(Desired.RUNNING)
-            self._begin_start(auto=False, reason="restart requested")
+            self._begin_start(auto=False, reason="restart requested", by_person=True)
 
     # -- starting ----------------------------------------------------------------------
 
-    def _begin_start(self, *, auto: bool, reason: str) -> None:
+    def _begin_start(self, *, auto: bool, reason: str, by_person: bool = False) -> None:
         """Check, then (once admitted by the scheduler) spawn."""
+        self._by_person = by_person  # until ready: a failure then is not retried
         plan = prepare(self.ctx.home, self.name)
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
@@ -315,7 +317,7 @@ class InstanceActor(Mailbox):
     def _on_ready(self, msg: m.Ready) -> None:
         if msg.proc is not self.proc or self.state is not State.STARTING:
             return  # a stale report about a process we already let go
-        self._ready_mono = self.ctx.clock.monotonic()
+        self._ready_mono, self._by_person = self.ctx.clock.monotonic(), False
         now = self.ctx.clock.time()
         self.ctx.store.update(self.name, ready_time=now, last_health_check=now)
         self._set_health(Health.HEALTHY, "/health answered 200")
@@ -381,7 +383,12 @@ class InstanceActor(Mailbox):
         ran_for = self.ctx.clock.monotonic() - self._ready_mono if was_running else 0.0
         policy = self.loaded.config.restart_policy if self.loaded else None
         decision = after_failure(
-            policy, self.failures, was_running=was_running, ran_for=ran_for, reason=reason
+            policy,
+            self.failures,
+            was_running=was_running,
+            ran_for=ran_for,
+            reason=reason,
+            requested=self._by_person,
         )
         self.failures = decision.failures
         self._set_health(Health.UNHEALTHY if was_running else Health.ERROR, reason)

@@ -38,16 +38,22 @@ def after_failure(
     was_running: bool,
     ran_for: float,
     reason: str,
+    requested: bool = False,
 ) -> Decision:
     """The next step after a failure, given the streak so far.
 
     ``ran_for`` is how long the server had been ready (0 when it never was): a run that
-    stayed healthy for ``stable_after`` seconds resets the streak first.
+    stayed healthy for ``stable_after`` seconds resets the streak first. A start that a
+    person asked for (``up``, ``restart``, a request through the gateway) and that fails
+    before it was ever ready is not retried (``requested``): they are told at once, and
+    retrying a config that cannot start only hides the reason (issue 10).
     """
     stable_after = policy.stable_after if policy is not None else 10.0
     if was_running and ran_for >= stable_after:
         failures = 0
     failures += 1
+    if requested and not was_running:
+        return Decision(State.FATAL, failures, reason=f"{reason}; not retried (a failed start)")
     if policy is None or not policy.enabled:
         # RUNNING -> EXITED / STARTING -> FATAL: nothing restarts it
         return Decision(State.EXITED if was_running else State.FATAL, failures, reason=reason)
