@@ -43,7 +43,9 @@ class FakeProcess(ServerProcess):
         self.identity = Identity(next(_pids), 0.0, ["fake-llama-server"])
         self.clock = clock
         self.port = port
-        self.mode = mode  # what /health answers: ok, loading, error, down
+        # what /health answers: ok, loading, error, down, hang; "stranger": 200 from
+        # another process that holds the port (this one does not listen on it)
+        self.mode = mode
         self.term_delay = term_delay
         self.ignores_term = ignores_term
         self.signals: list[str] = []
@@ -64,6 +66,9 @@ class FakeProcess(ServerProcess):
 
     def may_signal(self) -> bool:
         return not self.has_exited()
+
+    def listens_on(self, port: int) -> bool | None:
+        return self.port == port and not self.has_exited() and self.mode != "stranger"
 
     def graceful_signal(self) -> bool:
         self.signals.append("TERM")

@@ -344,3 +344,20 @@ def test_issue10_a_start_asked_for_by_a_person_that_fails_is_not_retried(
 
     h = run(home, scenario)
     assert h.states("alpha") == ["starting", "fatal"]
+
+
+def test_issue10_a_200_from_another_process_on_the_port_is_not_readiness(
+    home: Home, tiny_model: Path
+) -> None:
+    config(home, tiny_model, healthcheck={"start_period": 6})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"mode": "stranger"})
+        up = await start(actor)
+        await h.clock.advance(2.0)
+        assert actor.state is State.STARTING and not up.done()
+        await h.clock.advance(5.0)  # the start period runs out: a failed start, not "ready"
+        outcome = await up
+        assert not outcome.ok and "another process answers on the port" in outcome.message
+
+    run(home, scenario)

@@ -423,3 +423,22 @@ def test_lint_knows_a_running_instance_holds_its_own_port(
     port_rows = [r for r in json.loads(out.stdout) if r["check"] == "port-free"]
     assert port_rows and port_rows[0]["level"] == "ok"
     assert "own server" in port_rows[0]["message"]
+
+
+def test_issue10_two_instances_with_one_port_the_second_up_is_refused(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    write_config(home, "beta", tiny_model, port)
+    validate = cli("config", "validate", "beta")
+    assert validate.returncode == 1 and "also used by instance 'alpha'" in validate.stderr
+    out = cli("up", "alpha", "beta")
+    assert out.returncode == 1
+    # the same problem validate reports, named by file and field
+    assert "beta" in out.stderr and "server.port" in out.stderr
+    assert "also used by instance 'alpha'" in out.stderr
+    assert ps_row(cli, "beta")["status"] in ("stopped", "fatal")
+    assert ps_row(cli, "beta")["pid"] is None
+    rows = cli.json("ps", "--all", "--json")
+    assert sum(1 for r in rows if r["status"] == "running") <= 1

@@ -236,7 +236,7 @@ class InstanceActor(Mailbox):
     def _begin_start(self, *, auto: bool, reason: str, by_person: bool = False) -> None:
         """Check, then (once admitted by the scheduler) spawn."""
         self._by_person = by_person  # until ready: a failure then is not retried
-        plan = prepare(self.ctx.home, self.name)
+        plan = prepare(self.ctx.home, self.name, automatic=auto)
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
             return

@@ -43,7 +43,7 @@ class GatewayHost:
             return None
         cfg = loaded.config
         if not cfg.enabled:
-            self.reason = f"disabled (\"enabled\": false in {loaded.path})"
+            self.reason = f'disabled ("enabled": false in {loaded.path})'
             return None
         return GatewaySettings(
             host=cfg.host,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -29,6 +30,7 @@ from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.states import Health
 
 Post = Callable[[Report], None]
+log = logging.getLogger("llama_orchestrator.supervisor")
 
 READY_POLL_S = 0.02  # /health polling while a server starts
 MIN_READY_DEADLINE_S = 5.0
@@ -52,16 +54,24 @@ async def await_ready(
     wait = max(hc.start_period, MIN_READY_DEADLINE_S)
     deadline = t0 + wait
     loading_seen = False
+    port = int(url.rsplit(":", 1)[1])
+    stranger = False
     while not proc.has_exited():
         probe = await probe_health(http, url, hc.path, hc.timeout)
-        if probe.ok:
+        # A 200 proves readiness only from our own server: another process on the port
+        # (an instance configured with the same one) answers too (issue 10).
+        if probe.ok and proc.listens_on(port) is not False:
             post(Ready(proc, (clock.monotonic() - t0) * 1000.0))
             return
+        if probe.ok and not stranger:
+            stranger = True
+            log.warning("port %s answers, but not from pid %s: waiting", port, proc.pid)
         if probe.health is Health.LOADING and not loading_seen:
             loading_seen = True
             post(Loading(proc))
         if clock.monotonic() > deadline:
-            post(NotReady(proc, f"not ready after {wait:g}s (last check: {probe.detail})"))
+            last = "another process answers on the port" if stranger else probe.detail
+            post(NotReady(proc, f"not ready after {wait:g}s (last check: {last})"))
             return
         await clock.sleep(READY_POLL_S)
 

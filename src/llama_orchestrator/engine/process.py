@@ -120,6 +120,10 @@ class ServerProcess:
         """Is ``pid`` still ours to signal (not reaped, not reused)?"""
         raise NotImplementedError
 
+    def listens_on(self, port: int) -> bool | None:
+        """Does this server hold the listening socket on ``port``? (None: cannot tell)"""
+        return listens_on(self.pid, port)
+
     async def wait_exit(self) -> None:  # returns once the process has exited
         raise NotImplementedError
 
@@ -333,6 +337,32 @@ def spawn(
     except psutil.Error:
         create_time = time.time()
     return ChildProcess(proc, Identity(proc.pid, create_time, list(spec.argv)), plat)
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Does ``pid`` (or a process it started) hold a listening socket on ``port``?
+
+    None when it cannot be told (no permission, a platform without the information):
+    callers then take an answer on the port at face value.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    unknown = False
+    for p in procs:
+        try:
+            method = getattr(p, "net_connections", None) or p.connections
+            conns = method(kind="tcp")
+        except psutil.AccessDenied:
+            unknown = True
+            continue
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return None if unknown else False
 
 
 def tail_lines(path: Path, n: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
