@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from conftest import Cli, free_port, write_config
 
-from llama_orchestrator.config.lint import Linter, Target, parse_devices
+from llama_orchestrator.config.gpucheck import parse_devices
+from llama_orchestrator.config.lint import Linter, Target
 from llama_orchestrator.config.loader import load_file
 from llama_orchestrator.config.ports import PortHolder, find_free_port, port_holder
 from llama_orchestrator.engine.command import log_paths

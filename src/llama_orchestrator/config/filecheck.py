@@ -1,0 +1,64 @@
+"""The files an instance reads and writes: its model (``model``), its logs (``logs-writable``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from llama_orchestrator.config.loader import LoadedConfig
+from llama_orchestrator.config.modelfile import model_file_problem
+from llama_orchestrator.config.verdict import Verdict
+from llama_orchestrator.engine.command import log_paths
+from llama_orchestrator.home import Home
+
+
+def model_verdict(cfg: LoadedConfig) -> Verdict:
+    path = cfg.model_path
+    reason = model_file_problem(path)
+    if reason:
+        return "error", f"model file {path} {reason}"
+    return "ok", f"GGUF model {path} ({path.stat().st_size / 2**20:.1f} MiB)"
+
+
+def server_log_paths(cfg: LoadedConfig, home: Home) -> list[Path]:
+    """The files the server will write (the engine's answer), each once."""
+    return list(dict.fromkeys(log_paths(cfg, home.root)))
+
+
+def logs_verdict(paths: Iterable[Path]) -> Verdict:
+    """Every log file can be written: the errors, or each distinct ok message."""
+    results = [log_path_problem(p) for p in paths]
+    errors = [msg for level, msg in results if level == "error"]
+    if errors:
+        return "error", "; ".join(errors)
+    return "ok", "; ".join(dict.fromkeys(msg for _, msg in results))
+
+
+def _folder_problem(path: Path) -> str | None:
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None
+
+
+def log_path_problem(log_file: Path) -> Verdict:
+    """Can ``log_file`` be appended to (creating its folders if needed)?"""
+    if log_file.is_dir():
+        return "error", f"{log_file} is a folder, not a log file"
+    if log_file.exists() and not os.access(log_file, os.W_OK):
+        return "error", f"{log_file} is not writable"
+    folder = log_file.parent
+    if folder.exists():
+        problem = _folder_problem(folder)
+        if problem:
+            return "error", f"log folder {problem}"
+        return "ok", f"log folder {folder} is writable"
+    parent = folder.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    problem = _folder_problem(parent)
+    if problem:
+        return "error", f"log folder {folder} cannot be created: {problem}"
+    return "ok", f"log folder {folder} will be created (in {parent})"
