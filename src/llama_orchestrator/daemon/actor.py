@@ -236,15 +236,17 @@ class InstanceActor(Mailbox):
     def _begin_start(self, *, auto: bool, reason: str, by_person: bool = False) -> None:
         """Check, then (once admitted by the scheduler) spawn."""
         self._by_person = by_person  # until ready: a failure then is not retried
-        plan = prepare(self.ctx.home, self.name, automatic=auto)
+        plan = prepare(self.ctx.home, self.name)
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
             return
         if self.ctx.scheduler.holds(self.name):  # a restart keeps the admission it had
             self._launch(plan, auto=auto, reason=reason)
             return
+        server = plan.loaded.config.server
         ticket = self.ctx.scheduler.request(
-            Claim(self.name), lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason))
+            Claim(self.name, (server.host, server.port)),
+            lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason)),
         )
         self._admission = (ticket, plan, auto, reason)
 
@@ -256,7 +258,8 @@ class InstanceActor(Mailbox):
         _, plan, auto, reason = self._admission
         self._admission = None
         if not msg.granted:
-            self._refused(refusal(ErrorCode.BUSY, msg.reason), auto=auto)
+            why = f"{plan.loaded.path}: server.port: {msg.reason}; choose another server.port"
+            self._refused(refusal(ErrorCode.PORT_IN_USE, why), auto=auto)
             return
         self._launch(plan, auto=auto, reason=reason)
 
@@ -427,7 +430,9 @@ class InstanceActor(Mailbox):
     def _on_resume(self, msg: m.Resume) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
         if self.proc is not None:
-            self.ctx.scheduler.request(Claim(self.name), lambda _a: None)  # it holds what it uses
+            rec = self.ctx.store.get(self.name) or {}
+            where = (str(rec["host"]), int(rec["port"])) if rec.get("port") else None
+            self.ctx.scheduler.request(Claim(self.name, where), lambda _a: None)  # it holds it
             if self.state is State.STOPPING:  # it was being stopped: finish the stop
                 self._spawn_task("exit", watch.watch_exit(self.proc, self.post))
                 self._spawn_task(

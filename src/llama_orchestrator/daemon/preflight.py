@@ -18,9 +18,7 @@ from llama_orchestrator.config.loader import (
     load_instance,
 )
 from llama_orchestrator.config.modelfile import model_file_problem
-from llama_orchestrator.config.portcheck import clash_texts, effective_gateway, port_clashes
 from llama_orchestrator.config.ports import port_holder
-from llama_orchestrator.config.targets import home_configs
 from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
 from llama_orchestrator.engine.command import LaunchSpec, device_label, launch_spec
@@ -96,28 +94,15 @@ def port_problem(loaded: LoadedConfig) -> Outcome | None:
     )
 
 
-def clash_problem(home: Home, loaded: LoadedConfig) -> Outcome | None:
-    """Another instance (or the gateway) configured on this host:port: what validate says."""
-    clashes = port_clashes([loaded], home_configs(home))[loaded.path]
-    texts = clash_texts(loaded, clashes, effective_gateway(home), home)
-    if not texts:
-        return None
-    return refusal(ErrorCode.PORT_IN_USE, f"{loaded.path}: server.port: {'; '.join(texts)}")
-
-
-def prepare(home: Home, name: str, *, automatic: bool = False) -> Plan | Outcome:
+def prepare(home: Home, name: str) -> Plan | Outcome:
     """A ``Plan`` to spawn, or the ``Outcome`` that refuses the start.
 
-    An automatic restart skips the check against the other configs (it passed when a
-    person started the instance; the bind check still catches a port taken since).
+    Another instance of ours on the same port is the scheduler's to refuse (it knows
+    which ones hold their port now, daemon/scheduler.py); here the port is only tried.
     """
     loaded = load(home, name)
     if isinstance(loaded, Outcome):
         return loaded
-    if not automatic:
-        clash = clash_problem(home, loaded)
-        if clash is not None:
-            return clash
     problem = model_file_problem(loaded.model_path)
     if problem:
         return refusal(

@@ -7,9 +7,10 @@ answering its own inbox (a ``down`` while a start waits for admission is handled
 once).
 
 All decisions are taken in order on the scheduler's own loop, from its own table of
-holders: two cold starts can never both claim one victim or both fit in the same free
-memory. Today no budget is configured, so every request is granted; budgets, eviction
-and queueing extend ``_decide`` (the gateway issues build on this seam).
+holders: two cold starts can never both claim one victim, both fit in the same free
+memory, or both take one port (two instances configured on one port: the second is
+refused while the first holds it). No memory or count budget exists yet; budgets,
+eviction and queueing extend ``_decide`` (the gateway issues build on this seam).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from llama_orchestrator.config.portcheck import hosts_overlap
+
 
 @dataclass(frozen=True)
 class Claim:
     """What a start would hold while it runs."""
 
     instance: str
+    endpoint: tuple[str, int] | None = None  # host, port its server listens on
     memory_mb: dict[str, int] = field(default_factory=dict)  # device key -> MiB
 
 
@@ -95,5 +99,16 @@ class Scheduler:
             msg.deliver(admission)
 
     def _decide(self, req: _Request) -> Admission:
-        """No budgets yet: everything fits."""
+        """Refused when another holder listens on the same host:port; no budgets yet."""
+        want = req.claim.endpoint
+        for name, held in self.holders.items():
+            if name == req.claim.instance or want is None or held.endpoint is None:
+                continue
+            if held.endpoint[1] == want[1] and hosts_overlap(held.endpoint[0], want[0]):
+                return Admission(
+                    req.ticket,
+                    False,
+                    f"port {want[1]} is already in use by instance {name!r} "
+                    f"({held.endpoint[0]}:{held.endpoint[1]} is also used by instance {name!r})",
+                )
         return Admission(req.ticket, True)
