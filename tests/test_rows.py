@@ -3,6 +3,7 @@ instances from their configs through the loader."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,17 +81,35 @@ def test_ps_rows_of_never_started_instances_come_through_the_config_loader(
     assert instance_rows(home, stopped=False) == []
 
 
-def test_plain_ps_does_not_import_pydantic(home: Home, tiny_model: Path) -> None:
-    """The fast path stays light: never-started configs are read only for ``ps -a``."""
-    write_config(home, "alpha", tiny_model, free_port())
+def _ps_imports(home: Home, *args: str) -> list[str]:
+    """Which of pydantic, typer and rich ``ps ARGS``'s fast path imported."""
     code = (
-        "import sys; from llama_orchestrator.cli.fast import try_fast\n"
-        "assert try_fast(['ps']) == 0\n"
-        "print(sorted(m for m in ('pydantic', 'typer', 'rich') if m in sys.modules))\n"
+        "import json, sys; from llama_orchestrator.cli.fast import try_fast\n"
+        f"assert try_fast(['ps', *{list(args)!r}]) == 0\n"
+        "print(json.dumps(sorted(m for m in ('pydantic', 'typer', 'rich') if m in sys.modules)))\n"
     )
     env = dict(os.environ, LLAMA_ORCH_HOME=str(home.root))
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "[]"
+    found: list[str] = json.loads(out.stdout.splitlines()[-1])
+    return found
+
+
+def test_plain_ps_does_not_import_pydantic(home: Home, tiny_model: Path) -> None:
+    """The fast path stays light: never-started configs are read only for ``ps -a``."""
+    write_config(home, "alpha", tiny_model, free_port())
+    assert _ps_imports(home) == []
+
+
+def test_ps_all_with_a_warm_cache_does_not_import_pydantic(home: Home, tiny_model: Path) -> None:
+    """``ps -a`` takes never-started configs from the cache the loader's results fill."""
+    write_config(home, "alpha", tiny_model, free_port())
+    write_config(home, "typo", tiny_model, free_port(), server={"prot": 1})
+    assert _ps_imports(home, "-a") == ["pydantic"]  # cold: through the loader, then cached
+    assert _ps_imports(home, "-a") == []
+    assert _ps_imports(home, "--filter", "status=stopped") == []
+    write_config(home, "alpha", tiny_model, free_port())  # a changed config: the loader again
+    assert _ps_imports(home, "-a") == ["pydantic"]
+    assert _ps_imports(home, "-a") == []

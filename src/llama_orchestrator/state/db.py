@@ -1,9 +1,10 @@
 """Runtime state in SQLite: one row per instance, plus an append-only event log.
 
-The daemon is the only writer; the CLI reads (``ps`` works while the daemon is down).
-WAL mode lets readers proceed while the daemon writes, and a busy timeout covers the
-brief checkpoint moments. The schema is versioned with ``PRAGMA user_version`` and
-migrated forward on open.
+The daemon writes the state; the CLI reads it (``ps`` works while the daemon is down)
+and writes only ``ps``'s cache of configs that never ran (state/configcache.py). WAL
+mode lets readers proceed while a writer writes, and a busy timeout covers writers that
+meet and the brief checkpoint moments. The schema is versioned with ``PRAGMA
+user_version`` and migrated forward on open, by one process at a time.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -59,6 +60,16 @@ _MIGRATIONS: dict[int, str] = {
     2: """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # v3: what ps shows of the config of an instance that never ran (its host, port,
+    # backend, device and model, or its first problem) as the loader found it, keyed by
+    # the file's content: ps -a shows it without importing the loader.
+    3: """
+    CREATE TABLE config_display (
+        name TEXT PRIMARY KEY,
+        file_key TEXT NOT NULL,
+        fields TEXT NOT NULL
+    );
+    """,
 }
 
 INSTANCE_COLUMNS = frozenset(
@@ -89,22 +100,27 @@ INSTANCE_COLUMNS = frozenset(
 
 
 class StateStore:
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, busy_timeout: float = 5.0) -> None:
+        """``busy_timeout``: how many seconds a statement waits for another writer."""
         self.path = path
         self.readonly = readonly
         if readonly:
             # as_uri() percent-encodes '#', '?' and '%' that would otherwise cut the path.
             uri = f"{path.absolute().as_uri()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+            self._db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=5, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False)
+            self._use_wal(busy_timeout)
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self._db.row_factory = sqlite3.Row
         if not readonly:
-            self._migrate()
+            try:
+                self._migrate()
+            except BaseException:
+                self._db.close()
+                raise
 
     @classmethod
     def open_for_reading(cls, path: Path) -> StateStore | None:
@@ -121,17 +137,44 @@ class StateStore:
     def close(self) -> None:
         self._db.close()
 
-    def _migrate(self) -> None:
-        current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if current > SCHEMA_VERSION:
+    def _use_wal(self, timeout: float) -> None:
+        """Switch to WAL, waiting for other openers: this pragma does not wait by itself."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    self._db.close()
+                    raise
+            time.sleep(0.01)
+
+    def _version(self) -> int:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
             raise RuntimeError(
-                f"{self.path}: state schema version {current} is newer than this "
+                f"{self.path}: state schema version {version} is newer than this "
                 f"llama-orch supports ({SCHEMA_VERSION}); upgrade llama-orch"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self._db:
-                self._db.executescript(_MIGRATIONS[version])
+        return version
+
+    def _migrate(self) -> None:
+        if self._version() == SCHEMA_VERSION:
+            return
+        # The daemon and CLIs may open the file at once: the write lock, taken before the
+        # version is read again, lets one of them migrate and the others see its result.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for version in range(self._version() + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={version}")
+        except BaseException:
+            self._db.rollback()
+            raise
+        self._db.commit()
 
     # -- instances ---------------------------------------------------------------------
 
@@ -177,6 +220,40 @@ class StateStore:
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (key, value),
             )
+
+    # -- ps's cache of configs that never ran ---------------------------------------------
+
+    def config_display(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every cached entry, as name -> (file key, fields); empty in an older schema."""
+        try:
+            rows = self._db.execute("SELECT name, file_key, fields FROM config_display")
+            found = rows.fetchall()
+        except sqlite3.OperationalError:  # a read-only view of a file not yet migrated
+            return {}
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, key, text in found:
+            try:
+                fields = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(fields, dict):
+                out[name] = (key, fields)
+        return out
+
+    def put_config_display(
+        self, entries: Mapping[str, tuple[str, dict[str, Any]]], keep: Collection[str]
+    ) -> None:
+        """Store ``entries`` and drop the entries of names not in ``keep``, in one go."""
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO config_display (name, file_key, fields) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET "
+                "file_key=excluded.file_key, fields=excluded.fields",
+                [(name, key, json.dumps(fields)) for name, (key, fields) in entries.items()],
+            )
+            names = {r[0] for r in self._db.execute("SELECT name FROM config_display")}
+            gone = names - set(keep) - set(entries)
+            self._db.executemany("DELETE FROM config_display WHERE name=?", [(n,) for n in gone])
 
     # -- events ------------------------------------------------------------------------
 

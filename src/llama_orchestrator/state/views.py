@@ -1,8 +1,9 @@
 """What ``ps``, the dashboard and other readers show: one row per instance.
 
 Built from the state records (so it works while the daemon is down) plus the configs of
-instances that never ran. Reads only; cheap imports, since ``ps`` must start fast: the
-config loader (pydantic) is imported only when a never-started instance is shown.
+instances that never ran. Reads only (but for ps's config cache); cheap imports, since
+``ps`` must start fast: the config loader (pydantic) is imported only when a
+never-started instance is shown whose config is not in the cache (state/configcache.py).
 """
 
 from __future__ import annotations
@@ -12,35 +13,58 @@ from typing import Any
 
 from llama_orchestrator.engine.states import ALIVE, Health, State
 from llama_orchestrator.home import Home
+from llama_orchestrator.state import configcache
 from llama_orchestrator.state.rows import instance_status
 
+Entries = dict[str, tuple[str, dict[str, Any]]]
+# What a never-started instance's row takes from its config (or its cache entry).
+_FIELDS = frozenset({"host", "port", "backend", "device", "model", "last_error"})
 
-def _never_started(home: Home, name: str) -> dict[str, Any] | None:
-    """The status of an instance without a state row, its display fields from its config.
 
-    The config comes through the loader like every other config; an invalid one gives a
-    stopped row without those fields, its ``last_error`` naming the problem. None when
-    the config vanished since the folder was listed.
+def _loaded_fields(home: Home, name: str) -> dict[str, Any] | None:
+    """The display fields of ``name``'s config, through the loader like every config.
+
+    An invalid config gives only ``last_error``, naming its first problem. None when the
+    config vanished since the folder was listed.
     """
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
     from llama_orchestrator.engine.command import device_label
 
-    status = instance_status(name, None)
     try:
         loaded = load_instance(home, name)
     except UnknownInstance:
         return None
     except ConfigError as e:
-        status["last_error"] = f"invalid config: {e.problems[0]}" if e.problems else str(e)
-        return status
+        return {"last_error": f"invalid config: {e.problems[0]}" if e.problems else str(e)}
     c = loaded.config
-    status.update(
-        host=c.server.host,
-        port=c.server.port,
-        backend=c.gpu.backend,
-        device=device_label(c.gpu.backend, c.gpu.device_id),
-        model=str(loaded.model_path),
-    )
+    return {
+        "host": c.server.host,
+        "port": c.server.port,
+        "backend": c.gpu.backend,
+        "device": device_label(c.gpu.backend, c.gpu.device_id),
+        "model": str(loaded.model_path),
+    }
+
+
+def _never_started(home: Home, name: str, cached: Entries, fresh: Entries) -> dict[str, Any] | None:
+    """The status of an instance without a state row, its display fields from its config.
+
+    From ``cached`` when the config file's key matches, else from the loader (the new
+    entry goes into ``fresh``, unless the file changed while it was loaded). None when
+    the config vanished since the folder was listed.
+    """
+    status = instance_status(name, None)
+    key = configcache.content_key(home.config_path(name))
+    hit = cached.get(name)
+    if key is not None and hit is not None and hit[0] == key:
+        status.update((k, v) for k, v in hit[1].items() if k in _FIELDS)
+        return status
+    fields = _loaded_fields(home, name)
+    if fields is None:
+        return None
+    if key is not None and configcache.content_key(home.config_path(name)) == key:
+        fresh[name] = (key, fields)
+    status.update(fields)
     return status
 
 
@@ -54,20 +78,24 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
 
     store = StateStore.open_for_reading(home.db_path)
     records: dict[str, dict[str, Any]] = {}
+    cached: Entries = {}
     if store is not None:
         try:
             records = {r["name"]: r for r in store.all()}
+            if stopped:
+                cached = store.config_display()
         finally:
             store.close()
     now = time.time()
     rows = []
     defined = set(home.instance_names())
+    fresh: Entries = {}
     for name in sorted(defined | set(records)):
         record = records.get(name)
         if record is not None:
             s: dict[str, Any] | None = instance_status(name, record)
         elif stopped:
-            s = _never_started(home, name)
+            s = _never_started(home, name, cached, fresh)
         else:
             continue
         if s is None or (not stopped and s["status"] == State.STOPPED):
@@ -91,6 +119,8 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
                 "last_error": s["last_error"],
             }
         )
+    if fresh:
+        configcache.remember(home, fresh, keep=defined - set(records))
     return rows
 
 
