@@ -37,6 +37,7 @@ class ErrorCode(str, Enum):
     PORT_IN_USE = "port_in_use"
     HOST = "host"  # server.host cannot be bound here (unknown name, not a local address)
     STOPPED = "stopped"  # a stop overtook the start
+    RUNNING = "running"  # refused because the instance runs (rm without --force)
     SPAWN = "spawn"  # the process could not be created
     START_FAILED = "start_failed"  # it ran, but exited or never became ready
     BUSY = "busy"  # the instance's inbox is full
@@ -55,6 +56,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PORT_IN_USE: 409,
     ErrorCode.HOST: 422,
     ErrorCode.STOPPED: 409,
+    ErrorCode.RUNNING: 409,
     ErrorCode.SPAWN: 424,  # a dependency of the request (the executable, its logs) failed
     ErrorCode.START_FAILED: 502,  # the server it depends on answered badly or died
     ErrorCode.BUSY: 503,

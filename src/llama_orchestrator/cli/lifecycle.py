@@ -25,17 +25,40 @@ NamesArg = Annotated[list[str] | None, typer.Argument(help="Instance names.", sh
 AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every defined instance.")]
 
 
-def _targets(home: Home, names: list[str] | None, all_: bool) -> list[str]:
-    """The instances a command acts on; unknown names fail before anything happens."""
+def _targets(
+    home: Home, names: list[str] | None, all_: bool, *, records: bool = False
+) -> list[str]:
+    """The instances a command acts on; unknown names fail before anything happens.
+
+    With ``records``, an instance whose folder was removed but whose record remains
+    counts too (it may still run: `down` and `rm` must reach it; issue 10).
+    """
+    recorded = _recorded(home) if records else {}
     if all_:
         if names:
             fail("give instance names or --all, not both", EXIT_USAGE)
-        return home.instance_names()
+        found = home.instance_names()
+        return found + sorted(n for n, pid in recorded.items() if pid and n not in found)
     if not names:
         fail("name at least one instance, or use --all", EXIT_USAGE)
     check_names(names)
-    require_known(home, names)
+    missing = [n for n in names if n not in recorded]
+    if missing:
+        require_known(home, missing)
     return list(dict.fromkeys(names))
+
+
+def _recorded(home: Home) -> dict[str, int | None]:
+    """name -> recorded pid of every instance the state store knows."""
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return {}
+    try:
+        return {r["name"]: r.get("pid") for r in store.all()}
+    finally:
+        store.close()
 
 
 def _validate(client: Client, names: list[str]) -> None:
@@ -141,7 +164,7 @@ def register(app: typer.Typer) -> None:
         from llama_orchestrator.client.control import daemon_status
 
         home = home_of(ctx)
-        targets = _targets(home, names, all_)
+        targets = _targets(home, names, all_, records=True)
         if not targets:
             return
         if not daemon_status(home).running and not _any_recorded_alive(home, targets):
@@ -162,6 +185,36 @@ def register(app: typer.Typer) -> None:
         client = _client(home)
         _validate(client, targets)
         if not _act(client, targets, "restart", "restarted"):
+            raise typer.Exit(EXIT_FAIL)
+
+    @app.command()
+    def rm(
+        ctx: typer.Context,
+        names: NamesArg = None,
+        force: Annotated[
+            bool, typer.Option("--force", "-f", help="Stop a running instance first.")
+        ] = False,
+        logs: Annotated[bool, typer.Option("--logs", help="Remove its log files too.")] = False,
+    ) -> None:
+        """Remove instances: their folders and records (logs are kept unless --logs).
+
+        A running instance is refused unless --force, which stops it first.
+        Examples: llama-orch rm old-model; llama-orch rm --force --logs scratch
+        """
+        home = home_of(ctx)
+        targets = _targets(home, names, False, records=True)
+        client = _client(home)
+        ok = True
+        for name in targets:
+            try:
+                r = client.request(
+                    "DELETE", f"/v1/instances/{name}", params={"force": force, "logs": logs}
+                )
+            except OSError as e:
+                fail(f"lost the daemon ({e})")
+            body = r.body if isinstance(r.body, dict) else {"ok": False, "message": str(r.body)}
+            ok = _report(name, body, "removed") and ok
+        if not ok:
             raise typer.Exit(EXIT_FAIL)
 
     @app.command()

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from llama_orchestrator.config.loader import LoadedConfig
-from llama_orchestrator.config.schema import HealthcheckConfig
+from llama_orchestrator.config.schema import HealthcheckConfig, RestartPolicy
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon import watch
 from llama_orchestrator.daemon.adopt import adopt_recorded
@@ -384,7 +384,9 @@ class InstanceActor(Mailbox):
         self._cancel_task("ready")
         self._cancel_task("monitor")
         ran_for = self.ctx.clock.monotonic() - self._ready_mono if was_running else 0.0
-        policy = self.loaded.config.restart_policy if self.loaded else None
+        # An adopted server whose config no longer loads gets the default policy: its
+        # restart is tried, and refused with the config's error shown (issue 10).
+        policy = self.loaded.config.restart_policy if self.loaded else RestartPolicy()
         decision = after_failure(
             policy,
             self.failures,

@@ -24,8 +24,11 @@ from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon.actor import InstanceActor
 from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.preflight import refusal
 from llama_orchestrator.daemon.recorder import EVENTS_KEPT
 from llama_orchestrator.daemon.supervisor import Supervisor
+from llama_orchestrator.engine.states import State
+from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import name_problem
 from llama_orchestrator.state.rows import instance_status
 
@@ -233,6 +236,30 @@ def create_app(
     @app.post("/v1/instances/{name}/stop", dependencies=auth, response_model=CommandResult)
     async def stop(name: str) -> JSONResponse:
         return result(name, await get_actor(name).request(m.Stop))
+
+    @app.delete("/v1/instances/{name}", dependencies=auth, response_model=CommandResult)
+    async def remove(name: str, force: bool = False, logs: bool = False) -> JSONResponse:
+        """Remove an instance: its folder and records (and logs with ``logs``).
+
+        A running instance is refused (409) unless ``force``, which stops it first.
+        """
+        actor = get_actor(name)
+        if actor.state not in (State.STOPPED, State.EXITED, State.FATAL) or actor.proc:
+            if not force:
+                return result(
+                    name,
+                    refusal(
+                        ErrorCode.STOPPED,
+                        f"{name} is {actor.state.value}; "
+                        f"`llama-orch down {name}` first, or `llama-orch rm --force {name}`",
+                    ),
+                )
+            stopped = await actor.request(m.Stop)
+            if not stopped.ok:
+                return result(name, stopped)
+        gone = sup.remove(name, logs=logs)
+        body = CommandResult(name=name, ok=True, message="removed " + ", ".join(gone))
+        return JSONResponse(body.model_dump())
 
     @app.post("/v1/instances/{name}/restart", dependencies=auth, response_model=CommandResult)
     async def restart(name: str) -> JSONResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import httpx
 
@@ -64,12 +65,51 @@ class Supervisor:
         self._background: list[asyncio.Task[None]] = []
 
     def actor(self, name: str) -> InstanceActor:
+        """The instance's actor: one with a config, or a record whose config was removed
+        (it stays controllable: `down`, `rm`)."""
         actor = self.actors.get(name)
         if actor is None:
-            if not self.home.config_path(name).is_file():
+            if not self.home.config_path(name).is_file() and self.store.get(name) is None:
                 raise UnknownInstance(name, self.home.instance_names())
             actor = self._new_actor(name)
         return actor
+
+    def remove(self, name: str, *, logs: bool = False) -> list[str]:
+        """Forget a stopped instance: its folder, its records and (with ``logs``) its logs.
+
+        Returns what was removed, for the reply.
+        """
+        import shutil
+
+        from llama_orchestrator.engine.command import log_paths
+
+        removed: list[str] = []
+        actor = self.actors.pop(name, None)
+        log_files: list[Path] = []
+        with contextlib.suppress(ConfigError, UnknownInstance):
+            loaded = load_instance(self.home, name)
+            log_files = [
+                p
+                for base in log_paths(loaded, self.home.root)
+                for p in (base, *base.parent.glob(base.name + ".*"))
+            ]
+        if actor is not None:
+            actor.cancel_tasks()
+        folder = self.home.instance_dir(name)
+        if folder.exists():
+            shutil.rmtree(folder)
+            removed.append(str(folder))
+        self.store.delete(name, events=True)
+        removed.append("its records")
+        if logs:
+            for path in log_files:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            default = self.home.logs_dir / name
+            if default.is_dir():
+                shutil.rmtree(default, ignore_errors=True)
+            removed.append("its logs")
+        return removed
 
     def _new_actor(self, name: str) -> InstanceActor:
         actor = InstanceActor(name, self.ctx, self.store.get(name))

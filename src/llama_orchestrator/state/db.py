@@ -203,9 +203,12 @@ class StateStore:
         rows = self._db.execute("SELECT * FROM instances ORDER BY name").fetchall()
         return [_row(r) for r in rows]
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, events: bool = False) -> None:
+        """Forget instance ``name`` (and its events too, with ``events``)."""
         with self._db:
             self._db.execute("DELETE FROM instances WHERE name=?", (name,))
+            if events:
+                self._db.execute("DELETE FROM events WHERE name=?", (name,))
 
     # -- meta --------------------------------------------------------------------------
 

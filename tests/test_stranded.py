@@ -1,0 +1,101 @@
+"""Nothing stranded (issue 10): a server the orchestrator started stays visible and
+stoppable by a command, whatever happened to its config or the daemon meanwhile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import Cli, free_port, write_config
+from helpers import gone, health, ps_row, wait_for
+
+from llama_orchestrator.home import Home
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+FAST_HC = {"interval": 0.5, "timeout": 1, "retries": 2, "start_period": 30}
+
+
+def test_issue10_adopted_server_with_an_invalid_config_is_still_watched(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    cfg = write_config(home, "alpha", tiny_model, port, healthcheck=FAST_HC)
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    assert cli("daemon", "stop").returncode == 0
+    cfg.write_text('{"name": "alpha", "model": {"path": 3}}')  # no longer valid
+    assert cli("daemon", "start").returncode == 0
+    assert ps_row(cli, "alpha")["pid"] == pid  # re-adopted from its record alone
+    os.kill(pid, signal.SIGKILL)
+    row = wait_for(
+        lambda: (r := ps_row(cli, "alpha"))["pid"] is None and r["status"] != "running" and r,
+        what="the death noticed",
+    )
+    assert row["health"] != "healthy"
+    # the invalid config blocks the next start, with its error shown
+    row = wait_for(
+        lambda: "invalid config" in ((r := ps_row(cli, "alpha"))["last_error"] or "") and r,
+        what="the config error",
+    )
+    assert "model.path" in row["last_error"]
+
+
+def test_issue10_instance_folder_removed_while_running_stays_controllable(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    shutil.rmtree(home.instance_dir("alpha"))
+    assert ps_row(cli, "alpha")["pid"] == pid  # still listed
+    out = cli("down", "alpha")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: gone(pid), what="server stopped")
+    assert health(port) is None
+    out = cli("rm", "alpha")
+    assert out.returncode == 0, out.stderr
+    rows = cli.json("ps", "--all", "--json")
+    assert all(r["name"] != "alpha" for r in rows)
+
+
+def test_issue10_down_all_reaches_a_server_whose_folder_was_removed(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    write_config(home, "beta", tiny_model, free_port())
+    assert cli("up", "alpha", "beta").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    shutil.rmtree(home.instance_dir("alpha"))
+    assert cli("down", "--all").returncode == 0
+    wait_for(lambda: gone(pid), what="the removed instance's server stopped")
+
+
+def test_rm_refuses_a_running_instance_without_force(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    out = cli("rm", "alpha")
+    assert out.returncode == 1 and "rm --force alpha" in out.stderr
+    assert health(port) == 200 and home.config_path("alpha").exists()
+    log_dir = home.logs_dir / "alpha"
+    assert log_dir.is_dir()
+    out = cli("rm", "--force", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert not home.instance_dir("alpha").exists() and health(port) is None
+    assert log_dir.is_dir()  # logs are kept without --logs
+    assert cli("rm", "alpha").returncode == 1  # gone: an unknown instance now
+
+
+def test_rm_logs_removes_the_logs_too(cli: Cli, home: Home, tiny_model: Path) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    assert cli("down", "alpha").returncode == 0
+    out = cli("rm", "--logs", "alpha")
+    assert out.returncode == 0 and "logs" in out.stderr
+    assert not (home.logs_dir / "alpha").exists()
