@@ -195,7 +195,8 @@ def test_env_overrides_merge_over_base(tmp_path: Path) -> None:
     spec = launch_spec(full(tmp_path, env={"A": "new", "B": "b"}), BIN, tmp_path / "home")
     base = {"A": "old", "KEEP": "k"}
     env = spec.environ(base)
-    assert env == {"A": "new", "B": "b", "KEEP": "k"}
+    marker = {"LLAMA_ORCH_HOME": str(tmp_path / "home"), "LLAMA_ORCH_INSTANCE": "chat"}
+    assert env == {"A": "new", "B": "b", "KEEP": "k", **marker}  # the marker names us
     assert base == {"A": "old", "KEEP": "k"}, "base must not be mutated"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, free_port, write_config
-from helpers import gone, health, ps_row, wait_for
+from helpers import events, gone, health, ps_row, wait_for
 
 from llama_orchestrator.home import Home
 
@@ -99,3 +99,41 @@ def test_rm_logs_removes_the_logs_too(cli: Cli, home: Home, tiny_model: Path) ->
     out = cli("rm", "--logs", "alpha")
     assert out.returncode == 0 and "logs" in out.stderr
     assert not (home.logs_dir / "alpha").exists()
+
+
+def test_issue10_state_database_deleted_while_the_daemon_runs_is_recreated(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    home.db_path.unlink()
+    # the daemon notices, writes what it knows, and says so
+    row = wait_for(
+        lambda: home.db_path.exists() and (r := ps_row(cli, "alpha"))["pid"] == pid and r,
+        what="the database recreated",
+    )
+    assert row["status"] == "running" and row["desired"] == "running"
+    reasons = [e["reason"] for e in events(home, "")]
+    assert any("recreated from the daemon's memory" in str(r) for r in reasons), reasons
+    assert cli("down", "alpha").returncode == 0
+    wait_for(lambda: gone(pid), what="stopped through the recreated records")
+
+
+def test_issue10_a_daemon_over_an_empty_database_readopts_its_servers(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    assert cli("daemon", "stop").returncode == 0
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{home.db_path}{suffix}").unlink(missing_ok=True)
+    out = cli("up", "alpha")  # not "port in use by" its own server
+    assert out.returncode == 0, out.stderr
+    row = ps_row(cli, "alpha")
+    assert row["pid"] == pid and row["status"] == "running"
+    assert health(port) == 200
+    assert any(e["kind"] == "adopted" for e in events(home, "alpha"))

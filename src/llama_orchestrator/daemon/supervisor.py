@@ -141,6 +141,8 @@ class Supervisor:
         boot are gone: only instances with ``autostart`` are started then.
         """
         self.scheduler.start()
+        if not self.store.all():
+            self._find_lost_servers()
         rebooted = self._first_start_since_boot()
         autostart = self._autostart_names() if rebooted else set()
         for row in self.store.all():
@@ -149,7 +151,30 @@ class Supervisor:
             actor.post(m.Resume(rebooted, row["name"] in autostart))
         for name in sorted(autostart - set(self.actors)):
             self.actor(name).post(m.Autostart())
-        self._background.append(asyncio.get_running_loop().create_task(self._rotate_logs()))
+        self._background.append(asyncio.get_running_loop().create_task(self._housekeeping()))
+
+    def _find_lost_servers(self) -> None:
+        """An empty state database (deleted while servers ran): servers that carry this
+        home's marker are ours; record them so they are re-adopted, not taken for
+        strangers holding our ports (issue 10)."""
+        from llama_orchestrator.engine.process import find_marked
+
+        for name, ident in sorted(find_marked(self.home.root).items()):
+            argv = ident.cmdline
+            flag = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--host", "--port")}
+            self.store.update(
+                name,
+                status="running",
+                desired="running",
+                health="unknown",
+                pid=ident.pid,
+                pid_create_time=ident.create_time,
+                cmdline=argv,
+                host=flag.get("--host"),
+                port=int(flag["--port"]) if flag.get("--port", "").isdigit() else None,
+            )
+            why = f"pid {ident.pid} carries this home's marker; the state database had lost it"
+            self.bus.emit(name, EventKind.DAEMON, None, str(ident.pid), why)
 
     def reload(self) -> None:
         """Pick up instances created since the daemon started (SIGHUP)."""
@@ -161,25 +186,43 @@ class Supervisor:
             "", EventKind.CONFIG, None, None, f"configs reloaded ({len(names)} instances)"
         )
 
-    async def _rotate_logs(self) -> None:
-        """Rotate running servers' logs past ``logs.max_size_mb`` without stopping them."""
+    async def _housekeeping(self) -> None:
+        """Every few seconds: the state database still there, running servers' logs."""
         while True:
             await asyncio.sleep(self.log_check_interval)
-            for actor in list(self.actors.values()):
-                loaded = actor.loaded
-                if actor.proc is None or loaded is None:
+            self._check_store()
+            await self._rotate_logs()
+
+    def _check_store(self) -> None:
+        """A state database deleted or replaced under the daemon is written again from
+        what the daemon knows, so no running server is left without a record (issue 10)."""
+        try:
+            recreated = self.store.recreate_if_lost()
+        except Exception as e:  # the folder may be unwritable now: say so, keep going
+            log.error("the state database %s cannot be recreated: %s", self.store.path, e)
+            return
+        if recreated:
+            why = f"{self.store.path} was deleted or replaced; recreated from the daemon's memory"
+            log.warning(why)
+            self.bus.emit("", EventKind.DAEMON, None, None, why)
+
+    async def _rotate_logs(self) -> None:
+        """Rotate running servers' logs past ``logs.max_size_mb`` without stopping them."""
+        for actor in list(self.actors.values()):
+            loaded = actor.loaded
+            if actor.proc is None or loaded is None:
+                continue
+            limit = loaded.config.logs.max_size_mb * 1024 * 1024
+            for path in log_paths(loaded, self.home.root):
+                try:
+                    done = await asyncio.to_thread(
+                        rotate_live, path, limit, loaded.config.logs.rotation
+                    )
+                except OSError as e:
+                    log.warning("%s: cannot rotate %s: %s", actor.name, path, e)
                     continue
-                limit = loaded.config.logs.max_size_mb * 1024 * 1024
-                for path in log_paths(loaded, self.home.root):
-                    try:
-                        done = await asyncio.to_thread(
-                            rotate_live, path, limit, loaded.config.logs.rotation
-                        )
-                    except OSError as e:
-                        log.warning("%s: cannot rotate %s: %s", actor.name, path, e)
-                        continue
-                    if done:
-                        self.bus.emit(actor.name, EventKind.LOG_ROTATED, None, None, str(path))
+                if done:
+                    self.bus.emit(actor.name, EventKind.LOG_ROTATED, None, None, str(path))
 
     async def close(self) -> None:
         """Stop supervising. The servers keep running: instances outlive the daemon."""

@@ -119,6 +119,10 @@ def device_args(backend: str, device_id: int) -> list[str]:
     return device_selection(backend, device_id, base_env={}).args
 
 
+MARKER_HOME = "LLAMA_ORCH_HOME"
+MARKER_INSTANCE = "LLAMA_ORCH_INSTANCE"
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     argv: list[str]
@@ -127,10 +131,14 @@ class LaunchSpec:
     stderr: Path
     cwd: Path
     generated_env: dict[str, str] = field(default_factory=dict)  # what the table added
+    # Names the server as ours (home, instance): a daemon that lost its state database
+    # finds its servers again by these (issue 10).
+    marker: dict[str, str] = field(default_factory=dict)
 
     def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
         env.update(self.env_overrides)
+        env.update(self.marker)
         return env
 
 
@@ -202,6 +210,7 @@ def launch_spec(
         stderr=err,
         cwd=loaded.path.parent,
         generated_env=generated,
+        marker={MARKER_HOME: str(home_root), MARKER_INSTANCE: loaded.name},
     )
 
 

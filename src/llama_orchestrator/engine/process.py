@@ -365,6 +365,31 @@ def listens_on(pid: int, port: int) -> bool | None:
     return None if unknown else False
 
 
+def find_marked(home_root: Path) -> dict[str, Identity]:
+    """Servers started for ``home_root``, by the marker in their environment.
+
+    Only session leaders count (each server is started in its own session; its children
+    inherit the marker but are not servers of ours), and never this process.
+    """
+    from llama_orchestrator.engine.command import MARKER_HOME, MARKER_INSTANCE
+
+    found: dict[str, Identity] = {}
+    root = str(home_root)
+    for p in psutil.process_iter(["environ", "cmdline", "create_time"]):
+        try:
+            env = p.info["environ"] or {}
+            if env.get(MARKER_HOME) != root or not env.get(MARKER_INSTANCE):
+                continue
+            if p.pid == os.getpid() or (hasattr(os, "getsid") and os.getsid(p.pid) != p.pid):
+                continue
+            found[env[MARKER_INSTANCE]] = Identity(
+                p.pid, float(p.info["create_time"]), list(p.info["cmdline"] or [])
+            )
+        except (psutil.Error, OSError, TypeError, ValueError):
+            continue
+    return found
+
+
 def tail_lines(path: Path, n: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
     """The last ``n`` lines of a log file, reading at most ``max_bytes`` from its end."""
     try:

@@ -9,7 +9,9 @@ user_version`` and migrated forward on open, by one process at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Mapping
@@ -104,6 +106,49 @@ class StateStore:
         """``busy_timeout``: how many seconds a statement waits for another writer."""
         self.path = path
         self.readonly = readonly
+        self._busy_timeout = busy_timeout
+        self._open(path, readonly, busy_timeout)
+        # A writer keeps what it wrote in memory too, so a database deleted under it can
+        # be written again in full (recreate_if_lost; issue 10).
+        self._mirror: dict[str, dict[str, Any]] = {}
+        self._meta: dict[str, str] = {}
+        if not readonly:
+            self._mirror = {r["name"]: r for r in self.all()}
+            rows = self._db.execute("SELECT key, value FROM meta").fetchall()
+            self._meta = {str(k): str(v) for k, v in rows}
+            self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def recreate_if_lost(self) -> bool:
+        """When the database file vanished or was replaced, write it again from memory.
+
+        Returns True when it did (the events of before are lost; the caller records that).
+        """
+        if self.readonly or self._file_identity() == self._identity:
+            return False
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        if not self.path.exists():  # a WAL left beside a vanished database is not its own
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{self.path}{suffix}")
+        self._open(self.path, False, self._busy_timeout)
+        self._identity = self._file_identity()
+        rows, self._mirror = self._mirror, {}
+        for name, row in rows.items():
+            fields = {k: v for k, v in row.items() if k in INSTANCE_COLUMNS}
+            self.update(name, **fields)
+        for key, value in self._meta.items():
+            self.meta_set(key, value)
+        return True
+
+    def _open(self, path: Path, readonly: bool, busy_timeout: float) -> None:
         if readonly:
             # as_uri() percent-encodes '#', '?' and '%' that would otherwise cut the path.
             uri = f"{path.absolute().as_uri()}?mode=ro"
@@ -185,6 +230,8 @@ class StateStore:
         if "cmdline" in fields and isinstance(fields["cmdline"], list):
             fields["cmdline"] = json.dumps(fields["cmdline"])
         fields["updated_at"] = time.time()
+        if not self.readonly:
+            self._mirror.setdefault(name, {"name": name}).update(fields)
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         sets = ", ".join(f"{c}=excluded.{c}" for c in fields)
@@ -205,6 +252,7 @@ class StateStore:
 
     def delete(self, name: str, *, events: bool = False) -> None:
         """Forget instance ``name`` (and its events too, with ``events``)."""
+        self._mirror.pop(name, None)
         with self._db:
             self._db.execute("DELETE FROM instances WHERE name=?", (name,))
             if events:
@@ -217,6 +265,8 @@ class StateStore:
         return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str) -> None:
+        if not self.readonly:
+            self._meta[key] = value
         with self._db:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
