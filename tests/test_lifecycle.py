@@ -444,3 +444,15 @@ def test_issue10_two_instances_with_one_port_the_second_up_is_refused(
     assert f"instances/{loser}/config.json: server.port" in out.stderr
     assert f"is also used by instance '{running[0]}'" in out.stderr
     assert health(port) == 200
+
+
+def test_issue10_concurrent_restarts_all_succeed(cli: Cli, home: Home, tiny_model: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    with ThreadPoolExecutor(5) as pool:
+        outs = list(pool.map(lambda _i: cli("restart", "alpha"), range(5)))
+    assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
+    assert not any("stopped by `down`" in o.stderr for o in outs)
+    assert ps_row(cli, "alpha")["status"] == "running"
