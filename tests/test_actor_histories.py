@@ -361,3 +361,23 @@ def test_issue10_a_200_from_another_process_on_the_port_is_not_readiness(
         assert not outcome.ok and "another process answers on the port" in outcome.message
 
     run(home, scenario)
+
+
+def test_issue10_an_explicit_up_resets_the_restart_count(home: Home, tiny_model: Path) -> None:
+    config(home, tiny_model)
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        await start(actor)
+        await h.clock.advance(0.05)
+        h.launcher.last.die(1)  # an automatic restart counts
+        await h.clock.advance(0.1)
+        assert actor.restart_count == 1 and actor.state is State.RUNNING
+        down = asyncio.ensure_future(actor.request(m.Stop))
+        await h.clock.advance(0.1)
+        assert (await down).ok
+        await start(actor)
+        await h.clock.advance(0.1)
+        assert actor.restart_count == 0
+        assert (h.store.get("alpha") or {})["restart_count"] == 0
+
+    run(home, scenario)

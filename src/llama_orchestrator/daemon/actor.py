@@ -29,6 +29,7 @@ from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.policy import after_failure
 from llama_orchestrator.daemon.preflight import Plan, load, prepare, refusal, spawn_error
 from llama_orchestrator.daemon.scheduler import Claim
+from llama_orchestrator.daemon.waiters import Waiters, answer
 from llama_orchestrator.engine.command import base_url
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.states import ALIVE, Desired, Health, State, check_transition
@@ -56,10 +57,7 @@ class InstanceActor(Mailbox):
         self.checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
         self.misses = 0  # consecutive failed checks
         self.leases = Leases(ctx.clock)  # the gateway's requests in flight
-        self._ready_waiters: list[m.Reply] = []  # a start in progress, until ready/failed
-        self._accept_waiters: list[m.Reply] = []  # `up --detach`: until spawned/refused
-        self._stop_waiters: list[m.Reply] = []
-        self._after_stop: list[m.Start | m.Restart] = []  # starts queued behind a stop
+        self.waiters = Waiters()
         self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
         self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
         self._backoff_gen = 0
@@ -134,7 +132,7 @@ class InstanceActor(Mailbox):
             return
         if self.state is State.STOPPING:
             self._set_desired(Desired.RUNNING)
-            self._after_stop.append(cmd)  # starts once the stop has finished
+            self.waiters.after_stop.append(cmd)  # starts once the stop has finished
             return
         if self.state is State.STARTING or self._admission is not None:
             self._join_start(cmd)  # a concurrent `up` joins the start in progress
@@ -145,23 +143,18 @@ class InstanceActor(Mailbox):
         self._begin_start(auto=False, reason=reason, by_person=True)
 
     def _join_start(self, cmd: m.Start | m.Restart) -> None:
-        if cmd.wait_ready:
-            self._ready_waiters.append(cmd.reply)
-        elif self.state is State.STARTING and self.proc is not None:
-            cmd.reply.set_result(Outcome(True, "starting", pid=self.proc.pid, accepted=True))
-        else:
-            self._accept_waiters.append(cmd.reply)
+        spawned = self.proc.pid if self.state is State.STARTING and self.proc else None
+        self.waiters.join_start(cmd, spawned)
 
     def _on_restart(self, cmd: m.Restart) -> None:
         if self.state in (State.RUNNING, State.STARTING) and self.proc is not None:
             # The callers of a start in progress get the outcome of the restarted one.
-            waiting = [m.Start(f) for f in self._ready_waiters]
-            self._ready_waiters = []
+            waiting = self.waiters.restart_queue()
             self._begin_stop("restart requested")
-            self._after_stop.extend([*waiting, cmd])
+            self.waiters.after_stop.extend([*waiting, cmd])
             return
         if self.state is State.STOPPING:
-            self._after_stop.append(cmd)  # concurrent restarts coalesce into one start
+            self.waiters.after_stop.append(cmd)  # concurrent restarts coalesce into one start
             return
         self._on_start(cmd, reason="restart requested")
 
@@ -169,12 +162,10 @@ class InstanceActor(Mailbox):
         self._set_desired(Desired.STOPPED)
         self._cancel_task("backoff")
         stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
-        self._answer([c.reply for c in self._after_stop], stopped)
-        self._after_stop.clear()
+        self.waiters.drop_after_stop(stopped)
         if self._admission is not None:  # still waiting for admission: nothing runs yet
             self._admission = None
-            self._answer(self._ready_waiters, stopped)
-            self._answer(self._accept_waiters, stopped)
+            self.waiters.start_failed(stopped)
         if self.state is State.BACKOFF:
             self._set_state(State.STOPPED, "down requested during backoff")  # BACKOFF -> STOPPED
             cmd.reply.set_result(Outcome(True, "stopped"))
@@ -182,16 +173,16 @@ class InstanceActor(Mailbox):
             self._set_state(State.STOPPED, "down requested")  # EXITED/FATAL -> STOPPED
             cmd.reply.set_result(Outcome(True, "already stopped"))
         elif self.state is State.STOPPING:
-            self._stop_waiters.append(cmd.reply)
+            self.waiters.stopped.append(cmd.reply)
         elif self.proc is None or self.state is State.STOPPED:
             cmd.reply.set_result(Outcome(True, "already stopped"))
         else:
             if self.state is State.STARTING:
-                self._answer(
-                    self._ready_waiters,
+                answer(
+                    self.waiters.ready,
                     refusal(ErrorCode.STOPPED, "stopped by `down` while it was still loading"),
                 )
-            self._stop_waiters.append(cmd.reply)
+            self.waiters.stopped.append(cmd.reply)
             self._begin_stop("down requested")
 
     def _begin_stop(self, reason: str, *, grace: float | None = None) -> None:
@@ -213,7 +204,7 @@ class InstanceActor(Mailbox):
         status = msg.status
         self.ctx.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
         failing, self._failing = self._failing, None
-        if failing is not None and self.desired is Desired.RUNNING and not self._after_stop:
+        if failing is not None and self.desired is Desired.RUNNING and not self.waiters.after_stop:
             reason, was_running = failing
             self.ctx.bus.emit(
                 self.name, EventKind.EXIT, None, None, f"stopped as unhealthy: {status.describe()}"
@@ -222,9 +213,9 @@ class InstanceActor(Mailbox):
             return
         self._set_health(Health.UNKNOWN, "stopped")
         self._set_state(State.STOPPED, f"stopped ({status.describe()})")  # STOPPING -> STOPPED
-        self._answer(self._stop_waiters, Outcome(True, "stopped"))
-        if self._after_stop:
-            queued, self._after_stop = self._after_stop, []
+        answer(self.waiters.stopped, Outcome(True, "stopped"))
+        queued = self.waiters.take_after_stop()
+        if queued:
             self.failures = 0
             for cmd in queued:
                 self._join_start(cmd)
@@ -236,6 +227,9 @@ class InstanceActor(Mailbox):
     def _begin_start(self, *, auto: bool, reason: str, by_person: bool = False) -> None:
         """Check, then (once admitted by the scheduler) spawn."""
         self._by_person = by_person  # until ready: a failure then is not retried
+        if by_person and self.restart_count:  # RESTARTS counts since the last up/restart
+            self.restart_count = 0
+            self.ctx.store.update(self.name, restart_count=0)
         plan = prepare(self.ctx.home, self.name)
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
@@ -266,8 +260,7 @@ class InstanceActor(Mailbox):
     def _refused(self, outcome: Outcome, *, auto: bool) -> None:
         self.ctx.store.update(self.name, last_error=outcome.message)
         self.ctx.bus.emit(self.name, EventKind.START_REFUSED, None, None, outcome.message)
-        self._answer(self._ready_waiters, outcome)
-        self._answer(self._accept_waiters, outcome)
+        self.waiters.start_failed(outcome)
         if auto:  # a restart that cannot even begin counts as a failed attempt
             self._set_state(State.STARTING, "restart")  # BACKOFF -> STARTING
             self._fail(outcome.message, [], was_running=False)
@@ -288,8 +281,7 @@ class InstanceActor(Mailbox):
         except OSError as e:
             msg = spawn_error(spec, e)
             failed = refusal(ErrorCode.SPAWN, msg)
-            self._answer(self._ready_waiters, failed)
-            self._answer(self._accept_waiters, failed)
+            self.waiters.start_failed(failed)
             self._fail(msg, [], was_running=False)
             return
         self.proc = proc
@@ -298,7 +290,7 @@ class InstanceActor(Mailbox):
         self._set_health(Health.UNKNOWN, "starting")
         self.ctx.store.update(self.name, **plan.record(proc, self.ctx.clock.time()))
         self.ctx.bus.emit(self.name, EventKind.SPAWNED, None, str(proc.pid), " ".join(spec.argv))
-        self._answer(self._accept_waiters, Outcome(True, "starting", pid=proc.pid, accepted=True))
+        answer(self.waiters.accepted, Outcome(True, "starting", pid=proc.pid, accepted=True))
         self._watch(proc, cfg.healthcheck, ready=False)
         self._spawn_task("version", watch.record_version(plan.binary, self.post))
 
@@ -325,9 +317,7 @@ class InstanceActor(Mailbox):
         self.ctx.store.update(self.name, ready_time=now, last_health_check=now)
         self._set_health(Health.HEALTHY, "/health answered 200")
         self._set_state(State.RUNNING, f"ready in {msg.ready_ms:.0f} ms")  # STARTING -> RUNNING
-        self._answer(
-            self._ready_waiters, Outcome(True, "ready", ready_ms=msg.ready_ms, pid=msg.proc.pid)
-        )
+        answer(self.waiters.ready, Outcome(True, "ready", ready_ms=msg.ready_ms, pid=msg.proc.pid))
         self._watch(msg.proc, self._healthcheck(), ready=True)
 
     def _on_checked(self, msg: m.Checked) -> None:
@@ -401,7 +391,7 @@ class InstanceActor(Mailbox):
             self.name, last_error=decision.reason if decision.state is State.FATAL else reason
         )
         failed = Outcome(False, reason, error=ErrorCode.START_FAILED, stderr_tail=tail)
-        self._answer(self._ready_waiters, failed)
+        answer(self.waiters.ready, failed)
         self._set_state(decision.state, decision.reason)  # -> BACKOFF / EXITED / FATAL
         if decision.state is State.BACKOFF:
             self._backoff_gen += 1

@@ -86,10 +86,3 @@ class Mailbox:
             self._cancel_task(key)
         if self._runner is not None:
             self._runner.cancel()
-
-    @staticmethod
-    def _answer(waiters: list[m.Reply], outcome: Outcome) -> None:
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(outcome)
-        waiters.clear()
