@@ -15,6 +15,9 @@ from pathlib import Path
 
 ENV_HOME = "LLAMA_ORCH_HOME"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+# A DNS label's limit (issue 10): far below a file name's 255 bytes, so a name always
+# makes a valid folder, and short enough to read in ``ps``.
+NAME_MIN, NAME_MAX = 2, 63
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
@@ -34,17 +37,21 @@ def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    return len(name) <= NAME_MAX and bool(_NAME_RE.match(name))
 
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` is not a valid instance name, or None when it is."""
     if is_valid_name(name):
         return None
-    return (
-        f"invalid instance name {name!r}: use lower-case letters, digits and '-', "
+    rule = (
+        f"use {NAME_MIN} to {NAME_MAX} lower-case letters, digits and '-', "
         "starting and ending with a letter or digit (e.g. 'gemma-2b')"
     )
+    if len(name) > NAME_MAX:
+        shown = repr(name[:20] + "...")
+        return f"invalid instance name {shown} ({len(name)} characters, at most {NAME_MAX}): {rule}"
+    return f"invalid instance name {name!r}: {rule}"
 
 
 def unknown_instance_message(unknown: list[str], known: list[str]) -> str:

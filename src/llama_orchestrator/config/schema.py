@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from llama_orchestrator.home import NAME_PATTERN
+from llama_orchestrator.home import NAME_MAX, NAME_PATTERN
 
 Backend = Literal["cpu", "vulkan", "cuda", "metal"]
 
@@ -147,7 +147,7 @@ class InstanceGateway(_Strict):
 
 class InstanceConfig(_Strict):
     schema_ref: str | None = Field(default=None, alias="$schema")
-    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     model: ModelConfig
     server: ServerConfig = Field(default_factory=ServerConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
