@@ -1,0 +1,68 @@
+"""OpenAI-shaped error bodies: ``{"error": {"message", "type", "code"}}`` (issue 9, 8)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+def error_body(message: str, type_: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()
+
+
+class GatewayError(Exception):
+    """A request the gateway answers itself, with an HTTP status and an OpenAI error."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        type_: str | None = None,
+        retry_after: float | None = None,
+        instance: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.type = type_ or (INVALID_REQUEST if status < 500 else SERVER_ERROR)
+        self.retry_after = retry_after
+        self.instance = instance
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.code)
+
+
+def too_large(limit: int) -> bytes:
+    return error_body(
+        f"request body is larger than the gateway's limit of {limit} bytes "
+        "(gateway.json max_body_bytes)",
+        INVALID_REQUEST,
+        "request_too_large",
+    )
+
+
+def invalid_api_key() -> GatewayError:
+    return GatewayError(
+        401,
+        "invalid_api_key",
+        "missing or invalid API key: send one of the gateway's keys as "
+        "'Authorization: Bearer KEY', 'x-api-key: KEY' or HTTP Basic",
+    )
+
+
+def model_not_found(name: str, available: Iterable[str]) -> GatewayError:
+    names = sorted(available)
+    listed = ", ".join(names) if names else "none (no instance is configured)"
+    return GatewayError(
+        404, "model_not_found", f"model {name!r} not found; available models: {listed}"
+    )
+
+
+def bad_request(code: str, message: str) -> GatewayError:
+    return GatewayError(400, code, message)
