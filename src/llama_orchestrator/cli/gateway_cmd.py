@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llama_orchestrator.cli.common import home_of, say
+from llama_orchestrator.cli.common import fail, home_of, say
 
 
 def _from_records(home: Any) -> dict[str, Any]:
@@ -71,7 +71,10 @@ def register(app: typer.Typer) -> None:
         from llama_orchestrator.client.control import DaemonError, connect
 
         home = home_of(ctx)
-        client = connect(home)
+        try:
+            client = connect(home)
+        except DaemonError as e:
+            fail(str(e))
         info: dict[str, Any] | None = None
         if client is not None:
             try:

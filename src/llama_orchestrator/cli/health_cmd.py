@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llama_orchestrator.cli.common import check_names, home_of, require_known, say
+from llama_orchestrator.cli.common import check_names, fail, home_of, require_known, say
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 
@@ -48,12 +48,15 @@ def register(app: typer.Typer) -> None:
 
         Examples: llama-orch health gemma; llama-orch health gemma --json | jq .checks
         """
-        from llama_orchestrator.client.control import connect
+        from llama_orchestrator.client.control import DaemonError, connect
 
         check_names([name])
         home = home_of(ctx)
         require_known(home, [name])
-        client = connect(home)
+        try:
+            client = connect(home)
+        except DaemonError as e:
+            fail(str(e))
         data: dict[str, Any]
         reply = None
         if client is not None:

@@ -153,18 +153,49 @@ class Client:
         return self.request("POST", path, **kw)
 
 
+class TokenError(DaemonError):
+    """The daemon runs but this client cannot authenticate to it (issue 10, item 13).
+
+    The daemon holds its token in memory, so writing a new file would not help: the
+    only recovery is a daemon restart, which leaves the servers running.
+    """
+
+
+RECOVER = "`llama-orch daemon stop` (its servers keep running), then run the command again"
+
+
+def read_token(home: Home, status: DaemonStatus) -> str:
+    """The bearer token of the running daemon ``status`` describes; raises TokenError."""
+    path = home.token_path
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as e:
+        raise TokenError(
+            f"the daemon runs (pid {status.pid}) but its token file {path} is unreadable "
+            f"({e.strerror or e}); fix its permissions, or {RECOVER}"
+        ) from None
+    if not token:
+        raise TokenError(
+            f"the daemon runs (pid {status.pid}) but its token file {path} is missing or "
+            f"empty; {RECOVER}"
+        )
+    return token
+
+
 def connect(home: Home) -> Client | None:
+    """A client of the running daemon; None when none runs. Raises TokenError when one
+    runs whose token cannot be read."""
     status = daemon_status(home)
     if not status.running or not status.url:
         return None
-    try:
-        token = home.token_path.read_text().strip()
-    except OSError:
-        return None
-    return Client(status.url, token)
+    return Client(status.url, read_token(home, status))
 
 
-def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> None:
+def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> int:
+    """Start a daemon in the background; returns its PID (it may lose the race for the
+    lock to another one and exit)."""
     import subprocess
 
     from llama_orchestrator.engine.platform import current_platform
@@ -174,7 +205,7 @@ def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> None:
     # own (not DETACHED_PROCESS: its servers share its console to receive CTRL_BREAK).
     kwargs: dict[str, Any] = (platform or current_platform()).daemon_spawn_kwargs()
     with open(home.daemon_log_path, "ab") as log:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "llama_orchestrator", "--home", str(home.root), "daemon", "run"],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -182,32 +213,42 @@ def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> None:
             close_fds=True,
             **kwargs,
         )
+    return proc.pid
 
 
 def ensure_daemon(home: Home, timeout: float = START_TIMEOUT_S) -> tuple[Client, bool]:
     """A client of the running daemon, starting one if needed. Returns (client, started).
 
     Safe under concurrency: several CLIs may each spawn a daemon, the lock lets exactly
-    one of them run, and every CLI waits for whichever won.
+    one of them run, and every CLI waits for whichever won; ``started`` is True only for
+    the CLI whose daemon won (issue 10). A daemon that runs but refuses this client
+    (its token file missing or replaced) raises TokenError at once.
     """
     client = connect(home)
-    if client is not None and _answers(client):
+    if client is not None and _answers(client, home):
         return client, False
-    _spawn_daemon(home)
+    spawned = _spawn_daemon(home)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         client = connect(home)
-        if client is not None and _answers(client):
-            return client, True
+        if client is not None and _answers(client, home):
+            return client, daemon_status(home).pid == spawned
         time.sleep(0.02)
     raise DaemonError(f"the daemon did not start within {timeout:.0f}s; see {home.daemon_log_path}")
 
 
-def _answers(client: Client) -> bool:
+def _answers(client: Client, home: Home) -> bool:
+    """The daemon answers; raises TokenError when it refuses our token."""
     try:
-        return client.get("/v1/daemon", timeout=2).ok
+        reply = client.get("/v1/daemon", timeout=2)
     except OSError:
         return False
+    if reply.status == 401:
+        raise TokenError(
+            f"the daemon at {client.url} does not accept the token in {home.token_path} "
+            f"(the file was replaced since it started); {RECOVER}"
+        )
+    return reply.ok
 
 
 def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
@@ -217,7 +258,10 @@ def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
     status = daemon_status(home)
     if not status.running or status.pid is None:
         return False
-    client = connect(home)
+    try:
+        client = connect(home)
+    except TokenError:
+        client = None  # SIGTERM takes the same path as the shutdown request
     asked = False
     if client is not None:
         try:

@@ -69,7 +69,10 @@ def act(
     from llama_orchestrator.client.control import DaemonError, ensure_daemon
 
     verb = VERBS[command]
-    client = connect(home)
+    try:
+        client = connect(home)
+    except DaemonError as e:  # the daemon runs but its token file is gone (issue 10)
+        return False, str(e)
     note = ""
     if client is None:
         if command != "up":
