@@ -37,6 +37,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    suggest_commands=False,  # click suggests already; both printed it twice (issue 10)
 )
 
 
@@ -75,6 +76,9 @@ devices_cmd.register(app)
 fit_cmd.register(app)
 service_cmd.register(app)
 gateway_cmd.register(app)
+for _group in app.registered_groups:  # the command groups' own Typers, as above
+    if _group.typer_instance is not None:
+        _group.typer_instance.suggest_commands = False
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 failure, 2 usage.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import NoReturn
 
@@ -32,6 +33,24 @@ def say(message: str) -> None:
 def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:
     say(f"error: {message}")
     raise typer.Exit(code)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters shown escaped (``\\n``).
+
+    A message that quotes another program's command line (the holder of a port, say)
+    may carry its newlines; printed raw they break a one-line error (issue 10).
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def http_url(host: object, port: object) -> str:
+    """``http://host:port``, with an IPv6 address in brackets (``http://[::1]:8001``)."""
+    h = str(host)
+    return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
 def require_known(home: Home, names: list[str]) -> list[str]:

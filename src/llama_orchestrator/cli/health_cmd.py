@@ -75,27 +75,39 @@ def register(app: typer.Typer) -> None:
         live_never = data["status"] == State.STOPPED and not data.get("last_health_check")
         if data.get("never_started") or (data.get("live") and live_never):
             say(f"{name} has not been started yet: no health checks")
-        print(f"{'Name:':22}{name}")
-        print(f"{'Status:':22}{data['status']}")
-        print(f"{'Health:':22}{data['health']}")
-        if data.get("consecutive_failures") is not None:
-            retries = data.get("retries")
-            streak = f"{data['consecutive_failures']}" + (f" of {retries}" if retries else "")
-            print(f"{'Consecutive failures:':22}{streak}")
-        last = data.get("last_health_check")
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "-"
-        print(f"{'Last check:':22}{when}")
-        checks = data.get("checks") or []
-        if not checks:
-            if data.get("live"):
-                print("Checks:               none yet")
-            return
-        print("Checks (oldest first):")
-        for c in checks:
-            stamp = time.strftime("%H:%M:%S", time.localtime(c["ts"]))
-            code = c["status_code"] if c["status_code"] is not None else "-"
-            mark = "ok  " if c["ok"] else "FAIL"
-            print(
-                f"  {stamp}  {c['kind']:<10} {mark} {code!s:>4} {c['latency_ms']:8.1f} ms  "
-                f"{c['detail']}"[:120]
-            )
+        for line in render_health(name, data):
+            print(line)
+
+
+def render_health(name: str, data: dict[str, Any]) -> list[str]:
+    """``health``'s text: a "Last check" line only when there was one (issue 10)."""
+    out = [
+        f"{'Name:':22}{name}",
+        f"{'Status:':22}{data['status']}",
+        f"{'Health:':22}{data['health']}",
+    ]
+    if data.get("consecutive_failures") is not None:
+        retries = data.get("retries")
+        streak = f"{data['consecutive_failures']}" + (f" of {retries}" if retries else "")
+        out.append(f"{'Consecutive failures:':22}{streak}")
+    last = data.get("last_health_check")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last))
+        out.append(f"{'Last check:':22}{when}")
+    checks = data.get("checks") or []
+    if not checks:
+        if data.get("live"):
+            # the daemon keeps the checks in memory: a new one has none of the old ones
+            none = "none since the daemon started" if last else "none yet"
+            out.append(f"{'Checks:':22}{none}")
+        return out
+    out.append("Checks (oldest first):")
+    for c in checks:
+        stamp = time.strftime("%H:%M:%S", time.localtime(c["ts"]))
+        code = c["status_code"] if c["status_code"] is not None else "-"
+        mark = "ok  " if c["ok"] else "FAIL"
+        out.append(
+            f"  {stamp}  {c['kind']:<10} {mark} {code!s:>4} {c['latency_ms']:8.1f} ms  "
+            f"{c['detail']}"[:120]
+        )
+    return out

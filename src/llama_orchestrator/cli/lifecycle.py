@@ -13,6 +13,8 @@ from llama_orchestrator.cli.common import (
     check_names,
     fail,
     home_of,
+    http_url,
+    one_line,
     require_known,
     say,
 )
@@ -97,12 +99,15 @@ def _report(name: str, body: dict[str, Any], verb: str) -> bool:
         msg = body.get("message", "")
         inst = body.get("instance") or {}
         if body.get("ready_ms") is not None:
-            where = f"http://{inst.get('host')}:{inst.get('port')}"
+            where = http_url(inst.get("host"), inst.get("port"))
             say(f"{name}: ready in {body['ready_ms'] / 1000:.2f}s (pid {body.get('pid')}, {where})")
         else:
             say(f"{name}: {msg or verb}")
         return True
-    say(f"error: {name}: {body.get('message') or body.get('detail')}")
+    message = str(body.get("message") or body.get("detail"))
+    if body.get("error") != "config_invalid":  # config problems come one per line
+        message = one_line(message)
+    say(f"error: {name}: {message}")
     tail = body.get("stderr_tail") or []
     if tail:
         say(f"--- last lines of {name}'s stderr ---")
@@ -132,7 +137,7 @@ def _act(client: Client, names: list[str], path: str, verb: str, **params: Any) 
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(short_help="Start instances and wait until each is healthy (alias: start).")
     def up(
         ctx: typer.Context,
         names: NamesArg = None,
@@ -142,6 +147,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Start instances and wait until each answers /health with 200.
+
+        `llama-orch start` is the same command.
 
         Examples: llama-orch up gemma; llama-orch up --all --detach
         """
@@ -155,9 +162,11 @@ def register(app: typer.Typer) -> None:
         if not _act(client, targets, "start", "starting", wait=not detach):
             raise typer.Exit(EXIT_FAIL)
 
-    @app.command()
+    @app.command(short_help="Stop instances gracefully, then kill them (alias: stop).")
     def down(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
         """Stop instances (graceful signal, then kill after server.stop_timeout).
+
+        `llama-orch stop` is the same command.
 
         Examples: llama-orch down gemma; llama-orch down --all
         """
@@ -173,6 +182,10 @@ def register(app: typer.Typer) -> None:
             return
         if not _act(_client(home), targets, "stop", "stopped"):
             raise typer.Exit(EXIT_FAIL)
+
+    # As Docker and pm2 users type them (issue 10); kept out of the list, named in its help.
+    app.command("start", hidden=True)(up)
+    app.command("stop", hidden=True)(down)
 
     @app.command()
     def restart(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:

@@ -205,11 +205,20 @@ def render_describe(data: dict[str, Any]) -> str:
         out.append(f"  {text}")
     if data["events"]:
         out.append("Events:")
-        for e in data["events"]:
-            stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-            if e["kind"] in ("state", "health"):
-                arc = f"{e['old']} -> {e['new']}"
-            else:
-                arc = f"pid {e['new']}" if e["new"] else ""
-            out.append(f"  {stamp}  {e['kind']:<13} {arc:<22} {e['reason'] or ''}"[:200])
+        out.extend(f"  {event_line(e)}" for e in data["events"])
     return "\n".join(out)
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One recorded event: time, kind, what changed (``old -> new``, or the PID of a
+    spawned or adopted server), reason."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
+    old, new = e.get("old"), e.get("new")
+    if old and new:
+        arc = f"{old} -> {new}"  # a state or health change; an exit records its states
+    elif new and str(new).isdigit():
+        arc = f"pid {new}"
+    else:
+        arc = str(new or "")
+    reason = " ".join(str(e.get("reason") or "").splitlines())  # a refusal may span lines
+    return f"{stamp}  {e['kind']:<13} {arc:<22} {reason}"[:200]
