@@ -6,8 +6,6 @@ instances claim, and whether that port is free now.
 
 from __future__ import annotations
 
-import json
-
 from llama_orchestrator.config.gateway import (
     GatewayConfig,
     exposure_problem,
@@ -15,10 +13,15 @@ from llama_orchestrator.config.gateway import (
     parse_gateway,
     read_keys_file,
 )
-from llama_orchestrator.config.loader import ConfigError
+from llama_orchestrator.config.loader import ConfigError, parse_json, read_text
 from llama_orchestrator.config.portcheck import PortProbe, gateway_port_unique
-from llama_orchestrator.config.targets import invalid_json
-from llama_orchestrator.config.verdict import Named, Verdict, problem_text, syntax_verdicts
+from llama_orchestrator.config.verdict import (
+    Named,
+    Verdict,
+    json_row,
+    problem_text,
+    syntax_verdicts,
+)
 from llama_orchestrator.home import Home
 
 
@@ -26,12 +29,10 @@ def gateway_checks(home: Home, ports: PortProbe) -> list[Named]:
     """``gateway.json``: JSON, schema, keys, its port against instances, port free."""
     path = home.gateway_path
     try:
-        text = path.read_text(encoding="utf-8")
-        json.loads(text)
-    except (OSError, UnicodeDecodeError) as e:
-        return syntax_verdicts(f"cannot read: {e}", ())
-    except json.JSONDecodeError as e:
-        return syntax_verdicts(invalid_json(e), ())
+        text = read_text(path)
+        parse_json(text, str(path))
+    except ConfigError as e:  # unreadable, bad JSON, or past the loader's bounds
+        return syntax_verdicts(json_row(e.problems[0]), ())
     try:
         config = parse_gateway(text, path)
     except ConfigError as e:

@@ -38,7 +38,7 @@ from llama_orchestrator.config.portcheck import (
 )
 from llama_orchestrator.config.ports import port_holder
 from llama_orchestrator.config.targets import Entry, Target, home_configs, load_entry
-from llama_orchestrator.config.verdict import Level, Named, Verdict, syntax_verdicts
+from llama_orchestrator.config.verdict import Level, Named, Verdict, json_row, syntax_verdicts
 from llama_orchestrator.gpu.devices import Device
 from llama_orchestrator.home import Home
 
@@ -149,7 +149,7 @@ class Linter:
         entries, clashes = _read(self.home, targets)
         results: list[LintResult] = []
         for entry in entries:
-            json_error = entry.json_problem.message if entry.json_problem else None
+            json_error = json_row(entry.json_problem) if entry.json_problem else None
             checks = syntax_verdicts(json_error, entry.schema_problems)
             if entry.loaded is not None:
                 checks += self.instance_checks(entry.loaded, clashes[entry.loaded.path])

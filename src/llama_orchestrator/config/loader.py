@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,27 +95,118 @@ def problems_from_validation(file: str, err: ValidationError) -> list[Problem]:
     return problems
 
 
+# Bounds on what a config may be (issue 10): a config is a few KiB and a few levels deep,
+# and without them a 100k-bracket file ends in a RecursionError and a 5000-digit number
+# in a ValueError, in the CLI and in the daemon alike.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64
+_STRING_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+_LONG_NUMBER_RE = re.compile(r"\d{4301,}")  # past Python's int-from-text limit
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that held one key more than once: the keys, for the problem."""
+
+    duplicates: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    twice: list[str] = []
+    for key, value in pairs:
+        if key in out and key not in twice:
+            twice.append(key)
+        out[key] = value
+    if not twice:
+        return out
+    marked = _Object(out)
+    marked.duplicates = twice
+    return marked
+
+
+def _duplicates(data: Any, where: str = "") -> list[str]:
+    """Field paths of the keys written twice in one object (depth is bounded already)."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        found += [f"{where}.{k}" if where else k for k in getattr(data, "duplicates", [])]
+        for key, value in data.items():
+            found += _duplicates(value, f"{where}.{key}" if where else key)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            found += _duplicates(value, f"{where}[{i}]")
+    return found
+
+
+def _too_deep(text: str) -> bool:
+    """Are brackets (outside strings) nested deeper than MAX_DEPTH?"""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False  # too few brackets to be that deep: the usual case, and quick
+    depth = 0
+    for ch in _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def _line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def parse_json(text: str, file: str) -> Any:
+    """``text`` parsed as JSON within the bounds above; ConfigError naming what is wrong."""
+
+    def fail(message: str, field: str = "(json)") -> ConfigError:
+        return ConfigError([Problem(file, field, message)])
+
+    if len(text) > MAX_CONFIG_BYTES or len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise fail(f"is larger than {MAX_CONFIG_BYTES // 2**20} MiB (a config is a few KiB)")
+    if _too_deep(text):
+        raise fail(f"nested deeper than {MAX_DEPTH} levels (a config needs a handful)")
+    try:
+        data = json.loads(text, object_pairs_hook=_object)
+    except json.JSONDecodeError as e:
+        raise fail(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:
+        long = _LONG_NUMBER_RE.search(text)
+        if long is not None:
+            where = f"line {_line_of(text, long.start())}"
+            raise fail(f"a number at {where} has {len(long.group())} digits (too long)") from None
+        raise fail(f"cannot be parsed: {e}") from None
+    twice = _duplicates(data)
+    if twice:
+        raise ConfigError(
+            [
+                Problem(file, path, "duplicate key: keep one (only the last one would count)")
+                for path in twice
+            ]
+        )
+    return data
+
+
 def json_object(text: str, file: str) -> dict[str, Any]:
     """``text`` parsed as a JSON object; ConfigError naming the line and column otherwise."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            [Problem(file, "(json)", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")]
-        ) from None
+    data = parse_json(text, file)
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "(root)", "must be a JSON object", short_value(data))])
     return data
 
 
 def read_text(path: Path) -> str:
-    """A config file's text; ConfigError when it is missing or unreadable."""
+    """A config file's text; ConfigError when it is missing, unreadable or too large."""
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem(str(path), "(file)", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(str(path), "(file)", f"cannot read: {e}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        why = f"is larger than {MAX_CONFIG_BYTES // 2**20} MiB (a config is a few KiB)"
+        raise ConfigError([Problem(str(path), "(file)", why)])
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
 
 
 def parse_config(text: str, path: Path, expected_name: str | None = None) -> LoadedConfig:

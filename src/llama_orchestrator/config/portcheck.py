@@ -9,13 +9,12 @@ claims to choose a port.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_orchestrator.config.gateway import GatewayConfig, parse_gateway
-from llama_orchestrator.config.loader import ConfigError, LoadedConfig
+from llama_orchestrator.config.loader import ConfigError, LoadedConfig, parse_json, read_text
 from llama_orchestrator.config.ports import PortHolder, port_holder
 from llama_orchestrator.config.verdict import Verdict
 from llama_orchestrator.home import Home
@@ -71,9 +70,10 @@ def configured_endpoints(home: Home, *, skip: str | None = None) -> dict[str, tu
     for name in home.instance_names():
         if name == skip:
             continue
+        path = home.config_path(name)
         try:
-            data = json.loads(home.config_path(name).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = parse_json(read_text(path), str(path))
+        except ConfigError:
             continue
         server = data.get("server") if isinstance(data, dict) else None
         server = server if isinstance(server, dict) else {}
@@ -94,8 +94,8 @@ def effective_gateway(home: Home) -> GatewayConfig | None:
         config = GatewayConfig()
     else:
         try:
-            config = parse_gateway(path.read_text(encoding="utf-8"), path)
-        except (OSError, UnicodeDecodeError, ConfigError):
+            config = parse_gateway(read_text(path), path)
+        except ConfigError:
             return None
     return config if config.enabled else None
 

@@ -8,7 +8,6 @@ memory): every instance of the home that loads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from llama_orchestrator.config.loader import (
     Problem,
     load_file,
     parse_config,
+    parse_json,
     read_text,
 )
 from llama_orchestrator.home import Home
@@ -56,19 +56,15 @@ class Entry:
         return first + list(self.schema_problems)
 
 
-def invalid_json(e: json.JSONDecodeError) -> str:
-    return f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-
-
 def load_entry(target: Target) -> Entry:
     try:
         text = read_text(target.path)
     except ConfigError as e:  # the one "(file)" problem: missing or unreadable
         return Entry(target, e.problems[0], (), None)
     try:
-        json.loads(text)
-    except json.JSONDecodeError as e:
-        return Entry(target, Problem(str(target.path), "(json)", invalid_json(e)), (), None)
+        parse_json(text, str(target.path))
+    except ConfigError as e:  # bad JSON, or past the loader's bounds
+        return Entry(target, e.problems[0], (), None)
     try:
         loaded = parse_config(text, target.path, target.label if target.check_name else None)
     except ConfigError as e:

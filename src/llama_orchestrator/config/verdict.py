@@ -23,6 +23,11 @@ def problem_text(p: Problem, *, with_file: bool = False) -> str:
     return f"{head}{p.field}: {p.message}{tail}"
 
 
+def json_row(p: Problem) -> str:
+    """A file's or its JSON's problem as the ``json`` row says it (its field when it has one)."""
+    return p.message if p.field in ("(json)", "(file)") else problem_text(p)
+
+
 def syntax_verdicts(json_error: str | None, schema_problems: Sequence[Problem]) -> list[Named]:
     """A file's ``json`` row, then its ``schema`` rows: one per problem, or one ok."""
     if json_error is not None:

@@ -13,7 +13,6 @@ the command line; the result is validated like any config.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +139,13 @@ def check_overlay(overlay: Any, where: str) -> dict[str, Any]:
 
 
 def read_user_template(path: Path) -> Template:
+    # The loader's door (issue 10): its bounds on size and depth, duplicate keys refused.
+    from llama_orchestrator.config.loader import ConfigError, parse_json, read_text
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise TemplateError(f"{path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise TemplateError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        data = parse_json(read_text(path), str(path))
+    except ConfigError as e:
+        raise TemplateError(str(e.problems[0])) from None
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: a template must be a JSON object")
     description = data.pop("description", "")
