@@ -130,3 +130,36 @@ def test_describe_cli_shows_the_recorded_command_of_a_running_server(
     assert data["binary"]["path"] == row["binary"]
     text = cli("describe", "alpha", env=other).stdout
     assert f"Command:        {shlex.join(row['cmdline'])}" in text.splitlines()
+
+
+def test_issue10_describe_of_a_running_instance_with_an_invalid_config_shows_its_runtime(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    """The bug: describe showed only the config error, hiding the server that still runs."""
+    cfg = write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    pid = json.loads(cli("ps", "--json").stdout)[0]["pid"]
+    cfg.write_text('{"name": "alpha", "model": {"path": 3}}')
+    out = cli("describe", "alpha", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["runtime"]["pid"] == pid and data["runtime"]["status"] == "running"
+    assert "model.path" in data["config_error"] and data["config"] is None
+    assert data["command_source"] == "recorded" and data["events"]
+    assert "invalid" in out.stderr
+    text = cli("describe", "alpha").stdout
+    assert f"  pid:            {pid}" in text.splitlines()
+    assert "Config error:" in text and "model.path" in text and "Events:" in text
+    assert "Command:" in text
+
+    # a record whose config folder is gone is described from the record alone
+    import shutil
+
+    shutil.rmtree(home.instance_dir("alpha"))
+    data = json.loads(cli("describe", "alpha", "--json").stdout)
+    assert data["runtime"]["pid"] == pid and data["config_removed"] is True
+    # a never-started instance with an invalid config still fails with the error
+    bad = write_config(home, "beta", tiny_model, free_port())
+    bad.write_text('{"name": "beta"}')
+    out = cli("describe", "beta")
+    assert out.returncode == 1 and "model" in out.stderr

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llama_orchestrator.cli.common import check_names, fail, home_of
+from llama_orchestrator.cli.common import check_names, fail, home_of, say
 
 
 def register(app: typer.Typer) -> None:
@@ -31,4 +31,8 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         except ConfigError as e:
             fail(f"invalid config:\n{e}")
+        if data.get("config_error"):
+            # described from its records: a server may still run with its old config
+            what = "was removed" if data.get("config_removed") else "is invalid"
+            say(f"warning: the config of {name} {what}; showing what the records hold")
         print(json.dumps(data, indent=2) if as_json else render_describe(data))

@@ -37,6 +37,86 @@ def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
     return {k: environ[k] for k in keys if k in environ}
 
 
+def _records(home: Home, name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The instance's state row (None: it never ran) and its recent events."""
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return None, []
+    try:
+        return store.get(name), store.events(name, 15)
+    finally:
+        store.close()
+
+
+def _runtime(
+    name: str, row: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """The runtime part of a description, and the recorded command line of a live server."""
+    if row is None:
+        return None, None
+    runtime = instance_status(name, row)
+    runtime.pop("name")
+    start = runtime["start_time"]
+    alive = runtime["status"] in ALIVE
+    runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
+    recorded = [str(a) for a in runtime["cmdline"]] if alive and runtime["cmdline"] else None
+    return runtime, recorded
+
+
+def _model_info(path: Any) -> dict[str, Any]:
+    from llama_orchestrator.models.header import GGUFError, read_model_info
+
+    try:
+        info = read_model_info(path).to_dict()
+    except (GGUFError, OSError) as e:
+        return {"error": str(e)}
+    info.pop("metadata")
+    return info
+
+
+def _from_record(
+    home: Home, name: str, row: dict[str, Any], events: list[dict[str, Any]], error: Exception
+) -> dict[str, Any]:
+    """What the records tell of an instance whose config no longer loads (issue 10): a
+    server may still run with the config it started with, and must stay visible."""
+    from llama_orchestrator.config.loader import ConfigError
+    from llama_orchestrator.config.schema import LogsConfig
+
+    runtime, recorded = _runtime(name, row)
+    assert runtime is not None
+    path = home.config_path(name)
+    removed = not isinstance(error, ConfigError)
+    data: dict[str, Any] = {
+        "name": name,
+        "config_file": str(path),
+        "config": None,
+        "config_error": f"{path} no longer exists (config removed)" if removed else str(error),
+        "config_removed": removed,
+        "model_file": runtime["model"],
+        "binary": {"error": "not recorded"},
+    }
+    if runtime["binary"]:
+        version = runtime["binary_version"]
+        data["binary"] = {"path": runtime["binary"], "source": "recorded", "version": version}
+    if recorded is not None:
+        data["command"] = recorded
+        data["command_line"] = shlex.join(recorded)
+        data["command_source"] = "recorded"
+    defaults = LogsConfig()
+    data["logs"] = {}
+    for stream, template in (("stdout", defaults.stdout), ("stderr", defaults.stderr)):
+        p = home.root / template.replace("{name}", name)  # what the server most likely uses
+        data["logs"][stream] = {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
+    data["runtime"] = runtime
+    data["events"] = events
+    data["model_info"] = (
+        _model_info(runtime["model"]) if runtime["model"] else {"error": "no model recorded"}
+    )
+    return data
+
+
 def describe_data(home: Home, name: str) -> dict[str, Any]:
     """Everything known about one instance; raises UnknownInstance or ConfigError.
 
@@ -44,40 +124,30 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     are the recorded ones, and the environment is read from the process: rebuilding them
     here would use this process's ``LLAMA_SERVER`` and ``CUDA_VISIBLE_DEVICES``, not the
     daemon's. Otherwise they are what a start would run, built here
-    (``command_source`` says which).
+    (``command_source`` says which). An instance with a record whose config is invalid
+    or removed is described from its record, with ``config_error`` saying why; without a
+    record the error is raised.
     """
-    from llama_orchestrator.config.loader import load_instance
+    from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
     from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
     from llama_orchestrator.engine.command import LaunchSpec, launch_spec, log_paths
-    from llama_orchestrator.models.header import GGUFError, read_model_info
-    from llama_orchestrator.state.db import StateStore
 
-    loaded = load_instance(home, name)  # raises UnknownInstance / ConfigError
+    row, events = _records(home, name)
+    try:
+        loaded = load_instance(home, name)
+    except (UnknownInstance, ConfigError) as e:
+        if row is None:
+            raise
+        return _from_record(home, name, row, events, e)
     data: dict[str, Any] = {
         "name": name,
         "config_file": str(loaded.path),
         "config": loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "config_error": None,
+        "config_removed": False,
         "model_file": str(loaded.model_path),
     }
-    store = StateStore.open_for_reading(home.db_path)
-    row: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = []
-    if store is not None:
-        try:
-            row = store.get(name)
-            events = store.events(name, 15)
-        finally:
-            store.close()
-    runtime: dict[str, Any] | None = None
-    recorded: list[str] | None = None
-    if row is not None:
-        runtime = instance_status(name, row)
-        runtime.pop("name")
-        start = runtime["start_time"]
-        alive = runtime["status"] in ALIVE
-        runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
-        if alive and runtime["cmdline"]:
-            recorded = [str(a) for a in runtime["cmdline"]]
+    runtime, recorded = _runtime(name, row)
 
     binary: ResolvedBinary | None = None
     spec: LaunchSpec | None = None
@@ -123,12 +193,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     }
     data["runtime"] = runtime
     data["events"] = events
-    try:
-        info = read_model_info(loaded.model_path).to_dict()
-        info.pop("metadata")
-        data["model_info"] = info
-    except GGUFError as e:
-        data["model_info"] = {"error": str(e)}
+    data["model_info"] = _model_info(loaded.model_path)
     return data
 
 
@@ -141,6 +206,9 @@ def render_describe(data: dict[str, Any]) -> str:
 
     line("Name", data["name"])
     line("Config", data["config_file"])
+    if data.get("config_error"):
+        out.append("Config error:")
+        out.extend(f"  {text}" for text in str(data["config_error"]).splitlines())
     line("Model", data["model_file"])
     mi = data.get("model_info") or {}
     if "error" in mi:
@@ -200,9 +268,10 @@ def render_describe(data: dict[str, Any]) -> str:
     for stream, info in (data.get("logs") or {}).items():
         size = "missing" if info["bytes"] is None else f"{info['bytes']} bytes"
         line(f"Log {stream}", f"{info['path']} ({size})")
-    out.append("Config (with defaults):")
-    for text in json.dumps(data["config"], indent=2).splitlines():
-        out.append(f"  {text}")
+    if data["config"] is not None:
+        out.append("Config (with defaults):")
+        for text in json.dumps(data["config"], indent=2).splitlines():
+            out.append(f"  {text}")
     if data["events"]:
         out.append("Events:")
         out.extend(f"  {event_line(e)}" for e in data["events"])
