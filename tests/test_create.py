@@ -193,7 +193,7 @@ def test_issue2_create_refuses_out_of_range_options(
 ) -> None:
     out = cli("create", "gemma", "--model", str(tiny_model), "--port", "9001", option, "999999999")
     assert out.returncode == 2
-    assert f"{field}: Input should be less than or equal to" in out.stderr
+    assert f"{option} 999999999 is out of range" in out.stderr and f"({field})" in out.stderr
     assert not home.instance_dir("gemma").exists()
 
 
@@ -202,3 +202,24 @@ def test_issue2_create_refuses_a_privileged_port(cli: Cli, home: Home, tiny_mode
     assert out.returncode == 2
     assert "server.port" in out.stderr
     assert not home.instance_dir("gemma").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "range_"),
+    [
+        ("--ctx", "0", "16 to 1048576"),
+        ("--threads", "0", "1 to 128"),
+        ("--ctx", "-1", "16 to 1048576"),
+        ("--threads", "999", "1 to 128"),
+        ("--port", "0", "1024 to 65535"),
+    ],
+)
+def test_issue10_create_zero_ctx_or_threads_is_a_usage_error(
+    cli: Cli, home: Home, tiny_model: Path, option: str, value: str, range_: str
+) -> None:
+    out = cli("create", "gemma", "--model", str(tiny_model), option, value)
+    assert out.returncode == 2, out.stderr
+    assert option in out.stderr and range_ in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not home.instance_dir("gemma").exists()
+

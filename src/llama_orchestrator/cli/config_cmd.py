@@ -111,6 +111,29 @@ def _build_config(
     }
 
 
+def _check_ranges(ctx_size: int | None, threads: int | None, port: int | None) -> None:
+    """Exit 2 naming the option and its range when a given number is out of it (issue 10).
+
+    Checked before anything else: ``--ctx 0`` once fell through ``x or default`` to the
+    default without a word.
+    """
+    from llama_orchestrator.config.schema import ModelConfig, ServerConfig, int_bounds
+
+    for option, value, model, field, section in (
+        ("--ctx", ctx_size, ModelConfig, "context_size", "model"),
+        ("--threads", threads, ModelConfig, "threads", "model"),
+        ("--port", port, ServerConfig, "port", "server"),
+    ):
+        if value is None:
+            continue
+        low, high = int_bounds(model, field)
+        if not low <= value <= high:
+            fail(
+                f"{option} {value} is out of range: use {low} to {high} ({section}.{field})",
+                EXIT_USAGE,
+            )
+
+
 def _choose_port(home: Home, name: str, host: str, port: int | None) -> int:
     from llama_orchestrator.config.portcheck import (
         configured_endpoints,
@@ -317,6 +340,7 @@ def register(app: typer.Typer) -> None:
         from llama_orchestrator.config.schema import InstanceConfig
 
         check_names([name])
+        _check_ranges(ctx_size, threads, port)
         home = home_of(ctx)
         overlay: dict[str, Any] = {}
         if template is not None:
@@ -344,8 +368,8 @@ def register(app: typer.Typer) -> None:
             model_path,
             host,
             chosen,
-            ctx_size or t_model.get("context_size") or 4096,
-            threads or t_model.get("threads") or min(8, os.cpu_count() or 1),
+            ctx_size if ctx_size is not None else t_model.get("context_size", 4096),
+            threads if threads is not None else t_model.get("threads", min(8, os.cpu_count() or 1)),
         )
         if overlay:
             from llama_orchestrator.templates import merge
@@ -354,7 +378,11 @@ def register(app: typer.Typer) -> None:
             data = merge(data, overlay)
             data["server"]["host"] = host
             data["model"].update(
-                {k: v for k, v in (("context_size", ctx_size), ("threads", threads)) if v}
+                {
+                    k: v
+                    for k, v in (("context_size", ctx_size), ("threads", threads))
+                    if v is not None
+                }
             )
         try:
             InstanceConfig.model_validate(data)

@@ -178,6 +178,17 @@ class InstanceConfig(_Strict):
         return v
 
 
+def int_bounds(model: type[BaseModel], field: str) -> tuple[int, int]:
+    """A bounded integer field's inclusive range, as its ``ge``/``le`` declare it."""
+    low = high = None
+    for rule in model.model_fields[field].metadata:
+        low = getattr(rule, "ge", low)
+        high = getattr(rule, "le", high)
+    if not (isinstance(low, int) and isinstance(high, int)):
+        raise ValueError(f"{model.__name__}.{field} has no integer range")
+    return low, high
+
+
 SCHEMA_FILENAME = "llama-instance-schema.json"
 
 
