@@ -177,3 +177,23 @@ def test_daemon_identity_by_start_ticks(home: Home) -> None:
     home.daemon_pid_path.write_text(json.dumps(dict(record, start_ticks=ticks + 1)))
     status = daemon_status(home)
     assert not status.running and status.stale_pid_file  # same PID, another process
+
+
+def test_issue10_ps_marks_an_instance_whose_config_was_removed(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    import shutil
+
+    write_config(home, "alpha", tiny_model, free_port())
+    write_config(home, "beta", tiny_model, free_port())
+    assert cli("up", "alpha", "beta").returncode == 0
+    shutil.rmtree(home.instance_dir("alpha"))
+    rows = {r["name"]: r for r in cli.json("ps", "--json")}
+    assert rows["alpha"]["config_removed"] is True and rows["alpha"]["status"] == "running"
+    assert rows["beta"]["config_removed"] is False
+    table = cli("ps").stdout.splitlines()
+    alpha = next(line for line in table if line.startswith("alpha"))
+    beta = next(line for line in table if line.startswith("beta"))
+    assert "running (config removed)" in alpha and "config removed" not in beta
+    # the filter still matches the plain status
+    assert cli("ps", "-q", "--filter", "status=running").stdout.split() == ["alpha", "beta"]

@@ -13,7 +13,13 @@ from typing import Any, TextIO
 
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
-from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime, instance_rows
+from llama_orchestrator.state.views import (
+    HEALTH_STYLE,
+    STATUS_STYLE,
+    format_uptime,
+    instance_rows,
+    status_label,
+)
 
 COLUMNS = (
     "NAME",
@@ -77,7 +83,7 @@ def render_table(rows: list[dict[str, Any]], color: bool) -> str:
             r["backend"] or "-",
             r["device"] or "-",
             r["model"] or "-",
-            r["status"],
+            status_label(r),
             r["health"] or "-",
             format_uptime(r["uptime_s"]),
             str(r["restarts"]),

@@ -24,7 +24,7 @@ from textual.widgets import DataTable, RichLog, Static
 from llama_orchestrator.client.control import DaemonStatus
 from llama_orchestrator.dashboard import data
 from llama_orchestrator.home import Home
-from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime
+from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime, status_label
 
 COLUMNS = (
     "NAME", "PID", "PORT", "BACKEND", "DEVICE", "MODEL", "STATUS", "HEALTH", "UPTIME", "RESTARTS"
@@ -52,7 +52,7 @@ def row_cells(row: dict[str, Any]) -> dict[str, Text]:
         "RESTARTS": str(row.get("restarts", 0)),
     }
     cells = {k: Text(v) for k, v in plain.items()}
-    cells["STATUS"] = Text(row["status"], style=STATUS_STYLE.get(row["status"], ""))
+    cells["STATUS"] = Text(status_label(row), style=STATUS_STYLE.get(row["status"], ""))
     cells["HEALTH"] = Text(health, style=HEALTH_STYLE.get(health, ""))
     return cells
 

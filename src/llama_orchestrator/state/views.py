@@ -116,12 +116,19 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
                 "restarts": s["restart_count"],
                 "desired": s["desired"],
                 "defined": name in defined,
+                # a record whose config folder was removed: it may still run (issue 10)
+                "config_removed": name not in defined,
                 "last_error": s["last_error"],
             }
         )
     if fresh:
         configcache.remember(home, fresh, keep=defined - set(records))
     return rows
+
+
+def status_label(row: dict[str, Any]) -> str:
+    """The STATUS cell: the state, and "(config removed)" for a record without a config."""
+    return f"{row['status']} (config removed)" if row.get("config_removed") else str(row["status"])
 
 
 def format_uptime(seconds: float | None) -> str:
