@@ -384,3 +384,19 @@ def test_issue5_instances_that_overfill_one_device_warn(
     if level == "warning":
         assert "Vulkan0 has 1 MiB" in memory[0].message
         assert "alpha" in memory[0].message and "beta" in memory[0].message
+
+
+def test_issue10_lint_symlinked_log_file_is_an_error(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.log"
+    outside.write_text("not ours\n")
+    write_config(home, "alpha", tiny_model, free_port())
+    loaded = load_file(home.config_path("alpha"))
+    out, _ = log_paths(loaded, home.root)
+    out.parent.mkdir(parents=True)
+    out.symlink_to(outside)
+    rows = lint_json(cli, "alpha", code=1)
+    logs = row(rows, "alpha", "logs-writable")
+    assert logs["level"] == "error"
+    assert f"{out} is a symbolic link" in logs["message"], logs

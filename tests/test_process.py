@@ -357,3 +357,25 @@ def test_start_marker_is_one_line(tmp_path: Path, reaper: list[int]) -> None:
         lines = log.read_text().splitlines()
         assert len(lines) == 1, lines
         assert lines[0].startswith("==== llama-orch: starting t at ")
+
+
+def test_issue10_symlinked_log_file_is_refused(tmp_path: Path, reaper: list[int]) -> None:
+    """A log path that is a symbolic link is not followed: outside files stay untouched."""
+    spec = spec_for(tmp_path, SLEEP)
+    outside = tmp_path / "elsewhere" / "precious.txt"
+    outside.parent.mkdir()
+    outside.write_text("keep me\n")
+    spec.stdout.parent.mkdir(parents=True)
+    spec.stdout.symlink_to(outside)
+    started: list[Any] = []
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        started.append(args)
+        raise AssertionError("the server must not start")
+
+    with pytest.raises(OSError) as e:
+        spawn(spec, "t", popen=popen)
+    assert e.value.filename == str(spec.stdout)
+    assert "symbolic link" in str(e.value.strerror)
+    assert not started
+    assert outside.read_text() == "keep me\n"

@@ -45,6 +45,12 @@ def _folder_problem(path: Path) -> str | None:
 
 def log_path_problem(log_file: Path) -> Verdict:
     """Can ``log_file`` be appended to (creating its folders if needed)?"""
+    if log_file.is_symlink():  # refused by the engine (issue 10): rotation would follow it
+        return "error", (
+            f"{log_file} is a symbolic link (to {os.readlink(log_file)}); the server refuses "
+            "it, since rotation would truncate the file it points to: remove the link, or "
+            "set logs.stdout/logs.stderr to the real path"
+        )
     if log_file.is_dir():
         return "error", f"{log_file} is a folder, not a log file"
     if log_file.exists() and not os.access(log_file, os.W_OK):

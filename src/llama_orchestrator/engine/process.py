@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -298,6 +299,34 @@ def _marker(spec: LaunchSpec, name: str) -> bytes:
     return f"==== llama-orch: starting {name} at {stamp}: {command}\n".encode()
 
 
+def _symlinked_log(path: Path) -> OSError:
+    why = (
+        "it is a symbolic link, and a server's log must be a plain file (rotation "
+        "truncates it): remove the link, or set logs.stdout/logs.stderr to the real path"
+    )
+    return OSError(errno.ELOOP, why, str(path))
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, never through a symbolic link (issue 10).
+
+    Followed, a link would let the server write, and log rotation truncate, a file
+    outside the home. ``O_NOFOLLOW`` refuses it atomically where the system has it;
+    elsewhere (Windows) the link is looked for first.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if not nofollow and path.is_symlink():
+        raise _symlinked_log(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | nofollow | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP and path.is_symlink():
+            raise _symlinked_log(path) from None
+        raise
+    return os.fdopen(fd, "ab")
+
+
 def spawn(
     spec: LaunchSpec,
     name: str,
@@ -317,7 +346,7 @@ def spawn(
     spec.stderr.parent.mkdir(parents=True, exist_ok=True)
     marker = _marker(spec, name)
     kwargs: dict[str, Any] = plat.spawn_kwargs()
-    with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+    with _open_log(spec.stdout) as out, _open_log(spec.stderr) as err:
         out.write(marker)
         err.write(marker)
         out.flush()
