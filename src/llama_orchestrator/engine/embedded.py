@@ -77,6 +77,41 @@ def _list_devices() -> int:
     return 0
 
 
+def _aliases(value: str) -> list[str]:
+    """``-a`` as llama-server reads it: one name, or several separated by commas."""
+    return [a.strip() for a in value.split(",") if a.strip()]
+
+
+def build_params(args: argparse.Namespace) -> Any:
+    """xllamacpp's ``CommonParams`` for the parsed flags."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.n_ctx = args.ctx_size
+    params.n_batch = args.batch_size
+    if args.threads > 0:
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
+    params.hostnames = [args.host]
+    params.port = args.port
+    params.timeout_read = args.timeout
+    params.timeout_write = args.timeout
+    params.n_parallel = args.parallel
+    params.n_gpu_layers = -1 if args.gpu_layers in ("all", "auto") else int(args.gpu_layers)
+    params.endpoint_metrics = args.metrics
+    params.endpoint_slots = not args.no_slots
+    if args.alias:
+        # A set of names in current builds: a string given there became its letters
+        # (issue 10); older builds took one string.
+        names = _aliases(args.alias)
+        current = params.model_alias
+        params.model_alias = ",".join(names) if isinstance(current, str) else set(names)
+    if args.api_key:
+        params.api_keys = [args.api_key]
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.version:
@@ -99,25 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import xllamacpp
 
-    params = xllamacpp.CommonParams()
-    params.model.path = args.model
-    params.n_ctx = args.ctx_size
-    params.n_batch = args.batch_size
-    if args.threads > 0:
-        params.cpuparams.n_threads = args.threads
-        params.cpuparams_batch.n_threads = args.threads
-    params.hostnames = [args.host]
-    params.port = args.port
-    params.timeout_read = args.timeout
-    params.timeout_write = args.timeout
-    params.n_parallel = args.parallel
-    params.n_gpu_layers = -1 if args.gpu_layers in ("all", "auto") else int(args.gpu_layers)
-    params.endpoint_metrics = args.metrics
-    params.endpoint_slots = not args.no_slots
-    if args.alias:
-        params.model_alias = args.alias
-    if args.api_key:
-        params.api_keys = [args.api_key]
+    params = build_params(args)
     try:
         server = xllamacpp.Server(params)
     except Exception as e:  # the engine's own reason, e.g. a model that fails to load
