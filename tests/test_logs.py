@@ -434,6 +434,52 @@ def test_closed_stdout_ends_quietly(cli: Cli, home: Home, tiny_model: Path) -> N
         assert "Traceback" not in err and "Broken pipe" not in err, err
 
 
+def test_logs_of_several_instances_are_prefixed_and_merged_by_time(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    """``logs a b``: one stream of both instances' lines by time, each line named."""
+    da = _instance(home, tiny_model, "syn")
+    db = _instance(home, tiny_model, "other")
+    ma, mb = _marker("syn", T0), _marker("other", T0 + 2)
+    (da / "stdout.log").write_text(ma + "a-out\n")
+    (da / "stderr.log").write_text(ma + "0.01.000.000 I a-1\n0.04.000.000 I a-4\n")
+    (db / "stdout.log").write_text(mb)
+    (db / "stderr.log").write_text(mb + "0.00.500.000 I b-2\n0.03.000.000 I b-5\n")
+    a, b = "syn   | ", "other | "
+    assert _lines(cli("logs", "syn", "other")) == [
+        a + ma.rstrip("\n"),
+        a + "a-out",
+        a + "0.01.000.000 I a-1",
+        b + mb.rstrip("\n"),
+        b + "0.00.500.000 I b-2",
+        a + "0.04.000.000 I a-4",
+        b + "0.03.000.000 I b-5",
+    ]
+    # --tail counts per instance, as docker compose logs does; -t and --prefix follow the name
+    assert _lines(cli("logs", "other", "syn", "--tail", "1", "-t", "--prefix", "--stderr")) == [
+        f"syn   | stderr| {format_time(T0 + 4)} 0.04.000.000 I a-4",
+        f"other | stderr| {format_time(T0 + 5)} 0.03.000.000 I b-5",
+    ]
+    # one instance, named twice, is one instance: no prefix, as before
+    assert _lines(cli("logs", "syn", "syn", "--stderr", "--tail", "1")) == ["0.04.000.000 I a-4"]
+    # following several: new lines of each, named
+    follower = Follower(cli, "syn", "other", "-f", "--tail", "1")
+    try:
+        follower.wait_line("syn   | 0.04.000.000 I a-4")
+        follower.wait_line("other | 0.03.000.000 I b-5")
+        _append(db / "stderr.log", "b-new\n")
+        follower.wait_line("other | b-new")
+        _append(da / "stdout.log", "a-new\n")
+        follower.wait_line("syn   | a-new")
+        rc, err = follower.interrupt()
+    finally:
+        follower.kill()
+    assert rc == 0 and "Traceback" not in err
+    # an unknown name among several fails before anything is shown
+    out = cli("logs", "syn", "nope")
+    assert out.returncode == 1 and "no instance named 'nope'" in out.stderr and out.stdout == ""
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 

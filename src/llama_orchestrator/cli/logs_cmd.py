@@ -1,8 +1,10 @@
-"""``llama-orch logs NAME``: an instance's stdout and stderr, like ``docker logs``.
+"""``llama-orch logs NAME...``: instances' stdout and stderr, like ``docker logs``.
 
 Both streams are shown by default, merged by each line's derived time (see logs/reader.py
 for how a time is worked out from the start markers and llama.cpp's own timestamps).
-Log lines go to stdout as written (bytes, unchanged); notes go to stderr.
+Log lines go to stdout as written (bytes, unchanged); notes go to stderr. Several
+instances are merged by time too, each line prefixed with its instance's name, as
+``docker compose logs`` does; ``--tail`` then counts per instance.
 
 Missing files, decided as ``docker logs`` would for an instance that has no output:
 
@@ -83,10 +85,12 @@ def _parse_tail(value: str | None) -> int | None:
     return n
 
 
-def _render(line: LogLine, timestamps: bool, prefix: bool) -> bytes:
+def _render(line: LogLine, timestamps: bool, prefix: bool, width: int) -> bytes:
     from llama_orchestrator.logs.reader import format_time
 
-    head = f"{line.stream}| " if prefix else ""
+    head = f"{line.source:<{width}} | " if line.source else ""
+    if prefix:
+        head += f"{line.stream}| "
     if timestamps:
         head += format_time(line.time) + " "
     return head.encode() + line.text + b"\n"
@@ -103,7 +107,7 @@ def _quiet_exit() -> typer.Exit:
 
 
 def _show(
-    logs: list[LogStream],
+    groups: list[list[LogStream]],
     out: BinaryIO,
     stop: threading.Event,
     *,
@@ -114,20 +118,61 @@ def _show(
     prefix: bool,
 ) -> None:
     from llama_orchestrator.logs.follow import follow as follow_logs
-    from llama_orchestrator.logs.reader import read_merged
+    from llama_orchestrator.logs.reader import read_instances
 
-    for line in read_merged(logs, tail=tail, since=since, partial=not follow):
+    width = max((len(log.source) for g in groups for log in g), default=0)
+    for line in read_instances(groups, tail=tail, since=since, partial=not follow):
         if stop.is_set():
             return
-        out.write(_render(line, timestamps, prefix))
+        out.write(_render(line, timestamps, prefix, width))
     out.flush()
     if not follow:
         return
+    logs = [log for g in groups for log in g]
     for batch in follow_logs(logs, stop, note=lambda m: say(f"note: {m}")):
         for line in batch:
             if since is None or line.time >= since:
-                out.write(_render(line, timestamps, prefix))
+                out.write(_render(line, timestamps, prefix, width))
         out.flush()
+
+
+def _open(
+    home: Home, name: str, paths: dict[str, Path], chosen: list[str], follow: bool, source: str
+) -> list[LogStream] | None:
+    """The chosen streams of one instance, opened; None when it has nothing to show.
+
+    Missing files are decided as the module docstring says: a note, or an error (exit 1).
+    """
+    from llama_orchestrator.logs.reader import open_stream
+
+    logs: list[LogStream] = []
+    try:
+        for stream in chosen:
+            logs.append(open_stream(stream, paths[stream], source=source))
+    except BaseException:
+        for log in logs:
+            log.close()
+        raise
+    present = [log for log in logs if log.files]
+    if not present:
+        listing = ", ".join(str(paths[s]) for s in chosen)
+        if not _ever_started(home, name, paths):
+            say(
+                f"{name} has not been started yet: no logs"
+                + ("; waiting for them (Ctrl+C to stop)" if follow else "")
+            )
+            if not follow:
+                return None
+        elif follow:
+            say(f"note: the log files of {name} are missing ({listing}); waiting for them")
+        else:
+            for log in logs:
+                log.close()
+            fail(f"the log files of {name} are missing (deleted?): {listing}")
+    elif len(present) < len(logs):
+        gone = next(log for log in logs if not log.files)
+        say(f"note: {gone.live_path} is missing; showing {name}'s {present[0].stream} only")
+    return logs
 
 
 def register(app: typer.Typer) -> None:
@@ -135,18 +180,27 @@ def register(app: typer.Typer) -> None:
         epilog="Examples:\n\n"
         "  llama-orch logs gemma --tail 50\n\n"
         "  llama-orch logs gemma -f --since 10m\n\n"
-        "  llama-orch logs gemma --stderr -t | grep -i error"
+        "  llama-orch logs gemma --stderr -t | grep -i error\n\n"
+        "  llama-orch logs gemma qwen -f --tail 10"
     )
     def logs(
         ctx: typer.Context,
-        name: Annotated[str, typer.Argument(help="Instance name.")],
+        names: Annotated[
+            list[str],
+            typer.Argument(
+                metavar="NAME...",
+                help="Instance names; lines of several are merged by time, each named.",
+                show_default=False,
+            ),
+        ],
         tail: Annotated[
             str | None,
             typer.Option(
                 "--tail",
                 "-n",
                 metavar="N",
-                help="Show the last N lines of the chosen streams together (default: all).",
+                help="Show the last N lines of the chosen streams together, per instance "
+                "(default: all).",
             ),
         ] = None,
         follow: Annotated[
@@ -185,17 +239,19 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--prefix", help="Prefix each line with 'stdout|' or 'stderr|'.")
         ] = False,
     ) -> None:
-        """Show an instance's logs (stdout and stderr, merged by time), like docker logs.
+        """Show instances' logs (stdout and stderr, merged by time), like docker logs.
 
         Reads the rotated files too. Line times are derived from the start markers and
         llama.cpp's own timestamps, so the merge of the two streams is approximate.
+        With several instances each line starts with its instance's name.
 
         Examples: llama-orch logs gemma -f --tail 50; llama-orch logs gemma --since 10m -t
         """
-        from llama_orchestrator.logs.reader import LogReadError, SinceError, open_stream
+        from llama_orchestrator.logs.reader import LogReadError, SinceError
         from llama_orchestrator.logs.reader import parse_since as parse_when
 
-        check_names([name])
+        names = list(dict.fromkeys(names))
+        check_names(names)
         if stdout_only and stderr_only:
             fail("--stdout and --stderr exclude each other (give neither for both)", EXIT_USAGE)
         n = _parse_tail(tail)
@@ -204,30 +260,18 @@ def register(app: typer.Typer) -> None:
         except SinceError as e:
             fail(str(e), EXIT_USAGE)
         home = home_of(ctx)
-        paths = _paths(home, name)
+        paths = {name: _paths(home, name) for name in names}  # unknown names fail here
         chosen = ["stdout"] if stdout_only else ["stderr"] if stderr_only else ["stdout", "stderr"]
-        logs: list[LogStream] = []
+        groups: list[list[LogStream]] = []
         stop = threading.Event()
         try:
-            for stream in chosen:
-                logs.append(open_stream(stream, paths[stream]))
-            present = [log for log in logs if log.files]
-            if not present:
-                listing = ", ".join(str(paths[s]) for s in chosen)
-                if not _ever_started(home, name, paths):
-                    say(
-                        f"{name} has not been started yet: no logs"
-                        + ("; waiting for them (Ctrl+C to stop)" if follow else "")
-                    )
-                    if not follow:
-                        return
-                elif follow:
-                    say(f"note: the log files of {name} are missing ({listing}); waiting for them")
-                else:
-                    fail(f"the log files of {name} are missing (deleted?): {listing}")
-            elif len(present) < len(logs):
-                gone = next(log for log in logs if not log.files)
-                say(f"note: {gone.live_path} is missing; showing {name}'s {present[0].stream} only")
+            for name in names:
+                source = name if len(names) > 1 else ""
+                group = _open(home, name, paths[name], chosen, follow, source)
+                if group is not None:
+                    groups.append(group)
+            if not groups:
+                return
             if sys.stdout is None:
                 raise _quiet_exit()
             # Ctrl+C only records; the reading and following loops notice and end cleanly.
@@ -235,7 +279,7 @@ def register(app: typer.Typer) -> None:
             try:
                 sys.stdout.flush()
                 _show(
-                    logs,
+                    groups,
                     sys.stdout.buffer,
                     stop,
                     tail=n,
@@ -251,7 +295,8 @@ def register(app: typer.Typer) -> None:
         except LogReadError as e:
             fail(str(e))
         except OSError as e:
-            fail(f"cannot read the logs of {name}: {e}")
+            fail(f"cannot read the logs of {', '.join(names)}: {e}")
         finally:
-            for log in logs:
-                log.close()
+            for group in groups:
+                for log in group:
+                    log.close()

@@ -15,6 +15,7 @@ from llama_orchestrator.logs.reader import (
     format_time,
     open_stream,
     parse_since,
+    read_instances,
     read_merged,
     rotated_chain,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "format_time",
     "open_stream",
     "parse_since",
+    "read_instances",
     "read_merged",
     "rotated_chain",
 ]

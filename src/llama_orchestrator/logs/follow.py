@@ -41,6 +41,7 @@ class _Follower:
         clock: Callable[[], float],
     ) -> None:
         self.stream = log.stream
+        self.source = log.source
         self.path = log.live_path
         self.opener = opener
         self.note = note
@@ -201,7 +202,7 @@ def follow(
             now = clock()
             for fo in followers:
                 for text in fo.poll():
-                    line = LogLine(now, fo.stream, text)
+                    line = LogLine(now, fo.stream, text, fo.source)
                     if twins.show(line):
                         batch.append(line)
             yield batch

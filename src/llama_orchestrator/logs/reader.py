@@ -62,6 +62,7 @@ class LogLine(NamedTuple):
     time: float  # derived wall time (see the module docstring)
     stream: str  # "stdout" or "stderr"
     text: bytes  # without its newline
+    source: str = ""  # the instance, when several are shown together
 
 
 class LogReadError(OSError):
@@ -235,6 +236,7 @@ class LogStream:
     stream: str
     live_path: Path
     files: list[_File] = field(default_factory=list)
+    source: str = ""  # the instance it belongs to, carried onto its lines
 
     @property
     def live(self) -> _File | None:
@@ -271,9 +273,11 @@ class LogStream:
         return live.end if cut < 0 and start > 0 else start + cut + 1
 
 
-def open_stream(stream: str, live_path: Path, opener: Opener = open_binary) -> LogStream:
+def open_stream(
+    stream: str, live_path: Path, opener: Opener = open_binary, *, source: str = ""
+) -> LogStream:
     """Open every file of a stream's chain; raises LogReadError naming an unreadable file."""
-    log = LogStream(stream, live_path)
+    log = LogStream(stream, live_path, source=source)
     try:
         for path in rotated_chain(live_path):
             try:
@@ -393,7 +397,7 @@ def _forward(log: LogStream, start: _Start, *, partial: bool) -> Iterator[LogLin
                 continue
             if not complete and fl is live and not partial:
                 break  # an unfinished last line: the follower prints it once it is whole
-            yield LogLine(last, log.stream, text)
+            yield LogLine(last, log.stream, text, log.source)
 
 
 def read_merged(
@@ -429,3 +433,19 @@ def read_merged(
     # were sized when opened, so both passes see the same lines.
     total = sum(1 for _ in merged())
     yield from itertools.islice(merged(), max(0, total - tail), None)
+
+
+def read_instances(
+    groups: list[list[LogStream]],
+    *,
+    tail: int | None = None,
+    since: float | None = None,
+    partial: bool = True,
+) -> Iterator[LogLine]:
+    """Several instances' streams (one group each) merged by derived time.
+
+    ``tail`` counts per instance, as ``docker compose logs --tail`` does; within a
+    group everything is as :func:`read_merged` gives it.
+    """
+    per_instance = [read_merged(g, tail=tail, since=since, partial=partial) for g in groups]
+    yield from heapq.merge(*per_instance, key=lambda ln: ln.time)
