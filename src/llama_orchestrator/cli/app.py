@@ -24,6 +24,7 @@ from llama_orchestrator.cli import (
     lifecycle,
     logs_cmd,
     service_cmd,
+    stats_cmd,
 )
 
 app = typer.Typer(
@@ -68,6 +69,7 @@ config_cmd.register(app)
 lifecycle.register(app)
 describe_cmd.register(app)
 logs_cmd.register(app)
+stats_cmd.register(app)
 health_cmd.register(app)
 daemon_cmd.register(app)
 info_cmd.register(app)

@@ -30,6 +30,18 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def quiet_exit() -> typer.Exit:
+    """stdout was closed (``| head``): stop writing, exit 0 without a traceback."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return typer.Exit(0)
+
+
 def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:
     say(f"error: {message}")
     raise typer.Exit(code)

@@ -17,7 +17,6 @@ Missing files, decided as ``docker logs`` would for an instance that has no outp
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
-from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of, say
+from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of, quiet_exit, say
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
@@ -94,16 +93,6 @@ def _render(line: LogLine, timestamps: bool, prefix: bool, width: int) -> bytes:
     if timestamps:
         head += format_time(line.time) + " "
     return head.encode() + line.text + b"\n"
-
-
-def _quiet_exit() -> typer.Exit:
-    """stdout was closed (``| head``): stop writing, exit 0 without a traceback."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-    return typer.Exit(0)
 
 
 def _show(
@@ -273,7 +262,7 @@ def register(app: typer.Typer) -> None:
             if not groups:
                 return
             if sys.stdout is None:
-                raise _quiet_exit()
+                raise quiet_exit()
             # Ctrl+C only records; the reading and following loops notice and end cleanly.
             previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
             try:
@@ -289,7 +278,7 @@ def register(app: typer.Typer) -> None:
                     prefix=prefix,
                 )
             except BrokenPipeError:
-                raise _quiet_exit() from None
+                raise quiet_exit() from None
             finally:
                 signal.signal(signal.SIGINT, previous)
         except LogReadError as e:
