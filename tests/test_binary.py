@@ -63,9 +63,27 @@ def test_order_config_env_home_path_embedded(world: dict[str, Path]) -> None:
     assert r.argv_prefix == [sys.executable, "-m", EMBEDDED_MODULE]
 
 
-def test_empty_values_fall_through(world: dict[str, Path]) -> None:
-    r = resolve_binary("", Home(world["root"]), environ={"LLAMA_SERVER": ""})
+def test_empty_env_value_falls_through(world: dict[str, Path]) -> None:
+    r = resolve_binary(None, Home(world["root"]), environ={"LLAMA_SERVER": ""})
     assert r.source == "home"
+
+
+def test_issue10_binary_empty_string_is_a_config_problem(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """``"binary": ""`` ran the embedded engine (or whatever came next) without a word."""
+    config = tmp_path / "inst" / "config.json"
+    with pytest.raises(BinaryError) as e:
+        resolve_binary("", Home(world["root"]), config_dir=config.parent, environ={})
+    assert str(e.value).startswith(f"{config}: binary: must not be empty"), str(e.value)
+    assert "embedded" in str(e.value) and "remove the field" in str(e.value)
+    from pydantic import ValidationError
+
+    from llama_orchestrator.config.schema import InstanceConfig
+
+    for empty in ("", "  "):
+        with pytest.raises(ValidationError, match="remove the field"):
+            InstanceConfig.model_validate({"name": "ab", "model": {"path": "m"}, "binary": empty})
 
 
 def test_non_executable_home_binary_is_skipped(world: dict[str, Path]) -> None:
@@ -134,11 +152,30 @@ def test_non_executable_names_the_path(tmp_path: Path) -> None:
     assert str(f) in str(e.value)
 
 
-def test_directory_is_not_a_binary(tmp_path: Path) -> None:
+def test_issue10_binary_directory_is_reported_as_a_directory(tmp_path: Path) -> None:
     d = tmp_path / "adir"
     d.mkdir()
-    with pytest.raises(BinaryError, match="does not exist"):
-        resolve_binary(str(d), Home(tmp_path / "h"), environ={})
+    for configured, env in ((str(d), {}), (None, {"LLAMA_SERVER": str(d)})):
+        with pytest.raises(BinaryError) as e:
+            resolve_binary(configured, Home(tmp_path / "h"), environ=env)
+        assert "is a directory" in str(e.value) and "does not exist" not in str(e.value)
+        assert str(d) in str(e.value)
+
+
+def test_issue10_binary_errors_name_the_config_file(tmp_path: Path) -> None:
+    inst = tmp_path / "instances" / "alpha"
+    missing = tmp_path / "nope" / "llama-server"
+    with pytest.raises(BinaryError) as e:
+        resolve_binary(str(missing), Home(tmp_path / "h"), config_dir=inst, environ={})
+    assert str(e.value) == f"{inst / 'config.json'}: binary: {missing} does not exist"
+    with pytest.raises(BinaryError) as e:
+        resolve_binary("tools/srv", Home(tmp_path / "h"), config_dir=inst, environ={})
+    assert str(e.value).endswith(f"{inst / 'tools' / 'srv'} does not exist ('tools/srv')")
+    other = tmp_path / "elsewhere.json"
+    with pytest.raises(BinaryError) as e:
+        resolve_binary("no-such-server", Home(tmp_path / "h"), config_file=other, environ={})
+    assert str(e.value) == f"{other}: binary: 'no-such-server' is not on PATH", str(e.value)
+    assert e.value.field == "binary" and e.value.value == "no-such-server"
 
 
 def test_version_from_stderr(tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ def test_issue2_lint_clean_config_reports_every_check(
         "json",
         "schema",
         "model",
+        "binary",
         "port-unique",
         "port-free",
         "gpu-device",
@@ -241,7 +242,8 @@ def test_issue2_lint_gpu_undetectable_is_a_warning(
         binary=str(tmp_path / "absent"),
         gpu={"backend": "metal"},
     )
-    rows = lint_json(cli)
+    rows = lint_json(cli, code=1)  # beta's missing binary is an error of its own (issue 10)
+    assert row(rows, "beta", "binary")["level"] == "error"
     broken = row(rows, "alpha", "gpu-device")
     assert broken["level"] == "warning"
     assert broken["message"] == "cannot detect devices: exit code 127: libvulkan.so.1: cannot open"
@@ -400,3 +402,28 @@ def test_issue10_lint_symlinked_log_file_is_an_error(
     logs = row(rows, "alpha", "logs-writable")
     assert logs["level"] == "error"
     assert f"{out} is a symbolic link" in logs["message"], logs
+
+
+def test_issue10_lint_checks_the_binary(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain-server"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    write_config(home, "alpha", tiny_model, free_port(), binary=str(tmp_path / "missing"))
+    write_config(home, "beta", tiny_model, free_port(), binary=str(folder))
+    write_config(home, "gamma", tiny_model, free_port(), binary=str(plain))
+    write_config(home, "delta", tiny_model, free_port(), binary="embedded")
+    write_config(home, "eps", tiny_model, free_port())
+    rows = lint_json(cli, code=1)
+    alpha, beta, gamma = (row(rows, n, "binary") for n in ("alpha", "beta", "gamma"))
+    assert alpha["level"] == beta["level"] == gamma["level"] == "error"
+    assert alpha["message"].startswith(f"binary: {tmp_path / 'missing'} does not exist")
+    assert beta["message"].startswith(f"binary: {folder} is a directory"), beta
+    assert gamma["message"].startswith(f"binary: {plain} is not executable"), gamma
+    delta = row(rows, "delta", "binary")
+    assert delta["level"] == "ok" and "embedded" in delta["message"], delta
+    eps = row(rows, "eps", "binary")  # the cli fixture sets LLAMA_SERVER=embedded
+    assert eps["level"] == "ok" and "LLAMA_SERVER" in eps["message"], eps

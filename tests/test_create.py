@@ -222,4 +222,3 @@ def test_issue10_create_zero_ctx_or_threads_is_a_usage_error(
     assert option in out.stderr and range_ in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not home.instance_dir("gemma").exists()
-

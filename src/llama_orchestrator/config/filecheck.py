@@ -1,4 +1,5 @@
-"""The files an instance reads and writes: its model (``model``), its logs (``logs-writable``)."""
+"""The files an instance uses: its model (``model``), the llama-server that runs it
+(``binary``), its logs (``logs-writable``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,30 @@ def model_verdict(cfg: LoadedConfig) -> Verdict:
     if reason:
         return "error", f"model file {path} {reason}"
     return "ok", f"GGUF model {path} ({path.stat().st_size / 2**20:.1f} MiB)"
+
+
+_FROM = {
+    "config 'binary'": "from binary",
+    "LLAMA_SERVER": "from LLAMA_SERVER",
+    "home": "from the home's bin folder",
+    "PATH": "found on PATH",
+}
+
+
+def binary_verdict(cfg: LoadedConfig, home: Home) -> Verdict:
+    """The llama-server that would run ``cfg`` resolves and is executable (issue 10)."""
+    from llama_orchestrator.engine.binary import BinaryError, resolve_binary
+
+    try:
+        found = resolve_binary(cfg.config.binary, home, config_file=cfg.path)
+    except BinaryError as e:
+        return "error", e.detail
+    if found.path is None:
+        if found.source == "embedded":
+            why = "no llama-server in binary, LLAMA_SERVER, the home's bin folder or PATH"
+            return "ok", f"embedded engine (xllamacpp): {why}"
+        return "ok", f"embedded engine (xllamacpp), {_FROM[found.source]}"
+    return "ok", f"{found.path} ({_FROM[found.source]}, executable)"
 
 
 def server_log_paths(cfg: LoadedConfig, home: Home) -> list[Path]:

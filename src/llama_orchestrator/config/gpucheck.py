@@ -100,7 +100,7 @@ class GpuChecks:
         from llama_orchestrator.engine.binary import BinaryError, resolve_binary
 
         try:
-            binary = resolve_binary(cfg.config.binary, self.home, config_dir=cfg.path.parent)
+            binary = resolve_binary(cfg.config.binary, self.home, config_file=cfg.path)
         except BinaryError as e:
             return "?", str(e)
         return binary.display, self._devices([*binary.argv_prefix, "--list-devices"])

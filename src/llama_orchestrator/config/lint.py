@@ -3,7 +3,8 @@
 ``validate`` answers "can these configs be started?" with :class:`Problem` lines
 (schema, folder name, model file, port clashes). ``lint`` is the full report: one row per
 check and instance, including what only the machine can tell (a port held by another
-process, a GPU device the binary cannot see, a log folder that cannot be written).
+process, a llama-server that is missing, a GPU device the binary cannot see, a log folder
+that cannot be written).
 
 With ``gateway=True`` both also check ``gateway.json`` when it exists; lint reports it as
 the pseudo-instance ``(gateway)``, a label no instance name can take.
@@ -22,7 +23,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llama_orchestrator.config.filecheck import logs_verdict, model_verdict, server_log_paths
+from llama_orchestrator.config.filecheck import (
+    binary_verdict,
+    logs_verdict,
+    model_verdict,
+    server_log_paths,
+)
 from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.gatewaycheck import gateway_checks
 from llama_orchestrator.config.gpucheck import GpuChecks, Runner, run_tool, tool_devices
@@ -162,6 +168,7 @@ class Linter:
         """What the machine says about a config that loads, in report order."""
         return [
             ("model", model_verdict(cfg)),
+            ("binary", binary_verdict(cfg, self.home)),
             ("port-unique", port_unique(cfg, clashes, self.gateway, self.home)),
             ("port-free", self.ports.instance_free(cfg)),
             ("gpu-device", self.gpu.device(cfg)),

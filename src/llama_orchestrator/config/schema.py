@@ -169,6 +169,16 @@ class InstanceConfig(_Strict):
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
+    @field_validator("binary")
+    @classmethod
+    def _binary_not_empty(cls, v: str | None) -> str | None:
+        # "" once fell through to whatever llama-server came next (issue 10).
+        if v is not None and not v.strip():
+            raise ValueError(
+                "must not be empty: remove the field to find llama-server, or use 'embedded'"
+            )
+        return v
+
     @field_validator("env")
     @classmethod
     def _env_keys(cls, v: dict[str, str]) -> dict[str, str]:

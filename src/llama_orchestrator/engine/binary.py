@@ -30,10 +30,31 @@ ENV_BINARY = "LLAMA_SERVER"
 EMBEDDED = "embedded"
 EMBEDDED_MODULE = "llama_orchestrator.engine.embedded"
 BASE_NAME = "llama-server"
+SOURCE_CONFIG = "config 'binary'"
 
 
 class BinaryError(OrchestratorError, RuntimeError):
-    pass
+    """The llama-server named by ``field`` (``binary`` of a config, or ``LLAMA_SERVER``)
+    cannot be used: ``file: field: reason (value)``, as config problems read (issue 10)."""
+
+    def __init__(self, field: str, reason: str, value: str, file: Path | None = None) -> None:
+        self.field, self.reason, self.value, self.file = field, reason, value, file
+        if file is not None:
+            head = f"{file}: {field}"
+        else:  # no file to name: say where the value came from
+            head = "config 'binary'" if field == "binary" else field
+        super().__init__(f"{head}: {self._said()}")
+
+    def _said(self) -> str:
+        """The reason, then the value as written unless the reason shows it already."""
+        v = self.value
+        shown = bool(v.strip()) and (self.reason.startswith(f"{v} ") or repr(v) in self.reason)
+        return self.reason if shown else f"{self.reason} ({self.value!r})"
+
+    @property
+    def detail(self) -> str:
+        """The problem without its file: ``field: reason (value)``."""
+        return f"{self.field}: {self._said()}"
 
 
 @dataclass(frozen=True)
@@ -79,9 +100,21 @@ def _binary_version(path: str, mtime_ns: int) -> str | None:
     return None
 
 
-def _explicit(value: str, source: str, base: Path | None, plat: Platform) -> ResolvedBinary:
+_EMPTY = "must not be empty: remove the field to find llama-server, or use 'embedded'"
+
+
+def _explicit(
+    value: str, source: str, base: Path | None, plat: Platform, file: Path | None = None
+) -> ResolvedBinary:
+    field = "binary" if source == SOURCE_CONFIG else source
+
+    def refuse(reason: str) -> BinaryError:
+        return BinaryError(field, reason, value, file)
+
     if value == EMBEDDED:
         return ResolvedBinary("embedded", source, None)
+    if not value.strip():
+        raise refuse(_EMPTY)
     p = Path(value).expanduser()
     is_path = plat.has_dir_component(value)
     if not p.is_absolute() and base is not None and is_path:
@@ -89,15 +122,17 @@ def _explicit(value: str, source: str, base: Path | None, plat: Platform) -> Res
     if not p.is_absolute() and not is_path:
         found = plat.which(value)
         if found is None:
-            raise BinaryError(f"{source}: {value!r} is not on PATH")
+            raise refuse(f"{value!r} is not on PATH")
         p = Path(found)
     else:
         # "C:\\llama\\llama-server" means llama-server.exe on Windows.
         p = next((c for c in plat.exe_candidates(p) if c.is_file()), p)
+    if p.is_dir():
+        raise refuse(f"{p} is a directory, not a llama-server executable")
     if not p.is_file():
-        raise BinaryError(f"{source}: llama-server binary {str(p)!r} does not exist")
+        raise refuse(f"{p} does not exist")
     if not plat.is_executable(p):
-        raise BinaryError(f"{source}: llama-server binary {str(p)!r} is not executable")
+        raise refuse(f"{p} is not executable")
     return ResolvedBinary("binary", source, p)
 
 
@@ -106,13 +141,23 @@ def resolve_binary(
     home: Home,
     *,
     config_dir: Path | None = None,
+    config_file: Path | None = None,
     environ: dict[str, str] | None = None,
     platform: Platform | None = None,
 ) -> ResolvedBinary:
+    """The llama-server to run; BinaryError when the one asked for cannot be used.
+
+    ``config_file`` is named in the errors of ``binary``; without it, an instance's
+    ``config.json`` in ``config_dir`` is (where the home keeps every instance's config).
+    """
     plat = platform or current_platform()
     env = os.environ if environ is None else environ
-    if configured:
-        return _explicit(configured, "config 'binary'", config_dir, plat)
+    if config_file is not None:
+        config_dir = config_dir or config_file.parent
+    elif config_dir is not None:
+        config_file = config_dir / "config.json"
+    if configured is not None:  # "" too: a config problem, not "use the default" (issue 10)
+        return _explicit(configured, SOURCE_CONFIG, config_dir, plat, config_file)
     from_env = env.get(ENV_BINARY)
     if from_env:
         return _explicit(from_env, ENV_BINARY, None, plat)
