@@ -12,6 +12,7 @@ import typer
 
 from llama_orchestrator import __version__
 from llama_orchestrator.cli import (
+    chat_cmd,
     config_cmd,
     daemon_cmd,
     dashboard_cmd,
@@ -70,6 +71,7 @@ lifecycle.register(app)
 describe_cmd.register(app)
 logs_cmd.register(app)
 stats_cmd.register(app)
+chat_cmd.register(app)
 health_cmd.register(app)
 daemon_cmd.register(app)
 info_cmd.register(app)

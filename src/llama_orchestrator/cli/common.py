@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:
+    from llama_orchestrator.client.control import Client
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -63,6 +66,20 @@ def http_url(host: object, port: object) -> str:
     """``http://host:port``, with an IPv6 address in brackets (``http://[::1]:8001``)."""
     h = str(host)
     return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+
+
+def daemon_client(home: Home) -> Client:
+    """A client of the daemon, starting it when none runs (and saying so); exit 1 when
+    it cannot be started or reached."""
+    from llama_orchestrator.client.control import DaemonError, ensure_daemon
+
+    try:
+        client, started = ensure_daemon(home)
+    except DaemonError as e:
+        fail(str(e))
+    if started:
+        say("started the daemon")
+    return client
 
 
 def require_known(home: Home, names: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from llama_orchestrator.cli.common import (
     EXIT_FAIL,
     EXIT_USAGE,
     check_names,
+    daemon_client,
     fail,
     home_of,
     http_url,
@@ -83,15 +84,7 @@ def _validate(client: Client, names: list[str]) -> None:
 
 
 def _client(home: Home) -> Client:
-    from llama_orchestrator.client.control import DaemonError, ensure_daemon
-
-    try:
-        client, started = ensure_daemon(home)
-    except DaemonError as e:
-        fail(str(e))
-    if started:
-        say("started the daemon")
-    return client
+    return daemon_client(home)
 
 
 def _report(name: str, body: dict[str, Any], verb: str) -> bool:
