@@ -427,3 +427,26 @@ def test_issue10_lint_checks_the_binary(
     assert delta["level"] == "ok" and "embedded" in delta["message"], delta
     eps = row(rows, "eps", "binary")  # the cli fixture sets LLAMA_SERVER=embedded
     assert eps["level"] == "ok" and "LLAMA_SERVER" in eps["message"], eps
+
+
+def test_issue10_lint_truncated_and_unknown_version_gguf_are_errors(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    data = tiny_model.read_bytes()
+    half = tmp_path / "half.gguf"  # a partial download: the header whole, the tensors not
+    half.write_bytes(data[: len(data) // 2])
+    header_cut = tmp_path / "cut.gguf"  # cut inside the header itself
+    header_cut.write_bytes(data[:64])
+    future = tmp_path / "future.gguf"
+    future.write_bytes(data[:4] + (99).to_bytes(4, "little") + data[8:])
+    for name, model in (("half", half), ("cut", header_cut), ("future", future)):
+        write_config(home, name, model, free_port())
+    write_config(home, "whole", tiny_model, free_port())
+    rows = lint_json(cli, code=1)
+    for name in ("half", "cut", "future"):
+        assert row(rows, name, "model")["level"] == "error", row(rows, name, "model")
+    assert "truncated" in row(rows, "half", "model")["message"]
+    assert "truncated" in row(rows, "cut", "model")["message"]
+    assert "version 99" in row(rows, "future", "model")["message"]
+    whole = row(rows, "whole", "model")
+    assert whole["level"] == "ok" and "GGUF v3" in whole["message"], whole

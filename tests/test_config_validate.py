@@ -357,6 +357,22 @@ def test_model_file_unreadable(tmp_path: Path, tiny_model: Path) -> None:
 def test_model_file_reads_only_the_header(tmp_path: Path) -> None:
     huge = tmp_path / "huge.gguf"
     with huge.open("wb") as f:
-        f.write(b"GGUF")
+        f.write(b"GGUF\x03\x00\x00\x00")
         f.truncate(64 * 2**30)  # sparse: reading it whole would take minutes and memory
     assert model_file_problem(huge) is None
+
+
+def test_issue10_model_file_of_an_unknown_gguf_version_is_refused(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data = tiny_model.read_bytes()
+    for version in (0, 1, 4, 99):
+        odd = tmp_path / f"v{version}.gguf"
+        odd.write_bytes(data[:4] + version.to_bytes(4, "little") + data[8:])
+        assert model_file_problem(odd) == (
+            f"is GGUF version {version}, which llama-server does not read (it reads 2 and 3)"
+        )
+    short = tmp_path / "short.gguf"
+    short.write_bytes(b"GGUF\x03")
+    assert model_file_problem(short) == "is truncated (only 5 bytes)"
+    assert model_file_problem(tiny_model) is None

@@ -15,11 +15,23 @@ from llama_orchestrator.home import Home
 
 
 def model_verdict(cfg: LoadedConfig) -> Verdict:
+    """A GGUF model whose whole header reads (issue 10): the walker that ``fit`` uses finds
+    a header cut short, and tensor data that ends before the tensors do (a partial
+    download). Only the header is read, over an mmap."""
+    from llama_orchestrator.models.fit import tensor_sizes
+    from llama_orchestrator.models.header import GGUFError, read_model_info
+
     path = cfg.model_path
     reason = model_file_problem(path)
     if reason:
         return "error", f"model file {path} {reason}"
-    return "ok", f"GGUF model {path} ({path.stat().st_size / 2**20:.1f} MiB)"
+    try:
+        info = read_model_info(path)
+        tensor_sizes(path, info.layers or 0)
+    except GGUFError as e:
+        return "error", f"model file {path}: {str(e).removeprefix(f'{path}: ')}"
+    size = info.file_size / 2**20
+    return "ok", f"GGUF v{info.gguf_version} model {path} ({size:.1f} MiB)"
 
 
 _FROM = {
