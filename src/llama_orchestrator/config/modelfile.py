@@ -44,4 +44,3 @@ def model_file_problem(path: Path) -> str | None:
         known = " and ".join(map(str, GGUF_VERSIONS))
         return f"is GGUF version {version}, which llama-server does not read (it reads {known})"
     return None
-
