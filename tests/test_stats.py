@@ -95,3 +95,27 @@ def test_vram_per_process_from_nvidia_smi() -> None:
 
     text = "1234, 500\n4321, [N/A]\n\n1234, 12\nnot a line\n"
     assert parse_compute_apps(text) == {1234: 512 * 1024 * 1024}
+
+
+def test_stats_takes_vram_and_gateway_figures_per_process(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    from llama_orchestrator.cli.stats_cmd import render
+    from llama_orchestrator.cli.stats_data import MIB, Sampler
+
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    sampler = Sampler(
+        home,
+        vram=lambda: {pid: 5 * MIB, 1: 7 * MIB},  # pid 1 is no server of ours
+        gateway=lambda: {"in_flight": {"alpha": 2}, "tokens_per_s": {"alpha": 12.5}},
+    )
+    assert sampler.running() == ["alpha"]
+    (row,) = sampler.sample()
+    assert (row["vram_bytes"], row["in_flight"], row["tokens_per_s"]) == (5 * MIB, 2, 12.5)
+    line = render([row]).splitlines()[1]
+    assert "5.0MiB" in line and "12.5" in line
+    # a server that is gone leaves the table at the next sample
+    assert cli("down", "alpha").returncode == 0
+    assert sampler.sample() == []
