@@ -558,6 +558,9 @@ class Forward:
                 self._connect()
             else:
                 self._send(up, True)
+            if self._stream:
+                # llama-server closes a connection after a stream: have the next one ready.
+                self._target.prewarm()
         except Exception as e:
             log.exception("gateway forward failed")
             self._fail(f"gateway error: {e}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llama_orchestrator.gateway.backend import Directory, Endpoint, Instance, StartResult
-from llama_orchestrator.gateway.clock import Clock
+from llama_orchestrator.gateway.clock import Clock, SystemClock
 from llama_orchestrator.gateway.errors import GatewayError
 from llama_orchestrator.gateway.settings import GatewaySettings
 
@@ -33,6 +33,11 @@ from llama_orchestrator.gateway.settings import GatewaySettings
 COMING_UP = frozenset({"starting", "backoff", "running"})
 # How often the name index is rebuilt from the directory (a miss rebuilds at once).
 INDEX_TTL = 1.0
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Lease:
@@ -69,12 +74,31 @@ Grant = Callable[[Lease], None]
 
 @dataclass(eq=False)
 class _Waiter:
-    fut: asyncio.Future[Lease]
     seq: int
     enqueued: float
     loading: bool  # waiting for an instance to come up (load_timeout), not for a slot
     deadline: float
     grant: Grant | None = None  # takes the lease over in the releasing callback itself
+    lease: Lease | None = None
+    error: GatewayError | None = None
+    gone: bool = False  # its request was cancelled
+    wake: asyncio.Future[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.lease is not None or self.error is not None or self.gone
+
+    def give(self, lease: Lease) -> None:
+        self.lease = lease
+        self._wake()
+
+    def fail(self, error: GatewayError) -> None:
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
 
 
 @dataclass(eq=False)
@@ -223,7 +247,6 @@ class Router:
             )
         now = self._clock.monotonic()
         waiter = _Waiter(
-            asyncio.get_running_loop().create_future(),
             next(self._seq),
             now,
             loading,
@@ -234,10 +257,9 @@ class Router:
         try:
             return await self._wait(route, waiter, instance, listener)
         except BaseException:
-            fut = waiter.fut
-            if fut.done() and not fut.cancelled() and fut.exception() is None and not grant:
-                fut.result().release()  # granted just as it gave up: hand it back
-            fut.cancel()
+            if waiter.lease is not None and grant is None:
+                waiter.lease.release()  # granted just as it gave up: hand it back
+            waiter.gone = True
             raise
         finally:
             with contextlib.suppress(ValueError):
@@ -252,8 +274,10 @@ class Router:
         if listener is not None:
             listener.waiting(instance, w.loading)
         while True:
-            if w.fut.done():
-                return w.fut.result()
+            if w.lease is not None:
+                return w.lease
+            if w.error is not None:
+                raise w.error
             now = self._clock.monotonic()
             members = self.members(route.name) or ()
             if w.loading:
@@ -270,13 +294,30 @@ class Router:
                 next_tick = now + interval
             wake = min(w.deadline, next_tick if listener is not None else math.inf)
             step = min(wake - now, self._settings.recheck_interval)
-            sleeper = loop.create_task(self._clock.sleep(step))
+            w.wake = loop.create_future()
+            timer = self._later(step, w.wake)
             try:
-                await asyncio.wait((w.fut, sleeper), return_when=asyncio.FIRST_COMPLETED)
+                await w.wake
             finally:
-                sleeper.cancel()
-            if not w.fut.done():
+                timer.cancel()
+                w.wake = None
+            if not w.done:
                 self._pump(route)
+
+    def _later(
+        self, delay: float, fut: asyncio.Future[None]
+    ) -> asyncio.Handle | asyncio.Task[None]:
+        """Resolve ``fut`` after ``delay`` on the gateway's clock (a loop timer for the
+        system clock; a sleeping task for an injected one)."""
+        loop = asyncio.get_running_loop()
+        if isinstance(self._clock, SystemClock):
+            return loop.call_later(delay, _resolve, fut)
+
+        async def sleep() -> None:
+            await self._clock.sleep(delay)
+            _resolve(fut)
+
+        return loop.create_task(sleep())
 
     def _timed_out(self, route: _Route, w: _Waiter, members: Sequence[Instance]) -> GatewayError:
         s = self._settings
@@ -315,7 +356,7 @@ class Router:
         members: tuple[Instance, ...] | None = None
         while queue:
             head = queue[0]
-            if head.fut.done():
+            if head.done:
                 queue.popleft()
                 continue
             if members is None:
@@ -324,7 +365,7 @@ class Router:
             if lease is None:
                 return
             queue.popleft()
-            head.fut.set_result(lease)
+            head.give(lease)
             if head.grant is not None:
                 head.grant(lease)  # may release at once, which pumps again: queue is current
 
@@ -426,8 +467,8 @@ class Router:
                 self._assess(self.members(name) or (), failed={inst.name: result.message})
             except GatewayError as e:
                 for w in route.queue:
-                    if not w.fut.done():
-                        w.fut.set_exception(e)
+                    if not w.done:
+                        w.fail(e)
 
     async def close(self) -> None:
         starts = [s.task for s in self._starts.values()]
@@ -435,9 +476,7 @@ class Router:
             task.cancel()
         for route in self._routes.values():
             for w in route.queue:
-                if not w.fut.done():
-                    w.fut.set_exception(
-                        GatewayError(503, "gateway_closing", "the gateway is shutting down")
-                    )
+                if not w.done:
+                    w.fail(GatewayError(503, "gateway_closing", "the gateway is shutting down"))
         if starts:
             await asyncio.gather(*starts, return_exceptions=True)
