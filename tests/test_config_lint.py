@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,6 +87,8 @@ def test_issue2_lint_clean_config_reports_every_check(
         "schema",
         "model",
         "binary",
+        "args",
+        "secrets",
         "port-unique",
         "port-free",
         "gpu-device",
@@ -450,3 +453,85 @@ def test_issue10_lint_truncated_and_unknown_version_gguf_are_errors(
     assert "version 99" in row(rows, "future", "model")["message"]
     whole = row(rows, "whole", "model")
     assert whole["level"] == "ok" and "GGUF v3" in whole["message"], whole
+
+
+def test_issue10_lint_args_overriding_managed_flags_are_errors(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    args = ["--port", "9000", "--metrics", "--ctx-size=1024", "-a", "x", "-m", "other.gguf"]
+    write_config(home, "alpha", tiny_model, free_port(), args=args)
+    write_config(home, "beta", tiny_model, free_port(), args=["-dev", "none", "--metrics"])
+    write_config(
+        home, "gamma", tiny_model, free_port(), gpu={"backend": "vulkan"}, args=["-dev", "Vulkan1"]
+    )
+    rows = lint_json(cli, code=1)
+    alpha = row(rows, "alpha", "args")
+    assert alpha["level"] == "error"
+    for text in ("args[0] '--port'", "server.port", "args[3]", "model.context_size"):
+        assert text in alpha["message"], alpha
+    assert "args[6] '-m'" in alpha["message"] and "model.path" in alpha["message"], alpha
+    assert "--metrics" not in alpha["message"] and "'-a'" not in alpha["message"], alpha
+    beta = row(rows, "beta", "args")  # on the CPU no -dev is passed: the args may choose
+    assert beta["level"] == "ok", beta
+    gamma = row(rows, "gamma", "args")
+    assert gamma["level"] == "error" and "gpu.device_id" in gamma["message"], gamma
+
+
+def test_issue10_managed_flags_cover_what_the_engine_passes(home: Home, tiny_model: Path) -> None:
+    from llama_orchestrator.config.argscheck import MANAGED
+    from llama_orchestrator.engine.binary import ResolvedBinary
+    from llama_orchestrator.engine.command import build_argv
+
+    for backend in ("cpu", "vulkan", "cuda", "metal"):
+        path = write_config(home, "alpha", tiny_model, 8001, gpu={"backend": backend})
+        argv = build_argv(load_file(path), ResolvedBinary("binary", "PATH", Path("srv")))
+        flags = {a for a in argv[1:] if a.startswith("-")}
+        assert flags <= set(MANAGED), flags - set(MANAGED)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_issue10_lint_api_key_in_a_config_readable_by_others_warns(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    path = write_config(home, "alpha", tiny_model, free_port(), args=["--api-key", "s3cret-key"])
+    write_config(home, "beta", tiny_model, free_port(), env={"LLAMA_ARG_API_KEY": "other-key"})
+    write_config(home, "gamma", tiny_model, free_port())
+    for name in ("alpha", "beta", "gamma"):
+        home.config_path(name).chmod(0o644)
+    rows = lint_json(cli)
+    alpha = row(rows, "alpha", "secrets")
+    assert alpha["level"] == "warning", alpha
+    assert "0644" in alpha["message"] and f"chmod 600 {path}" in alpha["message"], alpha
+    assert "s3cret-key" not in json.dumps(rows)
+    assert row(rows, "beta", "secrets")["level"] == "warning"
+    assert row(rows, "gamma", "secrets")["level"] == "ok"
+    path.chmod(0o600)
+    assert row(lint_json(cli), "alpha", "secrets")["level"] == "ok"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_issue10_state_readable_by_others_is_fixed_and_linted(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    home.state_dir.mkdir(parents=True)
+    home.state_dir.chmod(0o755)
+    home.token_path.write_text("a-token-of-old")
+    home.token_path.chmod(0o644)
+    rows = lint_json(cli)
+    state = row(rows, "(home)", "state-mode")
+    assert state["level"] == "warning", state
+    assert f"chmod 700 {home.state_dir}" in state["message"], state
+    assert f"chmod 600 {home.token_path}" in state["message"], state
+
+    home.ensure()  # what the CLI and the daemon do before they use the home
+    assert stat.S_IMODE(home.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(home.token_path.stat().st_mode) == 0o600
+    assert row(lint_json(cli), "(home)", "state-mode")["level"] == "ok"
+
+    home.state_dir.chmod(0o755)
+    home.token_path.chmod(0o644)
+    out = cli("daemon", "start", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(home.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(home.token_path.stat().st_mode) == 0o600

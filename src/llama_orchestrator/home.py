@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 # makes a valid folder, and short enough to read in ``ps``.
 NAME_MIN, NAME_MAX = 2, 63
 _NAME_RE = re.compile(NAME_PATTERN)
+# state/ holds the control API's token and full command lines: user-only (issue 10).
+STATE_DIR_MODE = 0o700
+TOKEN_MODE = 0o600
 
 
 def default_home() -> Path:
@@ -127,7 +131,26 @@ class Home:
         return sorted(p.name for p in self.instances_dir.iterdir() if (p / "config.json").is_file())
 
     def ensure(self) -> None:
+        """Create the home's folders; state, logs and the token readable by the user only.
+
+        Modes found wider (a folder made by an older version, a token copied in) are
+        narrowed here, where the CLI and the daemon prepare the home (issue 10).
+        """
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         # State and logs hold full command lines (an --api-key in `args`, say): user-only.
         for d in (self.state_dir, self.logs_dir):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            d.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        for path, mode in ((self.state_dir, STATE_DIR_MODE), (self.token_path, TOKEN_MODE)):
+            _narrow(path, mode)
+
+
+def _narrow(path: Path, allowed: int) -> None:
+    """Drop the mode bits of ``path`` beyond ``allowed`` (nothing on Windows, or not ours)."""
+    if os.name == "nt":
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & ~allowed:
+            path.chmod(mode & allowed)
+    except OSError:  # gone, or someone else's: config lint reports what stays wide
+        pass

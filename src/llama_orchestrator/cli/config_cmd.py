@@ -213,10 +213,11 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--format", help="table or json.", case_sensitive=False)
         ] = "table",
     ) -> None:
-        """The full report: syntax, schema, model, ports, GPU device, log folder.
+        """The full report: syntax, schema, model, binary, args, ports, GPU, log folder.
 
         The home's gateway.json, when there is one, is reported as "(gateway)": syntax,
-        schema, API keys, its port against the instances', and whether the port is free.
+        schema, API keys, its port against the instances', and whether the port is free;
+        the home itself as "(home)": whether its state folder and token are private.
 
         Examples: llama-orch config lint; llama-orch config lint gemma --format json
         """
@@ -234,7 +235,12 @@ def register(app: typer.Typer) -> None:
                 print("[]")
             return
         results = run_lint(
-            home, targets, own_pids=_own_pids(home), daemon_pid=_daemon_pid(home), gateway=gateway
+            home,
+            targets,
+            own_pids=_own_pids(home),
+            daemon_pid=_daemon_pid(home),
+            gateway=gateway,
+            state=bool(names or all_ or not files),  # the home's own row, as for gateway.json
         )
         if fmt == "json":
             print(json.dumps([r.to_dict() for r in results], indent=2))

@@ -11,8 +11,10 @@ the pseudo-instance ``(gateway)``, a label no instance name can take.
 
 This module runs the checks and builds the report; each kind of check lives beside it:
 :mod:`.targets` (reading the files), :mod:`.portcheck` (ports, also for ``create``),
-:mod:`.filecheck` (model and log files), :mod:`.gpucheck` (devices and their memory),
-:mod:`.gatewaycheck` (``gateway.json``), with :mod:`.verdict` the answer they share.
+:mod:`.filecheck` (model, binary and log files), :mod:`.argscheck` (``args`` and
+secrets), :mod:`.gpucheck` (devices and their memory), :mod:`.gatewaycheck`
+(``gateway.json``), :mod:`.homecheck` (the state folder), with :mod:`.verdict` the answer
+they share.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from llama_orchestrator.config.argscheck import args_verdict, secrets_verdict
 from llama_orchestrator.config.filecheck import (
     binary_verdict,
     logs_verdict,
@@ -32,6 +35,7 @@ from llama_orchestrator.config.filecheck import (
 from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.gatewaycheck import gateway_checks
 from llama_orchestrator.config.gpucheck import GpuChecks, Runner, run_tool, tool_devices
+from llama_orchestrator.config.homecheck import HOME_LABEL, home_checks
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, Problem
 from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.portcheck import (
@@ -150,8 +154,11 @@ class Linter:
         self.ports = PortProbe(holder, self.own_pids, daemon_pid)
         self.gpu = GpuChecks(home, run, other_tools)
 
-    def lint(self, targets: Sequence[Target], *, gateway: bool = False) -> list[LintResult]:
-        """One row per check and target; with ``gateway``, then ``gateway.json``'s rows."""
+    def lint(
+        self, targets: Sequence[Target], *, gateway: bool = False, state: bool = False
+    ) -> list[LintResult]:
+        """One row per check and target; with ``gateway``, then ``gateway.json``'s rows;
+        with ``state``, then the home's own (``(home)``: the state folder's modes)."""
         entries, clashes = _read(self.home, targets)
         results: list[LintResult] = []
         for entry in entries:
@@ -162,6 +169,8 @@ class Linter:
             results += _rows(entry.target.label, entry.target.path, checks)
         if gateway and self.home.gateway_path.exists():
             results += self.gateway_rows()
+        if state:
+            results += _rows(HOME_LABEL, self.home.state_dir, home_checks(self.home))
         return results
 
     def instance_checks(self, cfg: LoadedConfig, clashes: Sequence[LoadedConfig]) -> list[Named]:
@@ -169,6 +178,8 @@ class Linter:
         return [
             ("model", model_verdict(cfg)),
             ("binary", binary_verdict(cfg, self.home)),
+            ("args", args_verdict(cfg)),
+            ("secrets", secrets_verdict(cfg)),
             ("port-unique", port_unique(cfg, clashes, self.gateway, self.home)),
             ("port-free", self.ports.instance_free(cfg)),
             ("gpu-device", self.gpu.device(cfg)),
@@ -200,5 +211,7 @@ def lint(
     own_pids: Mapping[str, int] | None = None,
     daemon_pid: int | None = None,
     gateway: bool = False,
+    state: bool = False,
 ) -> list[LintResult]:
-    return Linter(home, own_pids=own_pids, daemon_pid=daemon_pid).lint(targets, gateway=gateway)
+    linter = Linter(home, own_pids=own_pids, daemon_pid=daemon_pid)
+    return linter.lint(targets, gateway=gateway, state=state)
