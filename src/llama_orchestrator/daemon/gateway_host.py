@@ -25,6 +25,7 @@ from llama_orchestrator.gateway.settings import GatewaySettings
 log = logging.getLogger("llama_orchestrator.gateway")
 
 META_KEY = "gateway"
+SPEED_KEPT_S = 60.0  # a decode speed older than this is no longer shown
 
 
 class GatewayHost:
@@ -34,6 +35,8 @@ class GatewayHost:
         self.gateway: Gateway | None = None
         self.settings: GatewaySettings | None = None
         self.reason: str | None = "not started"
+        # the last decode speed each instance reported (tokens/s, when), for `stats`
+        self._speed: dict[str, tuple[float, float]] = {}
 
     def _settings(self) -> GatewaySettings | None:
         try:
@@ -76,13 +79,17 @@ class GatewayHost:
         self.sup.store.meta_set(META_KEY, json.dumps(keep))
 
     def _on_request(self, record: RequestRecord) -> None:
+        if record.instance and record.tokens_per_s:
+            self._speed[record.instance] = (record.tokens_per_s, self.sup.ctx.clock.monotonic())
         data = asdict(record)
         reason = f"{record.method} {record.path} -> {record.status}"
         self.sup.bus.emit(record.instance or "", EventKind.REQUEST, None, None, reason, data=data)
 
     def status(self) -> dict[str, Any]:
         if self.gateway is not None:
-            return {**self.gateway.status(), "reason": None}
+            now = self.sup.ctx.clock.monotonic()
+            speed = {n: round(v, 1) for n, (v, t) in self._speed.items() if now - t < SPEED_KEPT_S}
+            return {**self.gateway.status(), "reason": None, "tokens_per_s": speed}
         url = self.settings.url if self.settings is not None else None
         return {"url": url, "listening": False, "reason": self.reason, "keys": 0}
 
