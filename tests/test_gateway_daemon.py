@@ -210,3 +210,14 @@ def test_real_text_from_a_real_model_through_the_gateway(
     text = done.choices[0].text
     assert re.search(r"[A-Za-z]{3,}(\W+[A-Za-z]{2,}){2,}", text), text  # words, not bytes
     assert ps_row(cli, "gemma")["status"] == "running"
+
+
+def test_ps_says_why_the_gateway_is_not_listening(cli: Cli, home: Home, tiny_model: Path) -> None:
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "gateway.json").write_text(json.dumps({"enabled": False}))
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    out = cli("ps")
+    assert out.returncode == 0
+    assert "the gateway is not listening: disabled" in out.stderr
+    assert "alpha" in out.stdout

@@ -110,6 +110,26 @@ def render_table(rows: list[dict[str, Any]], color: bool) -> str:
     return "\n".join(out)
 
 
+def gateway_problem(home: Home) -> str | None:
+    """Why the daemon's gateway does not listen, as it recorded (None: it listens)."""
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return None
+    try:
+        raw = store.meta_get("gateway")
+    except Exception:  # an older database without the meta table: nothing to say
+        return None
+    finally:
+        store.close()
+    try:
+        status = json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+    return None if status.get("listening", True) else str(status.get("reason") or "unknown")
+
+
 def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[str]) -> int:
     """The whole command; returns its exit code."""
     from llama_orchestrator.client.control import daemon_status
@@ -123,6 +143,10 @@ def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[
     rows = select(instance_rows(home, stopped=shows_stopped(all_, parsed)), all_, parsed)
     if not daemon_status(home).running:
         print("note: the daemon is not running; showing the last recorded state", file=sys.stderr)
+    elif not quiet:
+        why = gateway_problem(home)
+        if why:
+            print(f"note: the gateway is not listening: {why}", file=sys.stderr)
     if quiet:
         out = "\n".join(r["name"] for r in rows)
     elif as_json:
