@@ -213,7 +213,19 @@ _BUFFER = re.compile(r"(\w+) (model|KV|compute) buffer size =\s+([\d.]+) MiB")
 def server_buffers(binary: Path, model: Path, tmp_path: Path, *args: str) -> dict[str, float]:
     """Start llama-server until it listens; sum the MiB of each buffer kind it reports."""
     log = tmp_path / f"load-{time.monotonic_ns()}.log"
-    argv = [str(binary), "-m", str(model), "--port", str(free_port()), "-lv", "4", *args]
+    # --no-repack: no second, machine-specific copy of the weights (AMX, CPU_REPACK), so
+    # the buffers are the file's tensors on every machine the test runs on
+    argv = [
+        str(binary),
+        "-m",
+        str(model),
+        "--port",
+        str(free_port()),
+        "-lv",
+        "4",
+        "--no-repack",
+        *args,
+    ]
     with open(log, "w") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
     try:
