@@ -136,6 +136,7 @@ class HttpConnection(asyncio.Protocol):
         self.flow: Flow | None = None
         self.idle_since = now()
         self._reading_paused = False
+        self._late_413 = False
         self._reset_message()
 
     @property
@@ -231,7 +232,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._too_large:
-            if self.transport is not None:
+            if self.transport is not None and self._current is None:
                 self.transport.close()
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -301,6 +302,9 @@ class HttpConnection(asyncio.Protocol):
         self._current = None
         self.flow = None
         self.idle_since = self._now()
+        if self._late_413:
+            self._late_413 = False
+            self._reject_too_large()
         if (self.must_close or not req.keep_alive) and self.transport is not None:
             self.transport.close()
             self.closed = True
@@ -355,6 +359,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _reject_too_large(self) -> None:
         self.must_close = True
+        if self._current is not None:
+            # Pipelined behind a request still being answered: the 413 waits its turn.
+            self._pending.clear()
+            self._late_413 = True
+            return
         body = too_large(self._max_body)
         head = (
             b"HTTP/1.1 413 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
