@@ -436,3 +436,52 @@ def test_a_taken_port_is_a_clear_oserror() -> None:
         port = s.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}.*another program"):
             GatewayThread(ListDirectory(), GatewaySettings(port=port))
+
+
+def test_a_replica_killed_under_load(llama_server_bin: Path, tiny_model: Path) -> None:
+    """The rule: a request in flight on the killed replica fails with 502 (never hangs);
+    every later one is served by the replica that remains, even before the instance is
+    known to be dead (nothing was sent on a refused connection, so it goes elsewhere)."""
+    a = instance(llama_server_bin, tiny_model, "rep-a", aliases=("pool",), ctx=16384)
+    b = instance(llama_server_bin, tiny_model, "rep-b", aliases=("pool",), ctx=16384)
+    started(a, b)
+    for rep in (a, b):
+        rep.track_exit = False  # the daemon has not noticed the death yet
+    try:
+        with GatewayThread(ListDirectory([a, b])) as g:
+            result: dict[str, httpx.Response] = {}
+
+            def long() -> None:
+                body = {"model": "pool", "messages": MESSAGES, "max_tokens": 15000,
+                        "ignore_eos": True}  # fmt: skip
+                result["r"] = httpx.post(
+                    f"{g.url}/v1/chat/completions", json=body, trust_env=False, timeout=30
+                )
+
+            t = threading.Thread(target=long)
+            t.start()
+            busy = wait_for(
+                lambda: next((r for r in (a, b) if _slot_busy(r.port)), None), what="a busy slot"
+            )
+            survivor = b if busy is a else a
+            busy.kill()
+            t.join(10)
+            assert not t.is_alive() and result["r"].status_code == 502
+
+            def ask(i: int) -> str:
+                r = httpx.post(
+                    f"{g.url}/v1/completions",
+                    json={"model": "pool", "prompt": "x", "max_tokens": 1},
+                    trust_env=False,
+                    timeout=30,
+                )
+                assert r.status_code == 200, r.text
+                return r.headers["x-llama-orch-instance"]
+
+            with ThreadPoolExecutor(4) as pool:
+                served = list(pool.map(ask, range(12)))
+            assert set(served) == {survivor.name}
+            assert a.in_flight == b.in_flight == 0
+    finally:
+        a.stop()
+        b.stop()

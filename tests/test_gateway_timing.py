@@ -323,3 +323,22 @@ def test_usage_is_read_from_answers_and_stream_tails() -> None:
             b'"predicted_n":5,"predicted_per_second":100.5}}\n\ndata: [DONE]\n\n')  # fmt: skip
     assert usage_from_sse_tail(tail)[1:] == (5, 100.5)
     assert usage_from_json(b"{}").prompt_tokens is None
+
+
+def test_a_pool_with_no_replica_running_starts_one() -> None:
+    a = Scripted("a", state="stopped", on_demand=True, results=[StartResult(False, "no")])
+    b = Scripted("b", state="stopped", on_demand=True)
+    a.aliases = b.aliases = ("pool",)
+
+    async def test(gw: Gateway, clock: FakeClock, c: httpx.AsyncClient) -> None:
+        a.gate = asyncio.Event()
+        asks = [asyncio.create_task(post(c, "pool")) for _ in range(5)]
+        await until(lambda: gw.router.queue_depths() == {"pool": 5}, what="five waiting")
+        assert (a.starts, b.starts) == (1, 0)  # one replica, once, for all five
+        a.gate.set()  # that start fails: the other replica is started for them
+        await until(lambda: b.starts == 1, what="the second replica to start")
+        for r in await asyncio.gather(*asks):
+            assert r.status_code == 502  # scripted instances have no server at their address
+        assert a.in_flight == b.in_flight == 0
+
+    run(test, [a, b])

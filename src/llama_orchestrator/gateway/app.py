@@ -518,6 +518,7 @@ class Forward:
         "_stream",
         "_target",
         "_task",
+        "_tried",
         "_up",
         "_url",
     )
@@ -547,6 +548,7 @@ class Forward:
         self._relay: Relay | None = None
         self._task: asyncio.Task[None] | None = None
         self._reused = False
+        self._tried: set[str] = set()
 
     def begin(self) -> None:
         self._conn.active = self
@@ -572,7 +574,8 @@ class Forward:
         try:
             up = await self._target.connect()
         except UpstreamError as e:
-            self._fail(str(e))
+            if not self._reroute():
+                self._fail(str(e))
             return
         except asyncio.CancelledError:
             self._finish(499, "client disconnected")
@@ -581,6 +584,48 @@ class Forward:
             up.close()
             return
         self._send(up, False)
+
+    def _reroute(self) -> bool:
+        """Nothing was sent and the instance cannot be reached (it died and the daemon has
+        not noticed yet): another replica of the pool takes the request, at once when one
+        has a free slot, else through the queue (it is not counted against this one)."""
+        if self._model is None or self._finished:
+            return False
+        self._tried.add(self._lease.instance.name)
+        router = self._gw.router
+        others = router.others(self._model, self._tried)
+        if not others:
+            return False
+        other = router.try_acquire(self._model, others)
+        self._lease.release()
+        if other is not None:
+            self._lease = other
+            self._attempt = 0
+            self.begin()
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._wait_for_other())
+        return True
+
+    async def _wait_for_other(self) -> None:
+        assert self._model is not None
+        try:
+            lease = await self._gw.router.acquire(self._model, exclude=frozenset(self._tried))
+        except GatewayError as e:
+            if self._committed:
+                self._conn.write(chunk(sse_error(e.body())) + b"0\r\n\r\n")
+            else:
+                self._conn.respond(e.status, e.body())
+            self._finish(e.status, e.message)
+            return
+        except asyncio.CancelledError:
+            self._finish(499, "client disconnected")
+            raise
+        if self._finished:
+            lease.release()
+            return
+        self._lease = lease
+        self._attempt = 0
+        self.begin()
 
     def _send(self, up: UpstreamConnection, reused: bool) -> None:
         gw = self._gw

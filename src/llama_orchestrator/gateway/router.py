@@ -79,6 +79,7 @@ class _Waiter:
     loading: bool  # waiting for an instance to come up (load_timeout), not for a slot
     deadline: float
     grant: Grant | None = None  # takes the lease over in the releasing callback itself
+    exclude: frozenset[str] = frozenset()  # members it must not go to (unreachable)
     lease: Lease | None = None
     error: GatewayError | None = None
     gone: bool = False  # its request was cancelled
@@ -211,6 +212,10 @@ class Router:
         route.rr = start + 1  # the next tie starts one further along
         return Lease(best, ep, self)
 
+    def others(self, name: str, exclude: set[str] | frozenset[str]) -> list[Instance]:
+        """The members of ``name`` not in ``exclude``."""
+        return [m for m in self.members(name) or () if m.name not in exclude]
+
     def _route(self, name: str) -> _Route:
         route = self._routes.get(name)
         if route is None:
@@ -218,7 +223,11 @@ class Router:
         return route
 
     async def acquire(
-        self, name: str, listener: WaitListener | None = None, grant: Grant | None = None
+        self,
+        name: str,
+        listener: WaitListener | None = None,
+        grant: Grant | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> Lease:
         """A lease on a member of ``name``, waiting (in order) as long as the settings
         allow; raises ``GatewayError`` (404, 429, 503) when there is none to be had.
@@ -229,6 +238,8 @@ class Router:
         members = self.members(name)
         if members is None:
             raise GatewayError(404, "model_not_found", f"model {name!r} not found")
+        if exclude:
+            members = tuple(m for m in members if m.name not in exclude)
         route = self._route(name)
         if not route.queue:
             lease = self._pick(name, members)
@@ -252,6 +263,7 @@ class Router:
             loading,
             now + (self._settings.load_timeout if loading else self._settings.queue_timeout),
             grant,
+            exclude,
         )
         route.queue.append(waiter)
         try:
@@ -279,7 +291,7 @@ class Router:
             if w.error is not None:
                 raise w.error
             now = self._clock.monotonic()
-            members = self.members(route.name) or ()
+            members = self._members_for(route.name, w)
             if w.loading:
                 if any(m.routable for m in members):
                     # It came up but every slot is taken: now it waits for a slot.
@@ -351,17 +363,20 @@ class Router:
         for route in waiting:
             self._pump(route)
 
+    def _members_for(self, name: str, w: _Waiter) -> tuple[Instance, ...]:
+        members = self.members(name) or ()
+        if w.exclude:
+            members = tuple(m for m in members if m.name not in w.exclude)
+        return members
+
     def _pump(self, route: _Route) -> None:
         queue = route.queue
-        members: tuple[Instance, ...] | None = None
         while queue:
             head = queue[0]
             if head.done:
                 queue.popleft()
                 continue
-            if members is None:
-                members = self.members(route.name) or ()
-            lease = self._pick(route.name, members)
+            lease = self._pick(route.name, self._members_for(route.name, head))
             if lease is None:
                 return
             queue.popleft()

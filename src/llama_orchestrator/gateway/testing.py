@@ -133,6 +133,8 @@ class ServerInstance:
         self._last_error: str | None = None
         self.starts = 0
         self.leases = 0
+        # False: a dead process still reads as running (a daemon that has not noticed).
+        self.track_exit = True
         self._lock = threading.Lock()
 
     # -- backend.Instance ----------------------------------------------------------------
@@ -155,7 +157,8 @@ class ServerInstance:
 
     @property
     def state(self) -> str:
-        if self._state == "running" and self.proc is not None and self.proc.poll() is not None:
+        proc = self.proc
+        if self._state == "running" and self.track_exit and proc and proc.poll() is not None:
             return "exited"
         return self._state
 
