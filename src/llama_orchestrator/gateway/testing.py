@@ -220,7 +220,7 @@ class ServerInstance:
             if _health(self.port) == 200:
                 self._state = "running"
                 return StartResult(True, "ready")
-            time.sleep(0.01)
+            time.sleep(0.003)
         self.stop()
         self._state = "fatal"
         self._last_error = f"not ready within {self.start_timeout:g} s"
