@@ -20,7 +20,11 @@ from conftest import free_port
 
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
-from llama_orchestrator.gateway.records import usage_from_json, usage_from_sse_tail
+from llama_orchestrator.gateway.records import (
+    RequestRecord,
+    usage_from_json,
+    usage_from_sse_tail,
+)
 from llama_orchestrator.gateway.settings import GatewaySettings
 from llama_orchestrator.gateway.testing import FakeClock, ListDirectory, ServerInstance, server_argv
 
@@ -89,11 +93,18 @@ async def until(check: Callable[[], Any], timeout: float = 10, what: str = "cond
 def run(
     test: Callable[[Gateway, FakeClock, httpx.AsyncClient], Awaitable[None]],
     instances: list[Any],
+    records: list[RequestRecord] | None = None,
     **settings: Any,
 ) -> None:
     async def main() -> None:
         clock = FakeClock()
-        gw = Gateway(ListDirectory(instances), GatewaySettings(port=0, **settings), clock=clock)
+        hook = records.append if records is not None else None
+        gw = Gateway(
+            ListDirectory(instances),
+            GatewaySettings(port=0, **settings),
+            clock=clock,
+            on_request=hook,
+        )
         await gw.start()
         try:
             async with httpx.AsyncClient(base_url=gw.url, trust_env=False, timeout=30) as c:
@@ -130,6 +141,7 @@ def test_queue_timeout_is_503_with_the_reason() -> None:
 
 def test_a_queued_request_is_dropped_when_its_client_goes() -> None:
     busy = Scripted("busy")
+    records: list[RequestRecord] = []
 
     async def test(gw: Gateway, clock: FakeClock, c: httpx.AsyncClient) -> None:
         busy.acquire()
@@ -143,8 +155,10 @@ def test_a_queued_request_is_dropped_when_its_client_goes() -> None:
         await until(lambda: gw.router.queue_depths() == {}, what="the queue to drop it")
         busy.release()
         assert busy.in_flight == 0  # no lease was handed to the gone request
+        gone = [(r.status, r.error) for r in records]
+        assert gone == [(499, "client disconnected while waiting")]
 
-    run(test, [busy])
+    run(test, [busy], records)
 
 
 def test_fatal_and_stopped_instances_answer_503_at_once() -> None:

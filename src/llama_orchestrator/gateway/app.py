@@ -437,6 +437,11 @@ class Gateway:
 
         try:
             lease = await self.router.acquire(model, loading, forward)
+        except asyncio.CancelledError:
+            if not granted:  # dropped from the queue: its client went
+                error = "client disconnected while waiting"
+                self.record(req, model, None, 499, None, stream, NO_USAGE, error)
+            raise
         except GatewayError as e:
             if loading is not None and loading.committed:
                 loading.fail(e)

@@ -2,9 +2,11 @@
 
 One ``HttpConnection`` per client socket. It parses requests (keep-alive, pipelining,
 chunked bodies, ``Expect: 100-continue``), bounds the body (413), and hands each complete
-request to the handler, one at a time per connection. The handler either answers at once
-(and returns None) or returns a coroutine, which runs as a task; a client that disconnects
-cancels that task, which is how a queued request is dropped and an upstream request closed
+request to the handler, one at a time per connection. The handler answers at once (and
+returns None), hands the request to an ``Active`` driven by callbacks (and returns
+``PENDING``: the proxy's fast path, no task), or returns a coroutine, which runs as a task
+(a request that has to wait). A client that disconnects cancels that task and tells the
+``Active``, which is how a queued request is dropped at once and an upstream request closed
 (issue 9, cancellation). Write pressure from a slow client pauses the upstream reader
 (``flow``), so a stream is relayed without buffering it whole.
 
