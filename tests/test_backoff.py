@@ -1,11 +1,12 @@
-"""daemon/supervisor.py backoff_delay: 0 for the first failure, then base * m^n, capped."""
+"""daemon/policy.py: backoff_delay (0 for the first failure, then base * m^n, capped) and
+after_failure, the pure decision of what follows a failure."""
 
 from __future__ import annotations
 
 import pytest
 
 from llama_orchestrator.config.schema import RestartPolicy
-from llama_orchestrator.daemon.actor import backoff_delay
+from llama_orchestrator.daemon.policy import backoff_delay
 
 
 def test_first_failure_restarts_at_once() -> None:
@@ -54,3 +55,37 @@ def test_schema_bounds_do_not_overflow() -> None:
 
 def test_moderate_counts_stay_capped() -> None:
     assert backoff_delay(300, 1.0, 2.0, 60.0) == 60.0
+
+
+def test_after_failure_backs_off_then_gives_up() -> None:
+    from llama_orchestrator.daemon.policy import after_failure
+    from llama_orchestrator.engine.states import State
+
+    policy = RestartPolicy(max_retries=2, backoff_base=1.0, backoff_multiplier=2.0)
+    first = after_failure(policy, 0, was_running=True, ran_for=0.5, reason="boom")
+    assert (first.state, first.failures, first.delay) == (State.BACKOFF, 1, 0.0)
+    second = after_failure(policy, 1, was_running=False, ran_for=0.0, reason="boom")
+    assert (second.state, second.failures, second.delay) == (State.BACKOFF, 2, 1.0)
+    third = after_failure(policy, 2, was_running=False, ran_for=0.0, reason="boom")
+    assert third.state is State.FATAL and "gave up after 2 restart(s)" in third.reason
+
+
+def test_after_failure_a_stable_run_resets_the_streak() -> None:
+    from llama_orchestrator.daemon.policy import after_failure
+    from llama_orchestrator.engine.states import State
+
+    policy = RestartPolicy(max_retries=2, stable_after=10)
+    d = after_failure(policy, 2, was_running=True, ran_for=10.0, reason="x")
+    assert (d.state, d.failures, d.delay) == (State.BACKOFF, 1, 0.0)
+
+
+def test_after_failure_of_a_requested_start_is_not_retried_and_no_policy_means_no_restart() -> None:
+    from llama_orchestrator.daemon.policy import after_failure
+    from llama_orchestrator.engine.states import State
+
+    policy = RestartPolicy()
+    d = after_failure(policy, 0, was_running=False, ran_for=0.0, reason="x", requested=True)
+    assert d.state is State.FATAL and "not retried" in d.reason
+    off = RestartPolicy(enabled=False)
+    assert after_failure(off, 0, was_running=True, ran_for=99, reason="x").state is State.EXITED
+    assert after_failure(off, 0, was_running=False, ran_for=0, reason="x").state is State.FATAL
