@@ -93,3 +93,53 @@ def test_idle_keepalive_connections_are_closed() -> None:
         writer.close()
 
     run(test, keepalive_timeout=1.0)
+
+
+def test_a_reader_that_stops_pauses_the_instance_instead_of_buffering() -> None:
+    """48 MiB from an upstream: while the client reads nothing, the gateway stops reading
+    too, so what has left the upstream is what the kernel's socket buffers hold (at most
+    about 20 MiB on Linux), not the whole answer; then the client gets every byte."""
+    from llama_orchestrator.gateway.static import StaticInstance
+
+    size = 48 << 20
+    sent: list[asyncio.Transport] = []
+
+    class Big(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            sent.append(transport)  # type: ignore[arg-type]
+
+        def data_received(self, data: bytes) -> None:
+            if b"\r\n\r\n" in data:
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)  # type: ignore[attr-defined]
+                self.transport.write(b"x" * size)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        up = await loop.create_server(Big, "127.0.0.1", 0)
+        up_port = up.sockets[0].getsockname()[1]
+        inst = StaticInstance("big", f"http://127.0.0.1:{up_port}")
+        gw = Gateway(ListDirectory([inst]), GatewaySettings(port=0))
+        await gw.start()
+        host, port = gw.url.removeprefix("http://").split(":")
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 16)
+            writer.write(b"GET /upstream/big/file HTTP/1.1\r\nHost: x\r\n\r\n")
+            unsent = -1
+            while True:  # until the upstream's buffer stops draining
+                await asyncio.sleep(0.2)
+                now = sent[0].get_write_buffer_size() if sent else -1
+                if now == unsent:
+                    break
+                unsent = now
+            assert unsent > 24 << 20, unsent  # the gateway did not take it all in
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"Content-Length: %d" % size in head
+            body = await asyncio.wait_for(reader.readexactly(size), 30)
+            assert body == b"x" * size and inst.in_flight == 0
+            writer.close()
+        finally:
+            await gw.close()
+            up.close()
+
+    asyncio.run(main())

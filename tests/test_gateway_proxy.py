@@ -485,3 +485,25 @@ def test_a_replica_killed_under_load(llama_server_bin: Path, tiny_model: Path) -
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_slow_reader_gets_every_byte_of_a_large_answer(gw: GatewayThread) -> None:
+    """Write pressure pauses the instance's connection instead of buffering the answer
+    whole; the client that reads slowly still gets all of it."""
+    body = json.dumps({"model": "vectors", "input": [f"text {i}" for i in range(400)]}).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    got = b""
+    while piece := s.recv(16384):
+        got += piece
+        time.sleep(0.002)
+    s.close()
+    head, _, payload = got.partition(b"\r\n\r\n")
+    assert b"200 OK" in head.split(b"\r\n")[0]
+    data = json.loads(payload)["data"]
+    assert len(data) == 400 and all(len(d["embedding"]) == 64 for d in data)
+    assert len(payload) > 200_000
