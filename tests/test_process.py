@@ -379,3 +379,22 @@ def test_issue10_symlinked_log_file_is_refused(tmp_path: Path, reaper: list[int]
     assert "symbolic link" in str(e.value.strerror)
     assert not started
     assert outside.read_text() == "keep me\n"
+
+
+def test_listens_on_tells_our_listening_socket_from_another_processes() -> None:
+    import socket as socketlib
+
+    from llama_orchestrator.engine.process import listens_on
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert listens_on(os.getpid(), port) is True
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert listens_on(other.pid, port) is False
+        finally:
+            other.kill()
+            other.wait()
+    assert listens_on(os.getpid(), port) is False  # closed now
