@@ -384,7 +384,7 @@ def test_issue10_symlinked_log_file_is_refused(tmp_path: Path, reaper: list[int]
 def test_listens_on_tells_our_listening_socket_from_another_processes() -> None:
     import socket as socketlib
 
-    from llama_orchestrator.engine.process import listens_on
+    from llama_orchestrator.engine.sockets import listens_on
 
     with socketlib.socket() as s:
         s.bind(("127.0.0.1", 0))
