@@ -18,6 +18,7 @@ import httpx
 import pytest
 from conftest import free_port
 
+from llama_orchestrator.clock import FakeClock
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
 from llama_orchestrator.gateway.records import (
@@ -26,7 +27,7 @@ from llama_orchestrator.gateway.records import (
     usage_from_sse_tail,
 )
 from llama_orchestrator.gateway.settings import GatewaySettings
-from llama_orchestrator.gateway.testing import FakeClock, ListDirectory, ServerInstance, server_argv
+from llama_orchestrator.gateway.testing import ListDirectory, ServerInstance, server_argv
 
 
 class Scripted:

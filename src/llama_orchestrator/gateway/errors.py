@@ -38,6 +38,17 @@ class GatewayError(Exception):
         return error_body(self.message, self.type, self.code)
 
 
+def error_headers(err: GatewayError) -> bytes:
+    """The headers an error answer carries besides its body: when to retry, and which
+    instance it concerns."""
+    extra = b""
+    if err.retry_after is not None:
+        extra += b"Retry-After: %d\r\n" % max(1, round(err.retry_after))
+    if err.instance:
+        extra += b"X-Llama-Orch-Instance: %s\r\n" % err.instance.encode()
+    return extra
+
+
 def too_large(limit: int) -> bytes:
     return error_body(
         f"request body is larger than the gateway's limit of {limit} bytes "

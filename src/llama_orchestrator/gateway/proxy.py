@@ -43,19 +43,6 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def sse_head(instance: str | None, close: bool) -> bytes:
-    inst = b"X-Llama-Orch-Instance: %s\r\n" % instance.encode() if instance else b""
-    conn = b"Connection: close\r\n" if close else b""
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-        + SSE_HEADERS
-        + inst
-        + b"Transfer-Encoding: chunked\r\n"
-        + conn
-        + b"\r\n"
-    )
-
-
 def sse_error(body: bytes) -> bytes:
     """An error inside an SSE stream, as OpenAI clients read one: a ``data:`` event whose
     JSON has an ``error`` object."""
@@ -67,6 +54,11 @@ def sse_error(body: bytes) -> bytes:
         message = body.decode(errors="replace") if not isinstance(doc, dict) else json.dumps(doc)
         doc = {"error": {"message": message, "type": "server_error", "code": "upstream_error"}}
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+def sse_fail(body: bytes) -> bytes:
+    """An error event that ends a chunked event stream whose 200 head is already out."""
+    return chunk(sse_error(body)) + b"0\r\n\r\n"
 
 
 class Relay:

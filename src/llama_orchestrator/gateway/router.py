@@ -1,13 +1,11 @@
-"""Which instance serves a request: names, leases, the wait queue and on-demand starts.
+"""Which instance serves a request: names, leases and the wait queue.
 
 A name (an instance's own name or one of its aliases) maps to its members, the instances
 that carry it; several members make a pool of replicas. A request takes a lease on the
 routable member with the fewest leases in flight (ties rotate), only while that member has
 a free slot (``in_flight < slots``; issue 9, admission). Otherwise it waits in the name's
 FIFO, bounded in length (429) and in time (503). A name none of whose members is running
-starts one member on demand (one ``ensure_started`` per instance at a time, whatever the
-number of waiting requests), and a circuit breaker stops restarting an instance whose
-starts keep failing.
+starts one member on demand, behind a circuit breaker (``starts.Starter``).
 
 Counts are the instances' own lease counts (``in_flight``), never scraped metrics.
 Everything here runs on the event loop's thread; nothing blocks.
@@ -24,13 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llama_orchestrator.clock import Clock, SystemClock
 from llama_orchestrator.gateway.backend import Directory, Endpoint, Instance, StartResult
-from llama_orchestrator.gateway.clock import Clock, SystemClock
 from llama_orchestrator.gateway.errors import GatewayError
 from llama_orchestrator.gateway.settings import GatewaySettings
+from llama_orchestrator.gateway.starts import Starter
 
-# Instance states in which the daemon is already bringing it up: wait, do not start.
-COMING_UP = frozenset({"starting", "backoff", "running"})
 # How often the name index is rebuilt from the directory (a miss rebuilds at once).
 INDEX_TTL = 1.0
 
@@ -38,6 +35,12 @@ INDEX_TTL = 1.0
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _without(
+    members: tuple[Instance, ...], exclude: frozenset[str] | set[str]
+) -> tuple[Instance, ...]:
+    return tuple(m for m in members if m.name not in exclude) if exclude else members
 
 
 class Lease:
@@ -98,8 +101,8 @@ class _Waiter:
         self._wake()
 
     def _wake(self) -> None:
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
+        if self.wake is not None:
+            _resolve(self.wake)
 
 
 @dataclass(eq=False)
@@ -107,20 +110,6 @@ class _Route:
     name: str
     queue: collections.deque[_Waiter] = field(default_factory=collections.deque)
     rr: int = 0
-
-
-@dataclass(eq=False)
-class _Breaker:
-    failures: collections.deque[float] = field(default_factory=collections.deque)
-    open_until: float = -math.inf
-    tripped: bool = False
-    last_error: str = ""
-
-
-@dataclass(eq=False)
-class _Start:
-    began: float
-    task: asyncio.Task[None]
 
 
 class Router:
@@ -132,10 +121,9 @@ class Router:
         self._names_of: dict[str, tuple[str, ...]] = {}
         self._index_at = -math.inf
         self._routes: dict[str, _Route] = {}
-        self._starts: dict[str, _Start] = {}
-        self._breakers: dict[str, _Breaker] = {}
         self._seq = itertools.count()
-        self.start_calls: collections.Counter[str] = collections.Counter()
+        self._starter = Starter(settings, clock, self._started)
+        self.start_calls = self._starter.calls  # ensure_started calls, per instance
 
     # -- names ---------------------------------------------------------------------------
 
@@ -170,7 +158,7 @@ class Router:
         return {name: len(r.queue) for name, r in self._routes.items() if r.queue}
 
     def starting(self) -> list[str]:
-        return sorted(self._starts)
+        return self._starter.starting()
 
     # -- leases --------------------------------------------------------------------------
 
@@ -212,9 +200,9 @@ class Router:
         route.rr = start + 1  # the next tie starts one further along
         return Lease(best, ep, self)
 
-    def others(self, name: str, exclude: set[str] | frozenset[str]) -> list[Instance]:
+    def others(self, name: str, exclude: set[str] | frozenset[str]) -> tuple[Instance, ...]:
         """The members of ``name`` not in ``exclude``."""
-        return [m for m in self.members(name) or () if m.name not in exclude]
+        return _without(self.members(name) or (), exclude)
 
     def _route(self, name: str) -> _Route:
         route = self._routes.get(name)
@@ -238,14 +226,13 @@ class Router:
         members = self.members(name)
         if members is None:
             raise GatewayError(404, "model_not_found", f"model {name!r} not found")
-        if exclude:
-            members = tuple(m for m in members if m.name not in exclude)
+        members = _without(members, exclude)
         route = self._route(name)
         if not route.queue:
             lease = self._pick(name, members)
             if lease is not None:
                 return lease
-        loading, instance = self._assess(members)
+        loading, instance = self._starter.assess(members)
         limit = self._settings.queue_max_per_model
         if len(route.queue) >= limit:
             raise GatewayError(
@@ -291,14 +278,14 @@ class Router:
             if w.error is not None:
                 raise w.error
             now = self._clock.monotonic()
-            members = self._members_for(route.name, w)
+            members = self.others(route.name, w.exclude)
             if w.loading:
                 if any(m.routable for m in members):
                     # It came up but every slot is taken: now it waits for a slot.
                     w.loading = False
                     w.deadline = max(w.deadline, w.enqueued + self._settings.queue_timeout)
                 else:
-                    self._assess(members)  # raises when there is nothing left to wait for
+                    self._starter.assess(members)  # raises when there is nothing left to wait for
             if now >= w.deadline:
                 raise self._timed_out(route, w, members)
             if listener is not None and now >= next_tick:
@@ -363,12 +350,6 @@ class Router:
         for route in waiting:
             self._pump(route)
 
-    def _members_for(self, name: str, w: _Waiter) -> tuple[Instance, ...]:
-        members = self.members(name) or ()
-        if w.exclude:
-            members = tuple(m for m in members if m.name not in w.exclude)
-        return members
-
     def _pump(self, route: _Route) -> None:
         queue = route.queue
         while queue:
@@ -376,7 +357,7 @@ class Router:
             if head.done:
                 queue.popleft()
                 continue
-            lease = self._pick(route.name, self._members_for(route.name, head))
+            lease = self._pick(route.name, self.others(route.name, head.exclude))
             if lease is None:
                 return
             queue.popleft()
@@ -384,93 +365,11 @@ class Router:
             if head.grant is not None:
                 head.grant(lease)  # may release at once, which pumps again: queue is current
 
-    # -- starting ------------------------------------------------------------------------
+    # -- starts --------------------------------------------------------------------------
 
-    def _assess(
-        self, members: Sequence[Instance], failed: dict[str, str] | None = None
-    ) -> tuple[bool, str | None]:
-        """Why there is no lease now: (False, None) when a member is up but busy (wait
-        for a slot), (True, name) when a member is coming up (wait for it; one is started
-        on demand when needed). Raises 503 when nothing can come up."""
-        failed = failed or {}
-        for inst in members:
-            if inst.routable and inst.name not in failed:
-                return False, None
-        for inst in members:
-            if inst.name in self._starts:
-                return True, inst.name
-        for inst in members:
-            if inst.name not in failed and inst.state in COMING_UP:
-                return True, inst.name
-        reasons: list[str] = []
-        retry_after: float | None = None
-        now = self._clock.monotonic()
-        for inst in members:
-            if inst.name in failed:
-                reasons.append(f"instance {inst.name!r} could not start: {failed[inst.name]}")
-                continue
-            if not inst.on_demand:
-                if inst.state == "fatal":
-                    reasons.append(
-                        f"instance {inst.name!r} is fatal: {inst.last_error or 'no error recorded'}"
-                    )
-                else:
-                    reasons.append(
-                        f"instance {inst.name!r} is {inst.state} and on_demand is off "
-                        f"(start it with `llama-orch up {inst.name}`)"
-                    )
-                continue
-            b = self._breakers.get(inst.name)
-            if b is not None and now < b.open_until:
-                wait = b.open_until - now
-                retry_after = wait if retry_after is None else min(retry_after, wait)
-                s = self._settings
-                reasons.append(
-                    f"instance {inst.name!r} failed to start {s.breaker_failures} times within "
-                    f"{s.breaker_window:g} s; not trying again for {math.ceil(wait)} s "
-                    f"(last error: {b.last_error or inst.last_error or 'unknown'})"
-                )
-                continue
-            self._start(inst)
-            return True, inst.name
-        code = "circuit_open" if retry_after is not None else "instance_unavailable"
-        raise GatewayError(503, code, "; ".join(reasons) or "no instance", retry_after=retry_after)
-
-    def _start(self, inst: Instance) -> None:
-        if inst.name in self._starts:
-            return
-        task = asyncio.get_running_loop().create_task(self._run_start(inst))
-        self._starts[inst.name] = _Start(self._clock.monotonic(), task)
-
-    async def _run_start(self, inst: Instance) -> None:
-        self.start_calls[inst.name] += 1
-        try:
-            result = await inst.ensure_started()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            result = StartResult(False, f"{type(e).__name__}: {e}")
-        finally:
-            self._starts.pop(inst.name, None)
-        self._start_done(inst, result)
-
-    def _start_done(self, inst: Instance, result: StartResult) -> None:
-        now = self._clock.monotonic()
-        b = self._breakers.setdefault(inst.name, _Breaker())
-        if result.ok:
-            self._breakers.pop(inst.name, None)
-        else:
-            s = self._settings
-            b.last_error = result.message
-            b.failures.append(now)
-            while b.failures and b.failures[0] < now - s.breaker_window:
-                b.failures.popleft()
-            # Tripped once: after the cool-down one attempt is allowed, and its failure
-            # opens the breaker again at once.
-            if len(b.failures) >= s.breaker_failures or (b.tripped and now >= b.open_until):
-                b.open_until = now + s.breaker_cooldown
-                b.tripped = True
-                b.failures.clear()
+    def _started(self, inst: Instance, result: StartResult) -> None:
+        """An on-demand start ended: its waiters take the new slots, or fail with it when
+        nothing else can come up."""
         for name in self._names_of.get(inst.name, ()):
             route = self._routes.get(name)
             if route is None or not route.queue:
@@ -479,16 +378,14 @@ class Router:
                 self._pump(route)
                 continue
             try:
-                self._assess(self.members(name) or (), failed={inst.name: result.message})
+                self._starter.assess(self.members(name) or (), failed={inst.name: result.message})
             except GatewayError as e:
                 for w in route.queue:
                     if not w.done:
                         w.fail(e)
 
     async def close(self) -> None:
-        starts = [s.task for s in self._starts.values()]
-        for task in starts:
-            task.cancel()
+        starts = self._starter.cancel()
         for route in self._routes.values():
             for w in route.queue:
                 if not w.done:

@@ -1,5 +1,6 @@
-"""Test doubles for the gateway's seams: a fake clock, an instance over a real server
-process, a list directory, and a gateway running on its own thread.
+"""Test doubles for the gateway's seams: an instance over a real server process, a list
+directory, and a gateway running on its own thread. Tests that move time by hand give the
+gateway a ``llama_orchestrator.clock.FakeClock``.
 
 The gateway only sees ``backend.Directory``/``backend.Instance``; these implement them
 over servers a test starts itself (the real llama-server or the embedded engine), so the
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import http.client
-import itertools
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from llama_orchestrator.clock import Clock
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
 from llama_orchestrator.gateway.loop import new_event_loop
@@ -30,39 +30,6 @@ from llama_orchestrator.gateway.records import RequestRecord
 from llama_orchestrator.gateway.settings import GatewaySettings
 
 T = TypeVar("T")
-
-
-class FakeClock:
-    """Time that moves only with ``advance`` (run on the gateway's loop)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def monotonic(self) -> float:
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + max(0.0, seconds), next(self._seq), fut))
-        await fut
-
-    async def settle(self, rounds: int = 20) -> None:
-        for _ in range(rounds):
-            await asyncio.sleep(0)
-
-    async def advance(self, seconds: float) -> None:
-        target = self._now + seconds
-        await self.settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, fut = heapq.heappop(self._sleepers)
-            self._now = max(self._now, deadline)
-            if not fut.done():
-                fut.set_result(None)
-                await self.settle()
-        self._now = target
-        await self.settle()
 
 
 def server_argv(
@@ -269,7 +236,7 @@ class GatewayThread:
         directory: Any,
         settings: GatewaySettings | None = None,
         *,
-        clock: Any = None,
+        clock: Clock | None = None,
         uvloop: bool = True,
     ) -> None:
         self.records: list[RequestRecord] = []

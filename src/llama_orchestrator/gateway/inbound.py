@@ -1,0 +1,112 @@
+"""What a client's request asks for, read before anything is forwarded (issue 9).
+
+The routes the gateway serves, the API key check, the model a routed request names (the
+JSON body's ``model``, or ``?model=`` on a GET) and the instance an ``/upstream/`` request
+names. Each of these answers a bad request with a ``GatewayError``; none of them writes
+to the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+from collections.abc import Callable, Iterable
+from urllib.parse import parse_qs, unquote
+
+from llama_orchestrator.gateway.errors import GatewayError, bad_request
+from llama_orchestrator.gateway.server import Request
+
+ROUTED = frozenset(
+    {
+        b"/v1/chat/completions",
+        b"/v1/completions",
+        b"/v1/embeddings",
+        b"/v1/responses",
+        b"/v1/messages",
+        b"/v1/messages/count_tokens",
+        b"/v1/rerank",
+    }
+)
+UPSTREAM_PREFIX = b"/upstream/"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def authorized(req: Request, keys: tuple[bytes, ...]) -> bool:
+    """Does the request carry one of ``keys`` (Bearer, ``x-api-key`` or HTTP Basic)?
+    Every offered key is compared with every gateway key, in constant time."""
+    offered: list[bytes] = []
+    for name, value in req.headers:
+        lname = name.lower()
+        if lname == b"authorization":
+            scheme, _, cred = value.strip().partition(b" ")
+            scheme = scheme.lower()
+            if scheme == b"bearer":
+                offered.append(cred.strip())
+            elif scheme == b"basic":
+                try:
+                    user, _, password = base64.b64decode(cred.strip()).partition(b":")
+                except (binascii.Error, ValueError):
+                    continue
+                offered += [user, password]
+        elif lname == b"x-api-key":
+            offered.append(value.strip())
+    ok = False
+    for candidate in offered:
+        if candidate:
+            for key in keys:
+                ok |= hmac.compare_digest(candidate, key)
+    return ok
+
+
+def target_model(req: Request, names: Callable[[], Iterable[str]]) -> tuple[str, bool]:
+    """The model a routed request names, and whether it asks for a stream; ``names``
+    lists the routable names for the error when there is none."""
+    if req.method == b"GET":
+        values = parse_qs(req.query.decode(errors="replace")) if req.query else {}
+        model = values.get("model", [""])[0]
+        if not model:
+            raise bad_request("missing_model", "a GET on this route names its model as ?model=NAME")
+        return model, False
+    try:
+        doc = json.loads(req.body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request("invalid_json", f"the request body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise bad_request("invalid_json", "the request body is not a JSON object")
+    found = doc.get("model")
+    if not isinstance(found, str) or not found:
+        listed = ", ".join(names()) or "none"
+        raise bad_request(
+            "missing_model",
+            f"the request body has no 'model'; available models: {listed}",
+        )
+    return found, doc.get("stream") is True
+
+
+def upstream_target(req: Request) -> tuple[str, bytes]:
+    """``/upstream/{instance}/{path}``: the instance's name and the URL to ask it for."""
+    rest = req.path[len(UPSTREAM_PREFIX) :]
+    raw_name, _, sub = rest.partition(b"/")
+    name = unquote(raw_name.decode(errors="replace"))
+    return name, b"/" + sub + (b"?" + req.query if req.query else b"")
+
+
+def no_route(path: bytes) -> GatewayError:
+    return GatewayError(
+        404,
+        "not_found",
+        f"no route {path.decode(errors='replace')}; the gateway serves "
+        + ", ".join(sorted(p.decode() for p in ROUTED))
+        + ", /v1/models, /health and /upstream/INSTANCE/PATH",
+    )
