@@ -267,7 +267,9 @@ def test_queue_keeps_order_and_overflows_with_429(llama_server_bin: Path, tiny_m
             def ask(i: int) -> int:  # request i asks for i + 1 tokens: its record says which
                 r = httpx.post(
                     f"{g.url}/v1/completions",
-                    json={"model": "one", "prompt": "x", "max_tokens": i + 1},
+                    # ignore_eos: the random-weight model may end early, and the
+                    # token count is how each answer is told apart
+                    json={"model": "one", "prompt": "x", "max_tokens": i + 1, "ignore_eos": True},
                     trust_env=False,
                     timeout=60,
                 )
