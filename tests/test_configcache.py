@@ -94,9 +94,7 @@ def test_an_entry_is_not_stored_when_the_config_changes_while_it_loads(
     assert instance_rows(home)[0]["port"] == 8003
 
 
-def test_entries_of_started_or_removed_instances_are_dropped(
-    home: Home, tiny_model: Path
-) -> None:
+def test_entries_of_started_or_removed_instances_are_dropped(home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     write_config(home, "beta", tiny_model, free_port())
     instance_rows(home)
@@ -150,9 +148,7 @@ def test_a_store_of_the_previous_schema_is_read_and_then_migrated(
     assert set(cached(home)) == {"alpha"}
 
 
-def test_concurrent_writers_and_the_daemon_all_get_through(
-    home: Home, tiny_model: Path
-) -> None:
+def test_concurrent_writers_and_the_daemon_all_get_through(home: Home, tiny_model: Path) -> None:
     """Several ps -a and the daemon write the state store at once (WAL, busy timeout)."""
     names = [f"inst-{i}" for i in range(6)]
     for i, name in enumerate(names):

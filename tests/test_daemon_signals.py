@@ -52,9 +52,7 @@ def test_issue8_sighup_reloads_configs(cli: Cli, home: Home, tiny_model: Path) -
     daemon = _daemon(cli)
     try:
         daemon.send_signal(signal.SIGHUP)
-        wait_for(
-            lambda: any(e["kind"] == "config" for e in events(home, "")), what="reload event"
-        )
+        wait_for(lambda: any(e["kind"] == "config" for e in events(home, "")), what="reload event")
         assert daemon.poll() is None  # HUP does not stop it
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 from conftest import free_port
-from helpers import wait_for
+from helpers import LETTERS, wait_for
 
 from llama_orchestrator.gateway.settings import GatewaySettings
 from llama_orchestrator.gateway.testing import (
@@ -32,8 +32,6 @@ from llama_orchestrator.gateway.testing import (
 )
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-# The random-weight test model may end an answer at once: counts are asserted exactly.
-NO_EOS = {"ignore_eos": True}
 
 
 def client(url: str, key: str = "none", **kw: Any) -> openai.OpenAI:
@@ -82,13 +80,13 @@ def gw(servers: dict[str, ServerInstance]) -> Iterator[GatewayThread]:
 def test_chat_and_completions_on_both_engines(gw: GatewayThread, name: str) -> None:
     c = client(gw.url)
     raw = c.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
-        model=name, messages=MESSAGES, max_tokens=3, extra_body=NO_EOS
+        model=name, messages=MESSAGES, max_tokens=3, extra_body=LETTERS
     )
     assert raw.headers["x-llama-orch-instance"] == name
     chat = raw.parse()
     assert chat.choices[0].message.content is not None
     assert chat.usage is not None and chat.usage.completion_tokens == 3
-    done = c.completions.create(model=name, prompt="hello", max_tokens=2, extra_body=NO_EOS)
+    done = c.completions.create(model=name, prompt="hello", max_tokens=2, extra_body=LETTERS)
     assert done.choices[0].text
     # Each request became a record with the instance's own token counts.
     rec = wait_for(lambda: len(gw.records) >= 2 and gw.records, what="two records")
@@ -107,14 +105,13 @@ def test_chat_and_completions_on_both_engines(gw: GatewayThread, name: str) -> N
 def test_streaming_is_relayed_chunk_by_chunk(gw: GatewayThread, name: str) -> None:
     c = client(gw.url)
     stream = c.chat.completions.create(
-        model=name, messages=MESSAGES, max_tokens=5, stream=True, extra_body=NO_EOS
+        model=name, messages=MESSAGES, max_tokens=5, stream=True, extra_body=LETTERS
     )
     chunks = list(stream)
-    # at least a content chunk and the final one: the byte tokens of one character are
-    # joined into one chunk, so 5 tokens may arrive as fewer chunks
-    assert len(chunks) >= 2
-    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 1
-    body = {"model": name, "messages": MESSAGES, "max_tokens": 3, "stream": True, **NO_EOS}
+    # one chunk per token, as the instance sent them: never merged or held back
+    content = [ch.choices[0].delta.content for ch in chunks if ch.choices]
+    assert len([c for c in content if c]) == 5, content
+    body = {"model": name, "messages": MESSAGES, "max_tokens": 3, "stream": True, **LETTERS}
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, trust_env=False) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
