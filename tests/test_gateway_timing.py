@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -52,6 +53,7 @@ class Scripted:
         self.in_flight = 0
         self.last_error = last_error
         self.context_size = 256
+        self.cutoff = math.inf  # never drained here
         self.results = results or []
         self.gate: asyncio.Event | None = None
         self.starts = 0

@@ -41,6 +41,7 @@ class ErrorCode(str, Enum):
     SPAWN = "spawn"  # the process could not be created
     START_FAILED = "start_failed"  # it ran, but exited or never became ready
     BUSY = "busy"  # the instance's inbox is full
+    NO_ROOM = "no_room"  # the budgets cannot make room for it (gateway.json)
     INTERNAL = "internal"
 
     @property
@@ -60,5 +61,6 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SPAWN: 424,  # a dependency of the request (the executable, its logs) failed
     ErrorCode.START_FAILED: 502,  # the server it depends on answered badly or died
     ErrorCode.BUSY: 503,
+    ErrorCode.NO_ROOM: 503,
     ErrorCode.INTERNAL: 500,
 }

@@ -7,9 +7,8 @@ actor's loop and none of them awaits, so the actor answers every message at once
 ``down`` during a slow stop or a start waiting for admission is handled immediately.
 
 Desired state (``up`` -> running, ``down`` -> stopped) is recorded and converged onto,
-restarting with backoff on failure (daemon/policy.py decides how). ``leases`` count
-the gateway's requests on the running server (daemon/directory.py lends them).
-"""
+restarting with backoff on failure (daemon/policy.py decides how). ``leases`` count the
+gateway's requests on the running server; the scheduler admits starts (budgets)."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.config.schema import HealthcheckConfig, RestartPolicy
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon import watch
-from llama_orchestrator.daemon.adopt import adopt_recorded
+from llama_orchestrator.daemon.adopt import adopt_recorded, held_claim
 from llama_orchestrator.daemon.context import ActorContext
 from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.daemon.leases import CheckLog, Leases
@@ -28,7 +27,6 @@ from llama_orchestrator.daemon.mailbox import Mailbox
 from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.policy import after_failure
 from llama_orchestrator.daemon.preflight import Plan, load, prepare, refusal, spawn_error
-from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.daemon.waiters import Waiters, answer
 from llama_orchestrator.engine.command import base_url
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
@@ -59,10 +57,12 @@ class InstanceActor(Mailbox):
         self.leases = Leases(ctx.clock)  # the gateway's requests in flight
         self.waiters = Waiters()
         self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
+        self._room: tuple[str, ...] = ()  # instances stopped to make room for this start
+        self.on_demand = False  # this run was started by a request (gateway.json default_ttl)
         self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
         self._backoff_gen = 0
         self._by_person = False  # the start in progress was asked for by a person
-        self._ready_mono = 0.0
+        self.ready_mono = 0.0
         self._stderr_path: Any = None
 
     def dispatch(self, msg: m.Message) -> None:
@@ -140,7 +140,9 @@ class InstanceActor(Mailbox):
         self._cancel_task("backoff")
         self.failures = 0
         self._join_start(cmd)
-        self._begin_start(auto=False, reason=reason, by_person=True)
+        self.on_demand = isinstance(cmd, m.Start) and cmd.on_demand
+        force = isinstance(cmd, m.Start) and cmd.force
+        self._begin_start(auto=False, reason=reason, by_person=True, force=force)
 
     def _join_start(self, cmd: m.Start | m.Restart) -> None:
         spawned = self.proc.pid if self.state is State.STARTING and self.proc else None
@@ -164,6 +166,7 @@ class InstanceActor(Mailbox):
         stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
         self.waiters.drop_after_stop(stopped)
         if self._admission is not None:  # still waiting for admission: nothing runs yet
+            self.ctx.scheduler.cancel(self._admission[0])
             self._admission = None
             self.waiters.start_failed(stopped)
         if self.state is State.BACKOFF:
@@ -183,7 +186,7 @@ class InstanceActor(Mailbox):
                     refusal(ErrorCode.STOPPED, "stopped by `down` while it was still loading"),
                 )
             self.waiters.stopped.append(cmd.reply)
-            self._begin_stop("down requested")
+            self._begin_stop(cmd.reason)
 
     def _begin_stop(self, reason: str, *, grace: float | None = None) -> None:
         """STARTING/RUNNING -> STOPPING; a task stops the process and posts Stopped."""
@@ -224,7 +227,9 @@ class InstanceActor(Mailbox):
 
     # -- starting ----------------------------------------------------------------------
 
-    def _begin_start(self, *, auto: bool, reason: str, by_person: bool = False) -> None:
+    def _begin_start(
+        self, *, auto: bool, reason: str, by_person: bool = False, force: bool = False
+    ) -> None:
         """Check, then (once admitted by the scheduler) spawn."""
         self._by_person = by_person  # until ready: a failure then is not retried
         if by_person and self.restart_count:  # RESTARTS counts since the last up/restart
@@ -237,10 +242,9 @@ class InstanceActor(Mailbox):
         if self.ctx.scheduler.holds(self.name):  # a restart keeps the admission it had
             self._launch(plan, auto=auto, reason=reason)
             return
-        server = plan.loaded.config.server
         ticket = self.ctx.scheduler.request(
-            Claim(self.name, (server.host, server.port)),
-            lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason)),
+            plan.claim(self.name, force=force),
+            lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason, a.victims, a.code)),
         )
         self._admission = (ticket, plan, auto, reason)
 
@@ -251,11 +255,14 @@ class InstanceActor(Mailbox):
             return
         _, plan, auto, reason = self._admission
         self._admission = None
-        if not msg.granted:
+        if msg.granted:
+            self._room = msg.victims
+            self._launch(plan, auto=auto, reason=reason)
+        elif msg.code == "port":
             why = f"{plan.loaded.path}: server.port: {msg.reason}; choose another server.port"
             self._refused(refusal(ErrorCode.PORT_IN_USE, why), auto=auto)
-            return
-        self._launch(plan, auto=auto, reason=reason)
+        else:
+            self._refused(refusal(ErrorCode.NO_ROOM, msg.reason), auto=auto)
 
     def _refused(self, outcome: Outcome, *, auto: bool) -> None:
         self.ctx.store.update(self.name, last_error=outcome.message)
@@ -312,12 +319,14 @@ class InstanceActor(Mailbox):
     def _on_ready(self, msg: m.Ready) -> None:
         if msg.proc is not self.proc or self.state is not State.STARTING:
             return  # a stale report about a process we already let go
-        self._ready_mono, self._by_person = self.ctx.clock.monotonic(), False
+        self.ready_mono, self._by_person = self.ctx.clock.monotonic(), False
         now = self.ctx.clock.time()
         self.ctx.store.update(self.name, ready_time=now, last_health_check=now)
         self._set_health(Health.HEALTHY, "/health answered 200")
         self._set_state(State.RUNNING, f"ready in {msg.ready_ms:.0f} ms")  # STARTING -> RUNNING
-        answer(self.waiters.ready, Outcome(True, "ready", ready_ms=msg.ready_ms, pid=msg.proc.pid))
+        room, self._room = self._room, ()
+        said = f"ready (stopped {', '.join(room)} to make room)" if room else "ready"
+        answer(self.waiters.ready, Outcome(True, said, ready_ms=msg.ready_ms, pid=msg.proc.pid))
         self._watch(msg.proc, self._healthcheck(), ready=True)
 
     def _on_checked(self, msg: m.Checked) -> None:
@@ -343,11 +352,8 @@ class InstanceActor(Mailbox):
             self._fail_stop(msg.reason)
 
     def _fail_stop(self, reason: str) -> None:
-        """Stop a server that failed its checks, then handle it as a failure.
-
-        It is presumed hung: it gets as long to honour SIGTERM as one check may take,
-        not the full grace of a requested stop.
-        """
+        """Stop a server that failed its checks (presumed hung: it gets as long to honour
+        SIGTERM as one check may take, not a requested stop's grace), then fail it."""
         self._failing = (reason, self.state is State.RUNNING)
         grace = STOP_GRACE_S
         if self.loaded is not None:
@@ -373,7 +379,7 @@ class InstanceActor(Mailbox):
     def _fail(self, reason: str, tail: list[str], *, was_running: bool) -> None:
         self._cancel_task("ready")
         self._cancel_task("monitor")
-        ran_for = self.ctx.clock.monotonic() - self._ready_mono if was_running else 0.0
+        ran_for = self.ctx.clock.monotonic() - self.ready_mono if was_running else 0.0
         # An adopted server whose config no longer loads gets the default policy: its
         # restart is tried, and refused with the config's error shown (issue 10).
         policy = self.loaded.config.restart_policy if self.loaded else RestartPolicy()
@@ -422,9 +428,8 @@ class InstanceActor(Mailbox):
     def _on_resume(self, msg: m.Resume) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
         if self.proc is not None:
-            rec = self.ctx.store.get(self.name) or {}
-            where = (str(rec["host"]), int(rec["port"])) if rec.get("port") else None
-            self.ctx.scheduler.request(Claim(self.name, where), lambda _a: None)  # it holds it
+            claim = held_claim(self.name, self.ctx.store.get(self.name) or {}, self.loaded)
+            self.ctx.scheduler.request(claim, lambda _a: None)  # it holds it
             if self.state is State.STOPPING:  # it was being stopped: finish the stop
                 self._spawn_task("exit", watch.watch_exit(self.proc, self.post))
                 self._spawn_task(
@@ -432,7 +437,7 @@ class InstanceActor(Mailbox):
                 )
                 return
             if self.state is State.RUNNING:
-                self._ready_mono = self.ctx.clock.monotonic()
+                self.ready_mono = self.ctx.clock.monotonic()
             self._watch(self.proc, self._healthcheck(), ready=self.state is State.RUNNING)
             return
         if self.state in ALIVE:

@@ -14,6 +14,8 @@ from llama_orchestrator.config.loader import (
 )
 from llama_orchestrator.daemon.context import ActorContext
 from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.preflight import memory_mb
+from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.command import base_url, log_paths
 from llama_orchestrator.engine.process import ServerProcess
 
@@ -45,3 +47,9 @@ def adopt_recorded(
     stderr = log_paths(loaded, ctx.home.root)[1] if loaded is not None else None
     ctx.bus.emit(name, EventKind.ADOPTED, None, str(proc.pid), "re-adopted after daemon start")
     return proc, loaded, url, stderr
+
+
+def held_claim(name: str, row: dict[str, Any], loaded: LoadedConfig | None) -> Claim:
+    """What an adopted server holds: it runs already, so it is admitted past any budget."""
+    where = (str(row["host"]), int(row["port"])) if row.get("port") else None
+    return Claim(name, where, memory_mb(loaded) if loaded else {}, force=True)

@@ -21,6 +21,7 @@ from llama_orchestrator.config.loader import (
 )
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.seats import cutoff
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import Health, State
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
@@ -79,6 +80,11 @@ class InstanceView:
         loaded = self._actor.loaded or self._config()
         return loaded.config.model.context_size if loaded else None
 
+    @property
+    def cutoff(self) -> float:
+        actor = self._actor
+        return cutoff(actor, actor.ctx.scheduler.draining_since(actor.name))
+
     def acquire(self) -> Endpoint | None:
         """A lease on the running server, or None when it cannot take a request now."""
         url = self._actor.url if self.routable else None
@@ -89,7 +95,7 @@ class InstanceView:
 
     async def ensure_started(self) -> StartResult:
         outcome = await self._actor.request(
-            lambda r: m.Start(r, reason="requested through the gateway")
+            lambda r: m.Start(r, reason="requested through the gateway", on_demand=True)
         )
         return StartResult(outcome.ok, outcome.message)
 

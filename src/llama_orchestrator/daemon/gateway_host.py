@@ -13,10 +13,11 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from llama_orchestrator.config.gateway import load_gateway
+from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.loader import ConfigError
+from llama_orchestrator.daemon.budget import Budget
 from llama_orchestrator.daemon.directory import ActorDirectory
-from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.events import Event, EventKind
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.records import RequestRecord
@@ -32,6 +33,7 @@ class GatewayHost:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.directory = ActorDirectory(sup)
+        sup.bus.add_sink(self._on_event)
         self.gateway: Gateway | None = None
         self.settings: GatewaySettings | None = None
         self.reason: str | None = "not started"
@@ -45,6 +47,7 @@ class GatewayHost:
             self.reason = f"invalid gateway.json: {e.problems[0] if e.problems else e}"
             return None
         cfg = loaded.config
+        self.apply_budgets(cfg)
         if not cfg.enabled:
             self.reason = f'disabled ("enabled": false in {loaded.path})'
             return None
@@ -58,6 +61,13 @@ class GatewayHost:
             max_body_bytes=cfg.max_body_mb * 1024 * 1024,
         )
 
+    def apply_budgets(self, cfg: GatewayConfig) -> None:
+        """Budgets, idle ttl and the wait for room, to the scheduler (they hold whether or
+        not the gateway listens: `up` by hand respects them too)."""
+        budget = Budget(cfg.max_running, dict(cfg.memory_budget_mb))
+        self.sup.scheduler.configure(budget, float(cfg.load_timeout))
+        self.sup.seats.default_ttl = cfg.default_ttl
+
     async def start(self) -> None:
         self.settings = self._settings()
         if self.settings is not None:
@@ -68,10 +78,16 @@ class GatewayHost:
                 self.reason = gateway.error or str(e)
             else:
                 self.gateway, self.reason = gateway, None
+                self.sup.seats.demand = gateway.router.demand  # drains count its queues
                 log.info("gateway listening on %s", gateway.url)
         if self.reason is not None:
             log.warning("gateway not listening: %s", self.reason)
         self._record()
+
+    def _on_event(self, event: Event) -> None:
+        """A state change wakes the requests waiting for that instance at once."""
+        if event.kind is EventKind.STATE and self.gateway is not None:
+            self.gateway.router.poke(event.instance)
 
     def _record(self) -> None:
         status = self.status()

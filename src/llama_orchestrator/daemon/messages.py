@@ -54,11 +54,14 @@ class Start:
     reply: Reply
     wait_ready: bool = True  # False: reply once accepted (spawned) or refused
     reason: str = "up requested"
+    force: bool = False  # past the budgets, knowingly (`up --force`)
+    on_demand: bool = False  # asked for by a request through the gateway
 
 
 @dataclass
 class Stop:
     reply: Reply
+    reason: str = "down requested"  # or why it was evicted / stopped for being idle
 
 
 @dataclass
@@ -142,6 +145,8 @@ class Admitted:
     ticket: int
     granted: bool
     reason: str = ""
+    victims: tuple[str, ...] = ()  # instances stopped to make room for it
+    code: str = ""  # why refused: "port", "budget", "drain_timeout"
 
 
 Report = (

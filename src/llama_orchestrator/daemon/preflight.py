@@ -7,10 +7,12 @@ into a counted failed attempt.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llama_orchestrator.config.gateway import device_key
 from llama_orchestrator.config.loader import (
     ConfigError,
     LoadedConfig,
@@ -20,6 +22,7 @@ from llama_orchestrator.config.loader import (
 from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.ports import port_holder
 from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
 from llama_orchestrator.engine.command import LaunchSpec, device_label, launch_spec
 from llama_orchestrator.engine.process import ServerProcess
@@ -55,6 +58,42 @@ class Plan:
             "last_error": None,
             "config_hash": self.loaded.raw_hash,
         }
+
+    def claim(self, name: str, *, force: bool = False) -> Claim:
+        """What the start would hold: its address, and its memory by ``fit``'s estimate."""
+        server = self.loaded.config.server
+        return Claim(name, (server.host, server.port), memory_mb(self.loaded), force=force)
+
+
+def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
+    """``{device key: MiB}`` an instance counts for against the budgets: ``fit``'s
+    estimate (weights of the offloaded layers + KV cache + compute buffer) on its GPU, or
+    all of it against ``cpu`` for a CPU instance. Empty when the model cannot be read."""
+    from llama_orchestrator.models.fit import config_estimate
+
+    try:
+        st = os.stat(loaded.model_path)
+    except OSError:
+        return {}
+    key = (loaded.raw_hash, str(loaded.model_path), st.st_mtime_ns, st.st_size)
+    found = _ESTIMATES.get(key)
+    if found is None:
+        gpu = loaded.config.gpu
+        try:
+            est = config_estimate(loaded)
+        except (OSError, ValueError):  # GGUFError is a ValueError
+            return {}
+        if gpu.backend == "cpu" or est.gpu_layers == 0:
+            found = {"cpu": -(-est.total // 2**20)}
+        else:
+            found = {device_key(gpu.backend, gpu.device_id): -(-est.device_total // 2**20)}
+        if len(_ESTIMATES) > 256:
+            _ESTIMATES.clear()
+        _ESTIMATES[key] = found
+    return dict(found)
+
+
+_ESTIMATES: dict[tuple[str, str, int, int], dict[str, int]] = {}
 
 
 def refusal(code: ErrorCode, message: str, problems: list[dict[str, Any]] | None = None) -> Outcome:

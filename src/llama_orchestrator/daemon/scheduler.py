@@ -6,21 +6,30 @@ through the callback the actor gave, so an actor never blocks on a decision and 
 answering its own inbox (a ``down`` while a start waits for admission is handled at
 once).
 
-All decisions are taken in order on the scheduler's own loop, from its own table of
-holders: two cold starts can never both claim one victim, both fit in the same free
-memory, or both take one port (two instances configured on one port: the second is
-refused while the first holds it). No memory or count budget exists yet; budgets,
-eviction and queueing extend ``_decide`` (the gateway issues build on this seam).
+All decisions are taken in order on the scheduler's own task, from its own table of
+holders, so two cold starts can never both claim one victim, both fit in the same free
+memory, or both take one port. A start beyond the budgets (``max_running``,
+``memory_budget_mb``; daemon/budget.py) waits while its victims are stopped: idle ones
+at once, busy ones once they have drained (no request in flight, none waiting for them,
+not loading), bounded by the claim's ``wait_s``. Starts that wait are served in arrival
+order. The same loop stops instances idle for longer than their ``ttl``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.config.portcheck import hosts_overlap
+from llama_orchestrator.daemon.budget import Budget, Evict, Fits, Never, Seat, Wait, choose
+
+DRAIN_POLL_S = 0.02  # how often victims are looked at while a start waits for them
+TTL_POLL_S = 1.0  # how often idle instances are looked at
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,8 @@ class Claim:
     instance: str
     endpoint: tuple[str, int] | None = None  # host, port its server listens on
     memory_mb: dict[str, int] = field(default_factory=dict)  # device key -> MiB
+    force: bool = False  # past the budgets, knowingly (`up --force`)
+    wait_s: float | None = None  # how long it may wait for room (None: load_timeout)
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,48 @@ class Admission:
     ticket: int
     granted: bool
     reason: str = ""
-    victims: tuple[str, ...] = ()  # instances to stop first (none without budgets)
+    victims: tuple[str, ...] = ()  # instances stopped to make room for it
+    code: str = ""  # why refused: "port", "budget" or "drain_timeout"
 
 
 Deliver = Callable[[Admission], None]
+
+
+class Seats(Protocol):
+    """The running instances as the scheduler sees them (the daemon's actors)."""
+
+    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+        """Its pinned/priority/busy/last_used now; ``draining``: since when it is a
+        victim (requests queued for it before then still count as its work)."""
+        ...
+
+    def idle(self, name: str) -> tuple[float, int]:
+        """``(seconds since its last request ended (0 while busy), its ttl (0: none))``."""
+        ...
+
+    def evict(self, name: str, reason: str) -> None:
+        """Stop it (as ``down`` would, with ``reason``)."""
+        ...
+
+    def free_mib(self, device: str) -> int | None:
+        """Free memory of a device now (may block: called in a thread)."""
+        ...
+
+
+class NoSeats:
+    """No instance information (tests of the port rule): nothing busy, nothing to stop."""
+
+    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+        return Seat(name, memory_mb)
+
+    def idle(self, name: str) -> tuple[float, int]:
+        return 0.0, 0
+
+    def evict(self, name: str, reason: str) -> None:
+        return None
+
+    def free_mib(self, device: str) -> int | None:
+        return None
 
 
 @dataclass
@@ -55,29 +104,80 @@ class _Release:
     instance: str
 
 
+@dataclass
+class _Cancel:
+    ticket: int
+
+
+@dataclass
+class _Tick:
+    pass
+
+
+@dataclass
+class _Configure:
+    budget: Budget
+    wait_s: float
+
+
+@dataclass(eq=False)
+class _Pending:
+    req: _Request
+    since: float
+    victims: tuple[str, ...] = ()  # chosen to make room (busy ones drain first)
+    evicted: tuple[str, ...] = ()  # asked to stop for it
+    why: str = ""
+
+
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, seats: Seats | None = None) -> None:
+        self.clock = clock
+        self.seats: Seats = seats or NoSeats()
+        self.budget = Budget()
+        self.wait_s = 120.0  # gateway.json load_timeout: how long a start waits for room
         self.holders: dict[str, Claim] = {}  # instances admitted and holding resources
-        self._inbox: asyncio.Queue[_Request | _Release] = asyncio.Queue()
-        self._tickets = itertools.count(1)
-        self._runner: asyncio.Task[None] | None = None
+        self.evictions = 0
         self.decisions = 0
+        self._inbox: asyncio.Queue[_Request | _Release | _Cancel | _Tick | _Configure] = (
+            asyncio.Queue()
+        )
+        self._tickets = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}  # arrival order
+        self._draining: dict[str, float] = {}  # victim -> when it was first chosen
+        self._evicting: set[str] = set()  # asked to stop, not yet released
+        self._defaults: dict[str, int] = {}  # device -> default budget (MiB)
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._run(), name="scheduler"),
+                loop.create_task(self._ticker(), name="scheduler-ticker"),
+            ]
 
     async def close(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
-            self._runner = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def attach(self, seats: Seats) -> None:
+        self.seats = seats
+
+    def configure(self, budget: Budget, wait_s: float = 120.0) -> None:
+        """New budgets (gateway.json loaded or reloaded); they apply from the next decision."""
+        self._inbox.put_nowait(_Configure(budget, wait_s))
 
     def request(self, claim: Claim, deliver: Deliver) -> int:
         """Ask to admit ``claim``; ``deliver`` is called with the decision. Returns its ticket."""
         ticket = next(self._tickets)
         self._inbox.put_nowait(_Request(ticket, claim, deliver))
         return ticket
+
+    def cancel(self, ticket: int) -> None:
+        """The start behind ``ticket`` was called off: stop waiting (and evicting) for it."""
+        self._inbox.put_nowait(_Cancel(ticket))
 
     def release(self, instance: str) -> None:
         """``instance`` holds nothing any more (stopped, exited, fatal)."""
@@ -86,29 +186,168 @@ class Scheduler:
     def holds(self, instance: str) -> bool:
         return instance in self.holders
 
+    def draining_since(self, instance: str) -> float | None:
+        """When ``instance`` was chosen to make room (None: it is not being drained)."""
+        return self._draining.get(instance)
+
+    def waiting(self) -> list[str]:
+        """Instances whose starts wait for room, in arrival order."""
+        return [p.req.claim.instance for p in self._pending.values()]
+
+    async def _ticker(self) -> None:
+        while True:
+            await self.clock.sleep(DRAIN_POLL_S if self._pending else TTL_POLL_S)
+            self._inbox.put_nowait(_Tick())
+
     async def _run(self) -> None:
         while True:
             msg = await self._inbox.get()
-            if isinstance(msg, _Release):
-                self.holders.pop(msg.instance, None)
-                continue
-            admission = self._decide(msg)
-            self.decisions += 1
-            if admission.granted:
-                self.holders[msg.claim.instance] = msg.claim
-            msg.deliver(admission)
+            match msg:
+                case _Release():
+                    self.holders.pop(msg.instance, None)
+                    self._evicting.discard(msg.instance)
+                case _Cancel():
+                    self._pending.pop(msg.ticket, None)
+                case _Configure():
+                    self.budget, self.wait_s, self._defaults = msg.budget, msg.wait_s, {}
+                case _Request():
+                    await self._learn_defaults(msg.claim)
+                    self._admit(msg)
+                case _Tick():
+                    self._reap_idle()
+            self._settle()
 
-    def _decide(self, req: _Request) -> Admission:
-        """Refused when another holder listens on the same host:port; no budgets yet."""
-        want = req.claim.endpoint
+    async def _learn_defaults(self, claim: Claim) -> None:
+        """A device with no budget in gateway.json gets its free memory now, plus what
+        the holders there are counted for (once per configuration)."""
+        if claim.force:
+            return
+        for device in claim.memory_mb:
+            if device in self.budget.memory_mb or device in self._defaults:
+                continue
+            free = await asyncio.to_thread(self.seats.free_mib, device)
+            if free is not None:
+                held = sum(c.memory_mb.get(device, 0) for c in self.holders.values())
+                self._defaults[device] = free + held
+
+    def _effective(self) -> Budget:
+        if not self._defaults:
+            return self.budget
+        return Budget(self.budget.max_running, {**self._defaults, **self.budget.memory_mb})
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _admit(self, req: _Request) -> None:
+        refused = self._port_taken(req.claim)
+        if refused:
+            self._deliver(req, Admission(req.ticket, False, refused, code="port"))
+        elif req.claim.force or req.claim.instance in self.holders:
+            self._grant(req)
+        else:
+            self._pending[req.ticket] = _Pending(req, self.clock.monotonic())
+
+    def _port_taken(self, claim: Claim) -> str:
+        want = claim.endpoint
         for name, held in self.holders.items():
-            if name == req.claim.instance or want is None or held.endpoint is None:
+            if name == claim.instance or want is None or held.endpoint is None:
                 continue
             if held.endpoint[1] == want[1] and hosts_overlap(held.endpoint[0], want[0]):
-                return Admission(
-                    req.ticket,
-                    False,
+                return (
                     f"port {want[1]} is already in use by instance {name!r} "
-                    f"({held.endpoint[0]}:{held.endpoint[1]} is also used by instance {name!r})",
+                    f"({held.endpoint[0]}:{held.endpoint[1]} is also used by instance {name!r})"
                 )
-        return Admission(req.ticket, True)
+        return ""
+
+    def _grant(self, req: _Request, victims: tuple[str, ...] = ()) -> None:
+        self.holders[req.claim.instance] = req.claim
+        self._deliver(req, Admission(req.ticket, True, victims=victims))
+
+    def _deliver(self, req: _Request, admission: Admission) -> None:
+        self.decisions += 1
+        req.deliver(admission)
+
+    def _settle(self) -> None:
+        """Decide the waiting starts, in arrival order; stop the victims that can go."""
+        budget = self._effective()
+        now = self.clock.monotonic()
+        ahead: list[Seat] = []  # earlier waiting starts: their room is spoken for
+        promised: set[str] = set()  # their victims, and themselves: not for later starts
+        draining: dict[str, float] = {}
+        for ticket, p in list(self._pending.items()):
+            claim = p.req.claim
+            if claim.instance in self.holders:  # admitted meanwhile (adopted, forced)
+                del self._pending[ticket]
+                self._grant(p.req, p.evicted)
+                continue
+            seats = [
+                self.seats.seat(n, c.memory_mb, self._draining.get(n))
+                for n, c in self.holders.items()
+            ]
+            choice = choose(
+                claim.instance, claim.memory_mb, [*seats, *ahead], budget, frozenset(promised)
+            )
+            match choice:
+                case Fits():
+                    del self._pending[ticket]
+                    self._grant(p.req, p.evicted)
+                    continue
+                case Never(why=why):
+                    del self._pending[ticket]
+                    self._deliver(p.req, Admission(ticket, False, why, code="budget"))
+                    continue
+                case Evict(victims=victims):
+                    p.victims = victims
+                    p.evicted += self._evict_drained(claim.instance, victims, seats, draining, now)
+                    promised.update(victims)
+                case Wait(why=why):
+                    p.why = why
+            if now - p.since > (self.wait_s if claim.wait_s is None else claim.wait_s):
+                del self._pending[ticket]
+                self._deliver(p.req, self._drain_timeout(p, seats, now))
+                continue
+            ahead.append(Seat(claim.instance, claim.memory_mb, busy=True))
+            promised.add(claim.instance)
+        self._draining = draining
+
+    def _evict_drained(
+        self,
+        instance: str,
+        victims: tuple[str, ...],
+        seats: list[Seat],
+        draining: dict[str, float],
+        now: float,
+    ) -> tuple[str, ...]:
+        """Stop the victims that are idle now; the busy ones drain (marked since when)."""
+        busy = {s.name for s in seats if s.busy}
+        evicted: list[str] = []
+        for victim in victims:
+            draining[victim] = self._draining.get(victim, now)
+            if victim in busy or victim in self._evicting:
+                continue
+            self._evicting.add(victim)
+            self.evictions += 1
+            evicted.append(victim)
+            self.seats.evict(victim, f"evicted to make room for {instance!r}")
+        return tuple(evicted)
+
+    def _drain_timeout(self, p: _Pending, seats: list[Seat], now: float) -> Admission:
+        busy = [s.name for s in seats if s.busy and s.name in p.victims]
+        waited = now - p.since
+        if busy:
+            why = (
+                f"waited {waited:.0f} s for {', '.join(busy)} to finish their requests "
+                f"so {p.req.claim.instance!r} could start (load_timeout)"
+            )
+        else:
+            why = f"no room for {p.req.claim.instance!r} within {waited:.0f} s: {p.why}"
+        return Admission(p.req.ticket, False, why, code="drain_timeout")
+
+    def _reap_idle(self) -> None:
+        """Stop instances idle past their ttl (never one with a request in flight)."""
+        for name in list(self.holders):
+            if name in self._evicting or name in self._draining:
+                continue
+            idle, ttl = self.seats.idle(name)
+            if ttl > 0 and idle >= ttl and not math.isinf(idle):
+                self._evicting.add(name)
+                self.seats.evict(name, f"idle for {idle:.0f} s (ttl {ttl} s)")

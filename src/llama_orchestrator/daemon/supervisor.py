@@ -23,6 +23,7 @@ from llama_orchestrator.daemon.context import ActorContext, Launcher, ProcessLau
 from llama_orchestrator.daemon.events import EventBus, EventKind
 from llama_orchestrator.daemon.recorder import Recorder
 from llama_orchestrator.daemon.scheduler import Scheduler
+from llama_orchestrator.daemon.seats import ActorSeats
 from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.home import Home
 from llama_orchestrator.logs.rotate import rotate_live
@@ -49,7 +50,7 @@ class Supervisor:
         self.store = store
         self.bus = EventBus()
         self.bus.add_sink(Recorder(store))
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(clock)
         self.ctx = ActorContext(
             home=home,
             store=store,
@@ -60,6 +61,8 @@ class Supervisor:
             clock=clock,
         )
         self.actors: dict[str, InstanceActor] = {}
+        self.seats = ActorSeats(self.actors)  # what the scheduler reads of them
+        self.scheduler.attach(self.seats)
         self.boot_time = boot_time  # None: ask the OS (tests inject one to simulate a reboot)
         self.log_check_interval = log_check_interval
         self._background: list[asyncio.Task[None]] = []

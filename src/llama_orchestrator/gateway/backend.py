@@ -64,6 +64,12 @@ class Instance(Protocol):
     @property
     def context_size(self) -> int | None: ...
 
+    @property
+    def cutoff(self) -> float:
+        """Requests enqueued (gateway clock, monotonic) after this are not sent to it:
+        it is being drained to make room. ``math.inf`` when it takes every request."""
+        ...
+
     def acquire(self) -> Endpoint | None:
         """A lease (in_flight += 1), or None when not routable. Slots are not checked here."""
         ...

@@ -100,6 +100,9 @@ class _Waiter:
         self.error = error
         self._wake()
 
+    def poke(self) -> None:
+        self._wake()
+
     def _wake(self) -> None:
         if self.wake is not None:
             _resolve(self.wake)
@@ -157,6 +160,24 @@ class Router:
     def queue_depths(self) -> dict[str, int]:
         return {name: len(r.queue) for name, r in self._routes.items() if r.queue}
 
+    def demand(self, instance: str, before: float = math.inf) -> int:
+        """Requests waiting for a name ``instance`` carries, enqueued by ``before``."""
+        count = 0
+        for name in self._names_of.get(instance, ()):
+            route = self._routes.get(name)
+            if route is not None:
+                count += sum(1 for w in route.queue if not w.done and w.enqueued <= before)
+        return count
+
+    def poke(self, instance: str) -> None:
+        """``instance`` changed state: its waiters look again at once (a start to make,
+        a slot that opened) instead of at their next recheck."""
+        for name in self._names_of.get(instance, ()):
+            route = self._routes.get(name)
+            if route is not None:
+                for w in route.queue:
+                    w.poke()
+
     def starting(self) -> list[str]:
         return self._starter.starting()
 
@@ -170,11 +191,15 @@ class Router:
             return None
         return self._pick(name, members)
 
-    def _pick(self, name: str, members: Sequence[Instance]) -> Lease | None:
+    def _pick(
+        self, name: str, members: Sequence[Instance], enqueued: float = math.inf
+    ) -> Lease | None:
+        """The least busy routable member with a free slot. A member being drained to
+        make room (``cutoff``) takes only requests that waited for it since before then."""
         n = len(members)
         if n == 1:
             inst = members[0]
-            if inst.routable and inst.in_flight < inst.slots:
+            if inst.routable and inst.in_flight < inst.slots and enqueued <= inst.cutoff:
                 ep = inst.acquire()
                 if ep is not None:
                     return Lease(inst, ep, self)
@@ -185,7 +210,7 @@ class Router:
         best_n = 0
         for k in range(n):
             inst = members[(start + k) % n]
-            if not inst.routable:
+            if not inst.routable or enqueued > inst.cutoff:
                 continue
             busy = inst.in_flight
             if busy >= inst.slots:
@@ -286,6 +311,12 @@ class Router:
                     w.deadline = max(w.deadline, w.enqueued + self._settings.queue_timeout)
                 else:
                     self._starter.assess(members)  # raises when there is nothing left to wait for
+            elif not any(m.routable for m in members):
+                # What it waited on went away (stopped to make room, idle, by hand, died):
+                # one is started again, and the wait becomes a wait for it to load.
+                w.loading, _ = self._starter.assess(members)
+                if w.loading:
+                    w.deadline = max(w.deadline, now + self._settings.load_timeout)
             if now >= w.deadline:
                 raise self._timed_out(route, w, members)
             if listener is not None and now >= next_tick:
@@ -357,7 +388,7 @@ class Router:
             if head.done:
                 queue.popleft()
                 continue
-            lease = self._pick(route.name, self.others(route.name, head.exclude))
+            lease = self._pick(route.name, self.others(route.name, head.exclude), head.enqueued)
             if lease is None:
                 return
             queue.popleft()

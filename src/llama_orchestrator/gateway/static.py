@@ -7,6 +7,7 @@ Each instance is always routable and never starts anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
@@ -60,6 +61,10 @@ class StaticInstance:
     @property
     def last_error(self) -> str | None:
         return None
+
+    @property
+    def cutoff(self) -> float:
+        return math.inf
 
     @property
     def context_size(self) -> int | None:

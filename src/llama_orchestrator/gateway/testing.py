@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import math
 import os
 import signal
 import subprocess
@@ -140,6 +141,10 @@ class ServerInstance:
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    @property
+    def cutoff(self) -> float:
+        return math.inf
 
     @property
     def context_size(self) -> int | None:

@@ -1,0 +1,235 @@
+"""Budgets and eviction (issue 11): the pure rules (daemon/budget.py), then the
+scheduler acting on them on a fake clock with scripted instances (daemon/scheduler.py).
+Real servers behind the gateway are in test_issue11_budgets.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from llama_orchestrator.clock import FakeClock
+from llama_orchestrator.daemon.budget import (
+    Budget,
+    Evict,
+    Fits,
+    Never,
+    Seat,
+    Wait,
+    choose,
+    eviction_order,
+)
+from llama_orchestrator.daemon.scheduler import Admission, Claim, Scheduler
+
+CPU = {"cpu": 1000}
+
+
+def test_eviction_order_is_idle_then_priority_then_least_recently_used() -> None:
+    seats = [
+        Seat("busy-old", busy=True, last_used=1.0),
+        Seat("idle-new", last_used=9.0),
+        Seat("idle-old", last_used=2.0),
+        Seat("idle-low-priority", priority=-5, last_used=8.0),
+    ]
+    order = [s.name for s in eviction_order(seats)]
+    assert order == ["idle-low-priority", "idle-old", "idle-new", "busy-old"]
+
+
+def test_only_as_many_victims_as_the_start_needs() -> None:
+    seats = [Seat("a", CPU, last_used=1.0), Seat("b", CPU, last_used=2.0), Seat("c", CPU)]
+    budget = Budget(memory_mb={"cpu": 3500})
+    assert choose("d", CPU, seats, budget) == Evict(("c",))  # c was used longest ago
+    assert choose("d", {"cpu": 1600}, seats, budget) == Evict(("c", "a"))
+    assert choose("d", {"cpu": 400}, seats, budget) == Fits()
+    assert choose("d", {}, seats, Budget(max_running=4)) == Fits()
+    assert choose("d", {}, seats, Budget(max_running=2)) == Evict(("c", "a"))
+
+
+def test_pinned_are_never_victims_and_an_impossible_start_says_what_is_missing() -> None:
+    seats = [Seat("big", {"cpu": 3000}, pinned=True), Seat("small", {"cpu": 500})]
+    budget = Budget(memory_mb={"cpu": 4000})
+    assert choose("new", {"cpu": 900}, seats, budget) == Evict(("small",))
+    never = choose("new", {"cpu": 1200}, seats, budget)
+    assert isinstance(never, Never)
+    assert "1200 MiB on cpu" in never.why and "4000 MiB" in never.why
+    assert "pinned instances hold 3000 MiB (big)" in never.why and "200 MiB missing" in never.why
+    count = choose("new", {}, [Seat("p", pinned=True)], Budget(max_running=1))
+    assert isinstance(count, Never) and "max_running is 1" in count.why and "(p)" in count.why
+
+
+def test_a_victim_promised_to_another_start_is_not_taken_twice() -> None:
+    seats = [Seat("a"), Seat("b")]
+    budget = Budget(max_running=2)
+    assert choose("c", {}, seats, budget) == Evict(("a",))
+    assert choose("d", {}, seats, budget, frozenset({"a"})) == Evict(("b",))
+    assert isinstance(choose("e", {}, seats, budget, frozenset({"a", "b"})), Wait)
+
+
+# -- the scheduler, on a fake clock ------------------------------------------------------
+
+
+@dataclass
+class FakeSeat:
+    busy: bool = False
+    pinned: bool = False
+    idle_s: float = 0.0
+    ttl: int = 0
+
+
+class FakeSeats:
+    """Scripted instances: the test says which are busy; evictions are recorded and
+    released on the scheduler as the real actor's stop would."""
+
+    def __init__(self) -> None:
+        self.seats: defaultdict[str, FakeSeat] = defaultdict(FakeSeat)
+        self.evicted: list[tuple[str, str]] = []
+        self.scheduler: Scheduler | None = None
+
+    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+        s = self.seats[name]
+        return Seat(name, memory_mb, pinned=s.pinned, busy=s.busy)
+
+    def idle(self, name: str) -> tuple[float, int]:
+        s = self.seats[name]
+        return (0.0 if s.busy else s.idle_s), s.ttl
+
+    def evict(self, name: str, reason: str) -> None:
+        self.evicted.append((name, reason))
+        assert self.scheduler is not None
+        self.scheduler.release(name)
+
+    def free_mib(self, device: str) -> int | None:
+        return 2000
+
+
+Scenario = Callable[[Scheduler, FakeSeats, FakeClock], Awaitable[None]]
+
+
+def run(scenario: Scenario, budget: Budget, wait_s: float = 30.0) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        seats = FakeSeats()
+        sched = Scheduler(clock, seats)
+        seats.scheduler = sched
+        sched.configure(budget, wait_s)
+        sched.start()
+        try:
+            await scenario(sched, seats, clock)
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
+
+
+def ask(sched: Scheduler, claim: Claim) -> list[Admission]:
+    got: list[Admission] = []
+    sched.request(claim, got.append)
+    return got
+
+
+def test_two_concurrent_cold_starts_under_a_budget_of_one_never_share_a_victim() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        a = ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        assert a and a[0].granted and sched.holders.keys() == {"a"}
+        seats.seats["a"].busy = True  # serving a request
+        b, c = ask(sched, Claim("b")), ask(sched, Claim("c"))
+        seats.seats["b"].busy = True  # once admitted it loads: busy too
+        await clock.advance(1.0)
+        assert not b and not c and seats.evicted == []  # a is never cut
+        assert sched.waiting() == ["b", "c"] and sched.draining_since("a") is not None
+        seats.seats["a"].busy = False  # its request ended: now it can go
+        await clock.advance(0.05)
+        assert seats.evicted == [("a", "evicted to make room for 'b'")]
+        assert b and b[0].granted and b[0].victims == ("a",) and not c
+        assert sched.holders.keys() == {"b"}  # never two at once
+        sched.release("b")  # b stopped (by hand): c gets the room, and evicts nothing
+        await clock.advance(0.05)
+        assert c and c[0].granted and c[0].victims == () and len(seats.evicted) == 1
+
+    run(scenario, Budget(max_running=1))
+
+
+def test_a_start_waits_for_a_busy_victim_no_longer_than_the_load_timeout() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        seats.seats["a"].busy = True
+        b = ask(sched, Claim("b"))
+        await clock.advance(29.0)
+        assert not b
+        await clock.advance(1.5)
+        assert b and not b[0].granted and b[0].code == "drain_timeout"
+        assert "for a to finish their requests" in b[0].reason and "(load_timeout)" in b[0].reason
+        assert seats.evicted == [] and sched.holders.keys() == {"a"}
+        assert sched.draining_since("a") is None  # no longer a victim
+
+    run(scenario, Budget(max_running=1), wait_s=30.0)
+
+
+def test_pinned_full_budget_refuses_at_once_and_force_goes_past_it() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        seats.seats["p"] = FakeSeat(pinned=True)
+        ask(sched, Claim("p", memory_mb={"cpu": 1500}))
+        await clock.advance(0.01)
+        refused = ask(sched, Claim("q", memory_mb={"cpu": 800}))
+        await clock.advance(0.01)
+        assert refused and not refused[0].granted and refused[0].code == "budget"
+        assert "300 MiB missing" in refused[0].reason and "(p)" in refused[0].reason
+        forced = ask(sched, Claim("q", memory_mb={"cpu": 800}, force=True))
+        await clock.advance(0.01)
+        assert forced and forced[0].granted and seats.evicted == []
+
+    run(scenario, Budget(memory_mb={"cpu": 2000}))
+
+
+def test_default_memory_budget_is_the_free_memory_when_none_is_configured() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        # FakeSeats reports 2000 MiB free on every device
+        ok = ask(sched, Claim("a", memory_mb={"cuda:0": 1500}))
+        await clock.advance(0.01)
+        assert ok and ok[0].granted
+        later = ask(sched, Claim("b", memory_mb={"cuda:0": 1000}))
+        await clock.advance(0.05)
+        assert (
+            later and later[0].granted and seats.evicted == [("a", "evicted to make room for 'b'")]
+        )
+
+    run(scenario, Budget())
+
+
+def test_a_cancelled_start_stops_waiting_and_evicts_nothing() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        seats.seats["a"].busy = True
+        got: list[Admission] = []
+        ticket = sched.request(Claim("b"), got.append)
+        await clock.advance(0.5)
+        sched.cancel(ticket)
+        seats.seats["a"].busy = False
+        await clock.advance(1.0)
+        assert got == [] and seats.evicted == [] and sched.waiting() == []
+
+    run(scenario, Budget(max_running=1))
+
+
+def test_idle_ttl_stops_an_idle_instance_and_never_a_busy_one() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        seats.seats["long"] = FakeSeat(busy=True, ttl=5)  # a stream longer than its ttl
+        seats.seats["quiet"] = FakeSeat(idle_s=0.0, ttl=5)
+        seats.seats["kept"] = FakeSeat(idle_s=100.0, ttl=0)  # ttl 0: never
+        for name in seats.seats:
+            ask(sched, Claim(name))
+        await clock.advance(2.0)
+        assert seats.evicted == []
+        seats.seats["quiet"].idle_s = 6.0
+        seats.seats["long"].idle_s = 60.0  # still busy: its idle time does not count
+        await clock.advance(1.5)
+        assert seats.evicted == [("quiet", "idle for 6 s (ttl 5 s)")]
+        seats.seats["long"].busy = False  # its stream ended a minute ago by now
+        await clock.advance(1.5)
+        assert seats.evicted[-1] == ("long", "idle for 60 s (ttl 5 s)") and len(seats.evicted) == 2
+
+    run(scenario, Budget())
