@@ -152,9 +152,11 @@ def test_issue10_describe_of_a_running_instance_with_an_invalid_config_shows_its
     assert "Config error:" in text and "model.path" in text and "Events:" in text
     assert "Command:" in text
 
-    # a record whose config folder is gone is described from the record alone
+    # a record whose config folder is gone is described from the record alone (removed
+    # while no daemon watches: a running daemon stops its server, issue 11)
     import shutil
 
+    assert cli("daemon", "stop").returncode == 0
     shutil.rmtree(home.instance_dir("alpha"))
     data = json.loads(cli("describe", "alpha", "--json").stdout)
     assert data["runtime"]["pid"] == pid and data["config_removed"] is True

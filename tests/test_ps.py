@@ -187,6 +187,8 @@ def test_issue10_ps_marks_an_instance_whose_config_was_removed(
     write_config(home, "alpha", tiny_model, free_port())
     write_config(home, "beta", tiny_model, free_port())
     assert cli("up", "alpha", "beta").returncode == 0
+    # removed while no daemon watches (a running daemon stops its server: issue 11)
+    assert cli("daemon", "stop").returncode == 0
     shutil.rmtree(home.instance_dir("alpha"))
     rows = {r["name"]: r for r in cli.json("ps", "--json")}
     assert rows["alpha"]["config_removed"] is True and rows["alpha"]["status"] == "running"

@@ -50,6 +50,8 @@ def test_issue10_instance_folder_removed_while_running_stays_controllable(
     write_config(home, "alpha", tiny_model, port)
     assert cli("up", "alpha").returncode == 0
     pid = ps_row(cli, "alpha")["pid"]
+    # removed while no daemon watches (a running daemon stops its server: issue 11)
+    assert cli("daemon", "stop").returncode == 0
     shutil.rmtree(home.instance_dir("alpha"))
     assert ps_row(cli, "alpha")["pid"] == pid  # still listed
     out = cli("down", "alpha")
@@ -69,6 +71,7 @@ def test_issue10_down_all_reaches_a_server_whose_folder_was_removed(
     write_config(home, "beta", tiny_model, free_port())
     assert cli("up", "alpha", "beta").returncode == 0
     pid = ps_row(cli, "alpha")["pid"]
+    assert cli("daemon", "stop").returncode == 0  # else the daemon stops it itself (issue 11)
     shutil.rmtree(home.instance_dir("alpha"))
     assert cli("down", "--all").returncode == 0
     wait_for(lambda: gone(pid), what="the removed instance's server stopped")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from llama_orchestrator.cli.common import fail, home_of, say
+from llama_orchestrator.cli.common import daemon_client, fail, home_of, say
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +38,30 @@ def register(app: typer.Typer) -> None:
         say("daemon stopped" if stop_daemon(home_of(ctx)) else "daemon is not running")
 
     @daemon.command()
+    def reload(
+        ctx: typer.Context,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Rescan instances/ and gateway.json now (as SIGHUP does; the daemon also looks
+        every 2 s). Unchanged instances are left alone; changed ones keep running until
+        `up` recreates them. Exit 1 when a config is invalid.
+        """
+        client = daemon_client(home_of(ctx))
+        try:
+            reply = client.post("/v1/daemon/reload")
+        except OSError as e:
+            fail(f"lost the daemon ({e}); see logs/daemon.log")
+        body = reply.body
+        if not reply.ok or not isinstance(body, dict):
+            fail(f"the daemon could not reload: {body}")
+        if as_json:
+            print(json.dumps(body))
+        else:
+            _say_reload(body)
+        if body.get("invalid"):
+            raise typer.Exit(1)
+
+    @daemon.command()
     def status(
         ctx: typer.Context,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -63,3 +87,16 @@ def register(app: typer.Typer) -> None:
         from llama_orchestrator.daemon.server import run_daemon
 
         raise typer.Exit(run_daemon(home_of(ctx), port=port))
+
+
+def _say_reload(body: dict[str, Any]) -> None:
+    say(f"reloaded {body['instances']} instance configs")
+    for key, label in (("added", "added"), ("changed", "changed"), ("removed", "removed")):
+        if body.get(key):
+            say(f"  {label}: {', '.join(body[key])}")
+    for name, problem in (body.get("invalid") or {}).items():
+        say(f"  invalid: {name}: {problem} (the last good version stays in force)")
+    for name in body.get("drifted") or []:
+        say(f"  {name}: runs an older config; `llama-orch up {name}` recreates it")
+    if body.get("gateway"):
+        say(f"  gateway.json: {body['gateway']}")

@@ -88,6 +88,8 @@ def _client(home: Home) -> Client:
 
 
 def _report(name: str, body: dict[str, Any], verb: str) -> bool:
+    if body.get("recreated"):
+        say(f"{name}: its config changed since it started: recreated (stopped, then started)")
     if body.get("ok"):
         msg = body.get("message", "")
         inst = body.get("instance") or {}
@@ -138,9 +140,17 @@ def register(app: typer.Typer) -> None:
         detach: Annotated[
             bool, typer.Option("--detach", "-d", help="Return at once; do not wait for ready.")
         ] = False,
+        no_recreate: Annotated[
+            bool,
+            typer.Option(
+                "--no-recreate", help="Keep a running instance whose config changed as it is."
+            ),
+        ] = False,
     ) -> None:
         """Start instances and wait until each answers /health with 200.
 
+        A running instance whose config changed since it started is recreated (stopped,
+        then started with the new config) unless --no-recreate.
         `llama-orch start` is the same command.
 
         Examples: llama-orch up gemma; llama-orch up --all --detach
@@ -152,7 +162,8 @@ def register(app: typer.Typer) -> None:
             return
         client = _client(home)
         _validate(client, targets)
-        if not _act(client, targets, "start", "starting", wait=not detach):
+        params = {"wait": not detach, "recreate": not no_recreate}
+        if not _act(client, targets, "start", "starting", **params):
             raise typer.Exit(EXIT_FAIL)
 
     @app.command(short_help="Stop instances gracefully, then kill them (alias: stop).")

@@ -110,24 +110,38 @@ def render_table(rows: list[dict[str, Any]], color: bool) -> str:
     return "\n".join(out)
 
 
-def gateway_problem(home: Home) -> str | None:
-    """Why the daemon's gateway does not listen, as it recorded (None: it listens)."""
+def _meta(home: Home, key: str) -> dict[str, Any]:
+    """A JSON object the daemon recorded in the state store's meta table ({}: none)."""
     from llama_orchestrator.state.db import StateStore
 
     store = StateStore.open_for_reading(home.db_path)
     if store is None:
-        return None
+        return {}
     try:
-        raw = store.meta_get("gateway")
+        raw = store.meta_get(key)
     except Exception:  # an older database without the meta table: nothing to say
-        return None
+        return {}
     finally:
         store.close()
     try:
-        status = json.loads(raw) if raw else {}
+        found = json.loads(raw) if raw else {}
     except ValueError:
-        return None
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def gateway_problem(home: Home) -> str | None:
+    """Why the daemon's gateway does not listen, as it recorded (None: it listens)."""
+    status = _meta(home, "gateway")
     return None if status.get("listening", True) else str(status.get("reason") or "unknown")
+
+
+def config_problems(home: Home) -> dict[str, str]:
+    """name -> why its config is broken, as the running daemon last scanned it (issue 11:
+    it keeps the last good version in force meanwhile)."""
+    from llama_orchestrator.state.drift import PROBLEMS_KEY
+
+    return {str(k): str(v) for k, v in _meta(home, PROBLEMS_KEY).items()}
 
 
 def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[str]) -> int:
@@ -141,12 +155,21 @@ def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[
         return 2
     # Without stopped rows, the configs of never-started instances need not be read.
     rows = select(instance_rows(home, stopped=shows_stopped(all_, parsed)), all_, parsed)
-    if not daemon_status(home).running:
+    running = daemon_status(home).running
+    problems = config_problems(home) if running else {}
+    for row in rows:
+        row["config_error"] = problems.get(row["name"])
+    if not running:
         print("note: the daemon is not running; showing the last recorded state", file=sys.stderr)
     elif not quiet:
         why = gateway_problem(home)
         if why:
             print(f"note: the gateway is not listening: {why}", file=sys.stderr)
+        for name, problem in sorted(problems.items()):
+            print(
+                f"note: {name}: invalid config (the last good one stays in force): {problem}",
+                file=sys.stderr,
+            )
     if quiet:
         out = "\n".join(r["name"] for r in rows)
     elif as_json:

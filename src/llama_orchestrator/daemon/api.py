@@ -66,6 +66,7 @@ class CommandResult(BaseModel):
     accepted: bool = False
     stderr_tail: list[str] = []
     problems: list[dict[str, Any]] = []
+    recreated: bool = False  # `up` stopped it and started it with its changed config
     instance: InstanceStatus | None = None
 
 
@@ -86,6 +87,16 @@ class HealthReport(BaseModel):
     checks: list[dict[str, Any]] = []
 
 
+class ReloadReport(BaseModel):
+    instances: int
+    added: list[str] = []
+    changed: list[str] = []
+    removed: list[str] = []
+    invalid: dict[str, str] = {}
+    drifted: list[str] = []
+    gateway: str | None = None
+
+
 class DaemonInfo(BaseModel):
     pid: int
     version: str
@@ -101,6 +112,19 @@ _STATUS_FIELDS = set(InstanceStatus.model_fields)
 def status_of(sup: Supervisor, name: str) -> InstanceStatus:
     data = instance_status(name, sup.store.get(name))
     return InstanceStatus(**{k: v for k, v in data.items() if k in _STATUS_FIELDS})
+
+
+def config_drifted(sup: Supervisor, actor: InstanceActor) -> bool:
+    """Whether ``actor``'s running server was started with another config than the valid
+    one on disk now (a broken file recreates nothing)."""
+    if actor.state is not State.RUNNING or actor.proc is None:
+        return False
+    recorded = (sup.store.get(actor.name) or {}).get("config_hash")
+    try:
+        now = load_instance(sup.home, actor.name).raw_hash
+    except (ConfigError, UnknownInstance):
+        return False
+    return bool(recorded) and recorded != now
 
 
 def create_app(
@@ -131,8 +155,10 @@ def create_app(
         except UnknownInstance as e:
             raise HTTPException(404, str(e)) from None
 
-    def result(name: str, outcome: Outcome) -> JSONResponse:
-        body = CommandResult(name=name, instance=status_of(sup, name), **outcome.to_dict())
+    def result(name: str, outcome: Outcome, *, recreated: bool = False) -> JSONResponse:
+        body = CommandResult(
+            name=name, instance=status_of(sup, name), recreated=recreated, **outcome.to_dict()
+        )
         code = 200 if outcome.ok or outcome.error is None else outcome.error.http_status
         return JSONResponse(body.model_dump(), status_code=code)
 
@@ -164,6 +190,11 @@ def create_app(
             # After this reply is written: the same path as SIGTERM.
             asyncio.get_running_loop().call_later(0.05, on_shutdown)
         return {"status": "shutting down"}
+
+    @app.post("/v1/daemon/reload", dependencies=auth)
+    async def reload() -> ReloadReport:
+        """Rescan ``instances/`` and ``gateway.json`` now, as SIGHUP does (issue 11)."""
+        return ReloadReport(**(await sup.reload()).to_dict())
 
     @app.get("/v1/gateway", dependencies=auth)
     async def gateway() -> dict[str, Any]:
@@ -225,13 +256,20 @@ def create_app(
         )
 
     @app.post("/v1/instances/{name}/start", dependencies=auth, response_model=CommandResult)
-    async def start(name: str, wait: bool = True) -> JSONResponse:
+    async def start(name: str, wait: bool = True, recreate: bool = True) -> JSONResponse:
         """Record desired=running and start.
 
         With ``wait``, reply once /health answers 200; without, once the server has been
         spawned (``accepted``) or the start was refused (port in use, invalid config...).
+        A running server whose config changed since it started is recreated (stopped,
+        then started with the new config; ``"recreated": true``) unless ``recreate`` is
+        false, as ``docker compose up`` does (issue 11).
         """
-        return result(name, await get_actor(name).request(lambda r: m.Start(r, wait_ready=wait)))
+        actor = get_actor(name)
+        if recreate and config_drifted(sup, actor):
+            outcome = await actor.request(lambda r: m.Restart(r, wait_ready=wait))
+            return result(name, outcome, recreated=True)
+        return result(name, await actor.request(lambda r: m.Start(r, wait_ready=wait)))
 
     @app.post("/v1/instances/{name}/stop", dependencies=auth, response_model=CommandResult)
     async def stop(name: str) -> JSONResponse:

@@ -11,13 +11,20 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.loader import ConfigError
 from llama_orchestrator.daemon.budget import Budget
-from llama_orchestrator.daemon.directory import ActorDirectory
 from llama_orchestrator.daemon.events import Event, EventKind
+from llama_orchestrator.daemon.gateway_reload import (
+    SourceKey,
+    WatchedDirectory,
+    retune,
+    settle,
+    source_key,
+)
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.records import RequestRecord
@@ -32,13 +39,17 @@ SPEED_KEPT_S = 60.0  # a decode speed older than this is no longer shown
 class GatewayHost:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
-        self.directory = ActorDirectory(sup)
+        self.directory = WatchedDirectory(sup)
         sup.bus.add_sink(self._on_event)
         self.gateway: Gateway | None = None
         self.settings: GatewaySettings | None = None
         self.reason: str | None = "not started"
         # the last decode speed each instance reported (tokens/s, when), for `stats`
         self._speed: dict[str, tuple[float, float]] = {}
+        # what the settings in force were read from (hot reload, issue 11)
+        self._keys_file: Path | None = None
+        self._source: SourceKey | None = None
+        sup.watcher.on_gateway = self.reload
 
     def _settings(self) -> GatewaySettings | None:
         try:
@@ -47,6 +58,7 @@ class GatewayHost:
             self.reason = f"invalid gateway.json: {e.problems[0] if e.problems else e}"
             return None
         cfg = loaded.config
+        self._keys_file = loaded.keys_file
         self.apply_budgets(cfg)
         if not cfg.enabled:
             self.reason = f'disabled ("enabled": false in {loaded.path})'
@@ -70,6 +82,11 @@ class GatewayHost:
 
     async def start(self) -> None:
         self.settings = self._settings()
+        self._source = source_key(self.sup.home.gateway_path, self._keys_file)
+        await self._listen()
+        self._record()
+
+    async def _listen(self) -> None:
         if self.settings is not None:
             gateway = Gateway(self.directory, self.settings, on_request=self._on_request)
             try:
@@ -82,7 +99,42 @@ class GatewayHost:
                 log.info("gateway listening on %s", gateway.url)
         if self.reason is not None:
             log.warning("gateway not listening: %s", self.reason)
+
+    async def reload(self) -> str | None:
+        """``gateway.json`` (or its keys file) changed: apply it, keeping the listener
+        (daemon/gateway_reload.py). Returns what became of it; None when unchanged."""
+        key = source_key(self.sup.home.gateway_path, self._keys_file)
+        if key == self._source:
+            return None
+        self._source = key
+        listening, reason = self.gateway, self.reason
+        new = self._settings()  # the budgets apply in here, whether or not it listens
+        self._source = source_key(self.sup.home.gateway_path, self._keys_file)
+        if listening is None:  # not listening: start it as a daemon start would
+            self.settings = new
+            await self._listen()
+            self._record()
+            now = f"listening on {self.gateway.url}" if self.gateway else f"off: {self.reason}"
+            return self._said("applied", f"gateway.json applied; the gateway is {now}")
+        if new is None:  # invalid, or disabled: it listens on with what it has
+            problem, self.reason = self.reason or "", reason
+            if problem.startswith("invalid"):
+                return self._said("invalid", f"{problem}; the gateway keeps its settings")
+            return self._said("applied", f"{problem}: takes effect at the next daemon start")
+        assert self.settings is not None
+        kept, notes = settle(self.settings, new)
+        if kept is None:
+            return self._said("refused", "gateway.json: " + "; ".join(notes))
+        retune(listening, kept)
+        self.settings = kept
         self._record()
+        why = "gateway.json applied (api keys, queue limits, load_timeout, budgets)"
+        return self._said("applied", "; ".join([why, *notes]))
+
+    def _said(self, outcome: str, why: str) -> str:
+        self.sup.bus.emit("", EventKind.CONFIG, None, None, why)
+        log.info("%s", why)
+        return outcome
 
     def _on_event(self, event: Event) -> None:
         """A state change wakes the requests waiting for that instance at once."""

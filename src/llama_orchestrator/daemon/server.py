@@ -127,11 +127,14 @@ async def _handle_signals(
     """TERM/INT: stop serving, leave the servers running; a second one forces the exit.
     HUP: reload the configs."""
     stopping = False
+    reloads: set[asyncio.Task[Any]] = set()  # held, so a running rescan is not collected
     while True:
         sig = await signals.queue.get()
         if hasattr(signal, "SIGHUP") and sig == signal.SIGHUP:
             log.info("SIGHUP: reloading configs")
-            sup.reload()
+            task = asyncio.get_running_loop().create_task(sup.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
             continue
         name = signal.Signals(sig).name
         if stopping:

@@ -22,6 +22,7 @@ from llama_orchestrator.daemon.actor import InstanceActor
 from llama_orchestrator.daemon.context import ActorContext, Launcher, ProcessLauncher
 from llama_orchestrator.daemon.events import EventBus, EventKind
 from llama_orchestrator.daemon.recorder import Recorder
+from llama_orchestrator.daemon.reload import ConfigWatcher, ScanReport
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.daemon.seats import ActorSeats
 from llama_orchestrator.engine.command import log_paths
@@ -63,6 +64,8 @@ class Supervisor:
         self.actors: dict[str, InstanceActor] = {}
         self.seats = ActorSeats(self.actors)  # what the scheduler reads of them
         self.scheduler.attach(self.seats)
+        # instances/ and gateway.json, rescanned by the housekeeping (issue 11)
+        self.watcher = ConfigWatcher(home, self.bus, store, self.actors, self.actor)
         self.boot_time = boot_time  # None: ask the OS (tests inject one to simulate a reboot)
         self.log_check_interval = log_check_interval
         self._background: list[asyncio.Task[None]] = []
@@ -88,6 +91,7 @@ class Supervisor:
 
         removed: list[str] = []
         actor = self.actors.pop(name, None)
+        self.watcher.forget(name)
         log_files: list[Path] = []
         with contextlib.suppress(ConfigError, UnknownInstance):
             loaded = load_instance(self.home, name)
@@ -144,6 +148,7 @@ class Supervisor:
         boot are gone: only instances with ``autostart`` are started then.
         """
         self.scheduler.start()
+        self.watcher.prime()
         if not self.store.all():
             self._find_lost_servers()
         rebooted = self._first_start_since_boot()
@@ -179,21 +184,20 @@ class Supervisor:
             why = f"pid {ident.pid} carries this home's marker; the state database had lost it"
             self.bus.emit(name, EventKind.DAEMON, None, str(ident.pid), why)
 
-    def reload(self) -> None:
-        """Pick up instances created since the daemon started (SIGHUP)."""
-        names = self.home.instance_names()
-        for name in names:
-            if name not in self.actors:
-                self._new_actor(name)
-        self.bus.emit(
-            "", EventKind.CONFIG, None, None, f"configs reloaded ({len(names)} instances)"
-        )
+    async def reload(self) -> ScanReport:
+        """Rescan the configs at once (SIGHUP, `llama-orch daemon reload`; issue 11)."""
+        return await self.watcher.scan(forced=True)
 
     async def _housekeeping(self) -> None:
-        """Every few seconds: the state database still there, running servers' logs."""
+        """Every few seconds: the state database still there, the configs (hot reload),
+        running servers' logs."""
         while True:
             await asyncio.sleep(self.log_check_interval)
             self._check_store()
+            try:
+                await self.watcher.scan()
+            except Exception:  # a scan that fails must not end the housekeeping
+                log.exception("scanning the configs failed")
             await self._rotate_logs()
 
     def _check_store(self) -> None:
@@ -231,6 +235,7 @@ class Supervisor:
         """Stop supervising. The servers keep running: instances outlive the daemon."""
         for task in self._background:
             task.cancel()
+        self.watcher.close()
         for actor in self.actors.values():
             actor.cancel_tasks()
         await self.scheduler.close()

@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -72,6 +72,17 @@ _MIGRATIONS: dict[int, str] = {
         fields TEXT NOT NULL
     );
     """,
+    # v4: the config each live server was started with (issue 11): its hash, the file's
+    # cheap content key then (state/configcache.py) and the config as loaded, so ps
+    # flags drift without hashing and describe lists the changed fields.
+    4: """
+    CREATE TABLE started_config (
+        name TEXT PRIMARY KEY,
+        config_hash TEXT NOT NULL,
+        file_key TEXT,
+        config TEXT NOT NULL
+    );
+    """,
 }
 
 INSTANCE_COLUMNS = frozenset(
@@ -112,10 +123,12 @@ class StateStore:
         # be written again in full (recreate_if_lost; issue 10).
         self._mirror: dict[str, dict[str, Any]] = {}
         self._meta: dict[str, str] = {}
+        self._started: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
         if not readonly:
             self._mirror = {r["name"]: r for r in self.all()}
             rows = self._db.execute("SELECT key, value FROM meta").fetchall()
             self._meta = {str(k): str(v) for k, v in rows}
+            self._started = self.started_configs()
             self._identity = self._file_identity()
 
     def _file_identity(self) -> tuple[int, int] | None:
@@ -146,6 +159,8 @@ class StateStore:
             self.update(name, **fields)
         for key, value in self._meta.items():
             self.meta_set(key, value)
+        for name, (config_hash, file_key, config) in list(self._started.items()):
+            self.put_started_config(name, config_hash, file_key, config)
         return True
 
     def _open(self, path: Path, readonly: bool, busy_timeout: float) -> None:
@@ -253,8 +268,10 @@ class StateStore:
     def delete(self, name: str, *, events: bool = False) -> None:
         """Forget instance ``name`` (and its events too, with ``events``)."""
         self._mirror.pop(name, None)
+        self._started.pop(name, None)
         with self._db:
             self._db.execute("DELETE FROM instances WHERE name=?", (name,))
+            self._db.execute("DELETE FROM started_config WHERE name=?", (name,))
             if events:
                 self._db.execute("DELETE FROM events WHERE name=?", (name,))
 
@@ -307,6 +324,45 @@ class StateStore:
             names = {r[0] for r in self._db.execute("SELECT name FROM config_display")}
             gone = names - set(keep) - set(entries)
             self._db.executemany("DELETE FROM config_display WHERE name=?", [(n,) for n in gone])
+
+    # -- the config each live server started with (issue 11) -------------------------------
+
+    def put_started_config(
+        self, name: str, config_hash: str, file_key: str | None, config: dict[str, Any]
+    ) -> None:
+        if not self.readonly:
+            self._started[name] = (config_hash, file_key, config)
+        with self._db:
+            self._db.execute(
+                "INSERT INTO started_config (name, config_hash, file_key, config) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "config_hash=excluded.config_hash, file_key=excluded.file_key, "
+                "config=excluded.config",
+                (name, config_hash, file_key, json.dumps(config)),
+            )
+
+    def started_configs(
+        self, names: Collection[str] | None = None
+    ) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
+        """name -> (config hash, file key, config) of ``names`` (None: all); empty in an
+        older schema."""
+        try:
+            found = self._db.execute(
+                "SELECT name, config_hash, file_key, config FROM started_config"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a read-only view of a file not yet migrated
+            return {}
+        out: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
+        for name, config_hash, file_key, text in found:
+            if names is not None and name not in names:
+                continue
+            try:
+                config = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(config, dict):
+                out[str(name)] = (str(config_hash), file_key, config)
+        return out
 
     # -- events ------------------------------------------------------------------------
 

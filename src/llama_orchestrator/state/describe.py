@@ -12,6 +12,7 @@ from typing import Any
 
 from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.drift import config_diff, is_live
 from llama_orchestrator.state.rows import instance_status
 
 
@@ -37,17 +38,38 @@ def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
     return {k: environ[k] for k in keys if k in environ}
 
 
-def _records(home: Home, name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The instance's state row (None: it never ran) and its recent events."""
+Records = tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, Any] | None]
+
+
+def _records(home: Home, name: str) -> Records:
+    """The instance's state row (None: it never ran), its recent events and the config
+    its live server was started with (None: not recorded)."""
     from llama_orchestrator.state.db import StateStore
 
     store = StateStore.open_for_reading(home.db_path)
     if store is None:
-        return None, []
+        return None, [], None
     try:
-        return store.get(name), store.events(name, 15)
+        row = store.get(name)
+        started = store.started_configs([name]).get(name)
+        if started is None or row is None or started[0] != row.get("config_hash"):
+            return row, store.events(name, 15), None
+        return row, store.events(name, 15), started[2]
     finally:
         store.close()
+
+
+def _drift(
+    row: dict[str, Any] | None, now_hash: str | None, was: dict[str, Any] | None, now: Any
+) -> dict[str, Any]:
+    """``config_changed`` and ``config_diff`` (issue 11): how the config on disk differs
+    from the one the live server started with. The diff is None when it cannot be told
+    (the start's config was not recorded, or the file no longer loads)."""
+    recorded = row.get("config_hash") if row else None
+    if not is_live(row) or not recorded or recorded == now_hash:
+        return {"config_changed": False, "config_diff": []}
+    diff = config_diff(was, now) if was is not None and isinstance(now, dict) else None
+    return {"config_changed": True, "config_diff": diff}
 
 
 def _runtime(
@@ -94,6 +116,7 @@ def _from_record(
         "config": None,
         "config_error": f"{path} no longer exists (config removed)" if removed else str(error),
         "config_removed": removed,
+        **_drift(None if removed else row, None, None, None),
         "model_file": runtime["model"],
         "binary": {"error": "not recorded"},
     }
@@ -132,7 +155,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
     from llama_orchestrator.engine.command import LaunchSpec, launch_spec, log_paths
 
-    row, events = _records(home, name)
+    row, events, started = _records(home, name)
     try:
         loaded = load_instance(home, name)
     except (UnknownInstance, ConfigError) as e:
@@ -147,6 +170,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         "config_removed": False,
         "model_file": str(loaded.model_path),
     }
+    data.update(_drift(row, loaded.raw_hash, started, data["config"]))
     runtime, recorded = _runtime(name, row)
 
     binary: ResolvedBinary | None = None
@@ -265,6 +289,8 @@ def render_describe(data: dict[str, Any]) -> str:
         if rt.get("start_time"):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rt["start_time"]))
             out.append(f"  {'started:':16}{started}")
+    if data.get("config_changed"):
+        out.extend(_drift_lines(data))
     for stream, info in (data.get("logs") or {}).items():
         size = "missing" if info["bytes"] is None else f"{info['bytes']} bytes"
         line(f"Log {stream}", f"{info['path']} ({size})")
@@ -276,6 +302,20 @@ def render_describe(data: dict[str, Any]) -> str:
         out.append("Events:")
         out.extend(f"  {event_line(e)}" for e in data["events"])
     return "\n".join(out)
+
+
+def _drift_lines(data: dict[str, Any]) -> list[str]:
+    name = data["name"]
+    out = [f"Config changed: since it started (`llama-orch up {name}` recreates it)"]
+    diff = data.get("config_diff")
+    if diff is None:
+        why = "it no longer loads" if data.get("config_error") else "not recorded"
+        out.append(f"  (the fields that changed cannot be listed: {why})")
+        return out
+    for d in diff:
+        was, now = json.dumps(d["was"]), json.dumps(d["now"])
+        out.append(f"  {d['field']}: {was} -> {now}"[:200])
+    return out
 
 
 def event_line(e: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from llama_orchestrator.engine.states import ALIVE, Health, State
 from llama_orchestrator.home import Home
 from llama_orchestrator.state import configcache
+from llama_orchestrator.state.drift import Started, config_changed
 from llama_orchestrator.state.rows import instance_status
 
 Entries = dict[str, tuple[str, dict[str, Any]]]
@@ -79,9 +80,11 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
     store = StateStore.open_for_reading(home.db_path)
     records: dict[str, dict[str, Any]] = {}
     cached: Entries = {}
+    started: Started = {}
     if store is not None:
         try:
             records = {r["name"]: r for r in store.all()}
+            started = store.started_configs()
             if stopped:
                 cached = store.config_display()
         finally:
@@ -118,6 +121,9 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
                 "defined": name in defined,
                 # a record whose config folder was removed: it may still run (issue 10)
                 "config_removed": name not in defined,
+                # a live server started with another config than the file holds now
+                "config_changed": name in defined
+                and config_changed(home.config_path(name), record, started),
                 "last_error": s["last_error"],
             }
         )
@@ -127,8 +133,13 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
 
 
 def status_label(row: dict[str, Any]) -> str:
-    """The STATUS cell: the state, and "(config removed)" for a record without a config."""
-    return f"{row['status']} (config removed)" if row.get("config_removed") else str(row["status"])
+    """The STATUS cell: the state, and "(config removed)" for a record without a config
+    or "(config changed)" for a server started with another config than the file's."""
+    if row.get("config_removed"):
+        return f"{row['status']} (config removed)"
+    if row.get("config_changed"):
+        return f"{row['status']} (config changed)"
+    return str(row["status"])
 
 
 def format_uptime(seconds: float | None) -> str:
