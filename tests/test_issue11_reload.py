@@ -233,3 +233,18 @@ def test_daemon_reload_rescans_at_once(cli: Cli, home: Home, tiny_model: Path, h
     assert said(home, "beta", "added") and said(home, "gamma", "invalid config")
     out = cli("daemon", "reload")
     assert out.returncode == 1 and "invalid: gamma" in out.stderr
+
+
+def test_rm_then_a_new_folder_of_that_name_routes_again(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    url = gateway(home)
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("daemon", "start").returncode == 0
+    assert complete(url, "alpha").status_code == 200  # on demand: the gateway knows it
+    out = cli("rm", "--force", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert complete(url, "alpha").status_code == 404
+    write_config(home, "alpha", tiny_model, free_port())
+    assert complete(url, "alpha").status_code == 200  # a new actor, not the removed one
+    assert not said(home, "alpha", "was removed")  # `rm`, not a removal by hand

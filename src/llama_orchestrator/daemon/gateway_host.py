@@ -50,6 +50,7 @@ class GatewayHost:
         self._keys_file: Path | None = None
         self._source: SourceKey | None = None
         sup.watcher.on_gateway = self.reload
+        sup.watcher.on_forget.append(self._forget)
 
     def _settings(self) -> GatewaySettings | None:
         try:
@@ -130,6 +131,11 @@ class GatewayHost:
         self._record()
         why = "gateway.json applied (api keys, queue limits, load_timeout, budgets)"
         return self._said("applied", "; ".join([why, *notes]))
+
+    def _forget(self, name: str) -> None:
+        """An instance removed: its routes go at once, not when the index next expires."""
+        if self.gateway is not None:
+            self.gateway.router.refresh()
 
     def _said(self, outcome: str, why: str) -> str:
         self.sup.bus.emit("", EventKind.CONFIG, None, None, why)

@@ -166,6 +166,8 @@ class ConfigWatcher:
             if gone:
                 await asyncio.sleep(GONE_GRACE_S)  # an editor's move-then-write
             for name in gone:
+                if name not in self._hashes:  # forgotten meanwhile: `rm` took it
+                    continue
                 if not self.home.config_path(name).is_file():  # else: back already
                     self._removed(name)
                     report.removed.append(name)
@@ -238,7 +240,9 @@ class ConfigWatcher:
         path = self.home.config_path(name)
         actor = self._actors.get(name)
         runs = actor is not None and (
-            actor.desired is Desired.RUNNING or actor.state not in _AT_REST or actor.proc
+            actor.desired is Desired.RUNNING
+            or actor.state not in _AT_REST
+            or actor.proc is not None
         )
         why = f"{path} was removed" + ("; stopping its server" if runs else "")
         self.bus.emit(name, EventKind.CONFIG, None, None, why)

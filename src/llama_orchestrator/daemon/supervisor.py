@@ -91,7 +91,6 @@ class Supervisor:
 
         removed: list[str] = []
         actor = self.actors.pop(name, None)
-        self.watcher.forget(name)
         log_files: list[Path] = []
         with contextlib.suppress(ConfigError, UnknownInstance):
             loaded = load_instance(self.home, name)
@@ -107,6 +106,7 @@ class Supervisor:
             shutil.rmtree(folder)
             removed.append(str(folder))
         self.store.delete(name, events=True)
+        self.watcher.forget(name)  # after the folder: the gateway's routes are rebuilt
         removed.append("its records")
         if logs:
             for path in log_files:
