@@ -95,7 +95,11 @@ def _report(name: str, body: dict[str, Any], verb: str) -> bool:
         inst = body.get("instance") or {}
         if body.get("ready_ms") is not None:
             where = http_url(inst.get("host"), inst.get("port"))
-            say(f"{name}: ready in {body['ready_ms'] / 1000:.2f}s (pid {body.get('pid')}, {where})")
+            made_room = msg[len("ready ") :] if msg.startswith("ready (") else ""
+            say(
+                f"{name}: ready in {body['ready_ms'] / 1000:.2f}s "
+                f"(pid {body.get('pid')}, {where}){' ' + made_room if made_room else ''}"
+            )
         else:
             say(f"{name}: {msg or verb}")
         return True

@@ -186,7 +186,7 @@ class InstanceActor(Mailbox):
                     refusal(ErrorCode.STOPPED, "stopped by `down` while it was still loading"),
                 )
             self.waiters.stopped.append(cmd.reply)
-            self._begin_stop(cmd.reason)
+            self._begin_stop(cmd.reason, grace=cmd.grace)
 
     def _begin_stop(self, reason: str, *, grace: float | None = None) -> None:
         """STARTING/RUNNING -> STOPPING; a task stops the process and posts Stopped."""

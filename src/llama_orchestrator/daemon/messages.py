@@ -62,6 +62,7 @@ class Start:
 class Stop:
     reply: Reply
     reason: str = "down requested"  # or why it was evicted / stopped for being idle
+    grace: float | None = None  # seconds from SIGTERM to SIGKILL (None: server.stop_timeout)
 
 
 @dataclass

@@ -180,7 +180,14 @@ class Scheduler:
         self._inbox.put_nowait(_Cancel(ticket))
 
     def release(self, instance: str) -> None:
-        """``instance`` holds nothing any more (stopped, exited, fatal)."""
+        """``instance`` holds nothing any more (stopped, exited, fatal).
+
+        Taken at once (the caller runs on the scheduler's loop), so a start that follows
+        at once (a start queued behind a stop) asks for admission again instead of
+        keeping the one it just gave up; the decisions it frees run on the task.
+        """
+        self.holders.pop(instance, None)
+        self._evicting.discard(instance)
         self._inbox.put_nowait(_Release(instance))
 
     def holds(self, instance: str) -> bool:
@@ -199,13 +206,19 @@ class Scheduler:
             await self.clock.sleep(DRAIN_POLL_S if self._pending else TTL_POLL_S)
             self._inbox.put_nowait(_Tick())
 
+    def _hurry(self) -> None:
+        """A start now waits: look at its victims every DRAIN_POLL_S from now on, not at
+        the end of a TTL_POLL_S sleep."""
+        if len(self._tasks) == 2 and not self._tasks[1].done():
+            self._tasks[1].cancel()
+            self._tasks[1] = asyncio.get_running_loop().create_task(self._ticker())
+
     async def _run(self) -> None:
         while True:
             msg = await self._inbox.get()
             match msg:
                 case _Release():
-                    self.holders.pop(msg.instance, None)
-                    self._evicting.discard(msg.instance)
+                    pass  # taken at once by release(); now decide what it frees
                 case _Cancel():
                     self._pending.pop(msg.ticket, None)
                 case _Configure():
@@ -244,6 +257,8 @@ class Scheduler:
         elif req.claim.force or req.claim.instance in self.holders:
             self._grant(req)
         else:
+            if not self._pending:
+                self._hurry()
             self._pending[req.ticket] = _Pending(req, self.clock.monotonic())
 
     def _port_taken(self, claim: Claim) -> str:

@@ -24,6 +24,9 @@ from llama_orchestrator.models.fit import DEFAULT_RESERVE_MB
 Demand = Callable[[str, float], int]
 
 
+# An evicted server has nothing in flight: it gets this long to exit on SIGTERM before
+# SIGKILL (llama-server takes about 0.1 s to wind down its HTTP loop; a swap waits on it).
+EVICT_GRACE_S = 0.05
 # A holder in any other state is loading or about to spawn: busy, never a victim.
 _SETTLED = frozenset({State.RUNNING, State.BACKOFF, State.STOPPING})
 
@@ -72,11 +75,12 @@ class ActorSeats:
         return actor.leases.idle_for(), ttl
 
     def evict(self, name: str, reason: str) -> None:
+        """Stop it as ``down`` would, with a short grace: nothing is in flight on it."""
         actor = self._actors.get(name)
         if actor is None:
             return
         task = asyncio.get_running_loop().create_task(
-            actor.request(lambda r: m.Stop(r, reason=reason))
+            actor.request(lambda r: m.Stop(r, reason=reason, grace=EVICT_GRACE_S))
         )
         self._stops.add(task)
         task.add_done_callback(self._stops.discard)
