@@ -108,6 +108,9 @@ def test_issue11_up_by_hand_evicts_an_idle_instance_and_says_so(
     assert out.returncode == 0, out.stderr
     assert "(stopped first to make room)" in out.stderr, out.stderr
     assert status(cli, "first") == "stopped" and status(cli, "second") == "running"
+    forced = cli("up", "--force", "first")  # past the budget, knowingly
+    assert forced.returncode == 0 and "to make room" not in forced.stderr, forced.stderr
+    assert status(cli, "first") == "running" and status(cli, "second") == "running"
 
 
 def test_issue11_an_idle_instance_is_stopped_after_its_ttl_and_started_again_on_demand(

@@ -150,11 +150,19 @@ def register(app: typer.Typer) -> None:
                 "--no-recreate", help="Keep a running instance whose config changed as it is."
             ),
         ] = False,
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force", help="Start past gateway.json's budgets (max_running, memory)."
+            ),
+        ] = False,
     ) -> None:
         """Start instances and wait until each answers /health with 200.
 
         A running instance whose config changed since it started is recreated (stopped,
-        then started with the new config) unless --no-recreate.
+        then started with the new config) unless --no-recreate. Under gateway.json's
+        budgets, idle instances are stopped to make room (it says which); a start that
+        would have to wait for busy ones waits; --force goes past the budgets knowingly.
         `llama-orch start` is the same command.
 
         Examples: llama-orch up gemma; llama-orch up --all --detach
@@ -166,7 +174,7 @@ def register(app: typer.Typer) -> None:
             return
         client = _client(home)
         _validate(client, targets)
-        params = {"wait": not detach, "recreate": not no_recreate}
+        params = {"wait": not detach, "recreate": not no_recreate, "force": force}
         if not _act(client, targets, "start", "starting", **params):
             raise typer.Exit(EXIT_FAIL)
 

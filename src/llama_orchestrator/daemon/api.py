@@ -256,20 +256,23 @@ def create_app(
         )
 
     @app.post("/v1/instances/{name}/start", dependencies=auth, response_model=CommandResult)
-    async def start(name: str, wait: bool = True, recreate: bool = True) -> JSONResponse:
+    async def start(
+        name: str, wait: bool = True, recreate: bool = True, force: bool = False
+    ) -> JSONResponse:
         """Record desired=running and start.
 
         With ``wait``, reply once /health answers 200; without, once the server has been
         spawned (``accepted``) or the start was refused (port in use, invalid config...).
         A running server whose config changed since it started is recreated (stopped,
         then started with the new config; ``"recreated": true``) unless ``recreate`` is
-        false, as ``docker compose up`` does (issue 11).
+        false, as ``docker compose up`` does (issue 11). Under gateway.json's budgets
+        idle instances are stopped to make room; ``force`` starts past the budgets.
         """
         actor = get_actor(name)
         if recreate and config_drifted(sup, actor):
             outcome = await actor.request(lambda r: m.Restart(r, wait_ready=wait))
             return result(name, outcome, recreated=True)
-        return result(name, await actor.request(lambda r: m.Start(r, wait_ready=wait)))
+        return result(name, await actor.request(lambda r: m.Start(r, wait_ready=wait, force=force)))
 
     @app.post("/v1/instances/{name}/stop", dependencies=auth, response_model=CommandResult)
     async def stop(name: str) -> JSONResponse:
