@@ -91,7 +91,10 @@ class InstanceView:
         return self._actor.leases.acquire(self.name, url)
 
     def release(self) -> None:
-        self._actor.leases.release()
+        leases = self._actor.leases
+        leases.release()
+        if not leases.in_flight:
+            self._actor.ctx.scheduler.poke()  # a start waiting for it to drain goes on now
 
     async def ensure_started(self) -> StartResult:
         outcome = await self._actor.request(

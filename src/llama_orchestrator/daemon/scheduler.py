@@ -190,6 +190,11 @@ class Scheduler:
         self._evicting.discard(instance)
         self._inbox.put_nowait(_Release(instance))
 
+    def poke(self) -> None:
+        """Something a waiting start depends on changed (a request ended): decide now."""
+        if self._pending:
+            self._inbox.put_nowait(_Tick())
+
     def holds(self, instance: str) -> bool:
         return instance in self.holders
 

@@ -24,9 +24,9 @@ from llama_orchestrator.models.fit import DEFAULT_RESERVE_MB
 Demand = Callable[[str, float], int]
 
 
-# An evicted server has nothing in flight: it gets this long to exit on SIGTERM before
-# SIGKILL (llama-server takes about 0.1 s to wind down its HTTP loop; a swap waits on it).
-EVICT_GRACE_S = 0.05
+# An evicted server has nothing in flight and nothing to save: SIGTERM, then SIGKILL at
+# once (llama-server takes about 0.1 s to wind down its HTTP loop, and a swap waits on it).
+EVICT_GRACE_S = 0.0
 # A holder in any other state is loading or about to spawn: busy, never a victim.
 _SETTLED = frozenset({State.RUNNING, State.BACKOFF, State.STOPPING})
 

@@ -32,7 +32,7 @@ from llama_orchestrator.engine.states import Health
 Post = Callable[[Report], None]
 log = logging.getLogger("llama_orchestrator.supervisor")
 
-READY_POLL_S = 0.02  # /health polling while a server starts
+READY_POLL_S = 0.005  # /health polling while a server starts (adds half of it to a load)
 MIN_READY_DEADLINE_S = 5.0
 
 
