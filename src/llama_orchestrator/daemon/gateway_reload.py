@@ -17,7 +17,6 @@ from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.daemon.directory import ActorDirectory
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
-from llama_orchestrator.gateway.forward import DROP_KEYS, DROP_REQUEST
 from llama_orchestrator.gateway.settings import GatewaySettings
 from llama_orchestrator.state.drift import config_hash
 
@@ -82,8 +81,4 @@ def settle(
 def retune(gateway: Gateway, settings: GatewaySettings) -> None:
     """Give a listening gateway new settings: the keys checked on the next request, the
     queue limits and timeouts on the next wait."""
-    gateway.settings = settings
-    gateway._keys = tuple(k.encode() for k in settings.api_keys)
-    gateway.drop = DROP_KEYS if gateway._keys else DROP_REQUEST
-    gateway.router._settings = settings
-    gateway.router._starter._settings = settings
+    gateway.reconfigure(settings)

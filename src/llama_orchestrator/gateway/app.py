@@ -103,6 +103,14 @@ class Gateway:
         self.error: str | None = None  # why the gateway is not listening
         self._bound: tuple[str, int] | None = None
 
+    def reconfigure(self, settings: GatewaySettings) -> None:
+        """New settings for a listening gateway: keys from the next request on, queue
+        limits and timeouts from the next wait. The address stays as it was bound."""
+        self.settings = settings
+        self._keys = tuple(k.encode() for k in settings.api_keys)
+        self.drop = DROP_KEYS if self._keys else DROP_REQUEST
+        self.router.reconfigure(settings)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> None:

@@ -128,6 +128,10 @@ class Router:
         self._starter = Starter(settings, clock, self._started)
         self.start_calls = self._starter.calls  # ensure_started calls, per instance
 
+    def reconfigure(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._starter.reconfigure(settings)
+
     # -- names ---------------------------------------------------------------------------
 
     def refresh(self) -> dict[str, tuple[Instance, ...]]:

@@ -55,6 +55,9 @@ class Starter:
         self._breakers: dict[str, _Breaker] = {}
         self.calls: collections.Counter[str] = collections.Counter()
 
+    def reconfigure(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+
     def starting(self) -> list[str]:
         return sorted(self._starts)
 
