@@ -344,6 +344,37 @@ def test_client_disconnect_mid_stream_frees_the_slot(
         long.stop()
 
 
+def test_client_disconnect_during_a_non_streaming_request_closes_the_upstream(
+    llama_server_bin: Path, tiny_model: Path
+) -> None:
+    long = instance(llama_server_bin, tiny_model, "long", ctx=16384)
+    started(long)
+    try:
+        with GatewayThread(ListDirectory([long])) as g:
+            host, port = g.url.removeprefix("http://").split(":")
+            data = json.dumps({"model": "long", "messages": MESSAGES, "max_tokens": 15000,
+                               "ignore_eos": True}).encode()  # fmt: skip
+            s = socket.create_connection((host, int(port)), timeout=30)
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(data), data)
+            )
+            wait_for(lambda: _slot_busy(long.port), timeout=10, what="the slot to be busy")
+            t0 = time.monotonic()
+            s.close()
+            wait_for(lambda: long.in_flight == 0, timeout=2, what="the lease to end")
+            ended = time.monotonic() - t0
+            assert ended < 1.0, f"the upstream request was closed {ended:.2f} s after the client"
+            # The gateway's part ends here: its lease and the upstream connection are gone.
+            # llama-server itself does not notice a closed non-streaming request and
+            # finishes the generation (llama.cpp #24496); streaming requests stop at once.
+            rec = wait_for(lambda: g.records and g.records[-1], what="a record")
+            assert rec.status == 499 and not rec.stream and rec.error == "client disconnected"
+    finally:
+        long.stop()
+
+
 def test_upstream_killed_mid_request_is_502_not_a_hang(
     llama_server_bin: Path, tiny_model: Path
 ) -> None:
