@@ -10,6 +10,7 @@ already in progress: single-flight comes from the actor, not from here.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -83,7 +84,10 @@ class InstanceView:
     @property
     def cutoff(self) -> float:
         actor = self._actor
-        return cutoff(actor, actor.ctx.scheduler.draining_since(actor.name))
+        scheduler = actor.ctx.scheduler
+        if scheduler.evicting(actor.name):  # its stop is on the way: nothing more for it
+            return -math.inf
+        return cutoff(actor, scheduler.draining_since(actor.name))
 
     def acquire(self) -> Endpoint | None:
         """A lease on the running server, or None when it cannot take a request now."""

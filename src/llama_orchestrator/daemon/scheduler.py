@@ -198,6 +198,10 @@ class Scheduler:
     def holds(self, instance: str) -> bool:
         return instance in self.holders
 
+    def evicting(self, instance: str) -> bool:
+        """Asked to stop (to make room, or idle): it takes no new request from now on."""
+        return instance in self._evicting
+
     def draining_since(self, instance: str) -> float | None:
         """When ``instance`` was chosen to make room (None: it is not being drained)."""
         return self._draining.get(instance)
