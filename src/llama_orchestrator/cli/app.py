@@ -18,6 +18,7 @@ from llama_orchestrator.cli import (
     dashboard_cmd,
     describe_cmd,
     devices_cmd,
+    events_cmd,
     fit_cmd,
     gateway_cmd,
     health_cmd,
@@ -70,6 +71,7 @@ config_cmd.register(app)
 lifecycle.register(app)
 describe_cmd.register(app)
 logs_cmd.register(app)
+events_cmd.register(app)
 stats_cmd.register(app)
 chat_cmd.register(app)
 health_cmd.register(app)

@@ -23,6 +23,7 @@ from llama_orchestrator import __version__
 from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.events_api import events_router
 from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.preflight import refusal
 from llama_orchestrator.daemon.recorder import EVENTS_KEPT
@@ -163,6 +164,7 @@ def create_app(
         return JSONResponse(body.model_dump(), status_code=code)
 
     auth = [Depends(require_token)]
+    app.include_router(events_router(sup, auth))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -126,6 +126,8 @@ async def _handle_signals(
 ) -> None:
     """TERM/INT: stop serving, leave the servers running; a second one forces the exit.
     HUP: reload the configs."""
+    from llama_orchestrator.daemon.events import EventKind
+
     stopping = False
     reloads: set[asyncio.Task[Any]] = set()  # held, so a running rescan is not collected
     while True:
@@ -143,6 +145,9 @@ async def _handle_signals(
             continue
         stopping = True
         log.info("%s: stopping the daemon (servers keep running)", name)
+        sup.bus.emit(
+            "", EventKind.DAEMON, None, "stopping", f"{name}: the daemon stops"
+        )  # ends /v1/events
         server.should_exit = True
 
 

@@ -1,0 +1,156 @@
+"""``GET /v1/events``: the event bus as Server-Sent Events, like ``docker events``.
+
+On connect, one ``snapshot`` event per instance (state, health, pid); then every event
+of the bus as it is published, each as ``event: <kind>`` with the event as JSON in
+``data``. ``?instance=`` (repeatable, or a comma list) and ``?kinds=`` (EventKind values)
+filter both. A comment line goes out every ``KEEPALIVE_S`` so proxies keep the stream.
+
+The subscription is bounded (``SUBSCRIBER_QUEUE``): a client that does not read is
+dropped by the bus, and its stream ends with a ``dropped`` event saying so; the daemon
+never waits for it. The stream also ends (``end``) when the daemon stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.params import Depends
+from fastapi.responses import StreamingResponse
+
+from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE, Event, EventBus, EventKind
+from llama_orchestrator.daemon.supervisor import Supervisor
+from llama_orchestrator.home import name_problem
+
+KEEPALIVE_S = 15.0
+STOPPING = "stopping"  # the ``new`` of the DAEMON event published as the daemon stops
+
+Snapshot = Callable[[], list[dict[str, Any]]]
+
+
+def split_values(values: list[str]) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: a query parameter repeated or comma-listed."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def parse_kinds(values: list[str]) -> set[EventKind] | None:
+    """The EventKinds named; a 400 naming a wrong value and the valid ones."""
+    names = split_values(values)
+    if not names:
+        return None
+    valid = {k.value: k for k in EventKind}
+    wrong = [n for n in names if n not in valid]
+    if wrong:
+        raise HTTPException(
+            400,
+            f"unknown event kind {', '.join(repr(w) for w in wrong)}; "
+            f"valid kinds: {', '.join(valid)}",
+        )
+    return {valid[n] for n in names}
+
+
+def sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+def _wanted(
+    event: Event, instances: Collection[str] | None, kinds: Collection[EventKind] | None
+) -> bool:
+    if instances is not None and event.instance not in instances:
+        return False
+    return kinds is None or event.kind in kinds
+
+
+async def stream(
+    bus: EventBus,
+    snapshot: Snapshot,
+    *,
+    instances: Collection[str] | None = None,
+    kinds: Collection[EventKind] | None = None,
+    keepalive: float = KEEPALIVE_S,
+    maxsize: int = SUBSCRIBER_QUEUE,
+) -> AsyncIterator[bytes]:
+    """The SSE body: the snapshot, then the bus's events until dropped or stopping.
+
+    The subscription takes every event (so the daemon's ``stopping`` is seen whatever the
+    filters) and is made before the snapshot is taken, so nothing falls between them."""
+    sub = bus.subscribe(maxsize=maxsize)
+    pending: asyncio.Future[Event | None] | None = None
+    try:
+        for row in snapshot():
+            if instances is None or row["instance"] in instances:
+                yield sse("snapshot", row)
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(sub.get())
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield b": keep-alive\n\n"
+                continue
+            event, pending = pending.result(), None
+            if event is None:
+                yield sse(
+                    "dropped",
+                    {
+                        "ts": time.time(),
+                        "reason": f"this client fell {maxsize} events behind and was dropped",
+                        "dropped_total": bus.dropped_total,
+                    },
+                )
+                return
+            if _wanted(event, instances, kinds):
+                yield sse(event.kind.value, event.to_dict())
+            if event.kind is EventKind.DAEMON and event.new == STOPPING:
+                yield sse("end", {"ts": time.time(), "reason": "the daemon is stopping"})
+                return
+    finally:
+        if pending is not None:
+            pending.cancel()
+        sub.close()
+
+
+def snapshot_of(sup: Supervisor) -> list[dict[str, Any]]:
+    now = time.time()
+    rows = []
+    for name in sorted(sup.actors):
+        actor = sup.actors[name]
+        rows.append(
+            {
+                "instance": name,
+                "kind": "snapshot",
+                "ts": now,
+                "state": actor.state.value,
+                "health": actor.health.value,
+                "desired": actor.desired.value,
+                "pid": actor.proc.pid if actor.proc is not None else None,
+                "restart_count": actor.restart_count,
+            }
+        )
+    return rows
+
+
+def events_router(sup: Supervisor, auth: list[Depends]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/events", dependencies=auth, response_class=StreamingResponse)
+    async def events(
+        instance: Annotated[list[str] | None, Query(description="Names (repeat or a,b).")] = None,
+        kinds: Annotated[list[str] | None, Query(description="Kinds (repeat or a,b).")] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: a snapshot of every instance, then each event as it
+        happens (state, health, spawn, exit, adoption, refusal, config, request...)."""
+        names = split_values(instance or [])
+        for name in names:
+            problem = name_problem(name)
+            if problem:
+                raise HTTPException(400, problem)
+        wanted = parse_kinds(kinds or [])
+        body = stream(sup.bus, lambda: snapshot_of(sup), instances=names or None, kinds=wanted)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+    return router
