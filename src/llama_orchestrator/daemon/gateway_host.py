@@ -25,6 +25,7 @@ from llama_orchestrator.daemon.gateway_reload import (
     settle,
     source_key,
 )
+from llama_orchestrator.daemon.metrics import install as install_metrics
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.records import RequestRecord
@@ -72,6 +73,7 @@ class GatewayHost:
             queue_max_per_model=cfg.queue.max_per_model,
             queue_timeout=float(cfg.queue.timeout),
             max_body_bytes=cfg.max_body_mb * 1024 * 1024,
+            metrics_public=cfg.metrics_public,
         )
 
     def apply_budgets(self, cfg: GatewayConfig) -> None:
@@ -90,6 +92,7 @@ class GatewayHost:
     async def _listen(self) -> None:
         if self.settings is not None:
             gateway = Gateway(self.directory, self.settings, on_request=self._on_request)
+            install_metrics(gateway.metrics, self.sup)  # the supervisor's side of /metrics
             try:
                 await gateway.start()
             except (OSError, ValueError) as e:

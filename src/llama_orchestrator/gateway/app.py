@@ -46,6 +46,7 @@ from llama_orchestrator.gateway.inbound import (
     upstream_target,
 )
 from llama_orchestrator.gateway.loading import LoadingStream
+from llama_orchestrator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from llama_orchestrator.gateway.proxy import sse_fail
 from llama_orchestrator.gateway.records import NO_USAGE, RequestRecord, Usage
 from llama_orchestrator.gateway.router import Lease, Router
@@ -102,6 +103,10 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.error: str | None = None  # why the gateway is not listening
         self._bound: tuple[str, int] | None = None
+        self.metrics = GatewayMetrics(  # GET /metrics; the host adds its own families
+            lambda: {**dict.fromkeys(self.router.names(), 0), **self.router.queue_depths()},
+            lambda: {inst.name: inst.in_flight for inst in directory.instances()},
+        )
 
     def reconfigure(self, settings: GatewaySettings) -> None:
         """New settings for a listening gateway: keys from the next request on, queue
@@ -213,6 +218,10 @@ class Gateway:
         if path == b"/health":
             conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
             return None
+        if path == b"/metrics" and (
+            self.settings.metrics_public or not self._keys or authorized(req, self._keys)
+        ):
+            return self._metrics(req, conn)
         if self._keys and not authorized(req, self._keys):
             self._fail(req, conn, invalid_api_key(), None)
             return None
@@ -225,6 +234,10 @@ class Gateway:
             return self._upstream(req, conn)
         self._fail(req, conn, no_route(path), None)
         return None
+
+    async def _metrics(self, req: Request, conn: HttpConnection) -> None:
+        body = await self.metrics.exposition()
+        conn.respond(200, body, CONTENT_TYPE, head_only=req.method == b"HEAD")
 
     def _models(self, req: Request, conn: HttpConnection) -> None:
         index = self.router.refresh()
@@ -297,6 +310,7 @@ class Gateway:
             tokens_per_s=usage.tokens_per_s,
             error=error,
         )
+        self.metrics.observe(record)
         try:
             hook(record)
         except Exception:

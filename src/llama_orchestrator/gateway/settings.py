@@ -32,6 +32,8 @@ class GatewaySettings:
     # Waiting requests re-check their instances this often, so a replica that becomes
     # routable without a gateway release (a start by ``up``, a health recovery) is seen.
     recheck_interval: float = 0.25
+    # GET /metrics without a key even when keys are set (a scraper on loopback).
+    metrics_public: bool = False
 
     @property
     def url(self) -> str:

@@ -1,0 +1,151 @@
+"""The gateway's ``GET /metrics`` (issue 12): a real daemon, real servers, the exposition
+read back with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import Cli, free_port, write_config
+from helpers import LETTERS
+from prometheus_client.parser import text_string_to_metric_families
+
+from llama_orchestrator.gateway.metrics import GatewayMetrics
+from llama_orchestrator.home import Home
+
+KEY = "sk-metrics-test"
+
+
+def gateway(home: Home, **settings: Any) -> str:
+    port = free_port()
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "gateway.json").write_text(json.dumps({"port": port, **settings}))
+    return f"http://127.0.0.1:{port}"
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> [(labels, value)], parsed by prometheus_client."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def get_metrics(url: str, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(url + "/metrics", headers=headers, timeout=30, trust_env=False)
+
+
+def complete(url: str, model: str) -> None:
+    r = httpx.post(
+        url + "/v1/completions",
+        json={"model": model, "prompt": "hello", "max_tokens": 3, **LETTERS},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+        trust_env=False,
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_metrics_behind_the_keys_with_gateway_supervisor_and_llamacpp_figures(
+    cli: Cli, home: Home, tiny_model: Path, llama_server_bin: Path
+) -> None:
+    cli.env["LLAMA_SERVER"] = str(llama_server_bin)
+    url = gateway(home, api_keys=[KEY], memory_budget_mb={"cpu": 4096})
+    write_config(home, "alpha", tiny_model, free_port(), args=["--metrics"])
+    write_config(home, "beta", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    complete(url, "alpha")
+
+    assert get_metrics(url).status_code == 401
+    assert get_metrics(url, "wrong").status_code == 401
+    r = get_metrics(url, KEY)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    got = samples(r.text)
+
+    assert ({"model": "alpha", "instance": "alpha", "code": "200"}, 1.0) in got[
+        "llama_orch_requests_total"
+    ]
+    for hist in ("llama_orch_request_duration_seconds", "llama_orch_time_to_first_byte_seconds"):
+        counts = got[f"{hist}_count"]
+        assert ({"model": "alpha", "instance": "alpha"}, 1.0) in counts, counts
+        assert any(labels.get("le") == "+Inf" for labels, _v in got[f"{hist}_bucket"])
+    assert ({"model": "alpha"}, 0.0) in got["llama_orch_queue_depth"]
+    assert ({"instance": "alpha"}, 0.0) in got["llama_orch_in_flight"]
+    assert got["llama_orch_evictions_total"] == [({}, 0.0)]
+
+    assert ({"instance": "alpha"}, 1.0) in got["llama_orch_instance_up"]
+    assert ({"instance": "beta"}, 0.0) in got["llama_orch_instance_up"]
+    states = {(lb["instance"], lb["state"]): v for lb, v in got["llama_orch_instance_state"]}
+    assert states[("alpha", "running")] == 1 and states[("alpha", "stopped")] == 0
+    assert states[("beta", "stopped")] == 1
+    assert ({"instance": "alpha"}, 0.0) in got["llama_orch_restarts_total"]
+    memory = {lb["instance"]: v for lb, v in got["llama_orch_instance_memory_estimate_bytes"]}
+    assert set(memory) == {"alpha"} and memory["alpha"] > 0
+    assert got["llama_orch_memory_budget_bytes"] == [({"device": "cpu"}, 4096 * 2**20)]
+
+    # llama-server's own figures, with the instance they came from; beta is not running
+    prompt = got["llamacpp:prompt_tokens_total"]
+    assert [labels["instance"] for labels, _v in prompt] == ["alpha"]
+    assert prompt[0][1] > 0
+    assert "llamacpp:requests_processing" in got
+
+
+def test_metrics_public_opens_it_without_a_key(cli: Cli, home: Home, tiny_model: Path) -> None:
+    url = gateway(home, api_keys=[KEY], metrics_public=True)
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    r = get_metrics(url)
+    assert r.status_code == 200, r.text
+    got = samples(r.text)
+    assert ({"instance": "alpha"}, 1.0) in got["llama_orch_instance_up"]
+    # the rest of the gateway keeps its keys
+    r = httpx.get(url + "/v1/models", timeout=10, trust_env=False)
+    assert r.status_code == 401
+
+
+def test_without_keys_metrics_are_open(cli: Cli, home: Home, tiny_model: Path) -> None:
+    url = gateway(home)
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    assert get_metrics(url).status_code == 200
+
+
+def test_a_hung_or_gone_instance_leaves_a_gap_not_a_hung_scrape() -> None:
+    hung = socket.socket()  # accepts connections (the backlog), never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    gone = free_port()
+
+    async def run() -> str:
+        metrics = GatewayMetrics(lambda: {"alpha": 2}, lambda: {"alpha": 1})
+        metrics.timeout = 0.2
+        metrics.targets = lambda: {
+            "hung": f"http://127.0.0.1:{hung.getsockname()[1]}",
+            "gone": f"http://127.0.0.1:{gone}",
+        }
+        return (await asyncio.wait_for(metrics.exposition(), 30)).decode()
+
+    try:
+        got = samples(asyncio.run(run()))
+    finally:
+        hung.close()
+    assert got["llama_orch_queue_depth"] == [({"model": "alpha"}, 2.0)]
+    assert got["llama_orch_in_flight"] == [({"instance": "alpha"}, 1.0)]
+    assert not any(name.startswith("llamacpp:") for name in got)
+
+
+def test_the_hook_failing_leaves_its_families_out() -> None:
+    def broken() -> list[Any]:
+        raise RuntimeError("boom")
+
+    metrics = GatewayMetrics(lambda: {"alpha": 0}, dict)
+    metrics.extra = broken
+    got = samples(asyncio.run(metrics.exposition()).decode())
+    assert got["llama_orch_queue_depth"] == [({"model": "alpha"}, 0.0)]
+    assert not any(n.startswith("llama_orch_instance") for n in got)
