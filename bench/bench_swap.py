@@ -393,8 +393,15 @@ async def soak(side: Side, seconds: float, seed: int) -> dict[str, Any]:
                 latency.append(dt * 1000)
         client.close()
 
+    async def follow() -> None:
+        # read the records as they come: the daemon keeps only the newest 500 events per
+        # instance, fewer than a 60 s soak of the tiny model writes
+        while time.perf_counter() < stop_at:
+            await asyncio.sleep(0.5)
+            side.records()
+
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(SOAK_CLIENTS)))
+    await asyncio.gather(follow(), *(worker(i) for i in range(SOAK_CLIENTS)))
     wall = time.perf_counter() - t0
     await asyncio.sleep(PAUSE_S)
     after = side.records()
