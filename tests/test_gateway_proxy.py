@@ -299,8 +299,8 @@ def test_queue_keeps_order_and_overflows_with_429(llama_server_bin: Path, tiny_m
         one.stop()
 
 
-def _stream_socket(url: str, body: dict[str, Any]) -> socket.socket:
-    """A raw client that sends a streaming request and reads its first chunk."""
+def _send_chat(url: str, body: dict[str, Any]) -> socket.socket:
+    """A raw client that sends a chat completion request and reads nothing yet."""
     host, port = url.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)), timeout=30)
     data = json.dumps(body).encode()
@@ -308,6 +308,12 @@ def _stream_socket(url: str, body: dict[str, Any]) -> socket.socket:
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
     )
+    return s
+
+
+def _stream_socket(url: str, body: dict[str, Any]) -> socket.socket:
+    """A raw client that sends a streaming request and reads its first chunk."""
+    s = _send_chat(url, body)
     got = b""
     while b"data: " not in got:
         piece = s.recv(65536)
@@ -351,15 +357,9 @@ def test_client_disconnect_during_a_non_streaming_request_closes_the_upstream(
     started(long)
     try:
         with GatewayThread(ListDirectory([long])) as g:
-            host, port = g.url.removeprefix("http://").split(":")
-            data = json.dumps({"model": "long", "messages": MESSAGES, "max_tokens": 15000,
-                               "ignore_eos": True}).encode()  # fmt: skip
-            s = socket.create_connection((host, int(port)), timeout=30)
-            s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (len(data), data)
-            )
+            body = {"model": "long", "messages": MESSAGES, "max_tokens": 15000,
+                    "ignore_eos": True}  # fmt: skip
+            s = _send_chat(g.url, body)
             wait_for(lambda: _slot_busy(long.port), timeout=10, what="the slot to be busy")
             t0 = time.monotonic()
             s.close()
