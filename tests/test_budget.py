@@ -75,6 +75,8 @@ class FakeSeat:
     pinned: bool = False
     idle_s: float = 0.0
     ttl: int = 0
+    queued: int = 0  # requests waiting for it in the gateway
+    load_s: float = 0.0  # its last load
 
 
 class FakeSeats:
@@ -101,6 +103,12 @@ class FakeSeats:
 
     def free_mib(self, device: str) -> int | None:
         return 2000
+
+    def queued(self, name: str) -> int:
+        return self.seats[name].queued
+
+    def load_s(self, name: str) -> float:
+        return self.seats[name].load_s
 
 
 Scenario = Callable[[Scheduler, FakeSeats, FakeClock], Awaitable[None]]
@@ -233,3 +241,74 @@ def test_idle_ttl_stops_an_idle_instance_and_never_a_busy_one() -> None:
         assert seats.evicted[-1] == ("long", "idle for 60 s (ttl 5 s)") and len(seats.evicted) == 2
 
     run(scenario, Budget())
+
+
+def test_a_busy_victim_keeps_taking_requests_for_one_of_its_load_times() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        seats.seats["a"].load_s = 1.5  # its last load took 1.5 s
+        ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        seats.seats["a"].busy = True
+        chosen = clock.monotonic()
+        b = ask(sched, Claim("b"))
+        await clock.advance(0.1)
+        # requests for a that arrive within 1.5 s of it being chosen are still its own
+        cutoff = sched.draining_since("a")
+        assert cutoff is not None and abs(cutoff - (chosen + 1.5)) < 0.05
+        seats.seats["a"].busy = False
+        await clock.advance(0.05)
+        assert b and b[0].granted and seats.evicted[0][0] == "a"
+
+    run(scenario, Budget(max_running=1))
+
+
+def test_the_hold_is_at_most_a_quarter_of_the_load_timeout() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        seats.seats["a"].load_s = 100.0
+        ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        seats.seats["a"].busy = True
+        chosen = clock.monotonic()
+        ask(sched, Claim("b"))
+        await clock.advance(0.1)
+        cutoff = sched.draining_since("a")
+        assert cutoff is not None and abs(cutoff - (chosen + 30.0 / 4)) < 0.05
+
+    run(scenario, Budget(max_running=1), wait_s=30.0)
+
+
+def test_the_start_with_the_longest_queue_gets_the_room_first() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        seats.seats["a"].busy = True
+        seats.seats["b"].queued, seats.seats["c"].queued = 1, 3
+        seats.seats["b"].busy = seats.seats["c"].busy = True  # once admitted, they load
+        b = ask(sched, Claim("b"))  # arrived first, one request waits for it
+        await clock.advance(0.01)
+        c = ask(sched, Claim("c"))  # three wait for it
+        await clock.advance(0.1)
+        seats.seats["a"].busy = False
+        await clock.advance(0.05)
+        assert c and c[0].granted and c[0].victims == ("a",) and not b
+        assert sched.waiting() == ["b"]
+
+    run(scenario, Budget(max_running=1))
+
+
+def test_a_start_waiting_a_quarter_of_the_load_timeout_goes_before_longer_queues() -> None:
+    async def scenario(sched: Scheduler, seats: FakeSeats, clock: FakeClock) -> None:
+        ask(sched, Claim("a"))
+        await clock.advance(0.01)
+        seats.seats["a"].busy = True
+        seats.seats["b"].queued, seats.seats["c"].queued = 1, 3
+        seats.seats["b"].busy = seats.seats["c"].busy = True
+        b = ask(sched, Claim("b"))
+        await clock.advance(8.0)  # past 30 s / 4: b is overdue
+        c = ask(sched, Claim("c"))
+        await clock.advance(0.1)
+        seats.seats["a"].busy = False
+        await clock.advance(0.05)
+        assert b and b[0].granted and not c
+
+    run(scenario, Budget(max_running=1), wait_s=30.0)

@@ -11,8 +11,17 @@ holders, so two cold starts can never both claim one victim, both fit in the sam
 memory, or both take one port. A start beyond the budgets (``max_running``,
 ``memory_budget_mb``; daemon/budget.py) waits while its victims are stopped: idle ones
 at once, busy ones once they have drained (no request in flight, none waiting for them,
-not loading), bounded by the claim's ``wait_s``. Starts that wait are served in arrival
-order. The same loop stops instances idle for longer than their ``ttl``.
+not loading), bounded by the claim's ``wait_s``. The same loop stops instances idle for
+longer than their ``ttl``.
+
+Swaps are ordered to load as few models as possible (issue 11):
+
+* a busy victim keeps taking new requests for as long as one of its own loads took (the
+  cost of the swap it postpones, at most a quarter of ``wait_s``); only requests that
+  arrive after that wait for its next turn;
+* of the starts that wait, the one with the most requests waiting for it goes first,
+  then the oldest; a start that has waited a quarter of its ``wait_s`` goes before any
+  that has not, so none waits forever.
 """
 
 from __future__ import annotations
@@ -75,6 +84,14 @@ class Seats(Protocol):
         """Free memory of a device now (may block: called in a thread)."""
         ...
 
+    def queued(self, name: str) -> int:
+        """Requests waiting in the gateway for it now."""
+        ...
+
+    def load_s(self, name: str) -> float:
+        """Seconds its last load took (0: not known)."""
+        ...
+
 
 class NoSeats:
     """No instance information (tests of the port rule): nothing busy, nothing to stop."""
@@ -90,6 +107,12 @@ class NoSeats:
 
     def free_mib(self, device: str) -> int | None:
         return None
+
+    def queued(self, name: str) -> int:
+        return 0
+
+    def load_s(self, name: str) -> float:
+        return 0.0
 
 
 @dataclass
@@ -143,7 +166,8 @@ class Scheduler:
         )
         self._tickets = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # arrival order
-        self._draining: dict[str, float] = {}  # victim -> when it was first chosen
+        # victim -> its cutoff: requests enqueued by then are its work (chosen + hold)
+        self._draining: dict[str, float] = {}
         self._evicting: set[str] = set()  # asked to stop, not yet released
         self._defaults: dict[str, int] = {}  # device -> default budget (MiB)
         self._tasks: list[asyncio.Task[None]] = []
@@ -203,7 +227,8 @@ class Scheduler:
         return instance in self._evicting
 
     def draining_since(self, instance: str) -> float | None:
-        """When ``instance`` was chosen to make room (None: it is not being drained)."""
+        """From when requests for ``instance`` wait for its next turn: when it was chosen
+        to make room, plus its hold (None: it is not being drained)."""
         return self._draining.get(instance)
 
     def waiting(self) -> list[str]:
@@ -297,7 +322,7 @@ class Scheduler:
         ahead: list[Seat] = []  # earlier waiting starts: their room is spoken for
         promised: set[str] = set()  # their victims, and themselves: not for later starts
         draining: dict[str, float] = {}
-        for ticket, p in list(self._pending.items()):
+        for ticket, p in self._in_turn(now):
             claim = p.req.claim
             if claim.instance in self.holders:  # admitted meanwhile (adopted, forced)
                 del self._pending[ticket]
@@ -333,6 +358,27 @@ class Scheduler:
             promised.add(claim.instance)
         self._draining = draining
 
+    def _in_turn(self, now: float) -> list[tuple[int, _Pending]]:
+        """The waiting starts in the order they get room: those already stopping victims
+        first (their room is on its way), then those overdue (waited a quarter of their
+        ``wait_s``), then by requests waiting for them, most first, then by age."""
+
+        def rank(item: tuple[int, _Pending]) -> tuple[int, int, float]:
+            p = item[1]
+            if p.evicted:
+                return (0, 0, p.since)
+            limit = self.wait_s if p.req.claim.wait_s is None else p.req.claim.wait_s
+            if now - p.since > limit / 4:
+                return (1, 0, p.since)
+            return (2, -self.seats.queued(p.req.claim.instance), p.since)
+
+        return sorted(self._pending.items(), key=rank)
+
+    def _hold(self, victim: str) -> float:
+        """How long a victim keeps taking new requests: one of its loads, the swap that
+        evicting it now would cost again later (a quarter of ``wait_s`` at most)."""
+        return min(max(self.seats.load_s(victim), 0.0), self.wait_s / 4)
+
     def _evict_drained(
         self,
         instance: str,
@@ -345,7 +391,9 @@ class Scheduler:
         busy = {s.name for s in seats if s.busy}
         evicted: list[str] = []
         for victim in victims:
-            draining[victim] = self._draining.get(victim, now)
+            if victim not in self._draining:
+                self._draining[victim] = now + self._hold(victim)
+            draining[victim] = self._draining[victim]
             if victim in busy or victim in self._evicting:
                 continue
             self._evicting.add(victim)

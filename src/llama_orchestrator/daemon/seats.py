@@ -2,9 +2,9 @@
 from their actors on the daemon's loop: cheap attribute reads, nothing awaited.
 
 An instance is *busy* while it loads, serves a request, or has requests waiting for it
-in the gateway. While it is being drained to make room, only the requests that were
-waiting for it before then (or before it became ready, whichever is later) count as its
-work; later ones wait for it to be started again, so no swap waits forever.
+in the gateway. While it is being drained to make room, only the requests that arrived
+before its cutoff (chosen, plus one of its load times; or ready, whichever is later)
+count as its work; later ones wait for it to be started again, so no swap waits forever.
 """
 
 from __future__ import annotations
@@ -84,6 +84,17 @@ class ActorSeats:
         )
         self._stops.add(task)
         task.add_done_callback(self._stops.discard)
+
+    def queued(self, name: str) -> int:
+        return self.demand(name, math.inf)
+
+    def load_s(self, name: str) -> float:
+        """Its last start to ready, from its record (one read, when it is chosen)."""
+        actor = self._actors.get(name)
+        row = actor.ctx.store.get(name) if actor is not None else None
+        if not row or not row.get("ready_time") or not row.get("start_time"):
+            return 0.0
+        return max(float(row["ready_time"]) - float(row["start_time"]), 0.0)
 
     def free_mib(self, device: str) -> int | None:
         """Free memory now: host RAM for ``cpu``, a detected GPU's free memory minus the
