@@ -69,6 +69,7 @@ def test_argv_order(tmp_path: Path) -> None:
         "3",
         "-ngl",
         "12",
+        "--metrics",  # always on (issue 12): the gateway's /metrics re-exports it
     ]
     assert all(isinstance(a, str) for a in argv)
 
@@ -76,7 +77,7 @@ def test_argv_order(tmp_path: Path) -> None:
 def test_defaults_fill_every_flag(tmp_path: Path) -> None:
     argv = build_argv(loaded(tmp_path), BIN)
     flags = argv[1::2]
-    assert flags == ["-m", "-c", "-b", "-t", "--host", "--port", "-to", "-np", "-ngl"]
+    assert flags == ["-m", "-c", "-b", "-t", "--host", "--port", "-to", "-np", "-ngl", "--metrics"]
     assert argv[argv.index("--port") + 1] == "8001"
     assert argv[argv.index("-c") + 1] == "4096"
 
@@ -117,14 +118,27 @@ def test_device_follows_ngl_then_args(tmp_path: Path, backend: str, expected: li
     ngl = argv.index("-ngl")
     assert argv[ngl + 1] == "30"
     assert argv[ngl + 2 : ngl + 4] == expected
-    # args verbatim, each one element: no shell splitting, quoting or expansion
+    # args verbatim, each one element: no shell splitting, quoting or expansion; the
+    # args' own --metrics is the only one
     assert argv[ngl + 4 :] == ["--metrics", "-a", "my alias; rm -rf /", "--api-key", "$HOME"]
+    assert argv.count("--metrics") == 1
 
 
 def test_cpu_has_no_dev_flag(tmp_path: Path) -> None:
     argv = build_argv(full(tmp_path, args=["--slots"]), BIN)
     assert "-dev" not in argv
-    assert argv[-3:] == ["-ngl", "12", "--slots"]
+    assert argv[-4:] == ["-ngl", "12", "--metrics", "--slots"]
+
+
+def test_metrics_on_once_whatever_the_args_say(tmp_path: Path) -> None:
+    # issue 12: every server gets --metrics, never twice
+    assert build_argv(full(tmp_path), BIN).count("--metrics") == 1
+    assert build_argv(full(tmp_path, args=["--metrics"]), BIN).count("--metrics") == 1
+    embedded = build_argv(full(tmp_path), EMBEDDED)
+    assert "--metrics" in embedded  # the embedded engine takes it (endpoint_metrics)
+    from llama_orchestrator.engine.embedded import build_parser
+
+    assert build_parser().parse_args(embedded[3:]).metrics is True
 
 
 def test_device_label() -> None:
@@ -310,3 +324,35 @@ def test_describe_marks_generated_env() -> None:
     }
     text = render_describe(data)
     assert "CUDA_VISIBLE_DEVICES=1 (generated) MINE='a b'" in text
+
+
+@pytest.mark.parametrize(
+    ("metrics", "shown"),
+    [
+        (
+            {"enabled": True, "path": "/metrics", "source": "automatic"},
+            "/metrics (enabled automatically)",
+        ),
+        ({"enabled": True, "path": "/metrics", "source": "args"}, "/metrics (in args)"),
+        (
+            {"enabled": False, "path": "/metrics", "source": "not in its command line"},
+            "off (started without --metrics; a restart enables it)",
+        ),
+    ],
+)
+def test_describe_says_metrics(metrics: dict[str, Any], shown: str) -> None:
+    from llama_orchestrator.state.describe import render_describe
+
+    data: dict[str, Any] = {
+        "name": "x",
+        "config_file": "c",
+        "model_file": "m",
+        "model_info": {"error": "e"},
+        "binary": {"path": "b", "source": "config", "version": "v"},
+        "command_line": "b -m m",
+        "metrics": metrics,
+        "runtime": None,
+        "config": {},
+        "events": [],
+    }
+    assert f"Metrics:        {shown}" in render_describe(data).splitlines()

@@ -1,7 +1,13 @@
 """The llama-server command line and environment, built from a validated config.
 
 argv is always a list (never a shell string): ``-m -c -b -t --host --port -to -np -ngl``,
-the backend's device selection, then the config's ``args`` verbatim.
+the backend's device selection, ``--metrics`` (unless the config's ``args`` already say
+it), then the config's ``args`` verbatim.
+
+``--metrics`` is always on (issue 12): the gateway's ``GET /metrics`` re-exports each
+running instance's own llama.cpp figures, and a server started without the flag would
+leave a gap there that only a restart fills. The flag only adds a route; the embedded
+engine maps it to xllamacpp's ``endpoint_metrics``.
 
 Device selection (issue 5, part 2): one table, :data:`BACKENDS`, says what
 ``gpu.backend`` + ``gpu.device_id`` (``<id>``) turn into:
@@ -119,6 +125,11 @@ def device_args(backend: str, device_id: int) -> list[str]:
     return device_selection(backend, device_id, base_env={}).args
 
 
+# Flags every server gets whatever its config says (each once: not added again when
+# ``args`` has it). Not in config/argscheck.py's managed flags: saying one again in
+# ``args`` changes nothing.
+AUTO_FLAGS = ("--metrics",)
+
 MARKER_HOME = "LLAMA_ORCH_HOME"
 MARKER_INSTANCE = "LLAMA_ORCH_INSTANCE"
 
@@ -172,6 +183,7 @@ def build_argv(
         "-ngl",
         str(c.gpu.layers),
         *_selection(loaded, base_env).args,
+        *(flag for flag in AUTO_FLAGS if flag not in c.args),
         *c.args,
     ]
     return argv

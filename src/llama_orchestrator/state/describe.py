@@ -132,12 +132,26 @@ def _from_record(
     for stream, template in (("stdout", defaults.stdout), ("stderr", defaults.stderr)):
         p = home.root / template.replace("{name}", name)  # what the server most likely uses
         data["logs"][stream] = {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
+    data["metrics"] = _metrics(data.get("command"), [])
     data["runtime"] = runtime
     data["events"] = events
     data["model_info"] = (
         _model_info(runtime["model"]) if runtime["model"] else {"error": "no model recorded"}
     )
     return data
+
+
+def _metrics(command: list[str] | None, args: list[str]) -> dict[str, Any] | None:
+    """Whether the server serves ``/metrics`` (issue 12: the engine passes ``--metrics``
+    to every server, the embedded engine included), read from its command line. None
+    when there is no command line to read."""
+    if command is None:
+        return None
+    if "--metrics" not in command:
+        # a server started by an older version: the gateway's /metrics has a gap for it
+        return {"enabled": False, "path": "/metrics", "source": "not in its command line"}
+    source = "args" if "--metrics" in args else "automatic"
+    return {"enabled": True, "path": "/metrics", "source": source}
 
 
 def describe_data(home: Home, name: str) -> dict[str, Any]:
@@ -215,6 +229,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
         for stream, p in zip(("stdout", "stderr"), log_paths(loaded, home.root), strict=True)
     }
+    data["metrics"] = _metrics(data.get("command"), list(loaded.config.args))
     data["runtime"] = runtime
     data["events"] = events
     data["model_info"] = _model_info(loaded.model_path)
@@ -268,6 +283,9 @@ def render_describe(data: dict[str, Any]) -> str:
             )
             or None,
         )
+    metrics = data.get("metrics")
+    if metrics:
+        line("Metrics", _metrics_text(metrics))
     rt = data.get("runtime")
     if rt is None:
         out.append("Runtime:        never started")
@@ -302,6 +320,13 @@ def render_describe(data: dict[str, Any]) -> str:
         out.append("Events:")
         out.extend(f"  {event_line(e)}" for e in data["events"])
     return "\n".join(out)
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    if not metrics["enabled"]:
+        return "off (started without --metrics; a restart enables it)"
+    how = "in args" if metrics["source"] == "args" else "enabled automatically"
+    return f"{metrics['path']} ({how})"
 
 
 def _drift_lines(data: dict[str, Any]) -> list[str]:
