@@ -11,13 +11,38 @@ from typing import Any
 
 import httpx
 from conftest import Cli, free_port, write_config
-from helpers import LETTERS
+from helpers import LETTERS, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from llama_orchestrator.clock import FakeClock
+from llama_orchestrator.daemon.events import Event, EventKind
+from llama_orchestrator.daemon.metrics_watch import CheckWatch, LoadWatch
 from llama_orchestrator.gateway.metrics import GatewayMetrics
 from llama_orchestrator.home import Home
 
 KEY = "sk-metrics-test"
+
+# The issue's list (issue 12): each sample name and the labels it must carry.
+ISSUE_12_NAMES: dict[str, set[str]] = {
+    "llamacpp:prompt_tokens_total": {"instance"},
+    "llamacpp:tokens_predicted_total": {"instance"},
+    "llamacpp:requests_processing": {"instance"},
+    "llamacpp:requests_deferred": {"instance"},
+    "llama_orch_requests_total": {"model", "instance", "code"},
+    "llama_orch_request_duration_seconds_bucket": {"model", "instance", "le"},
+    "llama_orch_time_to_first_byte_seconds_bucket": {"model", "instance", "le"},
+    "llama_orch_queue_depth": {"model"},
+    "llama_orch_in_flight": {"instance"},
+    "llama_orch_loads_total": {"instance"},
+    "llama_orch_load_seconds_bucket": {"instance", "le"},
+    "llama_orch_evictions_total": set(),
+    "llama_orch_instance_up": {"instance"},
+    "llama_orch_instance_state": {"instance", "state"},
+    "llama_orch_restarts_total": {"instance"},
+    "llama_orch_health_check_seconds_bucket": {"instance", "kind", "le"},
+    "llama_orch_instance_memory_estimate_bytes": {"instance", "device"},
+    "llama_orch_memory_budget_bytes": {"device"},
+}
 
 
 def gateway(home: Home, **settings: Any) -> str:
@@ -57,16 +82,35 @@ def test_metrics_behind_the_keys_with_gateway_supervisor_and_llamacpp_figures(
 ) -> None:
     cli.env["LLAMA_SERVER"] = str(llama_server_bin)
     url = gateway(home, api_keys=[KEY], memory_budget_mb={"cpu": 4096})
-    write_config(home, "alpha", tiny_model, free_port(), args=["--metrics"])
+    # no --metrics in args: every instance gets it (issue 12)
+    write_config(home, "alpha", tiny_model, free_port(), healthcheck={"interval": 0.2})
     write_config(home, "beta", tiny_model, free_port())
     assert cli("up", "alpha").returncode == 0
     complete(url, "alpha")
+    described = cli("describe", "alpha")
+    assert "Metrics:        /metrics (enabled automatically)" in described.stdout.splitlines()
 
     assert get_metrics(url).status_code == 401
     assert get_metrics(url, "wrong").status_code == 401
     r = get_metrics(url, KEY)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    got = samples(r.text)
+
+    def checked() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        got = samples(get_metrics(url, KEY).text)
+        return got if got.get("llama_orch_health_check_seconds_count") else None
+
+    got = wait_for(checked, 30, "a health check in the exposition")
+    for name, labels in ISSUE_12_NAMES.items():
+        assert name in got, f"{name} missing from the exposition"
+        for found, _v in got[name]:
+            assert set(found) == labels, (name, found)
+
+    # one load of alpha, timed from its start to ready; beta never loaded
+    assert got["llama_orch_loads_total"] == [({"instance": "alpha"}, 1.0)]
+    assert got["llama_orch_load_seconds_count"] == [({"instance": "alpha"}, 1.0)]
+    assert got["llama_orch_load_seconds_sum"][0][1] > 0
+    checks = {lb["kind"]: v for lb, v in got["llama_orch_health_check_seconds_count"]}
+    assert checks["health"] >= 1 and got["llama_orch_health_check_seconds_sum"][0][1] > 0
 
     assert ({"model": "alpha", "instance": "alpha", "code": "200"}, 1.0) in got[
         "llama_orch_requests_total"
@@ -104,6 +148,8 @@ def test_metrics_public_opens_it_without_a_key(cli: Cli, home: Home, tiny_model:
     assert r.status_code == 200, r.text
     got = samples(r.text)
     assert ({"instance": "alpha"}, 1.0) in got["llama_orch_instance_up"]
+    # the embedded engine (xllamacpp) serves its llama.cpp metrics too
+    assert [lb["instance"] for lb, _v in got["llamacpp:prompt_tokens_total"]] == ["alpha"]
     # the rest of the gateway keeps its keys
     r = httpx.get(url + "/v1/models", timeout=10, trust_env=False)
     assert r.status_code == 401
@@ -149,3 +195,61 @@ def test_the_hook_failing_leaves_its_families_out() -> None:
     got = samples(asyncio.run(metrics.exposition()).decode())
     assert got["llama_orch_queue_depth"] == [({"model": "alpha"}, 0.0)]
     assert not any(n.startswith("llama_orch_instance") for n in got)
+
+
+def test_load_watch_counts_loads_and_their_time_from_state_events() -> None:
+    clock = FakeClock()
+    watch = LoadWatch(clock)
+
+    def state(name: str, old: str, new: str) -> None:
+        watch(Event(name, EventKind.STATE, old, new))
+
+    state("alpha", "stopped", "starting")
+    asyncio.run(clock.advance(2.5))
+    watch(Event("alpha", EventKind.HEALTH, "unknown", "healthy"))  # not a state: ignored
+    state("alpha", "starting", "running")
+    state("beta", "stopped", "starting")
+    state("beta", "starting", "backoff")  # a failed load
+    state("beta", "backoff", "starting")
+    state("beta", "starting", "stopping")  # stopped while loading: neither
+    state("beta", "stopping", "stopped")
+    got = {(s.name, s.labels.get("instance")): s.value for m in watch.collect() for s in m.samples}
+    assert got[("llama_orch_loads_total", "alpha")] == 1, got
+    assert ("llama_orch_loads_total", "beta") not in got
+    assert got[("llama_orch_load_failures_total", "beta")] == 1
+    assert got[("llama_orch_load_seconds_sum", "alpha")] == 2.5
+    assert got[("llama_orch_load_seconds_count", "alpha")] == 1
+
+
+class _Actor:
+    def __init__(self) -> None:
+        self.checks: list[dict[str, Any]] = []
+
+
+def test_check_watch_counts_each_check_once_across_scrapes() -> None:
+    watch = CheckWatch()
+    alpha = _Actor()
+    actors = {"alpha": alpha}
+
+    def counted() -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels["kind"]): s.value
+            for m in watch.collect(actors)
+            for s in m.samples
+            if s.name.endswith(("_count", "_sum"))
+        }
+
+    assert counted() == {}
+    alpha.checks += [{"kind": "health", "latency_ms": 4.0}, {"kind": "health", "latency_ms": 6.0}]
+    assert counted()[("llama_orch_health_check_seconds_count", "health")] == 2
+    got = counted()  # nothing new since: the same figures
+    assert got[("llama_orch_health_check_seconds_count", "health")] == 2
+    assert abs(got[("llama_orch_health_check_seconds_sum", "health")] - 0.010) < 1e-9
+    alpha.checks.append({"kind": "completion", "latency_ms": 20.0})
+    got = counted()
+    assert got[("llama_orch_health_check_seconds_count", "health")] == 2
+    assert got[("llama_orch_health_check_seconds_count", "completion")] == 1
+    # a new actor of the same name (removed, then created again): its checks are new
+    actors["alpha"] = _Actor()
+    actors["alpha"].checks.append({"kind": "health", "latency_ms": 1.0})
+    assert counted()[("llama_orch_health_check_seconds_count", "health")] == 3

@@ -1,23 +1,50 @@
 """The supervisor's side of the gateway's ``GET /metrics`` (issue 12).
 
 The gateway knows nothing of actors: the daemon installs two hooks on its
-``GatewayMetrics``: the families below (instance up and state, restarts, memory
-estimates, budgets, evictions), and which instances to scrape for their own llama.cpp
-metrics (every running one, at the URL its server listens on).
+``GatewayMetrics``: the families below (instance up and state, restarts, loads and their
+duration, health check latency, memory estimates, budgets, evictions), and which
+instances to scrape for their own llama.cpp metrics (every running one, at the URL its
+server listens on).
+
+The memory figures are the scheduler's own: what each admitted instance counts for
+against the budgets (its holders), so the exposition shows what decisions are made on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from llama_orchestrator.daemon.preflight import memory_mb
+from llama_orchestrator.daemon.metrics_watch import CheckWatch, LoadWatch
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import Health, State
 from llama_orchestrator.gateway.metrics import GatewayMetrics
 
 MIB = 1024 * 1024
+
+
+@dataclass
+class Watches:
+    """What is counted as it happens, once per supervisor (the gateway, and so
+    :func:`install`, may start more than once in a daemon's life)."""
+
+    loads: LoadWatch
+    checks: CheckWatch = field(default_factory=CheckWatch)
+
+
+_WATCHES: WeakKeyDictionary[Supervisor, Watches] = WeakKeyDictionary()
+
+
+def watches(sup: Supervisor) -> Watches:
+    """The supervisor's watches, made (and the load watch put on its bus) the first time."""
+    found = _WATCHES.get(sup)
+    if found is None:
+        found = _WATCHES[sup] = Watches(LoadWatch(sup.ctx.clock))
+        sup.bus.add_sink(found.loads)
+    return found
 
 
 def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
@@ -48,12 +75,15 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
         for s in State:
             state.add_metric([name, s.value], 1 if actor.state is s else 0)
         restarts.add_metric([name], actor.restart_count)
-        if actor.loaded is not None and actor.proc is not None:
-            for device, mb in sorted(memory_mb(actor.loaded).items()):
-                memory.add_metric([name, device], mb * MIB)
-    yield from (up, state, restarts, memory)
-
     scheduler = sup.scheduler
+    for name, claim in sorted(scheduler.holders.items()):
+        for device, mb in sorted(claim.memory_mb.items()):
+            memory.add_metric([name, device], mb * MIB)
+    yield from (up, state, restarts, memory)
+    w = watches(sup)
+    yield from w.loads.collect()
+    yield from w.checks.collect(sup.actors)
+
     budget = GaugeMetricFamily(
         "llama_orch_memory_budget_bytes",
         "gateway.json memory_budget_mb per device (what instances may hold together).",
@@ -85,5 +115,6 @@ def scrape_targets(sup: Supervisor) -> dict[str, str]:
 
 
 def install(metrics: GatewayMetrics, sup: Supervisor) -> None:
+    watches(sup)
     metrics.extra = lambda: supervisor_families(sup)
     metrics.targets = lambda: scrape_targets(sup)
