@@ -8,11 +8,10 @@ remote tools) will use, so it is versioned under ``/v1`` and described by OpenAP
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +31,12 @@ from llama_orchestrator.engine.states import State
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import name_problem
 from llama_orchestrator.state.rows import instance_status
+from llama_orchestrator.web.auth import HostGuard, WebAuth, authorize
+from llama_orchestrator.web.data import data_router
+from llama_orchestrator.web.routes import ui_router
+
+if TYPE_CHECKING:
+    from llama_orchestrator.daemon.gateway_host import GatewayHost
 
 
 class InstanceStatus(BaseModel):
@@ -133,19 +138,26 @@ def create_app(
     token: str,
     on_shutdown: Callable[[], None] | None = None,
     gateway_status: Callable[[], dict[str, Any]] | None = None,
+    *,
+    gateway_host: GatewayHost | None = None,
+    web: WebAuth | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
+    """The control API. Every endpoint but OpenAPI and the login takes the bearer token
+    or the web page's session (web/auth.py); any ``Host`` but loopback and
+    ``allowed_hosts`` is refused (421) before routing."""
     app = FastAPI(
         title="llama-orchestrator control API",
         version=__version__,
         description="Start, stop and watch llama.cpp server instances.",
     )
     started = time.time()
+    web = web if web is not None else WebAuth()
+    app.state.web = web
+    app.add_middleware(HostGuard, allowed=allowed_hosts)
 
     def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token (see state/token)")
+        authorize(request, token, web)
 
     def get_actor(name: str) -> InstanceActor:
         problem = name_problem(name)
@@ -165,6 +177,8 @@ def create_app(
 
     auth = [Depends(require_token)]
     app.include_router(events_router(sup, auth))
+    app.include_router(ui_router(web, token, auth))
+    app.include_router(data_router(sup, gateway_host, auth))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -183,7 +183,16 @@ async def _serve(home: Home, host: str, port: int) -> int:
     def request_exit() -> None:  # the shutdown endpoint takes the path of SIGTERM
         signals.queue.put_nowait(signal.SIGTERM)
 
-    app = create_app(sup, token, on_shutdown=request_exit, gateway_status=gateway.status)
+    from llama_orchestrator.web.auth import ALLOWED_HOSTS_ENV, allowed_hosts_from_env
+
+    app = create_app(
+        sup,
+        token,
+        on_shutdown=request_exit,
+        gateway_status=gateway.status,
+        gateway_host=gateway,
+        allowed_hosts=allowed_hosts_from_env(os.environ.get(ALLOWED_HOSTS_ENV)),
+    )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = _quiet_server_class()(config)
     signals.install(asyncio.get_running_loop())

@@ -45,6 +45,7 @@ from llama_orchestrator.gateway.inbound import (
     target_model,
     upstream_target,
 )
+from llama_orchestrator.gateway.inflight import InFlight
 from llama_orchestrator.gateway.loading import LoadingStream
 from llama_orchestrator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from llama_orchestrator.gateway.proxy import sse_fail
@@ -103,6 +104,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.error: str | None = None  # why the gateway is not listening
         self._bound: tuple[str, int] | None = None
+        self.inflight = InFlight(self.now)  # model requests in flight (the web page)
         self.metrics = GatewayMetrics(  # GET /metrics; the host adds its own families
             lambda: {**dict.fromkeys(self.router.names(), 0), **self.router.queue_depths()},
             lambda: {inst.name: inst.in_flight for inst in directory.instances()},
@@ -292,6 +294,7 @@ class Gateway:
         usage: Usage,
         error: str | None,
     ) -> None:
+        self.inflight.discard(req)
         hook = self._on_request
         if hook is None:
             return
@@ -332,8 +335,10 @@ class Gateway:
         if members is None:
             self._fail(req, conn, model_not_found(model, self.router.names()), model)
             return None
+        self.inflight.add(req, conn, model, stream)
         lease = self.router.try_acquire(model, members)
         if lease is not None:
+            self.inflight.assign(req, lease.instance.name)
             # The fast path: no task, no await; the upstream's callbacks finish it.
             Forward(self, req, conn, lease, model, req.url, stream, False).begin()
             return PENDING
@@ -352,6 +357,7 @@ class Gateway:
                 lease.release()  # the client went while it waited
                 return
             committed = loading is not None and loading.committed
+            self.inflight.assign(req, lease.instance.name)
             Forward(self, req, conn, lease, model, req.url, stream, committed).begin()
 
         try:
