@@ -193,3 +193,165 @@ def test_cli_events_recorded_and_followed(cli: Cli, home: Home, tiny_model: Path
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+# --- ?logs=NAME: an instance's log lines as events ----------------------------------------
+
+
+def test_logs_of_an_instance_as_events_from_a_real_server(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    url, token = start_daemon(cli)
+    lines = Listener(url, token, [("logs", "alpha"), ("kinds", "log"), ("tail", "3")])
+    mixed = Listener(url, token, [("logs", "alpha"), ("kinds", "state")])
+    wait_for(lambda: len(lines.of("log")) >= 3, what="the last lines of alpha's logs")
+    assert lines.status == 200
+    first = lines.of("log")[0]
+    assert set(first) == {"instance", "kind", "ts", "stream", "file", "line"}
+    assert first["instance"] == "alpha" and first["stream"] in ("stdout", "stderr")
+    assert first["file"] == str(home.root / "logs" / "alpha" / f"{first['stream']}.log")
+    assert not lines.of("state")  # kinds=log: the lines alone
+
+    # a restart writes its start marker to both files, and the new server logs
+    assert cli("restart", "alpha").returncode == 0
+
+    def marker(listener: Listener) -> set[str]:
+        return {
+            d["stream"]
+            for d in listener.of("log", "alpha")
+            if d["line"].startswith("==== llama-orch: starting alpha")
+        }
+
+    wait_for(lambda: marker(lines), what="the restart's marker line on the stream")
+    wait_for(lambda: mixed.reached("alpha", "running"), what="state events beside the lines")
+    wait_for(lambda: marker(mixed), what="log lines beside the state events")
+    assert {k for k, _d in mixed.events} <= {"snapshot", "state", "log"}
+
+    text = cli.home.root / "logs" / "alpha" / "stdout.log"
+    with text.open("a") as f:
+        f.write("a line written by hand\n")
+    wait_for(
+        lambda: any(d["line"] == "a line written by hand" for d in lines.of("log")),
+        what="a line appended to the file",
+    )
+
+    auth = {"Authorization": f"Bearer {token}"}
+    r = httpx.get(url + "/v1/events?logs=nobody", headers=auth, timeout=10, trust_env=False)
+    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+    r = httpx.get(url + "/v1/events?kinds=log", headers=auth, timeout=10, trust_env=False)
+    assert r.status_code == 400 and "logs=NAME" in r.json()["detail"]
+    r = httpx.get(url + "/v1/events?logs=../x", headers=auth, timeout=10, trust_env=False)
+    assert r.status_code == 400
+
+
+def test_cli_events_logs_prints_the_lines(cli: Cli, home: Home, tiny_model: Path) -> None:
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_orchestrator", "events", "--logs", "alpha", "--kinds", "log"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    got: list[str] = []
+
+    def printed(text: str) -> bool:
+        while not seen.empty():
+            got.append(seen.get())
+        return any(text in line for line in got)
+
+    try:
+        log = home.root / "logs" / "alpha" / "stderr.log"
+
+        def append() -> bool:  # until the stream is followed, the line is not seen
+            with log.open("a") as f:
+                f.write("written for the CLI\n")
+            return printed(" alpha log stderr| written for the CLI")
+
+        wait_for(append, what="the CLI printing a log line")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    bad = cli("events", "--kinds", "log")
+    assert bad.returncode == 2 and "--logs NAME" in bad.stderr
+
+
+def test_a_slow_log_client_is_dropped_with_a_final_event(tmp_path: Path) -> None:
+    from llama_orchestrator.daemon.log_events import LogFeed
+
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    out.write_text("")
+
+    async def run() -> tuple[list[bytes], LogFeed]:
+        bus = EventBus()
+        feed = LogFeed("alpha", {"stdout": out, "stderr": err}, maxsize=3, interval=0.01)
+        body = stream(bus, list, logs=feed)
+        pending = asyncio.ensure_future(anext(body))  # the stream starts, the feed follows
+        while not feed.running:
+            await asyncio.sleep(0.01)
+        out.write_text("".join(f"line {i}\n" for i in range(10)))  # nobody reads meanwhile
+        for _ in range(1000):
+            if feed.dropped:
+                break
+            await asyncio.sleep(0.01)
+        chunks = [await pending] + [c async for c in body]
+        return chunks, feed
+
+    chunks, feed = asyncio.run(run())
+    kinds = [c.split(b"\n", 1)[0] for c in chunks]
+    assert kinds == [b"event: log"] * 3 + [b"event: dropped"], chunks
+    assert b'"line 0"' in chunks[0] and b"fell 3 log lines behind" in chunks[-1]
+    wait_for(lambda: not feed.running, 10, "the follower thread to end")
+
+
+def test_the_log_follower_ends_when_the_client_goes(tmp_path: Path) -> None:
+    """Through a real HTTP server: a client that disconnects ends its follower thread."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from llama_orchestrator.daemon.log_events import LogFeed
+
+    out = tmp_path / "stdout.log"
+    out.write_text("first\n")
+    feeds: list[LogFeed] = []
+    bus = EventBus()
+
+    async def events(request: Any) -> StreamingResponse:
+        feed = LogFeed("alpha", {"stdout": out}, tail=1, interval=0.01)
+        feeds.append(feed)
+        return StreamingResponse(stream(bus, list, logs=feed), media_type="text/event-stream")
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=[Route("/e", events)]), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="the test server")
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/e", timeout=30, trust_env=False) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    assert json.loads(line[5:])["line"] == "first"
+                    break
+            assert feeds[0].running
+        wait_for(lambda: not feeds[0].running, 10, "the follower to end after the disconnect")
+    finally:
+        server.should_exit = True
+        thread.join(10)

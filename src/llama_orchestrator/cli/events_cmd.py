@@ -4,7 +4,8 @@ Without ``--follow`` the recorded events are printed from the state store (no da
 needed; request events are not recorded, only streamed). With ``--follow`` the daemon's
 ``GET /v1/events`` stream is printed as it arrives, starting with a snapshot line per
 instance, until Ctrl-C. One line per event (time, instance, kind, old -> new, reason), or
-one JSON object per line with ``--json``.
+one JSON object per line with ``--json``. ``--logs NAME`` follows (``-f`` implied) and
+adds that instance's log lines as they are written (``--kinds log``: only them).
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ def split(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-def check_kinds(kinds: list[str]) -> None:
+LOG_KIND = "log"  # a line of ``--logs NAME`` (not recorded, only streamed)
+
+
+def check_kinds(kinds: list[str], logs: str | None = None) -> None:
     from llama_orchestrator.daemon.events import EventKind
 
-    valid = [k.value for k in EventKind]
+    valid = [k.value for k in EventKind] + [LOG_KIND]
     wrong = [k for k in kinds if k not in valid]
     if wrong:
         fail(
@@ -48,6 +52,8 @@ def check_kinds(kinds: list[str]) -> None:
             f"valid kinds: {', '.join(valid)}",
             EXIT_USAGE,
         )
+    if LOG_KIND in kinds and logs is None:
+        fail("--kinds log needs --logs NAME (whose log lines?)", EXIT_USAGE)
 
 
 def render(event: dict[str, Any]) -> str:
@@ -57,6 +63,9 @@ def render(event: dict[str, Any]) -> str:
     name = event.get("instance") or "daemon"
     kind = str(event.get("kind"))
     parts = [stamp, name, kind]
+    if kind == LOG_KIND:
+        parts.append(f"{event.get('stream')}| {event.get('line', '')}")
+        return " ".join(parts).replace("\n", "\\n")
     if kind == "snapshot":
         parts.append(f"{event.get('state')} health={event.get('health')}")
         if event.get("pid"):
@@ -116,12 +125,16 @@ def sse_events(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
             data.append(line[5:].lstrip())
 
 
-def follow(client: Client, names: list[str], kinds: list[str]) -> Iterator[dict[str, Any]]:
+def follow(
+    client: Client, names: list[str], kinds: list[str], logs: str | None = None, tail: int = 0
+) -> Iterator[dict[str, Any]]:
     import http.client
     from urllib.parse import urlencode
 
     query = urlencode(
-        [("instance", ",".join(names))] * bool(names) + [("kinds", ",".join(kinds))] * bool(kinds)
+        [("instance", ",".join(names))] * bool(names)
+        + [("kinds", ",".join(kinds))] * bool(kinds)
+        + ([("logs", logs), ("tail", str(tail))] if logs is not None else [])
     )
     conn = http.client.HTTPConnection(client.host, client.port, timeout=READ_TIMEOUT_S)
     try:
@@ -162,23 +175,30 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[
             int, typer.Option("--limit", "-n", min=1, help="Recorded events shown (no -f).")
         ] = 50,
+        logs: Annotated[
+            str | None,
+            typer.Option("--logs", metavar="NAME", help="Also NAME's log lines (implies -f)."),
+        ] = None,
+        tail: Annotated[
+            int, typer.Option("--tail", min=0, max=10_000, help="With --logs: last N lines first.")
+        ] = 0,
     ) -> None:
         """Show instance events (state, health, exits, restarts, config...).
 
         Examples: llama-orch events; llama-orch events -f --instance gemma;
-        llama-orch events --kinds state,exit --json
+        llama-orch events --kinds state,exit --json; llama-orch events --logs gemma
         """
         names, wanted = split(instance), split(kinds)
-        check_names(names)
-        check_kinds(wanted)
+        check_names(names + ([logs] if logs is not None else []))
+        check_kinds(wanted, logs)
         home = home_of(ctx)
         try:
-            if not follow_:
+            if not follow_ and logs is None:
                 for event in recorded(home, names, wanted, limit):
                     print(json.dumps(event) if as_json else render(event))
                 return
             client = daemon_client(home)
-            for event in follow(client, names, wanted):
+            for event in follow(client, names, wanted, logs, tail):
                 print(json.dumps(event) if as_json else render(event), flush=True)
                 if event.get("kind") == "dropped":
                     fail("the daemon dropped this stream: it fell behind")

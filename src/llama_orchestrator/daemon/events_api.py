@@ -5,6 +5,10 @@ of the bus as it is published, each as ``event: <kind>`` with the event as JSON 
 ``data``. ``?instance=`` (repeatable, or a comma list) and ``?kinds=`` (EventKind values)
 filter both. A comment line goes out every ``KEEPALIVE_S`` so proxies keep the stream.
 
+``?logs=NAME`` adds that instance's log lines as ``log`` events, followed from now on
+(``?tail=N``: its last N lines first), as daemon/log_events.py says; ``?kinds=log``
+alone then leaves only them.
+
 The subscription is bounded (``SUBSCRIBER_QUEUE``): a client that does not read is
 dropped by the bus, and its stream ends with a ``dropped`` event saying so; the daemon
 never waits for it. The stream also ends (``end``) when the daemon stops.
@@ -22,7 +26,9 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.params import Depends
 from fastapi.responses import StreamingResponse
 
+from llama_orchestrator.config.loader import UnknownInstance
 from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE, Event, EventBus, EventKind
+from llama_orchestrator.daemon.log_events import LOG_KIND, MAX_TAIL, LogFeed, log_files
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.home import name_problem
 
@@ -38,19 +44,20 @@ def split_values(values: list[str]) -> list[str]:
 
 
 def parse_kinds(values: list[str]) -> set[EventKind] | None:
-    """The EventKinds named; a 400 naming a wrong value and the valid ones."""
+    """The EventKinds named (``log``, for ``?logs=`` lines, is not one of the bus's and
+    is left out); a 400 naming a wrong value and the valid ones."""
     names = split_values(values)
     if not names:
         return None
     valid = {k.value: k for k in EventKind}
-    wrong = [n for n in names if n not in valid]
+    wrong = [n for n in names if n not in valid and n != LOG_KIND]
     if wrong:
         raise HTTPException(
             400,
             f"unknown event kind {', '.join(repr(w) for w in wrong)}; "
-            f"valid kinds: {', '.join(valid)}",
+            f"valid kinds: {', '.join([*valid, LOG_KIND])}",
         )
-    return {valid[n] for n in names}
+    return {valid[n] for n in names if n in valid}
 
 
 def sse(kind: str, data: dict[str, Any]) -> bytes:
@@ -73,34 +80,45 @@ async def stream(
     kinds: Collection[EventKind] | None = None,
     keepalive: float = KEEPALIVE_S,
     maxsize: int = SUBSCRIBER_QUEUE,
+    logs: LogFeed | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body: the snapshot, then the bus's events until dropped or stopping.
+    """The SSE body: the snapshot, then the bus's events (and ``logs``' lines) until
+    dropped or stopping.
 
     The subscription takes every event (so the daemon's ``stopping`` is seen whatever the
     filters) and is made before the snapshot is taken, so nothing falls between them."""
     sub = bus.subscribe(maxsize=maxsize)
-    pending: asyncio.Future[Event | None] | None = None
+    on_bus: asyncio.Future[Event | None] | None = None
+    on_log: asyncio.Future[dict[str, Any] | None] | None = None
+    if logs is not None:
+        logs.start()
     try:
         for row in snapshot():
             if instances is None or row["instance"] in instances:
                 yield sse("snapshot", row)
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(sub.get())
-            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if on_bus is None:
+                on_bus = asyncio.ensure_future(sub.get())
+            if logs is not None and on_log is None:
+                on_log = asyncio.ensure_future(logs.get())
+            waiting = {f for f in (on_bus, on_log) if f is not None}
+            done, _ = await asyncio.wait(
+                waiting, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 yield b": keep-alive\n\n"
                 continue
-            event, pending = pending.result(), None
+            if on_log is not None and on_log.done():
+                line, on_log = on_log.result(), None
+                if line is None:
+                    yield _dropped(f"{logs.maxsize if logs else maxsize} log lines", bus)
+                    return
+                yield sse(LOG_KIND, line)
+            if not on_bus.done():
+                continue
+            event, on_bus = on_bus.result(), None
             if event is None:
-                yield sse(
-                    "dropped",
-                    {
-                        "ts": time.time(),
-                        "reason": f"this client fell {maxsize} events behind and was dropped",
-                        "dropped_total": bus.dropped_total,
-                    },
-                )
+                yield _dropped(f"{maxsize} events", bus)
                 return
             if _wanted(event, instances, kinds):
                 yield sse(event.kind.value, event.to_dict())
@@ -108,9 +126,23 @@ async def stream(
                 yield sse("end", {"ts": time.time(), "reason": "the daemon is stopping"})
                 return
     finally:
-        if pending is not None:
-            pending.cancel()
+        for pending in (on_bus, on_log):
+            if pending is not None:
+                pending.cancel()
         sub.close()
+        if logs is not None:
+            logs.close()
+
+
+def _dropped(behind: str, bus: EventBus) -> bytes:
+    return sse(
+        "dropped",
+        {
+            "ts": time.time(),
+            "reason": f"this client fell {behind} behind and was dropped",
+            "dropped_total": bus.dropped_total,
+        },
+    )
 
 
 def snapshot_of(sup: Supervisor) -> list[dict[str, Any]]:
@@ -140,17 +172,39 @@ def events_router(sup: Supervisor, auth: list[Depends]) -> APIRouter:
     async def events(
         instance: Annotated[list[str] | None, Query(description="Names (repeat or a,b).")] = None,
         kinds: Annotated[list[str] | None, Query(description="Kinds (repeat or a,b).")] = None,
+        logs: Annotated[
+            str | None, Query(description="Also this instance's log lines, as `log` events.")
+        ] = None,
+        tail: Annotated[
+            int, Query(ge=0, le=MAX_TAIL, description="With logs: its last N lines first.")
+        ] = 0,
     ) -> StreamingResponse:
         """Server-Sent Events: a snapshot of every instance, then each event as it
-        happens (state, health, spawn, exit, adoption, refusal, config, request...)."""
+        happens (state, health, spawn, exit, adoption, refusal, config, request...),
+        and with ``logs`` one instance's log lines as they are written."""
         names = split_values(instance or [])
-        for name in names:
+        for name in [*names, *([logs] if logs is not None else [])]:
             problem = name_problem(name)
             if problem:
                 raise HTTPException(400, problem)
         wanted = parse_kinds(kinds or [])
-        body = stream(sup.bus, lambda: snapshot_of(sup), instances=names or None, kinds=wanted)
+        if logs is None and LOG_KIND in split_values(kinds or []):
+            raise HTTPException(400, "kind 'log' needs ?logs=NAME: whose log lines?")
+        feed = _feed(sup, logs, tail) if logs is not None else None
+        body = stream(
+            sup.bus, lambda: snapshot_of(sup), instances=names or None, kinds=wanted, logs=feed
+        )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     return router
+
+
+def _feed(sup: Supervisor, name: str, tail: int) -> LogFeed:
+    actor = sup.actors.get(name)
+    known = actor is not None or sup.store.get(name) is not None
+    try:
+        files = log_files(sup.home, name, actor.loaded if actor else None, known)
+    except UnknownInstance as e:
+        raise HTTPException(404, str(e)) from None
+    return LogFeed(name, files, tail=tail)
