@@ -5,6 +5,7 @@ Real servers behind the gateway are in test_issue11_budgets.py."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ class FakeSeats:
         self.evicted: list[tuple[str, str]] = []
         self.scheduler: Scheduler | None = None
 
-    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+    def seat(
+        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
+    ) -> Seat:
         s = self.seats[name]
         return Seat(name, memory_mb, pinned=s.pinned, busy=s.busy)
 
@@ -253,8 +256,8 @@ def test_a_busy_victim_keeps_taking_requests_for_one_of_its_load_times() -> None
         b = ask(sched, Claim("b"))
         await clock.advance(0.1)
         # requests for a that arrive within 1.5 s of it being chosen are still its own
-        cutoff = sched.draining_since("a")
-        assert cutoff is not None and abs(cutoff - (chosen + 1.5)) < 0.05
+        since = sched.draining_since("a")
+        assert since is not None and abs(since - chosen) < 0.05 and sched.hold("a") == 1.5
         seats.seats["a"].busy = False
         await clock.advance(0.05)
         assert b and b[0].granted and seats.evicted[0][0] == "a"
@@ -271,8 +274,8 @@ def test_the_hold_is_at_most_a_quarter_of_the_load_timeout() -> None:
         chosen = clock.monotonic()
         ask(sched, Claim("b"))
         await clock.advance(0.1)
-        cutoff = sched.draining_since("a")
-        assert cutoff is not None and abs(cutoff - (chosen + 30.0 / 4)) < 0.05
+        since = sched.draining_since("a")
+        assert since is not None and abs(since - chosen) < 0.05 and sched.hold("a") == 30.0 / 4
 
     run(scenario, Budget(max_running=1), wait_s=30.0)
 
@@ -312,3 +315,17 @@ def test_a_start_waiting_a_quarter_of_the_load_timeout_goes_before_longer_queues
         assert b and b[0].granted and not c
 
     run(scenario, Budget(max_running=1), wait_s=30.0)
+
+
+def test_the_hold_counts_from_ready_when_a_victim_is_chosen_while_it_loads() -> None:
+    from types import SimpleNamespace
+
+    from llama_orchestrator.daemon.seats import cutoff
+    from llama_orchestrator.engine.states import State
+
+    loading = SimpleNamespace(state=State.STARTING, ready_mono=0.0)
+    assert cutoff(loading, 10.0, 0.8) == math.inf  # type: ignore[arg-type]
+    ready = SimpleNamespace(state=State.RUNNING, ready_mono=11.0)  # chosen at 10, ready at 11
+    assert cutoff(ready, 10.0, 0.8) == 11.8  # type: ignore[arg-type]
+    assert cutoff(ready, 12.0, 0.8) == 12.8  # type: ignore[arg-type]
+    assert cutoff(ready, None, 0.8) == math.inf  # type: ignore[arg-type]

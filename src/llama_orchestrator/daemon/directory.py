@@ -87,7 +87,8 @@ class InstanceView:
         scheduler = actor.ctx.scheduler
         if scheduler.evicting(actor.name):  # its stop is on the way: nothing more for it
             return -math.inf
-        return cutoff(actor, scheduler.draining_since(actor.name))
+        name = actor.name
+        return cutoff(actor, scheduler.draining_since(name), scheduler.hold(name))
 
     def acquire(self) -> Endpoint | None:
         """A lease on the running server, or None when it cannot take a request now."""

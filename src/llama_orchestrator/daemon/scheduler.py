@@ -16,9 +16,10 @@ longer than their ``ttl``.
 
 Swaps are ordered to load as few models as possible (issue 11):
 
-* a busy victim keeps taking new requests for as long as one of its own loads took (the
-  cost of the swap it postpones, at most a quarter of ``wait_s``); only requests that
-  arrive after that wait for its next turn;
+* a busy victim keeps taking new requests, from when it was chosen or became ready
+  (whichever is later), for as long as one of its own loads took (the cost of the swap it
+  postpones, at most a quarter of ``wait_s``); requests that arrive after that wait for
+  its next turn;
 * of the starts that wait, the one with the most requests waiting for it goes first,
   then the oldest; a start that has waited a quarter of its ``wait_s`` goes before any
   that has not, so none waits forever.
@@ -67,9 +68,12 @@ Deliver = Callable[[Admission], None]
 class Seats(Protocol):
     """The running instances as the scheduler sees them (the daemon's actors)."""
 
-    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+    def seat(
+        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
+    ) -> Seat:
         """Its pinned/priority/busy/last_used now; ``draining``: since when it is a
-        victim (requests queued for it before then still count as its work)."""
+        victim (requests queued for it before then, or before it became ready, and for
+        ``hold`` seconds after that, still count as its work)."""
         ...
 
     def idle(self, name: str) -> tuple[float, int]:
@@ -96,7 +100,9 @@ class Seats(Protocol):
 class NoSeats:
     """No instance information (tests of the port rule): nothing busy, nothing to stop."""
 
-    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+    def seat(
+        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
+    ) -> Seat:
         return Seat(name, memory_mb)
 
     def idle(self, name: str) -> tuple[float, int]:
@@ -166,8 +172,8 @@ class Scheduler:
         )
         self._tickets = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # arrival order
-        # victim -> its cutoff: requests enqueued by then are its work (chosen + hold)
-        self._draining: dict[str, float] = {}
+        self._draining: dict[str, float] = {}  # victim -> when it was first chosen
+        self._holds: dict[str, float] = {}  # victim -> its hold (see _hold)
         self._evicting: set[str] = set()  # asked to stop, not yet released
         self._defaults: dict[str, int] = {}  # device -> default budget (MiB)
         self._tasks: list[asyncio.Task[None]] = []
@@ -227,9 +233,13 @@ class Scheduler:
         return instance in self._evicting
 
     def draining_since(self, instance: str) -> float | None:
-        """From when requests for ``instance`` wait for its next turn: when it was chosen
-        to make room, plus its hold (None: it is not being drained)."""
+        """When ``instance`` was chosen to make room (None: it is not being drained)."""
         return self._draining.get(instance)
+
+    def hold(self, instance: str) -> float:
+        """How long after it was chosen (or became ready, if later) a victim still takes
+        new requests."""
+        return self._holds.get(instance, 0.0)
 
     def waiting(self) -> list[str]:
         """Instances whose starts wait for room, in arrival order."""
@@ -329,7 +339,7 @@ class Scheduler:
                 self._grant(p.req, p.evicted)
                 continue
             seats = [
-                self.seats.seat(n, c.memory_mb, self._draining.get(n))
+                self.seats.seat(n, c.memory_mb, self._draining.get(n), self.hold(n))
                 for n, c in self.holders.items()
             ]
             choice = choose(
@@ -357,6 +367,7 @@ class Scheduler:
             ahead.append(Seat(claim.instance, claim.memory_mb, busy=True))
             promised.add(claim.instance)
         self._draining = draining
+        self._holds = {n: h for n, h in self._holds.items() if n in draining}
 
     def _in_turn(self, now: float) -> list[tuple[int, _Pending]]:
         """The waiting starts in the order they get room: those already stopping victims
@@ -375,8 +386,9 @@ class Scheduler:
         return sorted(self._pending.items(), key=rank)
 
     def _hold(self, victim: str) -> float:
-        """How long a victim keeps taking new requests: one of its loads, the swap that
-        evicting it now would cost again later (a quarter of ``wait_s`` at most)."""
+        """How long a victim keeps taking new requests once chosen and ready: one of its
+        loads, the swap that evicting it now would cost again later (a quarter of
+        ``wait_s`` at most)."""
         return min(max(self.seats.load_s(victim), 0.0), self.wait_s / 4)
 
     def _evict_drained(
@@ -391,9 +403,9 @@ class Scheduler:
         busy = {s.name for s in seats if s.busy}
         evicted: list[str] = []
         for victim in victims:
-            if victim not in self._draining:
-                self._draining[victim] = now + self._hold(victim)
-            draining[victim] = self._draining[victim]
+            draining[victim] = self._draining.get(victim, now)
+            if victim not in self._holds:
+                self._holds[victim] = self._hold(victim)
             if victim in busy or victim in self._evicting:
                 continue
             self._evicting.add(victim)

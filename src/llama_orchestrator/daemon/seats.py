@@ -3,8 +3,9 @@ from their actors on the daemon's loop: cheap attribute reads, nothing awaited.
 
 An instance is *busy* while it loads, serves a request, or has requests waiting for it
 in the gateway. While it is being drained to make room, only the requests that arrived
-before its cutoff (chosen, plus one of its load times; or ready, whichever is later)
-count as its work; later ones wait for it to be started again, so no swap waits forever.
+before its cutoff (chosen or ready, whichever is later, plus the scheduler's hold: one of
+its load times) count as its work; later ones wait for it to be started again, so no
+swap waits forever.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ def _no_demand(_name: str, _before: float) -> int:
     return 0
 
 
-def cutoff(actor: InstanceActor, draining: float | None) -> float:
+def cutoff(actor: InstanceActor, draining: float | None, hold: float = 0.0) -> float:
     """Requests enqueued before this count as the instance's own work (inf: all)."""
     if draining is None or actor.state is State.STARTING:
         return math.inf
-    return max(draining, actor.ready_mono)
+    return max(draining, actor.ready_mono) + hold
 
 
 class ActorSeats:
@@ -52,17 +53,19 @@ class ActorSeats:
     def _gateway(self, actor: InstanceActor) -> InstanceGateway:
         return actor.loaded.config.gateway if actor.loaded else InstanceGateway()
 
-    def _busy(self, actor: InstanceActor, draining: float | None) -> bool:
+    def _busy(self, actor: InstanceActor, draining: float | None, hold: float = 0.0) -> bool:
         if actor.state not in _SETTLED or actor.leases.in_flight:
             return True  # loading, or admitted and about to spawn
-        return self.demand(actor.name, cutoff(actor, draining)) > 0
+        return self.demand(actor.name, cutoff(actor, draining, hold)) > 0
 
-    def seat(self, name: str, memory_mb: dict[str, int], draining: float | None) -> Seat:
+    def seat(
+        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
+    ) -> Seat:
         actor = self._actors.get(name)
         if actor is None:
             return Seat(name, memory_mb)
         gw = self._gateway(actor)
-        busy = self._busy(actor, draining)
+        busy = self._busy(actor, draining, hold)
         return Seat(name, memory_mb, gw.pinned, gw.priority, busy, actor.leases.last_used)
 
     def idle(self, name: str) -> tuple[float, int]:
