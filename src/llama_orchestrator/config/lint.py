@@ -19,6 +19,7 @@ they share.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -47,6 +48,7 @@ from llama_orchestrator.config.portcheck import (
     port_unique,
 )
 from llama_orchestrator.config.ports import port_holder
+from llama_orchestrator.config.schema import RemoteConfig
 from llama_orchestrator.config.targets import Entry, Target, home_configs, load_entry
 from llama_orchestrator.config.verdict import Level, Named, Verdict, json_row, syntax_verdicts
 from llama_orchestrator.gpu.devices import Device
@@ -70,8 +72,14 @@ def _read(
 ) -> tuple[list[Entry], dict[Path, list[LoadedConfig]]]:
     """Each target read, and for each that loads, the other instances on its port."""
     entries = [load_entry(t) for t in targets]
-    loaded = [e.loaded for e in entries if e.loaded is not None]
-    return entries, port_clashes(loaded, home_configs(home))
+    # A remote instance listens on no port here (issue 13): it claims none.
+    loaded = [e.loaded for e in entries if e.loaded is not None and e.loaded.remote is None]
+    local = [c for c in home_configs(home) if c.remote is None]
+    clashes = port_clashes(loaded, local)
+    for e in entries:
+        if e.loaded is not None and e.loaded.remote is not None:
+            clashes[e.loaded.path] = []
+    return entries, clashes
 
 
 # --- validate -----------------------------------------------------------------------------
@@ -88,7 +96,7 @@ def validate(home: Home, targets: Sequence[Target], *, gateway: bool = False) ->
     for entry in entries:
         problems += entry.problems
         cfg = entry.loaded
-        if cfg is None:
+        if cfg is None or cfg.remote is not None:  # a remote one has no file or port here
             continue
         file = str(cfg.path)
         reason = model_file_problem(cfg.model_path)
@@ -175,6 +183,8 @@ class Linter:
 
     def instance_checks(self, cfg: LoadedConfig, clashes: Sequence[LoadedConfig]) -> list[Named]:
         """What the machine says about a config that loads, in report order."""
+        if cfg.remote is not None:
+            return remote_checks(cfg.remote)
         return [
             ("model", model_verdict(cfg)),
             ("binary", binary_verdict(cfg, self.home)),
@@ -202,6 +212,30 @@ class Linter:
     def log_paths(self, cfg: LoadedConfig) -> list[Path]:
         """The files the server will write (the engine's answer), each once."""
         return server_log_paths(cfg, self.home)
+
+
+def remote_checks(remote: RemoteConfig, env: Mapping[str, str] | None = None) -> list[Named]:
+    """A remote instance's rows: its address, and whether its key's variable is set
+    here (a warning only: the daemon's environment is what counts, and it may differ)."""
+    env = os.environ if env is None else env
+    rows: list[Named] = [("remote", ("ok", f"health-checked and routed to at {remote.url}"))]
+    var = remote.api_key_env
+    if var is None:
+        rows.append(("api-key", ("ok", "no api_key_env: requests go without a key")))
+    elif env.get(var):
+        rows.append(("api-key", ("ok", f"{var} is set (its value is sent as the bearer key)")))
+    else:
+        rows.append(
+            (
+                "api-key",
+                (
+                    "warning",
+                    f"{var} is not set in this environment; the daemon refuses to start "
+                    f"the instance unless {var} is set where the daemon runs",
+                ),
+            )
+        )
+    return rows
 
 
 def lint(

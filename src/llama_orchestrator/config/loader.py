@@ -8,10 +8,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from llama_orchestrator.config.schema import InstanceConfig
+from llama_orchestrator.config.schema import (
+    LOCAL_ONLY,
+    InstanceConfig,
+    RemoteConfig,
+    local_only_message,
+)
 from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home, unknown_instance_message
 
@@ -55,8 +61,16 @@ class LoadedConfig:
         return self.config.name
 
     @property
+    def remote(self) -> RemoteConfig | None:
+        """The server it routes to when it runs none here (issue 13), else None."""
+        return self.config.remote
+
+    @property
     def model_path(self) -> Path:
-        """``model.path`` resolved against the config file's folder."""
+        """``model.path`` resolved against the config file's folder; for a remote
+        instance its address (what ``ps`` shows as its model), never a file."""
+        if self.config.remote is not None:
+            return Path(urlsplit(self.config.remote.url).netloc)
         p = self.config.model.path.expanduser()
         return p if p.is_absolute() else (self.path.parent / p).resolve()
 
@@ -213,6 +227,10 @@ def parse_config(text: str, path: Path, expected_name: str | None = None) -> Loa
     """Parse and validate config ``text``; raise ConfigError listing every problem."""
     file = str(path)
     data = json_object(text, file)
+    if data.get("remote") is not None:
+        local = [k for k in LOCAL_ONLY if k in data]
+        if local:  # one problem per field, each naming it (the schema says it only once)
+            raise ConfigError([Problem(file, k, local_only_message(k)) for k in local])
     try:
         cfg = InstanceConfig.model_validate(data)
     except ValidationError as e:

@@ -9,8 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from llama_orchestrator.home import NAME_MAX, NAME_PATTERN
 
@@ -145,9 +156,98 @@ class InstanceGateway(_Strict):
         return v
 
 
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class RemoteConfig(_Strict):
+    """A server this machine does not run (issue 13): only health-checked and routed to."""
+
+    url: str = Field(
+        description="the server's root, http(s)://host[:port] (another machine's "
+        "llama-server or daemon instance, a Kubernetes Service)"
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME_PATTERN,
+        description="name of the daemon's environment variable holding the server's API "
+        "key, sent upstream as 'Authorization: Bearer <key>' (never the key itself here)",
+    )
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="requests the gateway sends it at once (its slots); more wait in the "
+        "gateway's queue",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https:// (e.g. http://10.0.0.7:8080)")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+        except ValueError:
+            raise ValueError("has an invalid port (a number from 1 to 65535)") from None
+        if not parts.hostname:
+            raise ValueError("has no host (e.g. http://10.0.0.7:8080)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: name the key's variable in api_key_env")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(
+                "must be the server's root, without a path, query or fragment "
+                "(e.g. http://10.0.0.7:8080)"
+            )
+        return v.strip().rstrip("/")
+
+    @property
+    def base_url(self) -> str:
+        """``scheme://host:port`` with the port always written (the default one spelled
+        out), as the health checks and the gateway address a server."""
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{parts.scheme}://{host}:{port}"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+
+# What only a server this machine runs has: refused beside ``remote`` (issue 13). The
+# model, its flags and devices, the binary and its environment, arguments and log files
+# all describe a process that is spawned here; a remote instance spawns none. What
+# applies to it: healthcheck (it is probed like any server), gateway (routing),
+# restart_policy (how often the daemon tries again to reach it when a start times
+# out), autostart.
+LOCAL_ONLY = ("model", "server", "gpu", "binary", "env", "args", "logs")
+# The model path a remote instance carries so that code written for local instances
+# reads a value; never a file (preflight and the checks look at ``remote`` first).
+REMOTE_MODEL_PLACEHOLDER = "(remote)"
+
+
+def local_only_message(field: str) -> str:
+    return (
+        f"does not apply to a remote instance (this config sets remote): remove {field!r}, "
+        "or remove 'remote' to run a server on this machine"
+    )
+
+
 class InstanceConfig(_Strict):
     schema_ref: str | None = Field(default=None, alias="$schema")
     name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
+    remote: RemoteConfig | None = Field(
+        default=None,
+        description="a server this machine does not run: health-checked and routed to, "
+        "never spawned or signalled (model, server, gpu, binary, env, args and logs do "
+        "not apply)",
+    )
     model: ModelConfig
     server: ServerConfig = Field(default_factory=ServerConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
@@ -168,6 +268,47 @@ class InstanceConfig(_Strict):
     )
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_or_local(cls, data: Any) -> Any:
+        """A remote instance names no local-only field; it is given a placeholder model
+        so that the model stays required, as it always was, for every local instance."""
+        if not isinstance(data, dict) or data.get("remote") is None:
+            return data
+        present = [k for k in LOCAL_ONLY if k in data]
+        if present:
+            raise ValueError(f"{', '.join(present)}: {local_only_message(present[0])}")
+        return {**data, "model": {"path": REMOTE_MODEL_PLACEHOLDER}}
+
+    @model_validator(mode="after")
+    def _remote_address(self) -> InstanceConfig:
+        # server carries the remote's address and slots, so the leases and anything that
+        # shows host:port read the server it routes to.
+        r = self.remote
+        if r is None:
+            return self
+        if r.api_key_env is not None and self.healthcheck.probe == "completion":
+            raise ValueError(
+                "healthcheck.probe 'completion' is not available for a remote instance with "
+                "api_key_env (the probes send no key): use probe 'health'"
+            )
+        self.server = ServerConfig.model_construct(host=r.host, port=r.port, parallel=r.parallel)
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.remote is not None:  # the placeholders are not part of what was written
+            for key in LOCAL_ONLY:
+                data.pop(key, None)
+        else:
+            data.pop("remote", None)
+        return data
 
     @field_validator("binary")
     @classmethod
@@ -206,4 +347,10 @@ def json_schema() -> dict[str, Any]:
     schema = InstanceConfig.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "llama-orchestrator instance"
+    # Either a local instance (model required) or a remote one (none of LOCAL_ONLY).
+    schema["required"] = [k for k in schema.get("required", []) if k != "model"]
+    schema["oneOf"] = [
+        {"required": ["model"], "not": {"required": ["remote"]}},
+        {"required": ["remote"], "not": {"anyOf": [{"required": [k]} for k in LOCAL_ONLY]}},
+    ]
     return schema
