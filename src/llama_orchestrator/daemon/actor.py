@@ -19,52 +19,29 @@ from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.config.schema import HealthcheckConfig, RestartPolicy
 from llama_orchestrator.daemon import messages as m
 from llama_orchestrator.daemon import watch
+from llama_orchestrator.daemon.actor_core import STOP_GRACE_S, ActorCore
 from llama_orchestrator.daemon.adopt import adopt_recorded, held_claim
-from llama_orchestrator.daemon.context import ActorContext
 from llama_orchestrator.daemon.events import EventKind
-from llama_orchestrator.daemon.leases import CheckLog, Leases
-from llama_orchestrator.daemon.mailbox import Mailbox
+from llama_orchestrator.daemon.launch import AnyPlan, announce, open_run
 from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.policy import after_failure
-from llama_orchestrator.daemon.preflight import Plan, load, prepare, refusal, spawn_error
-from llama_orchestrator.daemon.waiters import Waiters, answer
-from llama_orchestrator.engine.command import base_url
-from llama_orchestrator.engine.process import ServerProcess, tail_lines
-from llama_orchestrator.engine.states import ALIVE, Desired, Health, State, check_transition
+from llama_orchestrator.daemon.preflight import (
+    Plan,
+    RemotePlan,
+    load,
+    prepare,
+    refusal,
+    spawn_error,
+)
+from llama_orchestrator.daemon.waiters import answer
+from llama_orchestrator.engine.process import ServerProcess
+from llama_orchestrator.engine.states import ALIVE, Desired, Health, State
 from llama_orchestrator.errors import ErrorCode
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
-STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
 
-
-class InstanceActor(Mailbox):
-    def __init__(self, name: str, ctx: ActorContext, row: dict[str, Any] | None) -> None:
-        super().__init__(name)
-        self.ctx = ctx
-        row = row or {}
-        # The initial state is read from the record as-is: it is where we left off.
-        self.state = State(row.get("status") or State.STOPPED.value)
-        self.desired = Desired(row.get("desired") or Desired.STOPPED.value)
-        self.health = Health(row.get("health") or Health.UNKNOWN.value)
-        self.restart_count = int(row.get("restart_count") or 0)
-        self.failures = 0
-        self.proc: ServerProcess | None = None
-        self.loaded: LoadedConfig | None = None
-        self.url: str | None = None
-        self.checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
-        self.misses = 0  # consecutive failed checks
-        self.leases = Leases(ctx.clock)  # the gateway's requests in flight
-        self.waiters = Waiters()
-        self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
-        self._room: tuple[str, ...] = ()  # instances stopped to make room for this start
-        self.on_demand = False  # this run was started by a request (gateway.json default_ttl)
-        self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
-        self._backoff_gen = 0
-        self._by_person = False  # the start in progress was asked for by a person
-        self.ready_mono = 0.0
-        self._stderr_path: Any = None
-
+class InstanceActor(ActorCore):
     def dispatch(self, msg: m.Message) -> None:
         match msg:
             case m.Start():
@@ -96,28 +73,6 @@ class InstanceActor(Mailbox):
             case m.Autostart():
                 self._on_autostart()
 
-    def _set_state(self, new: State, reason: str) -> None:
-        """The one place a state changes: validated, recorded, announced."""
-        old = self.state
-        check_transition(old, new)
-        self.state = new
-        self.ctx.store.update(self.name, status=new.value)
-        self.ctx.bus.emit(self.name, EventKind.STATE, old.value, new.value, reason)
-        if new in (State.STOPPED, State.EXITED, State.FATAL):
-            self.ctx.scheduler.release(self.name)  # holds nothing any more
-
-    def _set_health(self, new: Health, reason: str) -> None:
-        if new is self.health:
-            return
-        old, self.health = self.health, new
-        self.ctx.store.update(self.name, health=new.value)
-        self.ctx.bus.emit(self.name, EventKind.HEALTH, old.value, new.value, reason)
-
-    def _set_desired(self, desired: Desired) -> None:
-        if desired is not self.desired:
-            self.desired = desired
-            self.ctx.store.update(self.name, desired=desired.value)
-
     # -- commands ----------------------------------------------------------------------
 
     def _on_start(self, cmd: m.Start | m.Restart, reason: str = "up requested") -> None:
@@ -128,7 +83,7 @@ class InstanceActor(Mailbox):
             was = self.loaded.raw_hash if self.loaded else None
             if isinstance(now, LoadedConfig) and was is not None and now.raw_hash != was:
                 message += f" (its config changed since: `llama-orch restart {self.name}`)"
-            cmd.reply.set_result(Outcome(True, message, pid=self.proc.pid))
+            cmd.reply.set_result(Outcome(True, message, pid=self.shown_pid()))
             return
         if self.state is State.STOPPING:
             self._set_desired(Desired.RUNNING)
@@ -143,10 +98,6 @@ class InstanceActor(Mailbox):
         self.on_demand = isinstance(cmd, m.Start) and cmd.on_demand
         force = isinstance(cmd, m.Start) and cmd.force
         self._begin_start(auto=False, reason=reason, by_person=True, force=force)
-
-    def _join_start(self, cmd: m.Start | m.Restart) -> None:
-        spawned = self.proc.pid if self.state is State.STARTING and self.proc else None
-        self.waiters.join_start(cmd, spawned)
 
     def _on_restart(self, cmd: m.Restart) -> None:
         if self.state in (State.RUNNING, State.STARTING) and self.proc is not None:
@@ -197,9 +148,6 @@ class InstanceActor(Mailbox):
         grace = self._grace() if grace is None else grace
         self._spawn_task("stop", watch.stop_process(self.proc, grace, reason, self.post))
 
-    def _grace(self) -> float:
-        return self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
-
     def _on_stopped(self, msg: m.Stopped) -> None:
         if msg.proc is not self.proc or self.state is not State.STOPPING:
             return
@@ -239,7 +187,9 @@ class InstanceActor(Mailbox):
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
             return
-        if self.ctx.scheduler.holds(self.name):  # a restart keeps the admission it had
+        # A restart keeps the admission it had; a remote instance holds nothing here, so
+        # the scheduler is never asked (issue 13).
+        if isinstance(plan, RemotePlan) or self.ctx.scheduler.holds(self.name):
             self._launch(plan, auto=auto, reason=reason)
             return
         ticket = self.ctx.scheduler.request(
@@ -274,32 +224,29 @@ class InstanceActor(Mailbox):
         elif self.state is State.BACKOFF:  # `up` during backoff, now refused: stop waiting
             self._set_state(State.FATAL, f"start refused: {outcome.message}")  # BACKOFF -> FATAL
 
-    def _launch(self, plan: Plan, *, auto: bool, reason: str) -> None:
+    def _launch(self, plan: AnyPlan, *, auto: bool, reason: str) -> None:
         self.loaded = loaded = plan.loaded
-        cfg, spec = loaded.config, plan.spec
         self._set_desired(Desired.RUNNING)
         self._set_state(State.STARTING, "restart" if auto else reason)  # -> STARTING
         try:
-            for path in (spec.stdout, spec.stderr):
-                self.ctx.launcher.rotate(
-                    path, cfg.logs.max_size_mb * 1024 * 1024, cfg.logs.rotation
-                )
-            proc = self.ctx.launcher.spawn(spec, self.name)
+            proc = open_run(self.ctx, plan, self.name)
         except OSError as e:
-            msg = spawn_error(spec, e)
+            msg = spawn_error(plan.spec, e) if isinstance(plan, Plan) else str(e)
             failed = refusal(ErrorCode.SPAWN, msg)
             self.waiters.start_failed(failed)
             self._fail(msg, [], was_running=False)
             return
-        self.proc = proc
-        self.url = base_url(cfg.server.host, cfg.server.port)
-        self._stderr_path = spec.stderr
+        self.proc, self.url = proc, plan.url
+        self._stderr_path = plan.spec.stderr if isinstance(plan, Plan) else None
+        self.leases.api_key = plan.api_key if isinstance(plan, RemotePlan) else None
         self._set_health(Health.UNKNOWN, "starting")
         self.ctx.store.update(self.name, **plan.record(proc, self.ctx.clock.time()))
-        self.ctx.bus.emit(self.name, EventKind.SPAWNED, None, str(proc.pid), " ".join(spec.argv))
-        answer(self.waiters.accepted, Outcome(True, "starting", pid=proc.pid, accepted=True))
-        self._watch(proc, cfg.healthcheck, ready=False)
-        self._spawn_task("version", watch.record_version(plan.binary, self.post))
+        announce(self.ctx, plan, proc, self.name)
+        accepted = Outcome(True, "starting", pid=self.shown_pid(), accepted=True)
+        answer(self.waiters.accepted, accepted)
+        self._watch(proc, loaded.config.healthcheck, ready=False)
+        if isinstance(plan, Plan):
+            self._spawn_task("version", watch.record_version(plan.binary, self.post))
 
     def _watch(self, proc: ServerProcess, hc: HealthcheckConfig, *, ready: bool) -> None:
         """The exit watcher, and the readiness poll (starting) or the health monitor."""
@@ -313,9 +260,6 @@ class InstanceActor(Mailbox):
         else:
             self._spawn_task("ready", watch.await_ready(*args))
 
-    def _healthcheck(self) -> HealthcheckConfig:
-        return self.loaded.config.healthcheck if self.loaded else HealthcheckConfig()
-
     def _on_ready(self, msg: m.Ready) -> None:
         if msg.proc is not self.proc or self.state is not State.STARTING:
             return  # a stale report about a process we already let go
@@ -326,7 +270,7 @@ class InstanceActor(Mailbox):
         self._set_state(State.RUNNING, f"ready in {msg.ready_ms:.0f} ms")  # STARTING -> RUNNING
         room, self._room = self._room, ()
         said = f"ready (stopped {', '.join(room)} to make room)" if room else "ready"
-        answer(self.waiters.ready, Outcome(True, said, ready_ms=msg.ready_ms, pid=msg.proc.pid))
+        answer(self.waiters.ready, Outcome(True, said, ready_ms=msg.ready_ms, pid=self.shown_pid()))
         self._watch(msg.proc, self._healthcheck(), ready=True)
 
     def _on_checked(self, msg: m.Checked) -> None:
@@ -342,7 +286,9 @@ class InstanceActor(Mailbox):
             return
         self.misses += 1
         self._set_health(Health.UNHEALTHY, f"{probe.detail} ({self.misses}/{hc.retries})")
-        if self.misses >= hc.retries:
+        # A remote server is not ours to stop: it stays running, out of the routes while
+        # unhealthy, and healthy again when it answers (issue 13).
+        if self.misses >= hc.retries and not self.remote:
             self._fail_stop(f"health check failed {self.misses} times: {probe.detail}")
 
     # -- failures ----------------------------------------------------------------------
@@ -372,9 +318,6 @@ class InstanceActor(Mailbox):
         when = "during start" if self.state is State.STARTING else "unexpectedly"
         why = f"{when}: {status.describe()}"
         self._fail(why, self._stderr_tail(), was_running=self.state is State.RUNNING)
-
-    def _stderr_tail(self) -> list[str]:
-        return tail_lines(self._stderr_path, 15) if self._stderr_path else []
 
     def _fail(self, reason: str, tail: list[str], *, was_running: bool) -> None:
         self._cancel_task("ready")
@@ -444,6 +387,8 @@ class InstanceActor(Mailbox):
             # The server died while no daemon watched it: reconcile the record.
             self.ctx.store.update(self.name, pid=None)
             why = "process ended while the daemon was down"
+            if (self.ctx.store.get(self.name) or {}).get("backend") == "remote":
+                why = "the daemon was down: the remote server is checked again"
             self.ctx.bus.emit(self.name, EventKind.EXIT, self.state.value, State.EXITED.value, why)
             self._set_health(Health.UNKNOWN, why)
             self._set_state(State.EXITED, why)  # STARTING/RUNNING/STOPPING -> EXITED

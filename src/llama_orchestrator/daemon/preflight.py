@@ -24,7 +24,7 @@ from llama_orchestrator.config.ports import port_holder
 from llama_orchestrator.daemon.messages import Outcome
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
-from llama_orchestrator.engine.command import LaunchSpec, device_label, launch_spec
+from llama_orchestrator.engine.command import LaunchSpec, base_url, device_label, launch_spec
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import Home
@@ -59,10 +59,72 @@ class Plan:
             "config_hash": self.loaded.raw_hash,
         }
 
+    @property
+    def url(self) -> str:
+        server = self.loaded.config.server
+        return base_url(server.host, server.port)
+
     def claim(self, name: str, *, force: bool = False) -> Claim:
         """What the start would hold: its address, and its memory by ``fit``'s estimate."""
         server = self.loaded.config.server
         return Claim(name, (server.host, server.port), memory_mb(self.loaded), force=force)
+
+
+@dataclass(frozen=True)
+class RemotePlan:
+    """A remote instance's start (issue 13): where to probe and route, with the key
+    read from the daemon's environment at this start. Nothing is spawned, and the
+    scheduler is not asked: it uses none of this machine's memory, counts against no
+    budget or ``max_running``, and is never evicted or stopped for being idle."""
+
+    loaded: LoadedConfig
+    url: str
+    api_key: str | None
+
+    def record(self, proc: ServerProcess, now: float) -> dict[str, Any]:
+        remote = self.loaded.remote
+        assert remote is not None
+        return {
+            "pid": None,
+            "pid_create_time": None,
+            "cmdline": None,
+            "host": remote.host,
+            "port": remote.port,
+            "backend": "remote",
+            "device": "-",
+            "model": str(self.loaded.model_path),  # its address: ps's MODEL column
+            "binary": None,
+            "start_time": now,
+            "ready_time": None,
+            "exit_code": None,
+            "exit_signal": None,
+            "last_error": None,
+            "config_hash": self.loaded.raw_hash,
+        }
+
+
+def remote_plan(loaded: LoadedConfig, env: dict[str, str] | None = None) -> RemotePlan | Outcome:
+    """A remote start, or its refusal when the key's variable is not set."""
+    remote = loaded.remote
+    assert remote is not None
+    key = None
+    if remote.api_key_env is not None:
+        key = (os.environ if env is None else env).get(remote.api_key_env)
+        if not key:
+            return refusal(
+                ErrorCode.CONFIG_INVALID,
+                f"{loaded.path}: remote.api_key_env: the environment variable "
+                f"{remote.api_key_env} is not set in the daemon's environment; set it where "
+                "the daemon runs (`llama-orch daemon stop`, then `up` again), or remove "
+                "api_key_env",
+            )
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            return refusal(
+                ErrorCode.CONFIG_INVALID,
+                f"{loaded.path}: remote.api_key_env: the value of {remote.api_key_env} is not "
+                "a key that can be sent in a header (printable ASCII without spaces)",
+            )
+    return RemotePlan(loaded, remote.base_url, key)
 
 
 def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
@@ -133,7 +195,7 @@ def port_problem(loaded: LoadedConfig) -> Outcome | None:
     )
 
 
-def prepare(home: Home, name: str) -> Plan | Outcome:
+def prepare(home: Home, name: str) -> Plan | RemotePlan | Outcome:
     """A ``Plan`` to spawn, or the ``Outcome`` that refuses the start.
 
     Another instance of ours on the same port is the scheduler's to refuse (it knows
@@ -142,6 +204,8 @@ def prepare(home: Home, name: str) -> Plan | Outcome:
     loaded = load(home, name)
     if isinstance(loaded, Outcome):
         return loaded
+    if loaded.remote is not None:
+        return remote_plan(loaded)
     problem = model_file_problem(loaded.model_path)
     if problem:
         return refusal(

@@ -1,0 +1,106 @@
+"""An instance actor's state and the primitives that change it (daemon/actor.py has the
+handlers). Everything here runs on the actor's own loop, like the handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_orchestrator.config.loader import LoadedConfig
+from llama_orchestrator.config.schema import HealthcheckConfig
+from llama_orchestrator.daemon import messages as m
+from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.leases import CheckLog, Leases
+from llama_orchestrator.daemon.mailbox import Mailbox
+from llama_orchestrator.daemon.preflight import Plan
+from llama_orchestrator.daemon.waiters import Waiters
+from llama_orchestrator.engine.process import ServerProcess, tail_lines
+from llama_orchestrator.engine.states import Desired, Health, State, check_transition
+from llama_orchestrator.gateway.backend import Endpoint
+
+STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
+
+
+class KeyedLeases(Leases):
+    """Leases whose endpoints carry the key of the run they lend (a remote instance's
+    ``api_key_env``, read at its start), so the gateway sends it upstream."""
+
+    api_key: str | None = None
+
+    def acquire(self, instance: str, url: str | None) -> Endpoint | None:
+        endpoint = super().acquire(instance, url)
+        if endpoint is None or self.api_key is None:
+            return endpoint
+        return Endpoint(endpoint.instance, endpoint.base_url, self.api_key)
+
+
+class ActorCore(Mailbox):
+    def __init__(self, name: str, ctx: ActorContext, row: dict[str, Any] | None) -> None:
+        super().__init__(name)
+        self.ctx = ctx
+        row = row or {}
+        # The initial state is read from the record as-is: it is where we left off.
+        self.state = State(row.get("status") or State.STOPPED.value)
+        self.desired = Desired(row.get("desired") or Desired.STOPPED.value)
+        self.health = Health(row.get("health") or Health.UNKNOWN.value)
+        self.restart_count = int(row.get("restart_count") or 0)
+        self.failures = 0
+        self.proc: ServerProcess | None = None
+        self.loaded: LoadedConfig | None = None
+        self.url: str | None = None
+        self.checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
+        self.misses = 0  # consecutive failed checks
+        self.leases = KeyedLeases(ctx.clock)  # the gateway's requests in flight
+        self.waiters = Waiters()
+        self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
+        self._room: tuple[str, ...] = ()  # instances stopped to make room for this start
+        self.on_demand = False  # this run was started by a request (gateway.json default_ttl)
+        self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
+        self._backoff_gen = 0
+        self._by_person = False  # the start in progress was asked for by a person
+        self.ready_mono = 0.0
+        self._stderr_path: Any = None
+
+    @property
+    def remote(self) -> bool:
+        """Is the current run a remote instance's (nothing spawned, nothing to signal)?"""
+        return self.loaded is not None and self.loaded.remote is not None
+
+    def shown_pid(self) -> int | None:
+        """The PID replies carry: None for a remote instance's run."""
+        return self.proc.pid or None if self.proc is not None else None
+
+    def _set_state(self, new: State, reason: str) -> None:
+        """The one place a state changes: validated, recorded, announced."""
+        old = self.state
+        check_transition(old, new)
+        self.state = new
+        self.ctx.store.update(self.name, status=new.value)
+        self.ctx.bus.emit(self.name, EventKind.STATE, old.value, new.value, reason)
+        if new in (State.STOPPED, State.EXITED, State.FATAL):
+            self.ctx.scheduler.release(self.name)  # holds nothing any more
+
+    def _set_health(self, new: Health, reason: str) -> None:
+        if new is self.health:
+            return
+        old, self.health = self.health, new
+        self.ctx.store.update(self.name, health=new.value)
+        self.ctx.bus.emit(self.name, EventKind.HEALTH, old.value, new.value, reason)
+
+    def _set_desired(self, desired: Desired) -> None:
+        if desired is not self.desired:
+            self.desired = desired
+            self.ctx.store.update(self.name, desired=desired.value)
+
+    def _join_start(self, cmd: m.Start | m.Restart) -> None:
+        spawned = self.proc.pid if self.state is State.STARTING and self.proc else None
+        self.waiters.join_start(cmd, spawned)
+
+    def _grace(self) -> float:
+        return self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
+
+    def _healthcheck(self) -> HealthcheckConfig:
+        return self.loaded.config.healthcheck if self.loaded else HealthcheckConfig()
+
+    def _stderr_tail(self) -> list[str]:
+        return tail_lines(self._stderr_path, 15) if self._stderr_path else []

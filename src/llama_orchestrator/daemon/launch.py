@@ -1,0 +1,36 @@
+"""Opening a run's handle: a spawned server, or a remote instance's (issue 13).
+
+The actor's state machine is one piece of code for both kinds: what differs is only
+how a run begins (spawn a process with its logs rotated first, or nothing to spawn),
+what is announced, and whether a failing health check stops it.
+"""
+
+from __future__ import annotations
+
+from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.preflight import Plan, RemotePlan
+from llama_orchestrator.engine.process import ServerProcess
+from llama_orchestrator.engine.remote import RemoteServer
+
+AnyPlan = Plan | RemotePlan
+
+
+def open_run(ctx: ActorContext, plan: AnyPlan, name: str) -> ServerProcess:
+    """The new run's handle; OSError when the server cannot be spawned."""
+    if isinstance(plan, RemotePlan):
+        return RemoteServer(plan.url)
+    logs = plan.loaded.config.logs
+    for path in (plan.spec.stdout, plan.spec.stderr):
+        ctx.launcher.rotate(path, logs.max_size_mb * 1024 * 1024, logs.rotation)
+    return ctx.launcher.spawn(plan.spec, name)
+
+
+def announce(ctx: ActorContext, plan: AnyPlan, proc: ServerProcess, name: str) -> None:
+    """The event of a run begun: the PID and command line, or the remote's address."""
+    if isinstance(plan, RemotePlan):
+        key = "with its key" if plan.api_key else "without a key"
+        why = f"remote: checking {plan.url} ({key}); nothing spawned here"
+        ctx.bus.emit(name, EventKind.SPAWNED, None, None, why)
+    else:
+        ctx.bus.emit(name, EventKind.SPAWNED, None, str(proc.pid), " ".join(plan.spec.argv))
