@@ -20,6 +20,7 @@ class Endpoint:
 
     instance: str
     base_url: str  # e.g. http://127.0.0.1:8001, no trailing slash
+    api_key: str | None = None  # sent upstream as a bearer key (a remote instance's)
 
 
 @dataclass(frozen=True)

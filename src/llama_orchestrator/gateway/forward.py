@@ -41,8 +41,15 @@ DROP_KEYS = DROP_REQUEST | {b"authorization", b"x-api-key"}
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
-def request_bytes(req: Request, target: Target, url: bytes, drop: frozenset[bytes]) -> bytes:
+def request_bytes(
+    req: Request, target: Target, url: bytes, drop: frozenset[bytes], api_key: str | None = None
+) -> bytes:
+    """The bytes an instance gets. With ``api_key`` (a remote instance's, issue 13) the
+    client's own key headers are dropped whatever they hold and the instance's is sent."""
     parts = [req.method, b" ", url, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
+    if api_key is not None:
+        drop = drop | DROP_KEYS
+        parts += (b"Authorization: Bearer ", api_key.encode("ascii"), b"\r\n")
     for name, value in req.headers:
         if name.lower() not in drop:
             parts += (name, b": ", value, b"\r\n")
@@ -139,7 +146,8 @@ class Forward:
         try:
             gw = self._gw
             self._target = gw.upstreams.target(self._lease.endpoint.base_url)
-            self._data = request_bytes(self._req, self._target, self._url, gw.drop)
+            key = self._lease.endpoint.api_key
+            self._data = request_bytes(self._req, self._target, self._url, gw.drop, key)
             up = self._target.take()
             if up is None:
                 self._connect()

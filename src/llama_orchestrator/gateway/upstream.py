@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 import time
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -162,11 +163,13 @@ class Target:
 
     def __init__(self, base_url: str, connect_timeout: float) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"unsupported instance address {base_url!r} (want http://host:port)")
         self.base_url = base_url
         self.host = parts.hostname
-        self.port = parts.port or 80
+        # https: a remote instance behind TLS (issue 13), verified against the system's CAs
+        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.tls else 80)
         self.host_header = parts.netloc.encode()
         self.connect_timeout = connect_timeout
         self._idle: collections.deque[UpstreamConnection] = collections.deque()
@@ -204,7 +207,9 @@ class Target:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.tls
+                ),
                 self.connect_timeout,
             )
         except asyncio.TimeoutError:

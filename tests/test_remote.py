@@ -1,0 +1,287 @@
+"""Remote instances (issue 13): a server this machine does not run, health-checked and
+routed to by the daemon and its gateway, never spawned or signalled.
+
+The remote server is the embedded engine started by hand (as another machine would run
+it), on a free port, so the daemon has no process of its own for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+from conftest import Cli, free_port, write_config
+from helpers import events, gone, health, ps_row, wait_for
+
+from llama_orchestrator.home import Home
+
+KEY = "remote-secret-7f3a"  # what the remote server accepts
+GATEWAY_KEY = "gateway-key-19c2"  # what clients of the gateway send
+
+
+class HandServer:
+    """The embedded engine started by hand, as on another machine."""
+
+    def __init__(self, model: Path, port: int, api_key: str | None = None) -> None:
+        self.model, self.port, self.api_key = model, port, api_key
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> HandServer:
+        argv = [sys.executable, "-m", "llama_orchestrator.engine.embedded", "-m", str(self.model)]
+        argv += ["--port", str(self.port), "-c", "256", "-b", "64", "-t", "1"]
+        if self.api_key:
+            argv += ["--api-key", self.api_key]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        wait_for(lambda: health(self.port) == 200, 60, "the hand-started server")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[HandServer]]:
+    started: list[HandServer] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+def gateway(home: Home, **settings: Any) -> str:
+    port = free_port()
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "gateway.json").write_text(json.dumps({"port": port, **settings}))
+    return f"http://127.0.0.1:{port}"
+
+
+def remote_config(home: Home, name: str, url: str, **fields: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "name": name,
+        "remote": {"url": url},
+        "healthcheck": {"interval": 0.5, "timeout": 2, "retries": 2, "start_period": 20},
+    }
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    path = home.config_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def client(url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def complete(url: str, model: str, key: str = GATEWAY_KEY) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/completions",
+        json={"model": model, "prompt": "hi", "max_tokens": 2},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+        trust_env=False,
+    )
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+def test_remote_configs_are_checked_with_clear_messages(cli: Cli, home: Home) -> None:
+    path = remote_config(home, "far", "http://10.0.0.7:8080", model={"path": "x.gguf"}, gpu={})
+    out = cli("config", "validate", "far")
+    assert out.returncode != 0
+    assert f"{path}: model: does not apply to a remote instance" in out.stderr, out.stderr
+    assert f"{path}: gpu: does not apply to a remote instance" in out.stderr
+    assert "remove 'remote' to run a server on this machine" in out.stderr
+    assert "Traceback" not in out.stderr
+
+    for url, why in (
+        ("ftp://10.0.0.7", "must start with http:// or https://"),
+        ("http://", "has no host"),
+        ("http://10.0.0.7:99999", "has an invalid port"),
+        ("http://10.0.0.7:8080/v1", "must be the server's root"),
+        ("http://user:pw@10.0.0.7", "must not hold credentials"),
+    ):
+        remote_config(home, "far", url)
+        out = cli("config", "validate", "far")
+        assert out.returncode != 0, url
+        assert f"{path}: remote.url: {why}" in out.stderr and repr(url) in out.stderr, out.stderr
+
+    remote_config(home, "far", "https://far.example", remote={"api_key_env": "NOT A NAME"})
+    out = cli("config", "validate", "far")
+    assert out.returncode != 0 and f"{path}: remote.api_key_env:" in out.stderr, out.stderr
+
+    # a local instance still needs its model
+    path.write_text(json.dumps({"name": "far"}))
+    out = cli("config", "validate", "far")
+    assert out.returncode != 0 and f"{path}: model: required field is missing" in out.stderr
+
+    remote_config(home, "far", "https://far.example", remote={"api_key_env": "FAR_KEY"})
+    out = cli("config", "validate", "far")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(cli("config", "lint", "far", "--format", "json").stdout)
+    rows = rows.get("results", rows) if isinstance(rows, dict) else rows
+    checks = {r["check"]: r for r in rows if r["instance"] == "far"}
+    assert {"remote", "api-key"} <= set(checks), rows
+    assert "model" not in checks and "port-free" not in checks  # nothing local to check
+
+
+def test_the_json_schema_takes_a_local_or_a_remote_instance() -> None:
+    import jsonschema
+
+    from llama_orchestrator.config.schema import json_schema
+
+    schema = json_schema()
+    ok = jsonschema.Draft202012Validator(schema)
+    remote = {"name": "far", "remote": {"url": "http://10.0.0.7:8080", "api_key_env": "K"}}
+    assert ok.is_valid(remote)
+    assert ok.is_valid({"name": "near", "model": {"path": "m.gguf"}})
+    assert not ok.is_valid({**remote, "model": {"path": "m.gguf"}})
+    assert not ok.is_valid({**remote, "server": {"port": 8001}})
+    assert not ok.is_valid({"name": "nothing"})
+
+
+def test_a_missing_key_variable_refuses_the_start(cli: Cli, home: Home) -> None:
+    gateway(home)
+    path = remote_config(home, "far", "http://127.0.0.1:9", remote={"api_key_env": "FAR_KEY"})
+    cli.env.pop("FAR_KEY", None)
+    out = cli("up", "far")
+    assert out.returncode != 0
+    assert f"{path}: remote.api_key_env: the environment variable FAR_KEY is not set" in (
+        out.stderr
+    ), out.stderr
+    refused = [e for e in events(home, "far") if e["kind"] == "start_refused"]
+    assert refused and "FAR_KEY" in refused[-1]["reason"]
+    assert ps_row(cli, "far")["status"] == "stopped"
+
+
+# --- the daemon and the gateway ---------------------------------------------------------
+
+
+def test_a_remote_instance_behind_the_gateway(
+    cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
+) -> None:
+    far = HandServer(tiny_model, free_port(), api_key=KEY).start()
+    servers.append(far)
+    url = gateway(home, api_keys=[GATEWAY_KEY])
+    remote_config(
+        home,
+        "far",
+        f"http://127.0.0.1:{far.port}",
+        remote={"api_key_env": "FAR_KEY", "parallel": 2},
+        gateway={"aliases": ["far-model"], "on_demand": False},
+    )
+    cli.env["FAR_KEY"] = KEY  # the daemon's environment holds the key
+    out = cli("up", "far")
+    assert out.returncode == 0, out.stderr
+
+    row = ps_row(cli, "far")
+    assert row["status"] == "running" and row["health"] == "healthy", row
+    assert row["pid"] is None and row["model"] == f"127.0.0.1:{far.port}", row
+    assert row["backend"] == "remote"
+    table = cli("ps").stdout
+    assert f"127.0.0.1:{far.port}" in table
+
+    # without the key the server refuses: the gateway sends it, not the client's own
+    direct = f"http://127.0.0.1:{far.port}/v1/completions"
+    assert httpx.post(direct, json={"prompt": "x", "max_tokens": 1}).status_code == 401
+    c = client(url, GATEWAY_KEY)
+    assert {m.id for m in c.models.list().data} == {"far", "far-model"}
+    done = c.completions.create(model="far-model", prompt="hello", max_tokens=3)
+    assert done.choices[0].text is not None and done.usage is not None
+    chat = c.chat.completions.create(
+        model="far", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert chat.choices[0].message.content is not None
+    streamed = list(c.completions.create(model="far", prompt="hi", max_tokens=3, stream=True))
+    assert streamed
+    assert complete(url, "far").headers["x-llama-orch-instance"] == "far"
+
+    described = cli.json("describe", "far", "--json")
+    assert described["config"]["remote"]["url"] == f"http://127.0.0.1:{far.port}"
+    assert described["config"]["remote"]["api_key_env"] == "FAR_KEY"
+    for text in (
+        json.dumps(described),
+        cli("ps", "--json").stdout,
+        json.dumps(events(home, "far")),
+    ):
+        assert KEY not in text  # the key itself is never shown or recorded
+
+    # down: out of the routes, and the server is left alone
+    assert cli("down", "far").returncode == 0
+    assert ps_row(cli, "far")["status"] == "stopped"
+    assert not gone(far.pid) and health(far.port) == 200
+    r = complete(url, "far")
+    assert r.status_code == 503 and "on_demand is off" in r.text, r.text
+
+    # up puts it back; restart is down + up, and neither signals the server
+    assert cli("up", "far").returncode == 0
+    assert complete(url, "far").status_code == 200
+    assert cli("restart", "far").returncode == 0
+    assert ps_row(cli, "far")["status"] == "running"
+    assert complete(url, "far").status_code == 200
+    assert psutil.Process(far.pid).is_running() and not gone(far.pid)
+    assert not [e for e in events(home, "far") if e["kind"] == "exit"]
+
+
+def test_a_pool_fails_over_from_a_dead_remote_to_the_local_replica(
+    cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
+) -> None:
+    port = free_port()
+    far = HandServer(tiny_model, port).start()
+    servers.append(far)
+    # a budget of one running server: the remote one uses none of this machine
+    url = gateway(home, max_running=1)
+    write_config(home, "near", tiny_model, free_port(), gateway={"aliases": ["pool"]})
+    remote_config(home, "far", f"http://127.0.0.1:{port}", gateway={"aliases": ["pool"]})
+    assert cli("up", "near").returncode == 0
+    assert cli("up", "far").returncode == 0
+    assert ps_row(cli, "near")["status"] == "running"  # not evicted for the remote one
+    served = {complete(url, "pool", "none").headers["x-llama-orch-instance"] for _ in range(6)}
+    assert served == {"near", "far"}  # least busy, ties rotate: both take requests
+
+    far.kill()  # the remote machine goes away
+    wait_for(lambda: ps_row(cli, "far")["health"] == "unhealthy", 30, "far unhealthy")
+    for _ in range(6):
+        r = complete(url, "pool", "none")
+        assert r.status_code == 200 and r.headers["x-llama-orch-instance"] == "near", r.text
+    # still running (not ours to restart), after more failed checks than retries
+    wait_for(lambda: len([e for e in health_checks(cli, "far") if not e["ok"]]) >= 3, 30)
+    row = ps_row(cli, "far")
+    assert row["status"] == "running" and row["health"] == "unhealthy", row
+    spawned = [e for e in events(home, "far") if e["kind"] == "spawned"]
+    assert len(spawned) == 1 and spawned[0]["new"] is None  # no PID: nothing spawned
+
+    far = HandServer(tiny_model, port).start()  # it comes back
+    servers.append(far)
+    wait_for(lambda: ps_row(cli, "far")["health"] == "healthy", 30, "far healthy again")
+    assert complete(url, "far", "none").status_code == 200
+
+
+def health_checks(cli: Cli, name: str) -> list[dict[str, Any]]:
+    out = cli("health", name, "--json")
+    data = json.loads(out.stdout) if out.returncode == 0 else {}
+    found = data.get(name, data) if isinstance(data, dict) else data
+    checks = found.get("checks", []) if isinstance(found, dict) else []
+    return checks if isinstance(checks, list) else []
