@@ -203,7 +203,7 @@ def test_gateway_keys_apply_at_once(cli: Cli, home: Home, tiny_model: Path) -> N
     # a broken gateway.json keeps the settings in force
     (home.root / "gateway.json").write_text('{"port": "x"')
     out = cli("daemon", "reload", "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # bad input: non-zero, nothing changed
     assert json.loads(out.stdout)["gateway"] == "invalid"
     assert complete(url, "alpha", "sk-new-123456").status_code == 200
 

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rescan instances/ and gateway.json now (as SIGHUP does; the daemon also looks
         every 2 s). Unchanged instances are left alone; changed ones keep running until
-        `up` recreates them. Exit 1 when a config is invalid.
+        `up` recreates them. Exit 1 when a config or gateway.json is invalid (or refused).
         """
         client = daemon_client(home_of(ctx))
         try:
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(body))
         else:
             _say_reload(body)
-        if body.get("invalid"):
+        if body.get("invalid") or body.get("gateway") in ("invalid", "refused"):
             raise typer.Exit(1)
 
     @daemon.command()
@@ -98,5 +98,11 @@ def _say_reload(body: dict[str, Any]) -> None:
         say(f"  invalid: {name}: {problem} (the last good version stays in force)")
     for name in body.get("drifted") or []:
         say(f"  {name}: runs an older config; `llama-orch up {name}` recreates it")
-    if body.get("gateway"):
-        say(f"  gateway.json: {body['gateway']}")
+    outcome = body.get("gateway")
+    if outcome in ("invalid", "refused"):
+        say(
+            f"  gateway.json: {outcome}; the gateway keeps its settings "
+            "(`llama-orch config validate` shows why)"
+        )
+    elif outcome:
+        say(f"  gateway.json: {outcome}")
