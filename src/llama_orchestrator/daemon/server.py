@@ -61,6 +61,23 @@ def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
     write_atomic(path, json.dumps(data))
 
 
+PORT_KEY = "daemon_port"  # the port the last daemon of this home listened on
+
+
+def _bind(sock: socket.socket, host: str, port: int, store: Any) -> None:
+    """Bind ``port``; with 0, the previous daemon's port when it is free (an open web
+    page and its bookmark then find the next daemon), else any free port."""
+    if port == 0:
+        previous = store.meta_get(PORT_KEY)
+        if previous and previous.isdigit():
+            try:
+                sock.bind((host, int(previous)))
+                return
+            except OSError:
+                pass
+    sock.bind((host, port))
+
+
 def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT or a shutdown request."""
     from filelock import FileLock, Timeout
@@ -175,8 +192,9 @@ async def _serve(home: Home, host: str, port: int) -> int:
     # and without it every second request on a connection stalls ~40 ms (delayed ACK).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    _bind(sock, host, port, store)
     bound_port = sock.getsockname()[1]
+    store.meta_set(PORT_KEY, str(bound_port))
 
     signals = _SignalQueue()
 

@@ -239,11 +239,17 @@ screens.instance = {
         renderLogs(this.data.logs);
       } catch (e) { if (!(e instanceof ApiError && e.status === 0)) this.data.logError = e.message; }
     };
+    const checks = async () => {
+      try {
+        this.data.health = await api(`/v1/instances/${encodeURIComponent(name)}/health`);
+        renderCurrent();
+      } catch (e) { report(e); }
+    };
     load(); logs();
     const onEvent = (ev) => { if (ev.instance === name && ev.kind !== "request") load(); };
     listeners.add(onEvent);
     const timer = setInterval(logs, 1500);
-    const healthTimer = setInterval(load, 10000);
+    const healthTimer = setInterval(checks, 2000);
     return () => { listeners.delete(onEvent); clearInterval(timer); clearInterval(healthTimer); };
   },
   render() {
@@ -256,7 +262,7 @@ screens.instance = {
       ...kv("State", pill(inst.status)), ...kv("Health", pill(inst.health)), ...kv("Desired", inst.desired),
       ...kv("Address", inst.port ? `${inst.host || "127.0.0.1"}:${inst.port}` : "-"), ...kv("PID", inst.pid ?? "-"),
       ...kv("Uptime", up == null ? "-" : fmtDuration(up)), ...kv("Restarts", String(inst.restart_count)),
-      ...kv("Backend", [inst.backend, inst.device].filter(Boolean).join(" ") || "-"),
+      ...kv("Backend", [inst.backend, inst.device].filter((v) => v && v !== "-").join(" ") || "-"),
       ...kv("Binary", [inst.binary, inst.binary_version].filter(Boolean).join(" ") || "-"),
       ...kv("Model", inst.model || "-"), ...kv("Last error", inst.last_error || "-"));
     const checks = (health && health.checks) || [];
@@ -293,7 +299,7 @@ function eventsTable(events) {
   if (!events || !events.length) return h("div", { class: "empty" }, "No events recorded.");
   return h("div", { class: "table-wrap" }, h("table", {},
     h("thead", {}, h("tr", {}, h("th", {}, "Time"), h("th", {}, "Kind"), h("th", {}, "Change"), h("th", {}, "Reason"))),
-    h("tbody", {}, events.slice(0, 30).map((e) => h("tr", {},
+    h("tbody", {}, events.slice(-15).reverse().map((e) => h("tr", {},
       h("td", {}, fmtTime(e.ts)), h("td", {}, e.kind),
       h("td", {}, e.old || e.new ? `${e.old || "-"} → ${e.new || "-"}` : ""),
       h("td", { class: "wrap" }, e.reason || ""))))));
@@ -379,7 +385,11 @@ screens.devices = {
     const cards = d.devices.map((dev) => {
       const held = dev.instances.filter((i) => i.running);
       const total = dev.budget_mib ?? (dev.free_mib != null ? dev.free_mib + dev.used_mib : Math.max(dev.used_mib, 1));
-      const segs = held.map((i) => h("div", { class: "seg", style: `width:${Math.min(100, (i.mib / total) * 100)}%;background:${color(i.name)}`, title: `${i.name}: ${i.mib} MiB` }, i.name));
+      const segs = held.map((i) => {
+        const share = Math.min(100, (i.mib / total) * 100);
+        return h("div", { class: "seg", style: `width:${share}%;background:${color(i.name)}`, title: `${i.name}: ${i.mib} MiB`, "data-name": i.name },
+          share >= 8 ? i.name : "");
+      });
       const left = Math.max(0, total - dev.used_mib);
       if (left > 0) segs.push(h("div", { class: "seg free", style: `width:${(left / total) * 100}%` }, `${fmtBytes(left)} left`));
       const figures = [dev.budget_mib != null ? `budget ${fmtBytes(dev.budget_mib)}` : "no budget set",

@@ -73,11 +73,11 @@ function svg(tag, attrs) {
 export function sparkline(checks) {
   const w = 300, hgt = 60, pad = 4;
   const lat = checks.map((c) => Number(c.latency_ms) || 0);
-  const max = Math.max(...lat, 1);
+  const max = Math.max(...lat, 1) * 1.25; // headroom: the line never sits on the top edge
   const step = lat.length > 1 ? (w - 2 * pad) / (lat.length - 1) : 0;
   const pts = lat.map((v, i) => [pad + i * step, hgt - pad - (v / max) * (hgt - 2 * pad)]);
   const root = svg("svg", { class: "spark", viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none", role: "img",
-    "aria-label": `health check latency, last ${lat.length} checks, max ${max.toFixed(1)} ms` });
+    "aria-label": `health check latency, last ${lat.length} checks, max ${Math.max(...lat).toFixed(1)} ms` });
   const line = pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
   if (pts.length > 1) {
     root.append(svg("polygon", { class: "area", points: `${pad},${hgt - pad} ${line} ${pts[pts.length - 1][0]},${hgt - pad}` }));
