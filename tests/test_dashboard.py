@@ -81,6 +81,7 @@ def test_dashboard_shows_and_drives_instances(
             assert status_of(app, "beta") == "stopped"
             assert [c.label.plain for c in table.columns.values()][:2] == ["NAME", "PID"]
             await until(pilot, lambda: "daemon: running (pid" in footer(app), "daemon footer")
+            await until(pilot, lambda: app.live and "· live" in footer(app), "the event stream")
             assert app.selected() == "alpha"
 
             await pilot.press("l")  # the log tail of the selected instance
@@ -119,8 +120,49 @@ def test_dashboard_shows_and_drives_instances(
             await pilot.press("u")  # starts the daemon in a worker; alpha is re-adopted
             await until(pilot, lambda: "daemon: running (pid" in footer(app), "daemon back")
             await until(pilot, lambda: status_of(app, "alpha") == "running", "alpha adopted")
+            await until(pilot, lambda: app.live, "the event stream taken up again")
             await pilot.press("q")
         assert app.return_code == 0
+
+    asyncio.run(scenario())
+
+
+def test_dashboard_follows_the_event_stream_not_the_records(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    """issue 12: with the daemon up, a change made from the CLI reaches the table through
+    the event stream. The records are polled once a minute here, so the stream is the only
+    way it can arrive within the test's deadline."""
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+
+    class Watching(DashboardApp):
+        def __init__(self, home: Home, interval: float) -> None:
+            super().__init__(home, interval)
+            self.events: list[dict[str, Any]] = []
+
+        def on_streamed(self, message: Any) -> None:
+            self.events.append(message.event)
+            super().on_streamed(message)
+
+    async def scenario() -> None:
+        app = Watching(home, interval=60)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await until(pilot, lambda: status_of(app, "alpha") == "running", "alpha running")
+            await until(pilot, lambda: app.live, "the event stream")
+            down = asyncio.create_task(asyncio.to_thread(cli, "down", "alpha"))
+            await until(pilot, lambda: status_of(app, "alpha") == "stopped", "stopped", 30)
+            assert (await down).returncode == 0
+            arcs = [(e["old"], e["new"]) for e in app.events if e["kind"] == "state"]
+            assert ("running", "stopping") in arcs and ("stopping", "stopped") in arcs, arcs
+            cell = app.query_one("#table", DataTable).get_cell("alpha", "STATUS")
+            assert str(cell) == "stopped" and row_of(app, "alpha")["uptime_s"] is None
+
+            # the daemon stops: back to the records at once (not at the next minute)
+            await asyncio.to_thread(cli, "daemon", "stop")
+            await until(pilot, lambda: not app.live, "the stream ended")
+            await until(pilot, lambda: "daemon: not running" in footer(app), "records again")
+            await pilot.press("q")
 
     asyncio.run(scenario())
 
@@ -194,3 +236,23 @@ def test_dashboard_in_tmux(cli: Cli, home: Home, tiny_model: Path) -> None:
         )
     finally:
         tmux_run("kill-server")
+
+
+def test_apply_event_changes_the_row_or_asks_for_the_records() -> None:
+    from llama_orchestrator.dashboard.stream import apply_event
+
+    rows: list[dict[str, Any]] = [
+        {"name": "alpha", "status": "running", "health": "healthy", "pid": 7, "uptime_s": 5.0}
+    ]
+    assert not apply_event(rows, {"kind": "health", "instance": "alpha", "new": "unhealthy"})
+    assert rows[0]["health"] == "unhealthy"
+    assert not apply_event(rows, {"kind": "state", "instance": "alpha", "new": "stopped"})
+    assert (rows[0]["status"], rows[0]["pid"], rows[0]["uptime_s"]) == ("stopped", None, None)
+    snapshot = {"kind": "snapshot", "instance": "alpha", "state": "running", "health": "loading"}
+    assert not apply_event(rows, {**snapshot, "pid": 9, "restart_count": 2})
+    assert (rows[0]["status"], rows[0]["pid"], rows[0]["restarts"]) == ("running", 9, 2)
+    # what an event does not carry comes from the records
+    assert apply_event(rows, {"kind": "state", "instance": "beta", "new": "starting"})
+    assert apply_event(rows, {"kind": "spawned", "instance": "alpha", "new": "10"})
+    assert apply_event(rows, {"kind": "config", "instance": ""})
+    assert not apply_event(rows, {"kind": "end"})

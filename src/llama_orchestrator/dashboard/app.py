@@ -1,9 +1,12 @@
 """``llama-orch dashboard``: a live table of the instances, driven by the keyboard.
 
-A thin client like the CLI: it reads the same rows as ``ps`` (the records, so it works
-while the daemon is down) and sends start/stop/restart to the daemon. Every read and
-request runs in a thread worker (``dashboard.data``) and comes back as a message, so a
-slow SQLite lock or a daemon that hangs never freezes the screen.
+A thin client like the CLI: it reads the same rows as ``ps`` and sends
+start/stop/restart to the daemon. While the daemon runs, the table follows its event
+stream (``dashboard.stream``: a change shows as it happens, and the records are read
+only when an event says something they hold changed); while it is down, the records are
+polled every ``interval``, and the stream is taken up again once the daemon is back.
+Every read and request runs in a thread worker (``dashboard.data``) and comes back as
+a message, so a slow SQLite lock or a daemon that hangs never freezes the screen.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, RichLog, Static
 
-from llama_orchestrator.client.control import DaemonStatus
+from llama_orchestrator.client.control import DaemonStatus, connect
 from llama_orchestrator.dashboard import data
+from llama_orchestrator.dashboard.stream import EventStream, apply_event
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime, status_label
 
@@ -36,6 +40,7 @@ PRIORITY = (
 MIN_WIDTH, MIN_HEIGHT = 30, 6
 KEYS = "q quit  r refresh  u up  d down  R restart  l logs  enter describe"
 ACTING = {"up": "starting", "down": "stopping", "restart": "restarting"}
+RETRY_S = 1.0  # after the event stream ended, the wait before it is taken up again
 
 
 def row_cells(row: dict[str, Any]) -> dict[str, Text]:
@@ -71,11 +76,30 @@ def fit_columns(cells: list[dict[str, Text]], width: int) -> tuple[str, ...]:
 
 
 class Polled(Message):
-    """A thread worker's reading: the rows, the daemon, and the log tail if asked for."""
+    """A thread worker's reading: the rows and the daemon (None: not read, the event
+    stream keeps them), and the log tail if asked for."""
 
-    def __init__(self, snap: data.Snapshot, log_for: str | None, lines: list[str] | None) -> None:
+    def __init__(
+        self, snap: data.Snapshot | None, log_for: str | None, lines: list[str] | None
+    ) -> None:
         super().__init__()
         self.snap, self.log_for, self.lines = snap, log_for, lines
+
+
+class Streamed(Message):
+    """One event from the daemon's stream."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__()
+        self.event = event
+
+
+class StreamEnded(Message):
+    """The stream ended (the daemon stopped, or it could not be followed: ``error``)."""
+
+    def __init__(self, error: str | None) -> None:
+        super().__init__()
+        self.error = error
 
 
 class Acted(Message):
@@ -169,6 +193,12 @@ class DashboardApp(App[None]):
         self._polling = False
         self._columns: tuple[str, ...] = ()
         self._names: list[str] = []
+        self.live = False  # the table follows the daemon's event stream
+        self.streamed = 0  # events taken from it (tests read it)
+        self._stream: EventStream | None = None
+        self._stale = False  # an event arrived while the records were being read
+        self._retry_at = 0.0  # monotonic: when a stream that ended may be taken up again
+        self._retry_timer = False
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="table", cursor_type="row", zebra_stripes=False)
@@ -183,15 +213,17 @@ class DashboardApp(App[None]):
 
     # -- reading -------------------------------------------------------------------
 
-    def poll(self) -> None:
+    def poll(self, records: bool = False) -> None:
+        """Read the records (while not live, or ``records``) and the log tail."""
         if self._polling:  # the last reading is still under way: never pile workers up
+            self._stale = self._stale or records
             return
         self._polling = True
-        self._read(self.selected() if self.show_logs else None)
+        self._read(self.selected() if self.show_logs else None, records or not self.live)
 
     @work(thread=True, group="poll", exit_on_error=False)
-    def _read(self, log_for: str | None) -> None:
-        snap = data.take_snapshot(self.home)
+    def _read(self, log_for: str | None, records: bool) -> None:
+        snap = data.take_snapshot(self.home) if records else None
         lines = None
         if log_for is not None:
             lines = data.log_tail(data.stderr_log(self.home, log_for))
@@ -200,18 +232,84 @@ class DashboardApp(App[None]):
     def on_polled(self, message: Polled) -> None:
         self._polling = False
         snap = message.snap
-        self.daemon, self.error = snap.daemon, snap.error
-        if snap.rows is not None:
-            self.rows = snap.rows
+        if snap is not None:
+            self.daemon, self.error = snap.daemon, snap.error
+            if snap.rows is not None:
+                now = time.time()
+                for row in snap.rows:  # the uptime goes on counting between readings
+                    up = row.get("uptime_s")
+                    row["since"] = None if up is None else now - up
+                self.rows = snap.rows
+            if snap.daemon.running and self._stream is None:
+                self._follow()
+        self._tick_uptimes()
         self._show_rows()
         self._show_status()
         if message.log_for is not None and message.lines is not None:
             self._show_log(message.log_for, message.lines)
+        if self._stale:  # events came during that reading: it may predate them
+            self._stale = False
+            self.poll(records=True)
+
+    # -- the event stream ----------------------------------------------------------
+
+    def _follow(self) -> None:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:  # a stream ended a moment ago: try again soon, never spin
+            if not self._retry_timer:
+                self._retry_timer = True
+                self.set_timer(wait, self._retry)
+            return
+        self._stream = EventStream(lambda: connect(self.home))
+        self._stream_worker(self._stream)
+
+    def _retry(self) -> None:
+        self._retry_timer = False
+        self.poll(records=True)
+
+    @work(thread=True, group="stream", exit_on_error=False)
+    def _stream_worker(self, stream: EventStream) -> None:
+        error = None
+        try:
+            for event in stream.events():
+                _post(self, Streamed(event))
+        except Exception as e:  # the daemon went away mid-read, refused, or sent garbage
+            error = f"event stream: {e}"
+        _post(self, StreamEnded(error))
+
+    def on_streamed(self, message: Streamed) -> None:
+        self.streamed += 1
+        if not self.live:  # taken up: the records once, for what events do not carry
+            self.live = True
+            self.poll(records=True)
+        if apply_event(self.rows, message.event):
+            self.poll(records=True)
+        elif self._polling:
+            self._stale = True
+        self._show_rows()
+        self._show_status()
+
+    def on_stream_ended(self, message: StreamEnded) -> None:
+        self.live, self._stream = False, None
+        self.error = message.error
+        self._retry_at = time.monotonic() + min(self.interval, RETRY_S)
+        self.poll()  # back to the records at once
+
+    def on_unmount(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
 
     # -- showing -------------------------------------------------------------------
 
     def on_resize(self) -> None:
         self._show_rows()
+
+    def _tick_uptimes(self) -> None:
+        now = time.time()
+        for row in self.rows:
+            since = row.get("since")
+            if since is not None:
+                row["uptime_s"] = now - since
 
     def _show_rows(self) -> None:
         table = self.query_one("#table", DataTable)
@@ -252,7 +350,7 @@ class DashboardApp(App[None]):
     def _show_status(self) -> None:
         d = self.daemon
         if d is not None and d.running:
-            text = f"daemon: running (pid {d.pid})"
+            text = f"daemon: running (pid {d.pid})" + (" · live" if self.live else "")
         else:
             text = "daemon: not running — showing records; retrying"
         if self.error:
