@@ -23,7 +23,9 @@ import pytest
 from conftest import Cli, free_port, write_config
 from helpers import events, gone, health, ps_row, wait_for
 
+from llama_orchestrator.config.loader import load_instance
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.remote_view import remote_data, render_remote
 
 KEY = "remote-secret-7f3a"  # what the remote server accepts
 GATEWAY_KEY = "gateway-key-19c2"  # what clients of the gateway send
@@ -227,6 +229,12 @@ def test_a_remote_instance_behind_the_gateway(
         json.dumps(events(home, "far")),
     ):
         assert KEY not in text  # the key itself is never shown or recorded
+    assert "FAR_KEY" not in os.environ  # so "set" below is read from the daemon's environment
+    shown = remote_data(home, load_instance(home, "far"))
+    assert shown is not None and shown["api_key_set"] is True, shown
+    assert shown["api_key_source"] == "daemon" and KEY not in json.dumps(shown)
+    text = "\n".join(render_remote(shown))
+    assert f"http://127.0.0.1:{far.port}" in text and "FAR_KEY (set in the daemon's" in text
 
     # down: out of the routes, and the server is left alone
     assert cli("down", "far").returncode == 0
@@ -277,6 +285,25 @@ def test_a_pool_fails_over_from_a_dead_remote_to_the_local_replica(
     servers.append(far)
     wait_for(lambda: ps_row(cli, "far")["health"] == "healthy", 30, "far healthy again")
     assert complete(url, "far", "none").status_code == 200
+
+
+def test_a_daemon_restart_checks_a_remote_instance_again(
+    cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
+) -> None:
+    far = HandServer(tiny_model, free_port()).start()
+    servers.append(far)
+    gateway(home)
+    remote_config(home, "far", f"http://127.0.0.1:{far.port}")
+    out = cli("up", "far")
+    assert out.returncode == 0 and "(remote, " in out.stderr, out.stderr
+    assert cli("daemon", "stop").returncode == 0
+    assert not gone(far.pid) and health(far.port) == 200  # the daemon's end signals nothing
+    assert cli("daemon", "start").returncode == 0
+    wait_for(lambda: ps_row(cli, "far")["health"] == "healthy", 30, "far healthy again")
+    assert ps_row(cli, "far")["status"] == "running"
+    kinds = [e["kind"] for e in events(home, "far")]
+    assert "exit" not in kinds and "adopted" not in kinds, kinds  # nothing ended or adopted
+    assert kinds.count("spawned") == 2  # two runs of the remote, both without a process
 
 
 def health_checks(cli: Cli, name: str) -> list[dict[str, Any]]:

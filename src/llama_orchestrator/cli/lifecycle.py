@@ -96,9 +96,10 @@ def _report(name: str, body: dict[str, Any], verb: str) -> bool:
         if body.get("ready_ms") is not None:
             where = http_url(inst.get("host"), inst.get("port"))
             made_room = msg[len("ready ") :] if msg.startswith("ready (") else ""
+            who = f"pid {body['pid']}" if body.get("pid") else "remote"  # issue 13: no PID
             say(
                 f"{name}: ready in {body['ready_ms'] / 1000:.2f}s "
-                f"(pid {body.get('pid')}, {where}){' ' + made_room if made_room else ''}"
+                f"({who}, {where}){' ' + made_room if made_room else ''}"
             )
         else:
             say(f"{name}: {msg or verb}")

@@ -388,8 +388,12 @@ class InstanceActor(ActorCore):
             self.ctx.store.update(self.name, pid=None)
             why = "process ended while the daemon was down"
             if (self.ctx.store.get(self.name) or {}).get("backend") == "remote":
-                why = "the daemon was down: the remote server is checked again"
-            self.ctx.bus.emit(self.name, EventKind.EXIT, self.state.value, State.EXITED.value, why)
+                # nothing ended: the remote server is checked again (a new run's handle)
+                why = "the daemon restarted: the remote server is checked again"
+            else:
+                self.ctx.bus.emit(
+                    self.name, EventKind.EXIT, self.state.value, State.EXITED.value, why
+                )
             self._set_health(Health.UNKNOWN, why)
             self._set_state(State.EXITED, why)  # STARTING/RUNNING/STOPPING -> EXITED
         if msg.rebooted:
