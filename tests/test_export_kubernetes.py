@@ -179,7 +179,7 @@ def test_what_each_backend_maps_to(home: Home, models: Path) -> None:
     assert cuda["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert deps["cuda"]["spec"]["strategy"] == {"type": "Recreate"}
     assert "-dev" not in cuda["args"] and "--api-key" not in cuda["args"]
-    assert [e["name"] for e in cuda["env"]] == ["LLAMA_ARG_API_KEY"]  # CUDA_VISIBLE_DEVICES dropped
+    assert [e["name"] for e in cuda["env"]] == ["LLAMA_API_KEY"]  # CUDA_VISIBLE_DEVICES dropped
     assert vulkan["image"] == "ghcr.io/ggml-org/llama.cpp:server-vulkan"
     assert vulkan["resources"]["limits"] == {"amd.com/gpu": 1}
     assert container("intel")["resources"]["limits"] == {"gpu.intel.com/i915": 1}
@@ -213,7 +213,7 @@ def test_the_container_argv_is_the_engines_with_the_paths_mapped(
     if "-dev" in expected:  # the device plugin picks the GPU
         i = expected.index("-dev")
         del expected[i : i + 2]
-    if "--api-key" in expected:  # LLAMA_ARG_API_KEY from the Secret instead
+    if "--api-key" in expected:  # LLAMA_API_KEY from the Secret instead
         i = expected.index("--api-key")
         del expected[i : i + 2]
     if "--mmproj" in expected:
@@ -260,7 +260,7 @@ def test_the_gateway_configs_load_as_remote_instances(home: Home, models: Path) 
     env = {e["name"]: e for e in gateway_pod["containers"][0]["env"]}
     assert env["LLAMA_ORCH_KEY_CUDA"]["valueFrom"]["secretKeyRef"] == {
         "name": "cuda-env",
-        "key": "LLAMA_ARG_API_KEY",
+        "key": "LLAMA_API_KEY",
     }
 
 
@@ -472,3 +472,161 @@ def test_cli_all_without_instances(cli: Cli, home: Home, tmp_path: Path) -> None
     r = cli("export", "kubernetes", "--all")
     assert r.returncode == 1
     assert f"no instances in {home.instances_dir}" in r.stderr
+    far = home.config_path("far")
+    far.parent.mkdir(parents=True)
+    far.write_text(json.dumps({"name": "far", "remote": {"url": "http://10.0.0.7:8080"}}))
+    r = cli("export", "kubernetes", "--all")
+    assert r.returncode == 1 and r.stdout == ""
+    assert f"no instances to export in {home.instances_dir} (far: remote" in r.stderr
+
+
+def test_all_leaves_remote_instances_out(cli: Cli, home: Home, models: Path) -> None:
+    write(home, "7b")
+    far = home.config_path("far")
+    far.parent.mkdir(parents=True)
+    far.write_text(json.dumps({"name": "far", "remote": {"url": "http://10.0.0.7:8080"}}))
+    r = cli("export", "kubernetes", "--all", "--name-prefix", "llm-")
+    assert r.returncode == 0, r.stderr
+    assert "note: far: left out" in r.stderr
+    docs = documents(r.stdout)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Service"} == {
+        "llm-7b",
+        "llama-orch-gateway",
+    }
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert set(config_map["data"]) == {"gateway.json", config_key("7b")}
+    remote = json.loads(config_map["data"][config_key("7b")])
+    assert remote["name"] == "7b"  # clients keep the instance's name
+    assert remote["remote"]["url"] == "http://llm-7b.default.svc:8080"
+
+
+# -- the exported pods' commands, run for real -----------------------------------------------
+
+
+def _pod_home(root: Path, config_map: dict[str, Any], gateway_pod: dict[str, Any]) -> Home:
+    """The gateway pod's home as the kubelet mounts it: the ConfigMap's items under
+    a timestamped folder with ``..data`` and per-item links, gateway.json by subPath."""
+    volumes = {v["name"]: v for v in gateway_pod["volumes"]}
+    instances = root / "instances"
+    stamp = instances / "..2026_12_02_00_00_00.000000001"
+    for item in volumes["instances"]["configMap"]["items"]:
+        target = stamp / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(config_map["data"][item["key"]])
+        (instances / item["path"].split("/")[0]).symlink_to(f"..data/{item['path'].split('/')[0]}")
+    (instances / "..data").symlink_to(stamp.name)
+    (root / "gateway.json").write_text(config_map["data"]["gateway.json"])
+    return Home(root)
+
+
+def test_the_exported_commands_serve_through_the_exported_gateway(
+    home: Home, models: Path, tmp_path: Path, llama_server_bin: Path
+) -> None:
+    """The instance's container argv, run by the real llama-server (model and port put
+    back on this machine), behind the gateway pod's command on the pod's home layout."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from conftest import free_port
+    from helpers import wait_for
+
+    key, gateway_key = "instance-key-123", "gateway-key-456"
+    write(
+        home,
+        "cpu",
+        model={"path": MODEL, "threads": 1, "context_size": 256},
+        args=["--api-key", key],
+    )
+    docs = documents(export(home, ["cpu"]).stream)
+    pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "cpu")
+    container = pod["spec"]["template"]["spec"]["containers"][0]
+    server_port, gateway_port = free_port(), free_port()
+    argv = [str(llama_server_bin), *container["args"]]
+    argv[argv.index("/models/tiny.gguf")] = str(models)
+    argv[argv.index("--port") + 1] = str(server_port)
+    argv[argv.index("--host") + 1] = "127.0.0.1"  # the pod's 0.0.0.0, kept off the network here
+    env = dict(os.environ, LLAMA_API_KEY=key)  # what the secretKeyRef gives the pod
+
+    gateway = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "llama-orch-gateway"
+    )["spec"]["template"]["spec"]
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    pod_home = _pod_home(tmp_path / "pod", config_map, gateway)
+    keys = tmp_path / "keys"
+    keys.write_text(f"# the Secret, filled in\n{gateway_key}\n")
+    settings = json.loads((pod_home.gateway_path).read_text())
+    settings.update(port=gateway_port, api_keys_file=str(keys), host="127.0.0.1")
+    pod_home.gateway_path.write_text(json.dumps(settings))
+    remote_file = pod_home.instances_dir / "cpu" / "config.json"
+    remote = json.loads(remote_file.read_text())
+    assert remote["remote"]["url"] == "http://cpu.default.svc:8080"
+    remote["remote"]["url"] = f"http://127.0.0.1:{server_port}"  # the Service, here
+    remote_file.resolve().write_text(json.dumps(remote))
+    gateway_env = {e["name"]: e for e in gateway["containers"][0]["env"]}
+    daemon_env = dict(os.environ, LLAMA_ORCH_HOME=str(pod_home.root))
+    daemon_env[remote["remote"]["api_key_env"]] = key  # from the instance's Secret
+    assert remote["remote"]["api_key_env"] in gateway_env
+
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "llama_orchestrator", "daemon", "run"],
+        env=daemon_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{gateway_port}"
+
+        def answered() -> Any:
+            try:
+                r = httpx.post(
+                    f"{base}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {gateway_key}"},
+                    json={
+                        "model": "cpu",
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 2,
+                    },
+                    timeout=30,
+                    trust_env=False,
+                )
+            except httpx.HTTPError:
+                return None
+            return r if r.status_code == 200 else None
+
+        r = wait_for(answered, 60, "a chat completion through the exported gateway")
+        assert r.headers["x-llama-orch-instance"] == "cpu"
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
+        # the instance's own key guards it: without it, llama-server refuses
+        direct = httpx.post(
+            f"http://127.0.0.1:{server_port}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+            timeout=30,
+            trust_env=False,
+        )
+        assert direct.status_code == 401
+        metrics = httpx.get(
+            f"http://127.0.0.1:{server_port}/metrics",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=5,
+            trust_env=False,
+        )
+        assert metrics.status_code == 200 and "llamacpp:requests_processing" in metrics.text
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

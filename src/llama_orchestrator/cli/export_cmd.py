@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         except ExportError as e:
             fail(str(e), EXIT_USAGE)
         try:
-            result = export_kubernetes(home, wanted, opts)
+            result = export_kubernetes(home, wanted, opts, skip_remote=all_)
         except (ExportError, UnknownInstance) as e:
             fail(str(e))
         except ConfigError as e:

@@ -11,8 +11,9 @@ build_argv`'s for the same config, with only these changes, each for a reason a 
   for an inference scheduler that reads ``llamacpp:requests_processing``;
 * on a GPU the device selection (``-dev``, ``CUDA_VISIBLE_DEVICES``) is dropped: the
   device plugin picks the GPU and makes it the only one the container sees;
-* ``--api-key VALUE`` becomes ``LLAMA_ARG_API_KEY`` from the instance's Secret, which
-  llama-server reads the same way, so no key is written into a manifest.
+* ``--api-key VALUE`` becomes ``LLAMA_API_KEY`` from the instance's Secret, which
+  llama-server reads the same way (``llama-server --help``: ``(env: LLAMA_API_KEY)``; not
+  ``LLAMA_ARG_API_KEY``, unlike most flags), so no key is written into a manifest.
 
 Environment values whose names look like secrets become ``secretKeyRef`` s to a Secret
 stub with placeholder values; the real values are never copied.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from llama_orchestrator.config.argscheck import API_KEY_ENV, API_KEY_FLAG, args_verdict
+from llama_orchestrator.config.argscheck import API_KEY_FLAG, args_verdict
 from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.engine.binary import ResolvedBinary
 from llama_orchestrator.engine.command import build_argv, device_selection
@@ -37,6 +38,7 @@ SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|PASS|CREDENTIAL|AUTH|PRIVATE",
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 MODEL_FILE_FLAGS = ("--mmproj", "-mm", "--model-draft", "-md", "--lora")
 METRICS_FLAG = "--metrics"
+SERVER_KEY_ENV = "LLAMA_API_KEY"  # llama-server's --api-key from the environment
 
 
 def placeholder(key: str) -> str:
@@ -60,7 +62,7 @@ class Container:
 
     @property
     def api_key_in_secret(self) -> bool:
-        return API_KEY_ENV in self.secret
+        return SERVER_KEY_ENV in self.secret
 
 
 def model_in_container(path: str | PurePath) -> str:
@@ -92,7 +94,7 @@ def _map_args(
         value = arg.split("=", 1)[1] if inline else (args[i + 1] if i + 1 < len(args) else None)
         step = 1 if inline else 2
         if flag == API_KEY_FLAG and value is not None:
-            i += step  # LLAMA_ARG_API_KEY from the Secret instead
+            i += step  # LLAMA_API_KEY from the Secret instead
             continue
         if flag in MODEL_FILE_FLAGS and value is not None:
             mapped = model_in_container(value)
@@ -178,9 +180,9 @@ def build_container(loaded: LoadedConfig, server_command: str, secret_name: str)
             from_secret(key)
         else:
             env.append({"name": key, "value": value})
-    if _api_key(loaded) and API_KEY_ENV not in secret:
-        from_secret(API_KEY_ENV)
+    if _api_key(loaded) and SERVER_KEY_ENV not in secret:
+        from_secret(SERVER_KEY_ENV)
         notes.append(
-            f"{loaded.name}: args {API_KEY_FLAG} -> {API_KEY_ENV} from Secret {secret_name}"
+            f"{loaded.name}: args {API_KEY_FLAG} -> {SERVER_KEY_ENV} from Secret {secret_name}"
         )
     return Container(argv[:1], argv[1:], env, secret, notes, files)

@@ -21,6 +21,7 @@ from typing import Any
 from llama_orchestrator import __version__
 from llama_orchestrator.config.gateway import LoadedGateway
 from llama_orchestrator.config.loader import LoadedConfig
+from llama_orchestrator.export.container import SERVER_KEY_ENV
 from llama_orchestrator.export.images import CONTAINER_PORT
 from llama_orchestrator.export.kubernetes import (
     InstanceExport,
@@ -141,7 +142,7 @@ def gateway_documents(
     ]
     for _loaded, inst in exported:
         if inst.container.api_key_in_secret:
-            ref = {"name": f"{inst.resource}-env", "key": "LLAMA_ARG_API_KEY"}
+            ref = {"name": f"{inst.resource}-env", "key": SERVER_KEY_ENV}
             env.append({"name": key_env(inst.name), "valueFrom": {"secretKeyRef": ref}})
     container: dict[str, Any] = {"name": "gateway", "image": opts.gateway_image}
     startup_failures = 30  # x 2 s: the daemon starts in seconds

@@ -82,17 +82,25 @@ def _header(title: str, lines: list[str]) -> str:
     return comment("\n".join([title, *lines]))
 
 
-def export_kubernetes(home: Home, names: list[str], opts: ExportOptions) -> ExportResult:
-    """Build every document for ``names`` (defined instances) and the gateway."""
+def export_kubernetes(
+    home: Home, names: list[str], opts: ExportOptions, *, skip_remote: bool = False
+) -> ExportResult:
+    """Build every document for ``names`` (defined instances) and the gateway.
+
+    A remote instance runs no server here, so there is nothing to export for it: named,
+    it is refused; with ``skip_remote`` (``--all``) it is left out with a note.
+    """
     opts.check()
-    names = list(dict.fromkeys(names))
-    if not names:
-        raise ExportError(f"no instances to export in {home.instances_dir}")
     loads = measured_load_seconds(home)
     exported: list[tuple[LoadedConfig, InstanceExport]] = []
     notes: list[str] = []
-    for name in names:
+    remote: list[str] = []
+    for name in dict.fromkeys(names):
         loaded = load_instance(home, name)
+        if loaded.config.remote is not None and skip_remote:
+            notes.append(f"{name}: left out, a remote instance (its server runs elsewhere)")
+            remote.append(name)
+            continue
         if loaded.config.remote is not None:
             raise ExportError(
                 f"{loaded.path}: remote: {name!r} is a remote instance (a server this machine "
@@ -112,6 +120,9 @@ def export_kubernetes(home: Home, names: list[str], opts: ExportOptions) -> Expo
             )
         notes += inst.notes
         exported.append((loaded, inst))
+    if not exported:
+        why = f" ({', '.join(remote)}: remote, their servers run elsewhere)" if remote else ""
+        raise ExportError(f"no instances to export in {home.instances_dir}{why}")
     gateway = load_gateway(home)
     source = opts.models.spec
     files: dict[str, str] = {}
