@@ -441,6 +441,12 @@ def test_cli_prints_every_document_to_stdout(cli: Cli, home: Home, models: Path)
             1,
             "is a remote instance",
         ),
+        (
+            {"name": "other", "model": {"path": "../../tiny.gguf"}},
+            ["cpu", "other"],
+            1,
+            "are both /models/tiny.gguf in the pods",
+        ),
     ],
 )
 def test_cli_refuses_bad_input_and_writes_nothing(
@@ -454,6 +460,7 @@ def test_cli_refuses_bad_input_and_writes_nothing(
     message: str,
 ) -> None:
     write(home, "cpu")
+    shutil.copy(models, home.root / "tiny.gguf")  # another file of the same name
     if setup is not None:
         path = home.config_path(setup["name"])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -630,3 +637,25 @@ def test_the_exported_commands_serve_through_the_exported_gateway(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_the_gateway_keys_stub_fails_closed(home: Home, models: Path, tmp_path: Path) -> None:
+    """Applied unfilled, the keys Secret holds no key: the gateway refuses to listen on
+    the pod's network rather than serve every model to anyone."""
+    from llama_orchestrator.config.gateway import load_gateway
+    from llama_orchestrator.config.loader import ConfigError
+
+    write(home, "cpu")
+    docs = documents(export(home, ["cpu"]).stream)
+    stub = next(d for d in docs if d["metadata"]["name"] == "llama-orch-gateway-keys")
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    pod = Home(tmp_path / "pod")
+    pod.root.mkdir()
+    keys = tmp_path / "api_keys"
+    keys.write_text(stub["stringData"]["api_keys"])
+    settings = json.loads(config_map["data"]["gateway.json"])
+    pod.gateway_path.write_text(json.dumps({**settings, "api_keys_file": str(keys)}))
+    with pytest.raises(ConfigError, match="without API keys"):
+        load_gateway(pod)
+    keys.write_text("a-real-key-123\n")
+    assert load_gateway(pod).api_keys == ("a-real-key-123",)

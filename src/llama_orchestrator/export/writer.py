@@ -82,6 +82,20 @@ def _header(title: str, lines: list[str]) -> str:
     return comment("\n".join([title, *lines]))
 
 
+def _check_model_names(exported: list[tuple[LoadedConfig, InstanceExport]]) -> None:
+    """The models volume holds files by name: two different files of one name would be
+    one file in the pod, so refuse before either is exported."""
+    seen: dict[str, LoadedConfig] = {}
+    for loaded, _inst in exported:
+        first = seen.setdefault(loaded.model_path.name, loaded)
+        if first.model_path != loaded.model_path:
+            raise ExportError(
+                f"{loaded.path}: model.path: {loaded.model_path} and {first.name}'s "
+                f"{first.model_path} are both /models/{loaded.model_path.name} in the pods "
+                "(the models volume holds files by name): rename one of the files"
+            )
+
+
 def export_kubernetes(
     home: Home, names: list[str], opts: ExportOptions, *, skip_remote: bool = False
 ) -> ExportResult:
@@ -123,6 +137,7 @@ def export_kubernetes(
     if not exported:
         why = f" ({', '.join(remote)}: remote, their servers run elsewhere)" if remote else ""
         raise ExportError(f"no instances to export in {home.instances_dir}{why}")
+    _check_model_names(exported)
     gateway = load_gateway(home)
     source = opts.models.spec
     files: dict[str, str] = {}
