@@ -34,13 +34,17 @@ GATEWAY_KEY = "gateway-key-19c2"  # what clients of the gateway send
 class HandServer:
     """The embedded engine started by hand, as on another machine."""
 
-    def __init__(self, model: Path, port: int, api_key: str | None = None) -> None:
-        self.model, self.port, self.api_key = model, port, api_key
+    def __init__(
+        self, model: Path, port: int, api_key: str | None = None, binary: Path | None = None
+    ) -> None:
+        self.model, self.port, self.api_key, self.binary = model, port, api_key, binary
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> HandServer:
-        argv = [sys.executable, "-m", "llama_orchestrator.engine.embedded", "-m", str(self.model)]
-        argv += ["--port", str(self.port), "-c", "256", "-b", "64", "-t", "1"]
+        engine = [sys.executable, "-m", "llama_orchestrator.engine.embedded"]
+        argv = [str(self.binary)] if self.binary else engine
+        argv += ["-m", str(self.model), "--port", str(self.port), "-c", "256", "-b", "64"]
+        argv += ["-t", "1"]
         if self.api_key:
             argv += ["--api-key", self.api_key]
         self.proc = subprocess.Popen(
@@ -177,14 +181,28 @@ def test_a_missing_key_variable_refuses_the_start(cli: Cli, home: Home) -> None:
     assert refused and "FAR_KEY" in refused[-1]["reason"]
     assert ps_row(cli, "far")["status"] == "stopped"
 
+    # a server that never answers: the start fails as a local one's does, saying why
+    remote_config(home, "far", f"http://127.0.0.1:{free_port()}", healthcheck={"start_period": 0})
+    out = cli("up", "far")
+    assert out.returncode != 0 and "not ready after 5s" in out.stderr, out.stderr
+    assert "connection failed" in out.stderr
+    assert ps_row(cli, "far")["status"] == "fatal"
+
 
 # --- the daemon and the gateway ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("engine", ["embedded", "llama-server"])
 def test_a_remote_instance_behind_the_gateway(
-    cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
+    cli: Cli,
+    home: Home,
+    tiny_model: Path,
+    servers: list[HandServer],
+    engine: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    far = HandServer(tiny_model, free_port(), api_key=KEY).start()
+    binary = request.getfixturevalue("llama_server_bin") if engine == "llama-server" else None
+    far = HandServer(tiny_model, free_port(), api_key=KEY, binary=binary).start()
     servers.append(far)
     url = gateway(home, api_keys=[GATEWAY_KEY])
     remote_config(
@@ -292,7 +310,7 @@ def test_a_daemon_restart_checks_a_remote_instance_again(
 ) -> None:
     far = HandServer(tiny_model, free_port()).start()
     servers.append(far)
-    gateway(home)
+    gateway_url = gateway(home)
     remote_config(home, "far", f"http://127.0.0.1:{far.port}")
     out = cli("up", "far")
     assert out.returncode == 0 and "(remote, " in out.stderr, out.stderr
@@ -304,6 +322,13 @@ def test_a_daemon_restart_checks_a_remote_instance_again(
     kinds = [e["kind"] for e in events(home, "far")]
     assert "exit" not in kinds and "adopted" not in kinds, kinds  # nothing ended or adopted
     assert kinds.count("spawned") == 2  # two runs of the remote, both without a process
+
+    # on demand (its default): a request puts a remote instance that is down back into
+    # the routes once its health answers; nothing is started anywhere
+    assert cli("down", "far").returncode == 0
+    r = complete(gateway_url, "far", "none")
+    assert r.status_code == 200 and r.headers["x-llama-orch-instance"] == "far", r.text
+    assert ps_row(cli, "far")["status"] == "running" and not gone(far.pid)
 
 
 def health_checks(cli: Cli, name: str) -> list[dict[str, Any]]:
