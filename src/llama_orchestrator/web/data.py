@@ -4,8 +4,8 @@
   bus's request events, newest last); ``POST /v1/requests/{id}/cancel`` ends one.
 * ``GET /v1/devices``: each device's budget, what each instance holds of it, free
   memory and whether each instance would fit now.
-* ``GET /v1/instances/{name}/describe`` and ``/logs``: what ``describe`` and
-  ``logs --tail`` print, as JSON.
+* ``GET /v1/instances/{name}/describe``: what ``describe`` prints, as JSON (the page
+  follows the log through ``GET /v1/events?logs=NAME``).
 * ``POST /v1/playground``: a completion relayed to the daemon's own gateway, so the page
   needs neither a gateway key nor a cross-origin request; the answer streams back as the
   gateway sends it.
@@ -20,7 +20,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.params import Depends
 from fastapi.responses import StreamingResponse
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from llama_orchestrator.daemon.gateway_host import GatewayHost
 
 RECENT_KEPT = 200
-LOG_TAIL_MAX = 2000
 PLAYGROUND_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 
@@ -142,31 +141,6 @@ def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]
     }
 
 
-def log_tail(sup: Supervisor, name: str, tail: int) -> list[dict[str, Any]]:
-    from llama_orchestrator.engine.command import log_paths
-    from llama_orchestrator.logs.reader import LogReadError, open_stream, read_merged
-
-    try:
-        loaded = load_instance(sup.home, name)
-    except (ConfigError, UnknownInstance) as e:
-        raise HTTPException(409, f"cannot read {name}'s config: {e}") from None
-    streams = []
-    try:
-        for stream, path in zip(
-            ("stdout", "stderr"), log_paths(loaded, sup.home.root), strict=True
-        ):
-            streams.append(open_stream(stream, path))
-        return [
-            {"ts": line.time, "stream": line.stream, "text": line.text.decode("utf-8", "replace")}
-            for line in read_merged(streams, tail=tail)
-        ]
-    except LogReadError as e:
-        raise HTTPException(409, str(e)) from None
-    finally:
-        for s in streams:
-            s.close()
-
-
 def data_router(sup: Supervisor, host: GatewayHost | None, auth: list[Depends]) -> APIRouter:
     router = APIRouter()
     recent = RecentRequests()
@@ -219,12 +193,6 @@ def data_router(sup: Supervisor, host: GatewayHost | None, auth: list[Depends]) 
             return await run_in_threadpool(describe_data, sup.home, name)
         except (ConfigError, UnknownInstance) as e:
             raise HTTPException(409, str(e)) from None
-
-    @router.get("/v1/instances/{name}/logs", dependencies=auth)
-    async def logs(name: str, tail: int = Query(200, ge=1, le=LOG_TAIL_MAX)) -> dict[str, Any]:
-        """The last ``tail`` lines of the server's stdout and stderr, merged by time."""
-        _check(sup, name)
-        return {"name": name, "lines": await run_in_threadpool(log_tail, sup, name, tail)}
 
     @router.post("/v1/playground", dependencies=auth, response_class=StreamingResponse)
     async def playground(body: PlaygroundRequest) -> StreamingResponse:

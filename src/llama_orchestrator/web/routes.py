@@ -18,12 +18,9 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from llama_orchestrator.web.auth import COOKIE, CSRF_HEADER, SESSION_TTL_S, WebAuth, bearer_ok
 
 STATIC = Path(__file__).parent / "static"
-ASSETS = {
-    "app.js": "text/javascript",
-    "ui.js": "text/javascript",
-    "style.css": "text/css",
-    "favicon.svg": "image/svg+xml",
-}
+MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+# name -> media type of every file the page may load: nothing else is served
+ASSETS = {p.name: MEDIA[p.suffix] for p in STATIC.iterdir() if p.suffix in MEDIA}
 NO_STORE = {"Cache-Control": "no-store"}
 # The page runs only its own files: no inline script, nothing from elsewhere.
 CSP = (
