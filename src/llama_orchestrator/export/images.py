@@ -43,9 +43,6 @@ IMAGES: dict[str, BackendImage] = {
     "metal": BackendImage(None, None),
 }
 
-# --vulkan-resource: the device plugins that expose a GPU Vulkan can use.
-VULKAN_RESOURCES = ("amd.com/gpu", "gpu.intel.com/i915", "gpu.intel.com/xe")
-
 # Environment variables that pick devices: in a pod the device plugin has already chosen
 # the GPU and made it the only one visible, so a value from this machine would point at
 # the wrong device or hide the right one.
