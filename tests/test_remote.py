@@ -337,3 +337,23 @@ def health_checks(cli: Cli, name: str) -> list[dict[str, Any]]:
     found = data.get(name, data) if isinstance(data, dict) else data
     checks = found.get("checks", []) if isinstance(found, dict) else []
     return checks if isinstance(checks, list) else []
+
+
+def test_upstream_addresses_take_http_and_https() -> None:
+    from llama_orchestrator.gateway.upstream import Target
+
+    plain = Target("http://10.0.0.7:8080", 1.0)
+    assert plain.tls is None and (plain.host, plain.port) == ("10.0.0.7", 8080)
+    tls = Target("https://far.example:443", 1.0)
+    assert tls.tls is not None and tls.tls.check_hostname  # verified, as a browser would
+    assert (tls.host, tls.port, tls.host_header) == ("far.example", 443, b"far.example:443")
+    with pytest.raises(ValueError, match="unsupported instance address"):
+        Target("ftp://far.example", 1.0)
+
+
+def test_a_remote_address_always_spells_its_port() -> None:
+    from llama_orchestrator.config.schema import RemoteConfig
+
+    assert RemoteConfig(url="https://far.example/").base_url == "https://far.example:443"
+    assert RemoteConfig(url="http://far.example").base_url == "http://far.example:80"
+    assert RemoteConfig(url="http://[::1]:8080").base_url == "http://[::1]:8080"
