@@ -222,8 +222,18 @@ def test_a_stopped_daemon_shows_in_words(
     cli: Cli, home: Home, tiny_model: Path, page: Any, tmp_path: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())
-    login(cli, page)
+    out = cli("ui", "--json")
+    assert out.returncode == 0, out.stderr
+    link = json.loads(out.stdout)["url"]
+    page.goto(link)
     expect(row(page, "alpha").locator("td.state")).to_have_text("stopped")
+    # the link worked once: opened again, it says why not, in words
+    other = page.context.new_page()
+    other.goto(link)
+    expect(other.locator("h1")).to_have_text("This login link is not valid")
+    expect(other.locator("main")).to_contain_text("llama-orch ui")
+    other.screenshot(path=str(tmp_path / "used-link.png"), full_page=True)
+    other.close()
     assert cli("daemon", "stop").returncode == 0
     expect(page.locator("#banner")).to_contain_text("daemon unreachable, retrying")
     expect(row(page, "alpha")).to_be_visible()  # what it showed stays, never a blank page
