@@ -216,6 +216,9 @@ def test_cancel_ends_a_stream_and_the_playground_streams(
     # and the request shows in the activity
     page.get_by_role("link", name="Activity", exact=True).click()
     expect(page.locator("table.recent tbody tr").first).to_contain_text("200")
+    # signing out ends the session: the page then asks for a login link
+    page.get_by_role("button", name="Sign out", exact=True).click()
+    expect(page.locator("h1")).to_have_text("Not signed in")
 
 
 def test_a_stopped_daemon_shows_in_words(

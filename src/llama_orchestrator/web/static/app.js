@@ -86,6 +86,14 @@ setInterval(() => {
   }
 }, 1000);
 
+document.getElementById("signout").addEventListener("click", async () => {
+  try {
+    await api("/v1/ui/logout", { method: "POST" });
+    if (source) source.close();
+    location.assign("/ui/");
+  } catch (e) { report(e); }
+});
+
 onRedraw(draw);
 window.addEventListener("hashchange", route);
 
