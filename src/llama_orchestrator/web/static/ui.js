@@ -1,4 +1,4 @@
-// Small DOM and formatting helpers. Text always goes in as text nodes, never as HTML:
+// Small DOM and formatting functions. Text always goes in as text nodes, never as HTML:
 // instance names, log lines and model output are shown, not interpreted.
 
 const SVG = "http://www.w3.org/2000/svg";
