@@ -27,6 +27,7 @@ from llama_orchestrator.cli import (
     logs_cmd,
     service_cmd,
     stats_cmd,
+    ui_cmd,
 )
 
 app = typer.Typer(
@@ -78,6 +79,7 @@ health_cmd.register(app)
 daemon_cmd.register(app)
 info_cmd.register(app)
 dashboard_cmd.register(app)
+ui_cmd.register(app)
 devices_cmd.register(app)
 fit_cmd.register(app)
 service_cmd.register(app)
