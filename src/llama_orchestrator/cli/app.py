@@ -19,6 +19,7 @@ from llama_orchestrator.cli import (
     describe_cmd,
     devices_cmd,
     events_cmd,
+    export_cmd,
     fit_cmd,
     gateway_cmd,
     health_cmd,
@@ -84,6 +85,7 @@ devices_cmd.register(app)
 fit_cmd.register(app)
 service_cmd.register(app)
 gateway_cmd.register(app)
+export_cmd.register(app)
 for _group in app.registered_groups:  # the command groups' own Typers, as above
     if _group.typer_instance is not None:
         _group.typer_instance.suggest_commands = False
