@@ -357,3 +357,23 @@ def test_a_remote_address_always_spells_its_port() -> None:
     assert RemoteConfig(url="https://far.example/").base_url == "https://far.example:443"
     assert RemoteConfig(url="http://far.example").base_url == "http://far.example:80"
     assert RemoteConfig(url="http://[::1]:8080").base_url == "http://[::1]:8080"
+
+
+def test_a_pool_starts_its_stopped_local_replica_when_the_remote_is_down(
+    cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
+) -> None:
+    port = free_port()
+    far = HandServer(tiny_model, port).start()
+    servers.append(far)
+    url = gateway(home, load_timeout=60)
+    write_config(home, "near", tiny_model, free_port(), gateway={"aliases": ["pool"]})
+    remote_config(home, "far", f"http://127.0.0.1:{port}", gateway={"aliases": ["pool"]})
+    assert cli("up", "far").returncode == 0
+    assert ps_row(cli, "near")["status"] == "stopped"
+    far.kill()
+    wait_for(lambda: ps_row(cli, "far")["health"] == "unhealthy", 30, "far unhealthy")
+    # the remote one runs but fails its checks: the stopped local replica is started on
+    # demand, instead of the request waiting for the remote machine until load_timeout
+    r = complete(url, "pool", "none")
+    assert r.status_code == 200 and r.headers["x-llama-orch-instance"] == "near", r.text
+    assert ps_row(cli, "near")["status"] == "running"

@@ -66,7 +66,9 @@ class Starter:
     ) -> tuple[bool, str | None]:
         """Why there is no lease now: (False, None) when a member is up but busy (wait
         for a slot), (True, name) when a member is coming up (wait for it; one is started
-        on demand when needed). Raises 503 when nothing can come up."""
+        on demand when needed; a member that runs but fails its health checks is waited
+        for only when no other member can be started). Raises 503 when nothing can come
+        up."""
         failed = failed or {}
         for inst in members:
             if inst.routable and inst.name not in failed:
@@ -74,9 +76,13 @@ class Starter:
         for inst in members:
             if inst.name in self._starts:
                 return True, inst.name
+        sick: str | None = None  # running but failing its checks (a remote gone away)
         for inst in members:
-            if inst.name not in failed and inst.state in COMING_UP:
+            if inst.name in failed or inst.state not in COMING_UP:
+                continue
+            if inst.state != "running":
                 return True, inst.name
+            sick = sick or inst.name
         reasons: list[str] = []
         retry_after: float | None = None
         now = self._clock.monotonic()
@@ -84,6 +90,8 @@ class Starter:
             if inst.name in failed:
                 reasons.append(f"instance {inst.name!r} could not start: {failed[inst.name]}")
                 continue
+            if inst.state in COMING_UP:
+                continue  # the sick one: a sibling that can start goes first
             if not inst.on_demand:
                 if inst.state == "fatal":
                     reasons.append(
@@ -108,6 +116,8 @@ class Starter:
                 continue
             self._start(inst)
             return True, inst.name
+        if sick is not None:  # nothing else can come up: wait for it to recover
+            return True, sick
         code = "circuit_open" if retry_after is not None else "instance_unavailable"
         raise GatewayError(503, code, "; ".join(reasons) or "no instance", retry_after=retry_after)
 
