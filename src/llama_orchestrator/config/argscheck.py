@@ -42,7 +42,7 @@ MANAGED: dict[str, str] = {
     "--device": _DEVICE,
 }
 API_KEY_FLAG = "--api-key"
-API_KEY_ENV = "LLAMA_ARG_API_KEY"  # llama-server reads its --api-key from this too
+API_KEY_ENV = "LLAMA_API_KEY"  # llama-server reads its --api-key from this too (`--help`)
 
 
 def _flag(arg: str) -> str:
