@@ -377,3 +377,12 @@ def test_a_pool_starts_its_stopped_local_replica_when_the_remote_is_down(
     r = complete(url, "pool", "none")
     assert r.status_code == 200 and r.headers["x-llama-orch-instance"] == "near", r.text
     assert ps_row(cli, "near")["status"] == "running"
+
+
+def test_ps_and_fit_of_a_remote_instance_that_never_started(cli: Cli, home: Home) -> None:
+    remote_config(home, "far", "http://10.0.0.7:8080")
+    row = ps_row(cli, "far")
+    assert row["backend"] == "remote" and row["port"] == 8080 and row["pid"] is None, row
+    out = cli("fit", "far")
+    assert out.returncode == 1 and "remote instance" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -144,6 +144,11 @@ def register(app: typer.Typer) -> None:
                 loaded = load_instance(home, name)
             except (ConfigError, LookupError) as e:
                 fail(str(e))
+            if loaded.remote is not None:
+                fail(
+                    f"{name!r} is a remote instance ({loaded.remote.url}): its model runs on "
+                    "another machine; run `llama-orch fit` there, or pass --model FILE"
+                )
             c = loaded.config
             model_path = loaded.model_path
             base = {

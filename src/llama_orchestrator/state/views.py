@@ -38,6 +38,15 @@ def _loaded_fields(home: Home, name: str) -> dict[str, Any] | None:
     except ConfigError as e:
         return {"last_error": f"invalid config: {e.problems[0]}" if e.problems else str(e)}
     c = loaded.config
+    if loaded.remote is not None:  # as its record will say once it is up (preflight)
+        r = loaded.remote
+        return {
+            "host": r.host,
+            "port": r.port,
+            "backend": "remote",
+            "device": "-",
+            "model": str(loaded.model_path),
+        }
     return {
         "host": c.server.host,
         "port": c.server.port,
