@@ -109,6 +109,22 @@ def test_snapshot_then_live_state_events_with_filters(
         assert listener.events[-1][0] == "end"
 
 
+def test_snapshot_lists_instances_never_started_with_the_gateway_off(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    # Without the gateway nothing has asked the daemon about alpha and beta yet; they are
+    # still every instance there is.
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "gateway.json").write_text(json.dumps({"enabled": False}))
+    write_config(home, "alpha", tiny_model, free_port())
+    write_config(home, "beta", tiny_model, free_port())
+    url, token = start_daemon(cli)
+    listener = Listener(url, token)
+    wait_for(lambda: len(listener.of("snapshot")) == 2, what="a snapshot of both")
+    for row in listener.of("snapshot"):
+        assert (row["state"], row["pid"], row["restart_count"]) == ("stopped", None, 0), row
+
+
 def test_token_and_bad_filters(cli: Cli, home: Home) -> None:
     url, token = start_daemon(cli)
     auth = {"Authorization": f"Bearer {token}"}

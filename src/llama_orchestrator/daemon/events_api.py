@@ -30,6 +30,7 @@ from llama_orchestrator.config.loader import UnknownInstance
 from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE, Event, EventBus, EventKind
 from llama_orchestrator.daemon.log_events import LOG_KIND, MAX_TAIL, LogFeed, log_files
 from llama_orchestrator.daemon.supervisor import Supervisor
+from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.home import name_problem
 
 KEEPALIVE_S = 15.0
@@ -146,22 +147,21 @@ def _dropped(behind: str, bus: EventBus) -> bytes:
 
 
 def snapshot_of(sup: Supervisor) -> list[dict[str, Any]]:
+    """Every instance: the daemon's actors, and the configured instances it has not
+    needed an actor for yet (never started since the daemon started: stopped)."""
     now = time.time()
     rows = []
-    for name in sorted(sup.actors):
-        actor = sup.actors[name]
-        rows.append(
-            {
-                "instance": name,
-                "kind": "snapshot",
-                "ts": now,
-                "state": actor.state.value,
-                "health": actor.health.value,
-                "desired": actor.desired.value,
-                "pid": actor.proc.pid if actor.proc is not None else None,
-                "restart_count": actor.restart_count,
-            }
-        )
+    for name in sorted(set(sup.actors) | set(sup.home.instance_names())):
+        actor = sup.actors.get(name)
+        row: dict[str, Any] = {"instance": name, "kind": "snapshot", "ts": now}
+        if actor is None:
+            row.update(state=State.STOPPED.value, health=Health.UNKNOWN.value)
+            row.update(desired=Desired.STOPPED.value, pid=None, restart_count=0)
+        else:
+            row.update(state=actor.state.value, health=actor.health.value)
+            row.update(desired=actor.desired.value, restart_count=actor.restart_count)
+            row["pid"] = actor.proc.pid if actor.proc is not None else None
+        rows.append(row)
     return rows
 
 
