@@ -386,3 +386,21 @@ def test_ps_and_fit_of_a_remote_instance_that_never_started(cli: Cli, home: Home
     out = cli("fit", "far")
     assert out.returncode == 1 and "remote instance" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_create_writes_a_remote_instance(cli: Cli, home: Home) -> None:
+    out = cli("create", "far", "--remote", "http://10.0.0.7:8080", "--api-key-env", "FAR_KEY")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(home.config_path("far").read_text())
+    assert data == {
+        "name": "far",
+        "remote": {"url": "http://10.0.0.7:8080", "api_key_env": "FAR_KEY"},
+    }
+    assert load_instance(home, "far").remote is not None
+    bad = cli("create", "near", "--remote", "ftp://10.0.0.7")
+    assert bad.returncode == 2 and "remote.url" in bad.stderr, bad.stderr
+    both = cli("create", "near", "--remote", "http://10.0.0.7:8080", "--model", "x.gguf")
+    assert both.returncode == 2 and "--model do not apply with --remote" in both.stderr
+    neither = cli("create", "near")
+    assert neither.returncode == 2 and "--model FILE" in neither.stderr, neither.stderr
+    assert not home.config_path("near").exists()

@@ -309,7 +309,9 @@ def register(app: typer.Typer) -> None:
     def create(
         ctx: typer.Context,
         name: Annotated[str, typer.Argument(help="Instance name, e.g. gemma-2b.")],
-        model: Annotated[Path, typer.Option("--model", "-m", help="The GGUF model file.")],
+        model: Annotated[
+            Path | None, typer.Option("--model", "-m", help="The GGUF model file.")
+        ] = None,
         port: Annotated[
             int | None, typer.Option("--port", help="Default: the first free port from 8001.")
         ] = None,
@@ -331,23 +333,42 @@ def register(app: typer.Typer) -> None:
                 "(llama-orch templates). Options given here override it.",
             ),
         ] = None,
+        remote: Annotated[
+            str | None,
+            typer.Option("--remote", help="A server another machine runs: its URL, no model."),
+        ] = None,
+        api_key_env: Annotated[
+            str | None,
+            typer.Option("--api-key-env", help="With --remote: the variable holding its key."),
+        ] = None,
     ) -> None:
         """Write instances/NAME/config.json for a model; never overwrites an existing one.
 
         An unknown --template exits 2 (a usage error) and lists the templates there are.
 
         Examples: llama-orch create gemma --model ../models/gemma-270m.gguf --port 8002;
-        llama-orch create big --model big.gguf --template vulkan
+        llama-orch create big --model big.gguf --template vulkan;
+        llama-orch create far --remote http://10.0.0.7:8080 --api-key-env FAR_KEY
         """
-        from pydantic import ValidationError
-
-        from llama_orchestrator.config.loader import problems_from_validation
         from llama_orchestrator.config.modelfile import model_file_problem
-        from llama_orchestrator.config.schema import InstanceConfig
 
         check_names([name])
-        _check_ranges(ctx_size, threads, port)
         home = home_of(ctx)
+        if remote is not None:
+            local = {"--model": model, "--port": port, "--host": host, "--ctx": ctx_size}
+            local |= {"--threads": threads, "--template": template}
+            given = [flag for flag, v in local.items() if v is not None]
+            if given:
+                fail(f"{', '.join(given)} do not apply with --remote", EXIT_USAGE)
+            cfg: dict[str, Any] = {"url": remote}
+            if api_key_env is not None:
+                cfg["api_key_env"] = api_key_env
+            data: dict[str, Any] = {"name": name, "remote": cfg}
+            _create_checked(home, name, data, f"remote {remote}")
+            return
+        if model is None or api_key_env is not None:
+            fail("give --model FILE (or --remote URL for a server another machine runs)", 2)
+        _check_ranges(ctx_size, threads, port)
         overlay: dict[str, Any] = {}
         if template is not None:
             from llama_orchestrator.templates import TemplateError, get_template
@@ -390,16 +411,27 @@ def register(app: typer.Typer) -> None:
                     if v is not None
                 }
             )
-        try:
-            InstanceConfig.model_validate(data)
-        except ValidationError as e:
-            for p in problems_from_validation("(options)", e):
-                say(str(p))
-            fail("the options do not make a valid config", EXIT_USAGE)
-        if not _create_exclusive(path, json.dumps(data, indent=2) + "\n"):
-            fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
         via = f", template {template}" if template else ""
-        say(f"created {path} (port {chosen}{via})")
+        _create_checked(home, name, data, f"port {chosen}{via}")
+
+
+def _create_checked(home: Home, name: str, data: dict[str, Any], what: str) -> None:
+    """Validate ``data`` as a config and write it, never over an existing one."""
+    from pydantic import ValidationError
+
+    from llama_orchestrator.config.loader import problems_from_validation
+    from llama_orchestrator.config.schema import InstanceConfig
+
+    path = home.config_path(name)
+    try:
+        InstanceConfig.model_validate(data)
+    except ValidationError as e:
+        for p in problems_from_validation("(options)", e):
+            say(str(p))
+        fail("the options do not make a valid config", EXIT_USAGE)
+    if not _create_exclusive(path, json.dumps(data, indent=2) + "\n"):
+        fail(f"instance {name!r} already exists ({path}); edit it or pick another name")
+    say(f"created {path} ({what})")
 
 
 def _with_gateway(home: Home, names: list[str], whole_home: bool) -> bool:
