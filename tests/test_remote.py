@@ -253,6 +253,10 @@ def test_a_remote_instance_behind_the_gateway(
     assert shown["api_key_source"] == "daemon" and KEY not in json.dumps(shown)
     text = "\n".join(render_remote(shown))
     assert f"http://127.0.0.1:{far.port}" in text and "FAR_KEY (set in the daemon's" in text
+    assert described["remote"] == shown and described["model_file"] is None
+    human = cli("describe", "far").stdout  # the same lines, and nothing of a local server
+    assert "FAR_KEY (set in the daemon's environment)" in human, human
+    assert "would run" not in human and "Binary:" not in human and KEY not in human
 
     # down: out of the routes, and the server is left alone
     assert cli("down", "far").returncode == 0

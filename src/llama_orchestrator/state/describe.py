@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from llama_orchestrator.engine.states import ALIVE
@@ -186,6 +187,14 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     }
     data.update(_drift(row, loaded.raw_hash, started, data["config"]))
     runtime, recorded = _runtime(name, row)
+    if loaded.remote is not None:  # no model, binary, command or logs here (issue 13)
+        from llama_orchestrator.state.remote_view import remote_data
+
+        data["model_file"] = None
+        data["remote"] = remote_data(home, loaded)
+        data["runtime"] = runtime
+        data["events"] = events
+        return data
 
     binary: ResolvedBinary | None = None
     spec: LaunchSpec | None = None
@@ -248,24 +257,12 @@ def render_describe(data: dict[str, Any]) -> str:
     if data.get("config_error"):
         out.append("Config error:")
         out.extend(f"  {text}" for text in str(data["config_error"]).splitlines())
-    line("Model", data["model_file"])
-    mi = data.get("model_info") or {}
-    if "error" in mi:
-        line("Model info", f"unreadable: {mi['error']}")
+    if data.get("remote"):
+        from llama_orchestrator.state.remote_view import render_remote
+
+        out.extend(render_remote(data["remote"]))
     else:
-        ctx = mi.get("context_length")
-        line(
-            "Model info",
-            f"{mi.get('architecture') or '?'}, {mi['parameters_human']} parameters, "
-            f"{mi.get('quantization') or '?'}, {mi.get('layers') or '?'} layers, "
-            f"trained context {ctx or '?'}, {mi['file_size'] / 1e6:.1f} MB",
-        )
-    b = data.get("binary") or {}
-    if "error" in b:
-        line("Binary", f"unavailable: {b['error']}")
-    else:
-        line("Binary", f"{b['path']} [{b['source']}]")
-        line("Version", b.get("version"))
+        _model_and_binary(data, line)
     # A running server's own command line; else the one a start would run.
     would_run = " (would run)"
     if "command_line" in data:
@@ -356,3 +353,25 @@ def event_line(e: dict[str, Any]) -> str:
         arc = str(new or "")
     reason = " ".join(str(e.get("reason") or "").splitlines())  # a refusal may span lines
     return f"{stamp}  {e['kind']:<13} {arc:<22} {reason}"[:200]
+
+
+def _model_and_binary(data: dict[str, Any], line: Callable[[str, Any], None]) -> None:
+    """The lines of a local instance's model file and binary."""
+    line("Model", data["model_file"])
+    mi = data.get("model_info") or {}
+    if "error" in mi:
+        line("Model info", f"unreadable: {mi['error']}")
+    else:
+        ctx = mi.get("context_length")
+        line(
+            "Model info",
+            f"{mi.get('architecture') or '?'}, {mi['parameters_human']} parameters, "
+            f"{mi.get('quantization') or '?'}, {mi.get('layers') or '?'} layers, "
+            f"trained context {ctx or '?'}, {mi['file_size'] / 1e6:.1f} MB",
+        )
+    b = data.get("binary") or {}
+    if "error" in b:
+        line("Binary", f"unavailable: {b['error']}")
+    else:
+        line("Binary", f"{b['path']} [{b['source']}]")
+        line("Version", b.get("version"))
