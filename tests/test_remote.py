@@ -44,7 +44,7 @@ class HandServer:
         engine = [sys.executable, "-m", "llama_orchestrator.engine.embedded"]
         argv = [str(self.binary)] if self.binary else engine
         argv += ["-m", str(self.model), "--port", str(self.port), "-c", "256", "-b", "64"]
-        argv += ["-t", "1"]
+        argv += ["-t", "1", "--metrics"]
         if self.api_key:
             argv += ["--api-key", self.api_key]
         self.proc = subprocess.Popen(
@@ -237,6 +237,11 @@ def test_a_remote_instance_behind_the_gateway(
     streamed = list(c.completions.create(model="far", prompt="hi", max_tokens=3, stream=True))
     assert streamed
     assert complete(url, "far").headers["x-llama-orch-instance"] == "far"
+    # its own llama.cpp metrics, scraped with its key, under the gateway's /metrics
+    exposition = httpx.get(
+        f"{url}/metrics", headers={"Authorization": f"Bearer {GATEWAY_KEY}"}, trust_env=False
+    ).text
+    assert 'llamacpp:requests_processing{instance="far"}' in exposition, exposition[-2000:]
 
     described = cli.json("describe", "far", "--json")
     assert described["config"]["remote"]["url"] == f"http://127.0.0.1:{far.port}"

@@ -160,7 +160,7 @@ def snapshot_of(sup: Supervisor) -> list[dict[str, Any]]:
         else:
             row.update(state=actor.state.value, health=actor.health.value)
             row.update(desired=actor.desired.value, restart_count=actor.restart_count)
-            row["pid"] = actor.proc.pid if actor.proc is not None else None
+            row["pid"] = actor.shown_pid()
         rows.append(row)
     return rows
 

@@ -105,10 +105,10 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
     )
 
 
-def scrape_targets(sup: Supervisor) -> dict[str, str]:
-    """Running instances and the URL of their server."""
+def scrape_targets(sup: Supervisor) -> dict[str, str | tuple[str, str | None]]:
+    """Running instances: the URL of their server, and the key a remote one wants."""
     return {
-        name: actor.url
+        name: (actor.url, actor.leases.api_key)
         for name, actor in sorted(sup.actors.items())
         if actor.state is State.RUNNING and actor.proc is not None and actor.url
     }

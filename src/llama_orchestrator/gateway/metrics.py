@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
@@ -34,7 +35,9 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 Families = Callable[[], Iterable[Metric]]
-Targets = Callable[[], dict[str, str]]  # instance name -> base URL (http://host:port)
+# instance name -> base URL (http(s)://host:port), or (base URL, the key it wants): a
+# remote instance's metrics are behind its api key (issue 13)
+Targets = Callable[[], "dict[str, str | tuple[str, str | None]]"]
 Gauges = Callable[[], dict[str, int]]
 
 
@@ -105,7 +108,11 @@ class GatewayMetrics:
         """The whole exposition: the instances are scraped first, in parallel."""
         targets = self.targets() if self.targets is not None else {}
         scraped = await asyncio.gather(
-            *(scrape(url, self.timeout) for url in targets.values()), return_exceptions=True
+            *(
+                scrape(*(t if isinstance(t, tuple) else (t, None)), timeout=self.timeout)
+                for t in targets.values()
+            ),
+            return_exceptions=True,
         )
         families = list(self._own())
         if self.extra is not None:
@@ -134,18 +141,23 @@ class GatewayMetrics:
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
-async def scrape(base_url: str, timeout: float) -> list[Metric]:
+async def scrape(base_url: str, key: str | None = None, *, timeout: float) -> list[Metric]:
     """One instance's ``/metrics``, parsed; raises on a timeout, an error or a non-200."""
-    return await asyncio.wait_for(_scrape(base_url), timeout)
+    return await asyncio.wait_for(_scrape(base_url, key), timeout)
 
 
-async def _scrape(base_url: str) -> list[Metric]:
+async def _scrape(base_url: str, key: str | None) -> list[Metric]:
     parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    reader, writer = await asyncio.open_connection(host, port)
+    tls = parts.scheme == "https"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
+    context = ssl.create_default_context() if tls else None
+    reader, writer = await asyncio.open_connection(host, port, ssl=context)
     try:
         netloc = parts.netloc.encode()
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % netloc)
+        auth = b"Authorization: Bearer %s\r\n" % key.encode() if key else b""
+        writer.write(
+            b"GET /metrics HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n" % (netloc, auth)
+        )
         raw = await reader.read(MAX_SCRAPE_BYTES)
         while len(raw) < MAX_SCRAPE_BYTES:
             more = await reader.read(MAX_SCRAPE_BYTES - len(raw))
