@@ -221,35 +221,23 @@ def test_load_watch_counts_loads_and_their_time_from_state_events() -> None:
     assert got[("llama_orch_load_seconds_count", "alpha")] == 1
 
 
-class _Actor:
-    def __init__(self) -> None:
-        self.checks: list[dict[str, Any]] = []
-
-
-def test_check_watch_counts_each_check_once_across_scrapes() -> None:
+def test_check_watch_counts_every_check_once() -> None:
     watch = CheckWatch()
-    alpha = _Actor()
-    actors = {"alpha": alpha}
 
-    def counted() -> dict[tuple[str, str], float]:
+    def counted() -> dict[tuple[str, str, str], float]:
         return {
-            (s.name, s.labels["kind"]): s.value
-            for m in watch.collect(actors)
+            (s.name, s.labels["instance"], s.labels["kind"]): s.value
+            for m in watch.collect()
             for s in m.samples
             if s.name.endswith(("_count", "_sum"))
         }
 
     assert counted() == {}
-    alpha.checks += [{"kind": "health", "latency_ms": 4.0}, {"kind": "health", "latency_ms": 6.0}]
-    assert counted()[("llama_orch_health_check_seconds_count", "health")] == 2
-    got = counted()  # nothing new since: the same figures
-    assert got[("llama_orch_health_check_seconds_count", "health")] == 2
-    assert abs(got[("llama_orch_health_check_seconds_sum", "health")] - 0.010) < 1e-9
-    alpha.checks.append({"kind": "completion", "latency_ms": 20.0})
+    for ms in (4.0, 6.0) + (1.0,) * 50:  # more than an instance's CheckLog keeps
+        watch.observe("alpha", "health", ms / 1000)
+    watch.observe("alpha", "completion", 0.02)
     got = counted()
-    assert got[("llama_orch_health_check_seconds_count", "health")] == 2
-    assert got[("llama_orch_health_check_seconds_count", "completion")] == 1
-    # a new actor of the same name (removed, then created again): its checks are new
-    actors["alpha"] = _Actor()
-    actors["alpha"].checks.append({"kind": "health", "latency_ms": 1.0})
-    assert counted()[("llama_orch_health_check_seconds_count", "health")] == 3
+    assert got[("llama_orch_health_check_seconds_count", "alpha", "health")] == 52
+    assert abs(got[("llama_orch_health_check_seconds_sum", "alpha", "health")] - 0.060) < 1e-9
+    assert got[("llama_orch_health_check_seconds_count", "alpha", "completion")] == 1
+    assert counted() == got  # a scrape counts nothing again

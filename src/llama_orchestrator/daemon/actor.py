@@ -277,6 +277,8 @@ class InstanceActor(ActorCore):
         if msg.proc is not self.proc or self.state is not State.RUNNING:
             return
         self.checks.record(msg.kind, msg.probe)
+        if self.ctx.on_check is not None:
+            self.ctx.on_check(self.name, msg.kind, msg.probe.latency_ms / 1000)
         self.ctx.store.update(self.name, last_health_check=self.ctx.clock.time())
         probe, hc = msg.probe, self._healthcheck()
         if probe.ok:

@@ -7,6 +7,7 @@ milliseconds; the daemon builds it with the real ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -57,3 +58,5 @@ class ActorContext:
     scheduler: Scheduler
     launcher: Launcher = field(default_factory=ProcessLauncher)
     clock: Clock = SYSTEM_CLOCK
+    # each health check as it is done: (instance, kind, seconds), for the metrics
+    on_check: Callable[[str, str, float], None] | None = None

@@ -44,6 +44,7 @@ def watches(sup: Supervisor) -> Watches:
     if found is None:
         found = _WATCHES[sup] = Watches(LoadWatch(sup.ctx.clock))
         sup.bus.add_sink(found.loads)
+        sup.ctx.on_check = found.checks.observe
     return found
 
 
@@ -82,7 +83,7 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
     yield from (up, state, restarts, memory)
     w = watches(sup)
     yield from w.loads.collect()
-    yield from w.checks.collect(sup.actors)
+    yield from w.checks.collect()
 
     budget = GaugeMetricFamily(
         "llama_orch_memory_budget_bytes",

@@ -6,16 +6,14 @@ actors at scrape time (issue 12): loads and their duration, health check latency
   event (``llama_orch_load_seconds``); ``starting`` -> ``backoff``/``fatal``/``exited``
   a failed one (``llama_orch_load_failures_total``). A stop asked for during a load is
   neither. Being a sink it runs inline and sees every event, never dropped.
-* :class:`CheckWatch` folds each actor's recent health checks (its ``CheckLog``, which
-  keeps the last ``CHECK_HISTORY``) into ``llama_orch_health_check_seconds`` at each
-  scrape. Checks are not events (only health *changes* are), so a scrape sees those
-  done since the previous one, as long as no more than ``CHECK_HISTORY`` came between.
+* :class:`CheckWatch` observes each health check as the actor records it
+  (``ActorContext.on_check``) into ``llama_orch_health_check_seconds``. Checks are not
+  events (only health *changes* are): one a second per instance would flood the records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import Metric
@@ -76,15 +74,8 @@ class LoadWatch:
         yield from self.seconds.collect()
 
 
-class HasChecks(Protocol):
-    @property
-    def checks(self) -> Iterable[dict[str, Any]]: ...
-
-
 class CheckWatch:
     def __init__(self) -> None:
-        # instance -> (the check list read, the last check of it already counted)
-        self._seen: dict[str, tuple[int, dict[str, Any]]] = {}
         self.seconds = Histogram(
             "llama_orch_health_check_seconds",
             "Latency of the health checks (kind: health for /health, completion for the "
@@ -94,24 +85,8 @@ class CheckWatch:
             registry=None,
         )
 
-    def harvest(self, actors: Mapping[str, HasChecks]) -> None:
-        """Count the checks done since the last harvest."""
-        for name, actor in actors.items():
-            checks = list(actor.checks)
-            if not checks:
-                continue
-            owner, last = self._seen.get(name, (0, None))
-            start = 0
-            if owner == id(actor):  # the same actor: skip what was already counted
-                found = [i for i, c in enumerate(checks) if c is last]
-                start = found[0] + 1 if found else 0
-            for check in checks[start:]:
-                latency = float(check.get("latency_ms") or 0.0) / 1000.0
-                self.seconds.labels(name, str(check.get("kind"))).observe(latency)
-            self._seen[name] = (id(actor), checks[-1])
-        for gone in set(self._seen) - set(actors):
-            del self._seen[gone]
+    def observe(self, instance: str, kind: str, seconds: float) -> None:
+        self.seconds.labels(instance, kind).observe(max(0.0, seconds))
 
-    def collect(self, actors: Mapping[str, HasChecks]) -> Iterator[Metric]:
-        self.harvest(actors)
+    def collect(self) -> Iterator[Metric]:
         yield from self.seconds.collect()
