@@ -12,6 +12,7 @@ from conftest import free_port, write_config
 from llama_orchestrator.config.loader import load_instance
 from llama_orchestrator.daemon.budget import Budget
 from llama_orchestrator.daemon.preflight import memory_mb
+from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 from llama_orchestrator.web.data import devices_view
@@ -28,9 +29,9 @@ def supervisor(home: Home, running: list[str], stopped: list[str], budget_mib: i
             state=State.RUNNING if up else State.STOPPED,
         )
     memory = {"cpu": budget_mib} if budget_mib is not None else {}
-    return SimpleNamespace(
-        home=home, actors=actors, scheduler=SimpleNamespace(budget=Budget(None, memory))
-    )
+    scheduler = Scheduler()  # a real one, not started: its budgets as gateway.json set them
+    scheduler.budget = Budget(None, memory)
+    return SimpleNamespace(home=home, actors=actors, scheduler=scheduler)
 
 
 def test_fit_verdicts_against_the_budget_and_free_memory(home: Home, tiny_model: Path) -> None:

@@ -87,10 +87,11 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
 
     budget = GaugeMetricFamily(
         "llama_orch_memory_budget_bytes",
-        "gateway.json memory_budget_mb per device (what instances may hold together).",
+        "Memory instances may hold together per device: gateway.json memory_budget_mb, or "
+        "the default the scheduler took from the device's free memory.",
         labels=["device"],
     )
-    for device, mb in sorted(scheduler.budget.memory_mb.items()):
+    for device, mb in sorted(scheduler.effective_budget().memory_mb.items()):
         budget.add_metric([device], mb * MIB)
     yield budget
     if scheduler.budget.max_running is not None:

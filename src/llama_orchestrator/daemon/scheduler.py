@@ -287,6 +287,11 @@ class Scheduler:
                 held = sum(c.memory_mb.get(device, 0) for c in self.holders.values())
                 self._defaults[device] = free + held
 
+    def effective_budget(self) -> Budget:
+        """The budgets decisions are taken on: gateway.json's, and the defaults learnt
+        for devices it gives none (what the metrics and the web page show)."""
+        return self._effective()
+
     def _effective(self) -> Budget:
         if not self._defaults:
             return self.budget

@@ -73,7 +73,7 @@ def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]
     """Budgets, holdings and fit verdicts. ``free`` is each device's free MiB now."""
     from llama_orchestrator.daemon.preflight import memory_mb
 
-    budget = sup.scheduler.budget
+    budget = sup.scheduler.effective_budget()
     devices: dict[str, dict[str, Any]] = {}
 
     def device(key: str) -> dict[str, Any]:
