@@ -346,6 +346,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(
             wait_for(lambda: long.in_flight == 0, timeout=2, what="the lease to end")
             rec = wait_for(lambda: g.records and g.records[-1], what="a record")
             assert rec.status == 499 and rec.error == "client disconnected"
+            assert rec.ttfb_s is not None  # the stream had begun: its first byte is recorded
     finally:
         long.stop()
 
@@ -371,6 +372,7 @@ def test_client_disconnect_during_a_non_streaming_request_closes_the_upstream(
             # finishes the generation (llama.cpp #24496); streaming requests stop at once.
             rec = wait_for(lambda: g.records and g.records[-1], what="a record")
             assert rec.status == 499 and not rec.stream and rec.error == "client disconnected"
+            assert rec.ttfb_s is None  # nothing had come back yet
     finally:
         long.stop()
 

@@ -286,7 +286,9 @@ class Forward:
             self._up.abort()
         if self._task is not None:
             self._task.cancel()
-        self._finish(499, "client disconnected")  # 499: nginx's code for it
+        # 499: nginx's code for it; the time to the first byte stays when bytes flowed
+        ttfb = self._relay.head_at if self._relay is not None else None
+        self._finish(499, "client disconnected", ttfb)
 
     def _fail(self, error: str) -> None:
         """Answer 502: the instance could not be reached or broke off before answering."""
