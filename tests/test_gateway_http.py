@@ -143,3 +143,46 @@ def test_a_reader_that_stops_pauses_the_instance_instead_of_buffering() -> None:
             up.close()
 
     asyncio.run(main())
+
+
+def test_pages_of_other_sites_are_refused_without_keys_and_cookies_never_forwarded() -> None:
+    """A browser page of another site (its Origin) cannot use a gateway without keys;
+    pages on this machine can, and so can any client holding a key when keys are set."""
+    from llama_orchestrator.gateway.forward import DROP_REQUEST, request_bytes
+    from llama_orchestrator.gateway.server import Request
+    from llama_orchestrator.gateway.upstream import Target
+
+    async def ask(host: str, port: int, headers: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n"
+        )
+        data = await read_all(reader)
+        writer.close()
+        return data
+
+    async def keyless(host: str, port: int) -> None:
+        for origin in (b"https://evil.example", b"null", b"http://192.168.1.9:3000"):
+            data = await ask(host, port, b"Origin: " + origin + b"\r\n")
+            assert data.startswith(b"HTTP/1.1 403") and b"forbidden_origin" in data, data
+            assert b"api_keys" in data  # the fix is named
+        for origin in (b"http://localhost:3000", b"http://127.0.0.1:5173", b"http://[::1]:80"):
+            data = await ask(host, port, b"Origin: " + origin + b"\r\n")
+            assert data.startswith(b"HTTP/1.1 200"), data
+        assert (await ask(host, port, b"")).startswith(b"HTTP/1.1 200")  # no browser at all
+
+    run(keyless)
+
+    async def keyed(host: str, port: int) -> None:
+        data = await ask(
+            host, port, b"Origin: https://app.example\r\nAuthorization: Bearer k-1\r\n"
+        )
+        assert data.startswith(b"HTTP/1.1 200"), data  # a page given a key may call it
+
+    run(keyed, api_keys=("k-1",))
+
+    headers = [(b"Cookie", b"llama_orch_session=s3cret"), (b"X-Other", b"1")]
+    req = Request(b"POST", b"/v1/completions", headers, b"{}", True, True, 0.0)
+    target = Target("http://127.0.0.1:9", 1.0)
+    sent = request_bytes(req, target, b"/v1/completions", DROP_REQUEST)
+    assert b"s3cret" not in sent and b"X-Other: 1" in sent

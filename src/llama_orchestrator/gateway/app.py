@@ -32,6 +32,7 @@ from llama_orchestrator.gateway.backend import Directory, Instance
 from llama_orchestrator.gateway.errors import (
     GatewayError,
     error_headers,
+    foreign_page_refused,
     invalid_api_key,
     model_not_found,
 )
@@ -40,6 +41,7 @@ from llama_orchestrator.gateway.inbound import (
     ROUTED,
     UPSTREAM_PREFIX,
     authorized,
+    foreign_page,
     is_loopback,
     no_route,
     target_model,
@@ -219,6 +221,9 @@ class Gateway:
         path = req.path
         if path == b"/health":
             conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
+            return None
+        if not self._keys and (why := foreign_page(req)) is not None:
+            self._fail(req, conn, foreign_page_refused(why), None)
             return None
         if path == b"/metrics" and (
             self.settings.metrics_public or not self._keys or authorized(req, self._keys)

@@ -58,6 +58,16 @@ def too_large(limit: int) -> bytes:
     )
 
 
+def foreign_page_refused(why: str) -> GatewayError:
+    return GatewayError(
+        403,
+        "forbidden_origin",
+        f"refused: {why}, and the gateway has no API keys, so any web page could use it; "
+        "call it from this machine, or set gateway.json api_keys (pages given a key may "
+        "then call it)",
+    )
+
+
 def invalid_api_key() -> GatewayError:
     return GatewayError(
         401,

@@ -34,8 +34,15 @@ from llama_orchestrator.gateway.upstream import Target, UpstreamConnection, Upst
 
 log = logging.getLogger(__name__)
 
-# Request headers never forwarded: hop-by-hop, or rewritten by the gateway.
-DROP_REQUEST = HOP_BY_HOP | {b"host", b"proxy-authorization", b"content-length", b"expect"}
+# Request headers never forwarded: hop-by-hop, rewritten by the gateway, or the browser's
+# cookies (a page on 127.0.0.1 sends the control API's session cookie to every port).
+DROP_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"proxy-authorization",
+    b"content-length",
+    b"expect",
+    b"cookie",
+}
 # With gateway keys set, the client's key is the gateway's, not the instance's.
 DROP_KEYS = DROP_REQUEST | {b"authorization", b"x-api-key"}
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})

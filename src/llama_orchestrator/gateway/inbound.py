@@ -42,6 +42,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _host_only(value: str) -> str:
+    """``127.0.0.1:8080`` -> ``127.0.0.1``; ``[::1]:8080`` -> ``::1``."""
+    value = value.strip()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def foreign_page(req: Request) -> str | None:
+    """Why a request may come from another site's page in a browser (its ``Origin`` is
+    not this machine), or None. Browsers send ``Origin`` with every cross-origin request
+    and every POST, DNS rebinding included. Without gateway keys, any page the user
+    opens could otherwise use every model, and a remote instance's key (issue 13)."""
+    for name, value in req.headers:
+        if name.lower() == b"origin":
+            origin = value.decode("latin-1").strip()
+            netloc = origin.partition("://")[2]
+            if not netloc or not is_loopback(_host_only(netloc)):
+                return f"it comes from a page of {origin!r}"
+    return None
+
+
 def authorized(req: Request, keys: tuple[bytes, ...]) -> bool:
     """Does the request carry one of ``keys`` (Bearer, ``x-api-key`` or HTTP Basic)?
     Every offered key is compared with every gateway key, in constant time."""
