@@ -15,6 +15,7 @@ from llama_orchestrator.daemon.mailbox import Mailbox
 from llama_orchestrator.daemon.preflight import Plan
 from llama_orchestrator.daemon.waiters import Waiters
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
+from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.engine.states import Desired, Health, State, check_transition
 from llama_orchestrator.gateway.backend import Endpoint
 
@@ -63,7 +64,11 @@ class ActorCore(Mailbox):
 
     @property
     def remote(self) -> bool:
-        """Is the current run a remote instance's (nothing spawned, nothing to signal)?"""
+        """Is the current run a remote instance's (nothing spawned, nothing to signal)?
+        Its handle says, when there is one: a server adopted at daemon start whose config
+        became remote meanwhile is still a process of ours."""
+        if self.proc is not None:
+            return isinstance(self.proc, RemoteServer)
         return self.loaded is not None and self.loaded.remote is not None
 
     def shown_pid(self) -> int | None:

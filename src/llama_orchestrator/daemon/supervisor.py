@@ -217,7 +217,7 @@ class Supervisor:
         """Rotate running servers' logs past ``logs.max_size_mb`` without stopping them."""
         for actor in list(self.actors.values()):
             loaded = actor.loaded
-            if actor.proc is None or loaded is None or loaded.remote is not None:
+            if actor.proc is None or loaded is None or actor.remote:
                 continue  # a remote instance writes no log here
             limit = loaded.config.logs.max_size_mb * 1024 * 1024
             for path in log_paths(loaded, self.home.root):
