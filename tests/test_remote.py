@@ -398,7 +398,7 @@ def test_ps_and_fit_of_a_remote_instance_that_never_started(cli: Cli, home: Home
 
 
 def test_create_writes_a_remote_instance(cli: Cli, home: Home) -> None:
-    out = cli("create", "far", "--remote", "http://10.0.0.7:8080", "--api-key-env", "FAR_KEY")
+    out = cli("create", "far", "--remote", " http://10.0.0.7:8080", "--api-key-env", "FAR_KEY")
     assert out.returncode == 0, out.stderr
     data = json.loads(home.config_path("far").read_text())
     assert data == {
@@ -409,7 +409,13 @@ def test_create_writes_a_remote_instance(cli: Cli, home: Home) -> None:
     bad = cli("create", "near", "--remote", "ftp://10.0.0.7")
     assert bad.returncode == 2 and "remote.url" in bad.stderr, bad.stderr
     both = cli("create", "near", "--remote", "http://10.0.0.7:8080", "--model", "x.gguf")
-    assert both.returncode == 2 and "--model do not apply with --remote" in both.stderr
+    assert both.returncode == 2 and "--model does not apply with --remote" in both.stderr
+    zero = cli("create", "near", "--remote", "http://10.0.0.7:0")
+    assert zero.returncode == 2 and "1 to 65535" in zero.stderr, zero.stderr
+    named = cli("create", "near", "--remote", "http://h:1", "--api-key-env", "1-bad")
+    assert named.returncode == 2 and "e.g. FAR_KEY" in named.stderr, named.stderr
+    alone = cli("create", "near", "--api-key-env", "K")
+    assert alone.returncode == 2 and "goes with --remote" in alone.stderr, alone.stderr
     neither = cli("create", "near")
     assert neither.returncode == 2 and "--model FILE" in neither.stderr, neither.stderr
     assert not home.config_path("near").exists()

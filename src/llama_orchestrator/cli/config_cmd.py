@@ -359,14 +359,17 @@ def register(app: typer.Typer) -> None:
             local |= {"--threads": threads, "--template": template}
             given = [flag for flag, v in local.items() if v is not None]
             if given:
-                fail(f"{', '.join(given)} do not apply with --remote", EXIT_USAGE)
-            cfg: dict[str, Any] = {"url": remote}
+                verb = "does" if len(given) == 1 else "do"
+                fail(f"{', '.join(given)} {verb} not apply with --remote", EXIT_USAGE)
+            cfg: dict[str, Any] = {"url": remote.strip()}
             if api_key_env is not None:
                 cfg["api_key_env"] = api_key_env
             data: dict[str, Any] = {"name": name, "remote": cfg}
             _create_checked(home, name, data, f"remote {remote}")
             return
-        if model is None or api_key_env is not None:
+        if api_key_env is not None:
+            fail("--api-key-env goes with --remote URL (a local server's key is in its env)", 2)
+        if model is None:
             fail("give --model FILE (or --remote URL for a server another machine runs)", 2)
         _check_ranges(ctx_size, threads, port)
         overlay: dict[str, Any] = {}

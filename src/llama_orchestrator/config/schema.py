@@ -7,6 +7,7 @@ string that merely looks like a number (``strict`` scalars).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -168,7 +169,7 @@ class RemoteConfig(_Strict):
     )
     api_key_env: str | None = Field(
         default=None,
-        pattern=ENV_NAME_PATTERN,
+        json_schema_extra={"pattern": ENV_NAME_PATTERN},
         description="name of the daemon's environment variable holding the server's API "
         "key, sent upstream as 'Authorization: Bearer <key>' (never the key itself here)",
     )
@@ -180,6 +181,17 @@ class RemoteConfig(_Strict):
         "gateway's queue",
     )
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(ENV_NAME_PATTERN, v):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, "
+                "not starting with a digit), e.g. FAR_KEY; the key itself goes in that "
+                "variable, never in the config"
+            )
+        return v
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -187,9 +199,11 @@ class RemoteConfig(_Strict):
         if parts.scheme not in ("http", "https"):
             raise ValueError("must start with http:// or https:// (e.g. http://10.0.0.7:8080)")
         try:
-            parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+            port = parts.port  # raises on a port that is not a number or out of range
         except ValueError:
-            raise ValueError("has an invalid port (a number from 1 to 65535)") from None
+            port = 0
+        if port == 0:
+            raise ValueError("has an invalid port (a number from 1 to 65535)")
         if not parts.hostname:
             raise ValueError("has no host (e.g. http://10.0.0.7:8080)")
         if parts.username is not None or parts.password is not None:
