@@ -349,16 +349,26 @@ def test_cli_writes_a_folder_kubectl_apply_k_can_use(
     r = cli("export", "kubernetes", "--all", "-o", str(out), "--namespace", "llm")
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
-    assert f"wrote 6 files to {out}" in r.stderr and "tiny.gguf" in r.stderr
+    assert f"wrote 9 files to {out} (kubectl apply -k {out})" in r.stderr
+    assert "tiny.gguf" in r.stderr and "kept" not in r.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "cpu.secret.yaml",
         "cpu.yaml",
+        "cuda.secret.yaml",
         "cuda.yaml",
+        "gateway.secret.yaml",
         "gateway.yaml",
         "instance-gateway.yaml",
         "kustomization.yaml",
         "vulkan.yaml",
     ]
+    for name in names:  # each Secret in a file of its own, and nothing else in it
+        kinds = [d["kind"] for d in documents((out / name).read_text())]
+        assert kinds == (["Secret"] if name.endswith(".secret.yaml") else kinds)
+        assert name.endswith(".secret.yaml") or "Secret" not in kinds
+        if name.endswith(".secret.yaml") and os.name != "nt":
+            assert (out / name).stat().st_mode & 0o077 == 0  # it will hold the values
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
         n for n in names if n != "kustomization.yaml"
@@ -367,6 +377,206 @@ def test_cli_writes_a_folder_kubectl_apply_k_can_use(
         docs = documents((out / name).read_text())
         assert all(d["metadata"]["namespace"] == "llm" for d in docs)
         check_valid(docs)
+
+
+def _fill(path: Path, placeholder: str, value: str) -> None:
+    text = path.read_text()
+    assert placeholder in text
+    path.write_text(text.replace(placeholder, value))
+
+
+def test_exporting_again_keeps_the_filled_secrets_and_rewrites_the_rest(
+    cli: Cli, home: Home, models: Path, tmp_path: Path
+) -> None:
+    write(home, "alpha", env={"HF_TOKEN": "hf_local"})
+    write(home, "beta")
+    out = tmp_path / "k8s"
+    assert cli("export", "kubernetes", "--all", "-o", str(out)).returncode == 0
+    secret, keys = out / "alpha.secret.yaml", out / "gateway.secret.yaml"
+    _fill(secret, '"REPLACE-ME: the value of HF_TOKEN"', "hf_filled_in")
+    _fill(keys, "# REPLACE-ME: the gateway's API keys, one per line", r"key-one\nkey-two")
+    filled = {p: p.read_text() for p in (secret, keys)}
+    (out / "alpha.yaml").write_text("# edited by hand\n")
+    (out / "gateway.yaml").write_text("# edited by hand\n")
+    write(home, "alpha", env={"HF_TOKEN": "hf_local"}, server={"parallel": 3})
+
+    r = cli("export", "kubernetes", "--all", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"kept {secret} (it exists; delete it to regenerate)" in r.stderr
+    assert f"kept {keys} (it exists; delete it to regenerate)" in r.stderr
+    assert f"wrote 4 files to {out}, kept 2 (kubectl apply -k {out})" in r.stderr
+    assert "warning" not in r.stderr
+    assert {p: p.read_text() for p in filled} == filled  # the values are still there
+    assert yaml.safe_load(secret.read_text())["stringData"] == {"HF_TOKEN": "hf_filled_in"}
+    assert yaml.safe_load(keys.read_text())["stringData"] == {"api_keys": "key-one\nkey-two\n"}
+    fresh = export(home, ["alpha", "beta"])
+    for name in ("alpha.yaml", "beta.yaml", "gateway.yaml", "kustomization.yaml"):
+        assert (out / name).read_text() == fresh.files[name], name  # everything else rewritten
+    assert '"parallel": 3' in (out / "gateway.yaml").read_text()
+    assert (
+        "alpha.secret.yaml" in yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]
+    )
+    for name in yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]:
+        check_valid(documents((out / name).read_text()))
+
+    # a key the kept file lacks, or another namespace: said, the file still kept
+    write(home, "alpha", env={"HF_TOKEN": "hf_local", "OPENAI_BEARER": "b"})
+    r = cli("export", "kubernetes", "--all", "-o", str(out), "--namespace", "llm")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: {secret} does not read key OPENAI_BEARER, namespace llm" in r.stderr
+    assert f"warning: {keys} does not read namespace llm" in r.stderr
+    assert {p: p.read_text() for p in filled} == filled
+
+    secret.unlink()  # deleted: written again, with placeholders
+    r = cli("export", "kubernetes", "--all", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"kept {secret}" not in r.stderr and f"kept {keys}" in r.stderr
+    assert yaml.safe_load(secret.read_text())["stringData"] == {
+        "HF_TOKEN": "REPLACE-ME: the value of HF_TOKEN",
+        "OPENAI_BEARER": "REPLACE-ME: the value of OPENAI_BEARER",
+    }
+
+
+def test_a_secret_in_a_file_export_would_replace_is_refused(
+    cli: Cli, home: Home, models: Path, tmp_path: Path
+) -> None:
+    """One file per instance holding its Secret too (an earlier layout): refused, not lost."""
+    write(home, "alpha", env={"HF_TOKEN": "hf_local"})
+    out = tmp_path / "k8s"
+    out.mkdir()
+    result = export(home, ["alpha"])
+    old = result.files["alpha.secret.yaml"].replace("REPLACE-ME: the value of HF_TOKEN", "hf_x")
+    (out / "alpha.yaml").write_text(old + result.files["alpha.yaml"])
+    before = (out / "alpha.yaml").read_text()
+    r = cli("export", "kubernetes", "alpha", "-o", str(out))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{out / 'alpha.yaml'} holds a Secret" in r.stderr
+    assert f"move the Secret into {out / 'alpha.secret.yaml'}, which export keeps" in r.stderr
+    assert (out / "alpha.yaml").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.yaml"]
+
+
+# -- secrets never in a manifest -----------------------------------------------------------------
+
+
+def _pod_container(home: Home, name: str) -> tuple[dict[str, Any], str]:
+    result = export(home, [name])
+    docs = documents(result.stream)
+    check_valid(docs)
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+    return dict(dep["spec"]["template"]["spec"]["containers"][0]), result.stream
+
+
+def _from_secret(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--hf-token", "hf_SECRET"],
+        ["-hft", "hf_SECRET"],
+        ["--hf-token=hf_SECRET"],
+        ["-hft=hf_SECRET"],
+        ["-fa", "on", "--hf-token", "hf_SECRET", "--api-key", "sk-SECRET"],
+    ],
+)
+def test_an_hf_token_in_args_becomes_hf_token_from_the_secret(
+    home: Home, models: Path, args: list[str]
+) -> None:
+    write(home, "alpha", args=args)
+    container, text = _pod_container(home, "alpha")
+    assert "SECRET" not in text
+    assert not {"--hf-token", "-hft"} & {a.split("=")[0] for a in container["args"]}
+    refs = _from_secret(container)
+    assert refs["HF_TOKEN"] == {"name": "alpha-env", "key": "HF_TOKEN"}
+    stub = next(d for d in documents(text) if d["metadata"]["name"] == "alpha-env")
+    assert stub["stringData"]["HF_TOKEN"] == "REPLACE-ME: the value of HF_TOKEN"
+    if "-fa" in args:
+        assert "LLAMA_API_KEY" in refs and container["args"][-2:] == ["-fa", "on"]
+
+
+def test_hf_token_in_both_args_and_env_is_one_secret_key(home: Home, models: Path) -> None:
+    write(home, "alpha", args=["-hft", "hf_arg"], env={"HF_TOKEN": "hf_env"})
+    container, text = _pod_container(home, "alpha")
+    assert "hf_arg" not in text and "hf_env" not in text
+    assert [e["name"] for e in container["env"]] == ["HF_TOKEN"]
+
+
+def test_the_mcp_servers_json_goes_to_the_secret(home: Home, models: Path) -> None:
+    servers = '{"mcpServers": {"x": {"url": "https://u:tok@mcp.example/sse"}}}'
+    write(home, "alpha", args=["--mcp-servers-json", servers])
+    container, text = _pod_container(home, "alpha")
+    assert "tok@" not in text and "--mcp-servers-json" not in container["args"]
+    assert "LLAMA_ARG_MCP_SERVERS_JSON" in _from_secret(container)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "OPENAI_BEARER",
+        "SESSION_ID",
+        "UPSTREAM_COOKIE",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "X_AUTH",
+        "OPENAI_API_KEY",
+        "HF_TOKEN",
+        "DB_PASSWORD",
+    ],
+)
+def test_env_names_that_look_secret_become_secret_key_refs(
+    home: Home, models: Path, key: str
+) -> None:
+    write(home, "alpha", env={key: "value-SECRET", "LLAMA_ARG_CACHE_TYPE_K": "q8_0"})
+    container, text = _pod_container(home, "alpha")
+    assert "value-SECRET" not in text
+    assert _from_secret(container) == {key: {"name": "alpha-env", "key": key}}
+    assert {"name": "LLAMA_ARG_CACHE_TYPE_K", "value": "q8_0"} in container["env"]
+
+
+def test_an_env_url_with_credentials_becomes_a_secret_key_ref(home: Home, models: Path) -> None:
+    proxy = "http://user:SECRET@proxy.local:3128"
+    write(home, "alpha", env={"HTTPS_PROXY": proxy, "NO_PROXY": "http://proxy.local"})
+    container, text = _pod_container(home, "alpha")
+    assert "SECRET" not in text
+    assert list(_from_secret(container)) == ["HTTPS_PROXY"]
+    assert {"name": "NO_PROXY", "value": "http://proxy.local"} in container["env"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"args": ["--api-key-file", "/etc/keys"]},
+            "args[0] '--api-key-file' names a file holding a secret",
+        ),
+        ({"args": ["--ssl-key-file=/etc/tls/key.pem"]}, "'--ssl-key-file' names a file"),
+        (
+            {"args": ["-fa", "on", "--ssl-cert-file", "/etc/tls/cert.pem"]},
+            "args[2] '--ssl-cert-file' names a file holding a secret, which the pod would need "
+            "in a Secret volume, and export makes none: TLS between the gateway and the pod",
+        ),
+        ({"args": ["--mcp-servers-config", "/etc/mcp.json"]}, "inline with --mcp-servers-json"),
+        (
+            {"env": {"LLAMA_ARG_API_KEY_FILE": "/etc/keys"}},
+            "env: LLAMA_ARG_API_KEY_FILE (--api-key-file) names a file holding a secret",
+        ),
+        (
+            {"args": ["-mu", "https://user:SECRET@models.local/m.gguf"]},
+            "args[1] holds a URL with credentials",
+        ),
+    ],
+)
+def test_what_would_need_a_secret_volume_is_refused(
+    cli: Cli, home: Home, models: Path, tmp_path: Path, fields: dict[str, Any], message: str
+) -> None:
+    write(home, "alpha", **fields)
+    out = tmp_path / "k8s"
+    r = cli("export", "kubernetes", "alpha", "-o", str(out))
+    assert r.returncode == 1, r.stderr
+    assert message in r.stderr and str(home.config_path("alpha")) in r.stderr
+    assert "SECRET" not in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+    assert not out.exists()
 
 
 def test_cli_prints_every_document_to_stdout(cli: Cli, home: Home, models: Path) -> None:

@@ -2,9 +2,10 @@
 
 Without ``-o`` every document goes to stdout (``| kubectl apply -f -``); with ``-o DIR``
 one file per instance, ``gateway.yaml`` and ``kustomization.yaml`` (``kubectl apply -k
-DIR``). Notes (what was mapped, what the models volume must hold) go to stderr. Exit 0
-when written, 1 when an instance or gateway.json cannot be exported (nothing is
-written), 2 for bad options.
+DIR``), and the Secrets in ``*.secret.yaml`` files, which are kept when they exist. Notes
+(what was mapped, what the models volume must hold, which Secret files were kept) go to
+stderr. Exit 0 when written, 1 when an instance or gateway.json cannot be exported
+(nothing is written), 2 for bad options.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "-o",
                 "--output",
-                help="Folder for one file per instance, gateway.yaml and kustomization.yaml "
+                help="Folder for one file per instance, gateway.yaml and kustomization.yaml, "
+                "and the Secrets in *.secret.yaml, kept when they exist "
                 "(default: every document to stdout).",
             ),
         ] = None,
@@ -129,8 +131,16 @@ def register(app: typer.Typer) -> None:
                 raise quiet_exit() from None
             return
         try:
-            written = write_files(output, result.files)
+            done = write_files(output, result.files, result.secrets)
         except ExportError as e:
             fail(str(e))
-        say(f"wrote {len(written)} files to {output} (kubectl apply -k {output})")
+        for path, missing in done.kept:
+            say(f"kept {path} (it exists; delete it to regenerate)")
+            if missing:
+                say(
+                    f"warning: {path} does not read {', '.join(missing)}, which the exported "
+                    "documents expect: add it, or delete the file to regenerate it"
+                )
+        kept = f", kept {len(done.kept)}" if done.kept else ""
+        say(f"wrote {len(done.written)} files to {output}{kept} (kubectl apply -k {output})")
         say(f"the models volume ({opts.models.spec}) must hold: {', '.join(result.model_files)}")

@@ -13,10 +13,17 @@ build_argv`'s for the same config, with only these changes, each for a reason a 
   device plugin picks the GPU and makes it the only one the container sees;
 * ``--api-key VALUE`` becomes ``LLAMA_API_KEY`` from the instance's Secret, which
   llama-server reads the same way (``llama-server --help``: ``(env: LLAMA_API_KEY)``; not
-  ``LLAMA_ARG_API_KEY``, unlike most flags), so no key is written into a manifest.
+  ``LLAMA_ARG_API_KEY``, unlike most flags), so no key is written into a manifest; so do
+  ``--hf-token``/``-hft`` (``HF_TOKEN``) and ``--mcp-servers-json``, whose server
+  definitions may carry credentials (``LLAMA_ARG_MCP_SERVERS_JSON``).
 
-Environment values whose names look like secrets become ``secretKeyRef`` s to a Secret
-stub with placeholder values; the real values are never copied.
+Environment values whose names look like secrets, or that hold a URL with credentials
+(``https://user:pass@host``), become ``secretKeyRef`` s to a Secret stub with placeholder
+values; the real values are never copied. Flags whose file holds a secret
+(``--api-key-file``, ``--ssl-key-file`` and its ``--ssl-cert-file``,
+``--mcp-servers-config``), the variables that set them, and any argument with a URL's
+credentials are refused: the pod would need the file in a Secret volume, which the export
+does not make.
 """
 
 from __future__ import annotations
@@ -33,12 +40,42 @@ from llama_orchestrator.engine.command import build_argv, device_selection
 from llama_orchestrator.export.images import CONTAINER_PORT, DEVICE_ENV, MODELS_MOUNT
 from llama_orchestrator.export.options import ExportError
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|PASS|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
+SECRET_NAME = re.compile(
+    r"KEY|TOKEN|SECRET|PASSW|PASS|CREDENTIAL|AUTH|PRIVATE|BEARER|SESSION|COOKIE", re.IGNORECASE
+)
+# scheme://userinfo@: a URL that carries a user name or password.
+URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]+@")
 # What Kubernetes accepts as an environment variable's name and a Secret's key.
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 MODEL_FILE_FLAGS = ("--mmproj", "-mm", "--model-draft", "-md", "--lora")
 METRICS_FLAG = "--metrics"
 SERVER_KEY_ENV = "LLAMA_API_KEY"  # llama-server's --api-key from the environment
+# Flags whose value is a secret -> the variable llama-server reads it from (its --help).
+SECRET_FLAGS = {
+    API_KEY_FLAG: SERVER_KEY_ENV,
+    "--hf-token": "HF_TOKEN",
+    "-hft": "HF_TOKEN",
+    "--mcp-servers-json": "LLAMA_ARG_MCP_SERVERS_JSON",
+}
+# Flags (and their variables) naming a file whose content is a secret: refused.
+_TLS = (
+    "TLS between the gateway and the pod is not exported (the gateway reaches the Service "
+    "over http): remove it from args, and terminate TLS at an Ingress or a service mesh"
+)
+SECRET_FILE_FLAGS = {
+    "--api-key-file": (
+        "LLAMA_ARG_API_KEY_FILE",
+        "use --api-key KEY instead (it becomes LLAMA_API_KEY from the instance's Secret, "
+        "which the gateway reads too)",
+    ),
+    "--ssl-key-file": ("LLAMA_ARG_SSL_KEY_FILE", _TLS),
+    "--ssl-cert-file": ("LLAMA_ARG_SSL_CERT_FILE", _TLS),
+    "--mcp-servers-config": (
+        "LLAMA_ARG_MCP_SERVERS_CONFIG",
+        "pass the definitions inline with --mcp-servers-json (it becomes "
+        "LLAMA_ARG_MCP_SERVERS_JSON from the instance's Secret)",
+    ),
+}
 
 
 def placeholder(key: str) -> str:
@@ -74,6 +111,34 @@ def _flag(arg: str) -> str:
     return arg.split("=", 1)[0] if arg.startswith("--") else arg
 
 
+def _secret_flag(arg: str) -> str | None:
+    """The flag of ``SECRET_FLAGS`` or ``SECRET_FILE_FLAGS`` ``arg`` is, also written
+    ``-hft=VALUE``; None for any other argument."""
+    head = arg.split("=", 1)[0] if arg.startswith("-") else arg
+    return head if head in SECRET_FLAGS or head in SECRET_FILE_FLAGS else None
+
+
+def secret_args(args: list[str]) -> list[tuple[str, str]]:
+    """(flag, variable) of each flag in ``args`` whose value goes to the Secret."""
+    flags = [_secret_flag(a) for a in args]
+    return [(f, SECRET_FLAGS[f]) for f in flags if f is not None and f in SECRET_FLAGS]
+
+
+def _plain_args(args: list[str]) -> list[tuple[int, str]]:
+    """(index, arg) of ``args`` except the values that go to the Secret."""
+    out: list[tuple[int, str]] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if _secret_flag(arg) in SECRET_FLAGS:
+            skip = "=" not in arg
+            continue
+        out.append((i, arg))
+    return out
+
+
 def _replace_value(argv: list[str], flag: str, value: str) -> None:
     """Set the value after the engine's ``flag`` (its first occurrence: args come last)."""
     i = argv.index(flag)
@@ -89,13 +154,13 @@ def _map_args(
     i = 0
     while i < len(args):
         arg = args[i]
+        if _secret_flag(arg) in SECRET_FLAGS:
+            i += 1 if "=" in arg else 2  # its variable from the Secret instead (module doc)
+            continue
         flag = _flag(arg)
         inline = "=" in arg and arg.startswith("--")
         value = arg.split("=", 1)[1] if inline else (args[i + 1] if i + 1 < len(args) else None)
         step = 1 if inline else 2
-        if flag == API_KEY_FLAG and value is not None:
-            i += step  # LLAMA_API_KEY from the Secret instead
-            continue
         if flag in MODEL_FILE_FLAGS and value is not None:
             mapped = model_in_container(value)
             files.append(PurePath(value).name)
@@ -142,16 +207,35 @@ def container_argv(
     return argv, notes, list(dict.fromkeys(files))
 
 
-def _api_key(loaded: LoadedConfig) -> bool:
-    return any(_flag(a) == API_KEY_FLAG for a in loaded.config.args)
-
-
 def check_config(loaded: LoadedConfig) -> None:
-    """Refuse what lint refuses in ``args``, and env names Kubernetes cannot carry."""
+    """Refuse what lint refuses in ``args``, env names Kubernetes cannot carry, and the
+    secrets the pod could only have from a Secret volume or the manifest (module doc)."""
     verdict, detail = args_verdict(loaded)
     if verdict == "error":
         raise ExportError(f"{loaded.path}: args: {detail}")
+    for i, arg in _plain_args(loaded.config.args):
+        flag = _secret_flag(arg)
+        if flag in SECRET_FILE_FLAGS:
+            raise ExportError(
+                f"{loaded.path}: args[{i}] {flag!r} names a file holding a secret, which the "
+                f"pod would need in a Secret volume, and export makes none: "
+                f"{SECRET_FILE_FLAGS[flag][1]}"
+            )
+        if URL_CREDENTIALS.search(arg):
+            raise ExportError(
+                f"{loaded.path}: args[{i}] holds a URL with credentials (user:password@), "
+                "which would be written into the manifest: take them out of the URL (a "
+                "token llama-server reads from its environment, such as --hf-token, goes "
+                "to the instance's Secret)"
+            )
+    file_envs = {env: (flag, fix) for flag, (env, fix) in SECRET_FILE_FLAGS.items()}
     for key in loaded.config.env:
+        if key in file_envs:
+            flag, fix = file_envs[key]
+            raise ExportError(
+                f"{loaded.path}: env: {key} ({flag}) names a file holding a secret, which the "
+                f"pod would need in a Secret volume, and export makes none: {fix}"
+            )
         if not _ENV_NAME.fullmatch(key):
             raise ExportError(
                 f"{loaded.path}: env: {key!r} is not a name Kubernetes accepts for an "
@@ -176,13 +260,13 @@ def build_container(loaded: LoadedConfig, server_command: str, secret_name: str)
     for key, value in c.env.items():
         if c.gpu.backend != "cpu" and key in DEVICE_ENV:
             notes.append(f"{loaded.name}: env {key} dropped (the device plugin picks the GPU)")
-        elif SECRET_NAME.search(key):
+        elif SECRET_NAME.search(key) or URL_CREDENTIALS.search(value):
             from_secret(key)
         else:
             env.append({"name": key, "value": value})
-    if _api_key(loaded) and SERVER_KEY_ENV not in secret:
-        from_secret(SERVER_KEY_ENV)
-        notes.append(
-            f"{loaded.name}: args {API_KEY_FLAG} -> {SERVER_KEY_ENV} from Secret {secret_name}"
-        )
+    for flag, key in dict.fromkeys(secret_args(c.args)):
+        also = f" (env {key} too: one value)" if key in c.env else ""
+        if key not in secret:
+            from_secret(key)
+        notes.append(f"{loaded.name}: args {flag} -> {key} from Secret {secret_name}{also}")
     return Container(argv[:1], argv[1:], env, secret, notes, files)

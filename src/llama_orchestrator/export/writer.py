@@ -7,16 +7,21 @@ moves each file into place, so a failed write leaves no half-written file either
 
 Files: ``<name>.yaml`` per instance (``instance-<name>.yaml`` for an instance called
 ``gateway`` or ``kustomization``), ``gateway.yaml``, and ``kustomization.yaml`` listing
-them (``kubectl apply -k DIR``).
+them (``kubectl apply -k DIR``). The Secrets are in files of their own,
+``<name>.secret.yaml`` and ``gateway.secret.yaml`` (instance names hold no dot, so these
+never meet an instance's file), which hold the values the user fills in: they are written
+only when absent, so exporting again keeps them; every other file is rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,35 @@ from llama_orchestrator.home import Home
 GATEWAY_FILE = "gateway.yaml"
 KUSTOMIZATION_FILE = "kustomization.yaml"
 _RESERVED = {"gateway", "kustomization"}
+SECRET_NOTE = [
+    "Replace each REPLACE-ME placeholder with the real value before applying.",
+    "export -o writes this file only when it is absent, so the values put here stay",
+    "through later exports (delete the file to have it written again).",
+]
+_SECRET_DOC = re.compile(r"^kind:\s*[\"']?Secret[\"']?\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A Secret's file: what this export's documents read from it."""
+
+    secret: str  # the Secret's name
+    namespace: str
+    keys: tuple[str, ...]
+
+    def missing(self, text: str) -> list[str]:
+        """What a kept file's text does not mention (a key, the name, the namespace)."""
+        out = [f"key {k}" for k in self.keys if not _mentions(text, re.escape(k), None)]
+        for field_name, value in (("name", self.secret), ("namespace", self.namespace)):
+            if not _mentions(text, field_name, value):
+                out.append(f"{field_name} {value}")
+        return out
+
+
+def _mentions(text: str, key: str, value: str | None) -> bool:
+    """Does a line of ``text`` read ``key: value`` (``key:`` alone for None), quoted or not?"""
+    tail = "" if value is None else rf"\s*[\"']?{re.escape(value)}[\"']?\s*$"
+    return re.search(rf"^\s*[\"']?{key}[\"']?\s*:{tail}", text, re.MULTILINE) is not None
 
 
 @dataclass
@@ -40,10 +74,22 @@ class ExportResult:
     stream: str  # every document, for stdout
     notes: list[str] = field(default_factory=list)
     model_files: list[str] = field(default_factory=list)
+    secrets: dict[str, SecretFile] = field(default_factory=dict)  # kept once written
+
+
+@dataclass
+class Written:
+    written: list[Path]
+    kept: list[tuple[Path, list[str]]]  # each kept Secret file, and what it does not mention
 
 
 def instance_file(name: str) -> str:
     return f"instance-{name}.yaml" if name in _RESERVED else f"{name}.yaml"
+
+
+def secret_file(file: str) -> str:
+    """``cpu.yaml`` -> ``cpu.secret.yaml``: the file of its Secrets."""
+    return file.removesuffix(".yaml") + ".secret.yaml"
 
 
 def measured_load_seconds(home: Home) -> dict[str, float]:
@@ -141,34 +187,49 @@ def export_kubernetes(
     gateway = load_gateway(home)
     source = opts.models.spec
     files: dict[str, str] = {}
+    secrets: dict[str, SecretFile] = {}
     stream: list[str] = []
+
+    def emit(file: str, owner: str, lines: list[str], docs: list[dict[str, Any]]) -> None:
+        """``docs`` into ``file``, their Secrets first into the Secret file (module doc)."""
+        for doc in (d for d in docs if d["kind"] == "Secret"):
+            meta = doc["metadata"]
+            name = secret_file(file)
+            secrets[name] = SecretFile(meta["name"], meta["namespace"], tuple(doc["stringData"]))
+            of = owner.split(" (", 1)[0]
+            title = f"Secret {meta['name']} of {of}, exported by llama-orch export kubernetes."
+            text = dump_all([doc], _header(title, SECRET_NOTE))
+            files[name] = text
+            stream.append(text)
+        title = f"{owner[:1].upper()}{owner[1:]}, exported by llama-orch export kubernetes."
+        text = dump_all([d for d in docs if d["kind"] != "Secret"], _header(title, lines))
+        files[file] = text
+        stream.append(text)
+
     for _loaded, inst in exported:
+        file = instance_file(inst.name)
         lines = [
             f"The models volume ({source}) must hold {', '.join(inst.model_files)}.",
         ]
         if inst.container.secret:
-            lines.append(
-                f"Secret {inst.resource}-env holds placeholders: set its values before applying."
-            )
-        head = _header(
-            f"Instance {inst.name} (instances/{inst.name}/config.json), "
-            "exported by llama-orch export kubernetes.",
-            lines,
-        )
-        text = dump_all(inst.documents, head)
-        files[instance_file(inst.name)] = text
-        stream.append(text)
-    head = _header(
-        f"The gateway ({GATEWAY_NAME}), exported by llama-orch export kubernetes.",
-        [
-            f"Secret {GATEWAY_NAME}-keys holds a placeholder: put the API keys in it.",
-            "",
-            *NOT_MAPPED.splitlines(),
-        ],
+            lines += [
+                f"Secret {inst.resource}-env (in {secret_file(file)} with -o) holds placeholders:",
+                "set its values before applying.",
+            ]
+        owner = f"instance {inst.name} (instances/{inst.name}/config.json)"
+        emit(file, owner, lines, inst.documents)
+    lines = [
+        f"Secret {GATEWAY_NAME}-keys (in {secret_file(GATEWAY_FILE)} with -o) holds a",
+        "placeholder: put the API keys in it.",
+        "",
+        *NOT_MAPPED.splitlines(),
+    ]
+    emit(
+        GATEWAY_FILE,
+        f"the gateway ({GATEWAY_NAME})",
+        lines,
+        gateway_documents(gateway, exported, opts),
     )
-    text = dump_all(gateway_documents(gateway, exported, opts), head)
-    files[GATEWAY_FILE] = text
-    stream.append(text)
     kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -176,17 +237,25 @@ def export_kubernetes(
     }
     files[KUSTOMIZATION_FILE] = dump(kustomization)
     models = list(dict.fromkeys(f for _, inst in exported for f in inst.model_files))
-    return ExportResult(files, "".join(stream), notes, models)
+    return ExportResult(files, "".join(stream), notes, models, secrets)
 
 
-def write_files(out: Path, files: dict[str, str]) -> list[Path]:
-    """Write ``files`` into ``out`` (created if missing); same-named files are replaced.
+def write_files(out: Path, files: dict[str, str], keep: Mapping[str, SecretFile]) -> Written:
+    """Write ``files`` into ``out`` (created if missing); same-named files are replaced,
+    except the Secret files in ``keep``, written only when absent (their values are the
+    user's). A kept file is returned with what it does not mention that this export's
+    documents read (a key added since, another namespace).
 
     Written into a temporary folder beside ``out`` first, then moved, so that a write
-    that fails leaves ``out`` as it was.
+    that fails leaves ``out`` as it was. A file about to be replaced that holds a Secret
+    (an earlier layout, or one added by hand) is refused rather than lost.
     """
     if out.exists() and not out.is_dir():
         raise ExportError(f"-o: {out} exists and is not a folder: name a folder")
+    kept = [name for name in files if name in keep and os.path.lexists(out / name)]
+    for name in files:
+        if name not in keep:
+            _check_no_secret(out / name, secret_file(name) if secret_file(name) in keep else None)
     parent = out.parent if out.parent != Path("") else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -194,16 +263,41 @@ def write_files(out: Path, files: dict[str, str]) -> list[Path]:
     except OSError as e:
         raise ExportError(f"-o: cannot write in {parent}: {e.strerror or e}") from None
     try:
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        todo = [name for name in files if name not in kept]
+        for name in todo:
+            (tmp / name).write_text(files[name], encoding="utf-8")
+            if name in keep:  # it will hold the user's secret values
+                (tmp / name).chmod(0o600)
         out.mkdir(exist_ok=True)
         written = []
-        for name in files:
+        for name in todo:
             os.replace(tmp / name, out / name)
             written.append(out / name)
-        return written
+        return Written(written, [(out / n, _kept_missing(out / n, keep[n])) for n in kept])
     except OSError as e:
         raise ExportError(f"-o: cannot write {out}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
+
+
+def _check_no_secret(path: Path, secrets: str | None) -> None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ExportError(f"-o: cannot read {path}: {e.strerror or e}") from None
+    if _SECRET_DOC.search(text):
+        where = f"into {path.parent / secrets}, which export keeps," if secrets else "elsewhere"
+        raise ExportError(
+            f"-o: {path} holds a Secret, and export would replace the file: move the Secret "
+            f"{where} or delete it from {path.name}, then export again"
+        )
+
+
+def _kept_missing(path: Path, secret: SecretFile) -> list[str]:
+    try:
+        return secret.missing(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return []
