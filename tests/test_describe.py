@@ -165,3 +165,32 @@ def test_issue10_describe_of_a_running_instance_with_an_invalid_config_shows_its
     bad.write_text('{"name": "beta"}')
     out = cli("describe", "beta")
     assert out.returncode == 1 and "model" in out.stderr
+
+
+def test_secret_flag_values_are_never_shown(cli: Cli, home: Home, tiny_model: Path) -> None:
+    """An instance's --api-key (and --hf-token, and secret-looking env values) reach its
+    server but are shown as *** in the spawned event, describe and its JSON."""
+    from helpers import events
+
+    write_config(
+        home,
+        "alpha",
+        tiny_model,
+        free_port(),
+        args=["--api-key", "s3cret-key-1", "--hf-token=hf_s3cret"],
+        env={"HF_TOKEN": "hf_s3cret2", "OMP_NUM_THREADS": "1"},
+    )
+    human = cli("describe", "alpha").stdout  # before a start: what would run
+    assert "s3cret" not in human and "--api-key '***' '--hf-token=***'" in human, human
+    assert "HF_TOKEN='***' OMP_NUM_THREADS=1" in human, human
+    described = json.loads(cli("describe", "alpha", "--json").stdout)
+    assert described["command"][-3:] == ["--api-key", "***", "--hf-token=***"]
+    assert described["config"]["args"] == ["--api-key", "***", "--hf-token=***"]
+    assert "s3cret" not in json.dumps(described)
+
+    write_config(home, "beta", tiny_model, free_port(), args=["--api-key", "s3cret-key-2"])
+    assert cli("up", "beta").returncode == 0  # the server has its key
+    spawned = [e for e in events(home, "beta") if e["kind"] == "spawned"]
+    assert spawned and spawned[-1]["reason"].endswith("--api-key ***"), spawned
+    for text in (cli("describe", "beta").stdout, cli("describe", "beta", "--json").stdout):
+        assert "s3cret" not in text and "***" in text

@@ -12,6 +12,7 @@ from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.daemon.preflight import Plan, RemotePlan
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.remote import RemoteServer
+from llama_orchestrator.redact import shown_argv
 
 AnyPlan = Plan | RemotePlan
 
@@ -33,4 +34,5 @@ def announce(ctx: ActorContext, plan: AnyPlan, proc: ServerProcess, name: str) -
         why = f"remote: checking {plan.url} ({key}); nothing spawned here"
         ctx.bus.emit(name, EventKind.SPAWNED, None, None, why)
     else:
-        ctx.bus.emit(name, EventKind.SPAWNED, None, str(proc.pid), " ".join(plan.spec.argv))
+        shown = " ".join(shown_argv(plan.spec.argv))
+        ctx.bus.emit(name, EventKind.SPAWNED, None, str(proc.pid), shown)

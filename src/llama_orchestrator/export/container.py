@@ -39,10 +39,8 @@ from llama_orchestrator.engine.binary import ResolvedBinary
 from llama_orchestrator.engine.command import build_argv, device_selection
 from llama_orchestrator.export.images import CONTAINER_PORT, DEVICE_ENV, MODELS_MOUNT
 from llama_orchestrator.export.options import ExportError
+from llama_orchestrator.redact import SECRET_NAME
 
-SECRET_NAME = re.compile(
-    r"KEY|TOKEN|SECRET|PASSW|PASS|CREDENTIAL|AUTH|PRIVATE|BEARER|SESSION|COOKIE", re.IGNORECASE
-)
 # scheme://userinfo@: a URL that carries a user name or password.
 URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]+@")
 # What Kubernetes accepts as an environment variable's name and a Secret's key.

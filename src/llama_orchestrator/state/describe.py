@@ -13,6 +13,7 @@ from typing import Any
 
 from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.home import Home
+from llama_orchestrator.redact import shown_argv, shown_env
 from llama_orchestrator.state.drift import config_diff, is_live
 from llama_orchestrator.state.rows import instance_status
 
@@ -125,8 +126,8 @@ def _from_record(
         version = runtime["binary_version"]
         data["binary"] = {"path": runtime["binary"], "source": "recorded", "version": version}
     if recorded is not None:
-        data["command"] = recorded
-        data["command_line"] = shlex.join(recorded)
+        data["command"] = shown_argv(recorded)
+        data["command_line"] = shlex.join(data["command"])
         data["command_source"] = "recorded"
     defaults = LogsConfig()
     data["logs"] = {}
@@ -180,7 +181,9 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": name,
         "config_file": str(loaded.path),
-        "config": loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "config": _shown_config(
+            loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True)
+        ),
         "config_error": None,
         "config_removed": False,
         "model_file": str(loaded.model_path),
@@ -208,8 +211,8 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         if version is None and binary is not None and binary.display == runtime["binary"]:
             version = binary.version()  # recorded once the daemon's probe has answered
         data["binary"] = {"path": runtime["binary"], "source": "recorded", "version": version}
-        data["command"] = recorded
-        data["command_line"] = shlex.join(recorded)
+        data["command"] = shown_argv(recorded)
+        data["command_line"] = shlex.join(data["command"])
         data["command_source"] = "recorded"
     elif binary is not None and spec is not None:
         data["binary"] = {
@@ -217,8 +220,8 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
             "source": binary.source,
             "version": binary.version(),
         }
-        data["command"] = spec.argv
-        data["command_line"] = shlex.join(spec.argv)
+        data["command"] = shown_argv(spec.argv)
+        data["command_line"] = shlex.join(data["command"])
         data["command_source"] = "would_run"
     if spec is not None:
         env = dict(spec.env_overrides)
@@ -227,7 +230,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
             live = _process_env(row, list(env))
             if live is not None:
                 env, env_source = live, "process"
-        data["env_overrides"] = env
+        data["env_overrides"] = shown_env(env)
         data["env_source"] = env_source
         # the part of env_overrides the backend table produced (issue 5, part 2); the
         # config's own env wins over it
@@ -375,3 +378,14 @@ def _model_and_binary(data: dict[str, Any], line: Callable[[str, Any], None]) ->
     else:
         line("Binary", f"{b['path']} [{b['source']}]")
         line("Version", b.get("version"))
+
+
+def _shown_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as shown (describe, the web page): secret values in ``args`` and
+    ``env`` as ``***``; the file itself holds them."""
+
+    if config.get("args"):
+        config["args"] = shown_argv(list(config["args"]))
+    if config.get("env"):
+        config["env"] = shown_env(config["env"])
+    return config

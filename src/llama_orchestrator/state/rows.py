@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llama_orchestrator.engine.states import Desired, Health, State
+from llama_orchestrator.redact import shown_argv
 
 # The status fields, in the order readers list them.
 STATUS_FIELDS = (
@@ -59,5 +60,7 @@ def instance_status(name: str, row: Mapping[str, Any] | None) -> dict[str, Any]:
     for field in STATUS_FIELDS:
         value = row.get(field)
         out[field] = STATUS_DEFAULTS.get(field) if value is None else value
+    if out["cmdline"]:  # a key given as --api-key VALUE is shown as ***
+        out["cmdline"] = shown_argv([str(a) for a in out["cmdline"]])
     out["name"] = name
     return out
