@@ -168,6 +168,17 @@ def test_the_bearer_token_is_unchanged(daemon: tuple[str, str], cli: Cli) -> Non
     assert cli("ps", "--json").returncode == 0
 
 
+def test_no_docs_pages_run_script_from_elsewhere(daemon: tuple[str, str]) -> None:
+    """/docs and /redoc would load a CDN's script on the origin of the page's session
+    (it could read the session's CSRF token): there are none; /openapi.json stays."""
+    url, token = daemon
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(f"{url}{path}").status_code == 404, path
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{url}{path}", headers=bearer).status_code == 404, path
+    assert httpx.get(f"{url}/openapi.json").status_code == 200
+
+
 def test_the_ui_command_prints_a_working_login_url(daemon: tuple[str, str], cli: Cli) -> None:
     url, _token = daemon
     out = cli("ui", "--json")

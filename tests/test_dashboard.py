@@ -256,3 +256,46 @@ def test_apply_event_changes_the_row_or_asks_for_the_records() -> None:
     assert apply_event(rows, {"kind": "spawned", "instance": "alpha", "new": "10"})
     assert apply_event(rows, {"kind": "config", "instance": ""})
     assert not apply_event(rows, {"kind": "end"})
+
+
+def test_a_close_before_the_socket_exists_still_ends_the_stream() -> None:
+    """close() that runs while the connection is being made finds no socket to shut
+    down; the reader sees its flag at the next line (keep-alives keep them coming)."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    from llama_orchestrator.dashboard.stream import EventStream
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")  # as the daemon's
+            while not stop.wait(0.05):
+                try:
+                    conn.sendall(b"e\r\n: keep-alive\n\n\r\n")
+                except OSError:
+                    return
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    stream = EventStream(lambda: SimpleNamespace(host="127.0.0.1", port=port, token="t"))
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(stream.events()), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: stream._conn is not None and stream._conn.sock is not None, timeout=5)
+        stream._closed.set()  # the flag close() sets, without the socket it did not see
+        reader.join(5)
+        assert not reader.is_alive(), "the stream went on after close()"
+        assert got == []
+    finally:
+        stop.set()
+        stream.close()
+        listener.close()

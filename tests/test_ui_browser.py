@@ -176,27 +176,26 @@ def test_cancel_ends_a_stream_and_the_playground_streams(
     expect(flying).to_contain_text("alpha")
     expect(flying).to_contain_text("running")
     page.screenshot(path=str(tmp_path / "activity.png"), full_page=True)
-    t0 = time.monotonic()
     flying.get_by_role("button", name="Cancel", exact=True).click()
-    reader.join(10)
-    assert result["ended"] is not None, "the stream did not end"
-    assert result["ended"] - t0 < 3 and not result["done"], result
+    wait_for(lambda: result["ended"] is not None, timeout=10, what="the cancelled stream to end")
+    reader.join(5)
+    assert not result["done"], result  # cut off, not finished
     expect(page.locator("table.inflight")).to_have_count(0)
     recent = page.locator("table.recent tbody tr").first
     expect(recent).to_contain_text("499")
     expect(recent).to_contain_text("alpha")
-    slots = httpx.get(f"{url}/upstream/alpha/slots", timeout=5)
-    if slots.status_code == 200:  # the server stopped generating: its slot is free
-        wait_for(
-            lambda: (
-                not any(
-                    s["is_processing"]
-                    for s in httpx.get(f"{url}/upstream/alpha/slots", timeout=5).json()
-                )
-            ),
-            timeout=2,
-            what="the slot to be freed",
-        )
+
+    def slots() -> list[dict[str, Any]]:
+        r = httpx.get(f"{url}/upstream/alpha/slots", timeout=5)
+        assert r.status_code == 200, r.text  # the server's /slots, through the gateway
+        return list(r.json())
+
+    # the server stopped generating: its slot is free
+    wait_for(
+        lambda: not any(s["is_processing"] for s in slots()),
+        timeout=10,
+        what="the slot to be freed",
+    )
     page.screenshot(path=str(tmp_path / "activity-after-cancel.png"), full_page=True)
 
     # the playground streams a completion through the gateway
@@ -244,3 +243,19 @@ def test_a_stopped_daemon_shows_in_words(
     # a new daemon does not know the old session: the page says how to sign in again
     assert cli("daemon", "start").returncode == 0
     expect(page.locator("#banner")).to_contain_text("llama-orch ui", timeout=15000)
+
+
+def test_a_remote_instance_says_where_its_log_is(
+    cli: Cli, home: Home, page: Any, tmp_path: Path
+) -> None:
+    """Its server runs on another machine: the log panel says so instead of staying empty."""
+    path = home.config_path("far")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": "far", "remote": {"url": "http://10.0.0.7:8080"}}))
+    login(cli, page)
+    row(page, "far").get_by_role("link", name="far", exact=True).click()
+    expect(page.locator("h1")).to_have_text("far")
+    logs = page.locator("#logs")
+    expect(logs).to_have_text("a remote instance: its server's log is on the machine that runs it")
+    expect(page.locator("pre.block").nth(1)).to_contain_text("10.0.0.7")  # its config
+    page.screenshot(path=str(tmp_path / "remote.png"), full_page=True)

@@ -1,8 +1,13 @@
-"""What the web page's Devices screen says (web/data.py), in-process: the fit verdicts
-against a budget and against free memory, from real configs and the real estimate."""
+"""What the web page's screens read (web/data.py), in-process: the Devices screen's fit
+verdicts against a budget and against free memory, from real configs and the real
+estimate; the Activity screen's requests in flight (the gateway's table)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,14 +17,28 @@ from conftest import free_port, write_config
 from llama_orchestrator.config.loader import load_instance
 from llama_orchestrator.daemon.budget import Budget
 from llama_orchestrator.daemon.preflight import memory_mb
-from llama_orchestrator.daemon.scheduler import Scheduler
+from llama_orchestrator.daemon.scheduler import Claim, Scheduler
 from llama_orchestrator.engine.states import State
+from llama_orchestrator.gateway.app import Gateway
+from llama_orchestrator.gateway.backend import Endpoint, StartResult
+from llama_orchestrator.gateway.records import RequestRecord
+from llama_orchestrator.gateway.settings import GatewaySettings
+from llama_orchestrator.gateway.testing import ListDirectory
 from llama_orchestrator.home import Home
 from llama_orchestrator.web.data import devices_view
 
 
-def supervisor(home: Home, running: list[str], stopped: list[str], budget_mib: int | None) -> Any:
+def supervisor(
+    home: Home,
+    running: list[str],
+    stopped: list[str],
+    budget_mib: int | None,
+    max_running: int | None = None,
+) -> Any:
     actors = {}
+    scheduler = Scheduler()  # a real one, not started: its budgets as gateway.json set them
+    memory = {"cpu": budget_mib} if budget_mib is not None else {}
+    scheduler.budget = Budget(max_running, memory)
     for name in running + stopped:
         loaded = load_instance(home, name)
         up = name in running
@@ -28,9 +47,8 @@ def supervisor(home: Home, running: list[str], stopped: list[str], budget_mib: i
             proc=object() if up else None,
             state=State.RUNNING if up else State.STOPPED,
         )
-    memory = {"cpu": budget_mib} if budget_mib is not None else {}
-    scheduler = Scheduler()  # a real one, not started: its budgets as gateway.json set them
-    scheduler.budget = Budget(None, memory)
+        if up and loaded.remote is None:  # admitted, as the actor's start has it
+            scheduler.holders[name] = Claim(name, memory_mb=memory_mb(loaded))
     return SimpleNamespace(home=home, actors=actors, scheduler=scheduler)
 
 
@@ -65,3 +83,87 @@ def test_fit_verdicts_against_the_budget_and_free_memory(home: Home, tiny_model:
     view = devices_view(supervisor(home, [], ["alpha", "beta"], budget_mib=None), {})
     assert {v["verdict"] for v in view["fit"]} == {"fits"}
     assert view["devices"][0]["budget_mib"] is None and view["devices"][0]["used_mib"] == 0
+
+
+def test_a_remote_instance_is_not_counted_against_max_running(home: Home) -> None:
+    """A remote instance holds nothing here: with only it running, none of max_running's
+    places is taken (the scheduler would admit a local start)."""
+    path = home.config_path("far")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": "far", "remote": {"url": "http://10.0.0.7:8080"}}))
+    view = devices_view(supervisor(home, ["far"], [], budget_mib=None, max_running=1), {})
+    assert view["max_running"] == 1 and view["running"] == 0, view
+
+
+class OneSlot:
+    """A running instance with one slot; nothing listens at its address (no request
+    here reaches it)."""
+
+    name = "busy"
+    aliases: tuple[str, ...] = ()
+    on_demand = False
+    slots = 1
+    state = "running"
+    routable = True
+    last_error = None
+    context_size = 256
+    cutoff = math.inf
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+    def acquire(self) -> Endpoint:
+        self.in_flight += 1
+        return Endpoint(self.name, f"http://127.0.0.1:{free_port()}")
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    async def ensure_started(self) -> StartResult:
+        return StartResult(True, "ready")
+
+
+def test_a_queued_request_granted_after_its_client_went_leaves_no_entry() -> None:
+    """Cancelled (or its client gone) while queued, and the slot freed in the same turn:
+    the grant finds the connection closed, hands the lease back and records 499, so the
+    request leaves the in-flight table (nothing else would remove it)."""
+    busy = OneSlot()
+    records: list[RequestRecord] = []
+
+    async def until(check: Any, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.005)
+
+    async def main() -> None:
+        gw = Gateway(ListDirectory([busy]), GatewaySettings(port=0), on_request=records.append)
+        await gw.start()
+        try:
+            members = gw.router.members("busy")
+            assert members is not None
+            held = gw.router.try_acquire("busy", members)  # the only slot
+            assert held is not None
+            host, port = gw.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            body = json.dumps({"model": "busy"}).encode()
+            writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            await until(lambda: gw.router.queue_depths() == {"busy": 1}, "it to queue")
+            (row,) = gw.inflight.rows()
+            assert row["state"] == "waiting" and len(gw.inflight) == 1
+            assert gw.inflight.cancel(row["id"])  # its connection is closed now...
+            held.release()  # ...and, before its task hears of it, the slot is granted to it
+            await until(lambda: records, "its record")
+            await until(lambda: gw.router.queue_depths() == {}, "the queue to empty")
+            assert len(gw.inflight) == 0, "the request stayed in the in-flight table"
+            assert [(r.status, r.error) for r in records] == [
+                (499, "client disconnected while waiting")
+            ]
+            assert busy.in_flight == 0  # the lease went back
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+            writer.close()
+        finally:
+            await gw.close()
+
+    asyncio.run(main())

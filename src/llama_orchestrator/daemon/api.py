@@ -2,7 +2,9 @@
 
 It is the API the CLI speaks today and the REST API that later clients (a web page,
 remote tools) will use, so it is versioned under ``/v1`` and described by OpenAPI
-(``GET /openapi.json``, also without a token, so tools can discover it).
+(``GET /openapi.json``, also without a token, so tools can discover it). There is no
+``/docs`` or ``/redoc``: those pages load their script from a CDN, and a script on the
+daemon's origin could read the web page's session and drive the daemon.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def create_app(
         title="llama-orchestrator control API",
         version=__version__,
         description="Start, stop and watch llama.cpp server instances.",
+        docs_url=None,  # no CDN script on the origin of the page's session
+        redoc_url=None,
     )
     started = time.time()
     web = web if web is not None else WebAuth()

@@ -73,11 +73,18 @@ class EventStream:
                     "Accept": "text/event-stream",
                 },
             )
+            # close() may have run before the socket existed (it then had none to shut
+            # down): the flag it set first is seen here, or at the next line read (the
+            # daemon's keep-alives keep the reads returning).
+            if self._closed.is_set():
+                return
             resp = conn.getresponse()
             if resp.status != 200:
                 raise StreamError(f"the daemon answered {resp.status} to /v1/events")
             name, data = "message", []
             for raw in iter(resp.readline, b""):
+                if self._closed.is_set():
+                    return
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if line.startswith("event:"):
                     name = line[6:].strip()

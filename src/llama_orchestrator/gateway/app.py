@@ -358,8 +358,10 @@ class Gateway:
         def forward(lease: Lease) -> None:
             nonlocal granted
             granted = True
-            if conn.closed:
-                lease.release()  # the client went while it waited
+            if conn.closed:  # the client went while it waited (its task not yet cancelled)
+                lease.release()
+                error = "client disconnected while waiting"
+                self.record(req, model, None, 499, None, stream, NO_USAGE, error)
                 return
             committed = loading is not None and loading.committed
             self.inflight.assign(req, lease.instance.name)

@@ -1,7 +1,10 @@
 """The gateway's requests in flight, for the web page's Activity screen (issue 12).
 
 Each model request is entered when its model is known and leaves when it is recorded
-(every request ends in exactly one record, whatever way it ends). Cancelling one aborts
+(every request ends in exactly one record, whatever way it ends: a queued request granted
+a slot just after its client went is recorded as 499 too). Entries are keyed by the
+request object itself, which the table holds, so no later request can take an entry's
+key (``id()`` of a freed request can be reused). Cancelling one aborts
 its client connection: the gateway's own disconnect path then closes the instance's
 connection at once (llama-server stops generating and frees the slot), releases the
 lease and records the request as 499, as if the client had gone.
@@ -32,22 +35,26 @@ class InFlight:
     def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
         self._ids = itertools.count(1)
-        self._by_req: dict[int, Entry] = {}  # id(Request) -> entry
+        # Request -> entry; Request hashes by identity and is held here while in flight
+        self._by_req: dict[Request, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_req)
 
     def add(self, req: Request, conn: HttpConnection, model: str, stream: bool) -> None:
-        self._by_req[id(req)] = Entry(next(self._ids), model, stream, req.started, conn)
+        self._by_req[req] = Entry(next(self._ids), model, stream, req.started, conn)
 
     def assign(self, req: Request, instance: str) -> None:
-        entry = self._by_req.get(id(req))
+        entry = self._by_req.get(req)
         if entry is not None:
             entry.instance = instance
 
     def discard(self, req: Request) -> None:
-        self._by_req.pop(id(req), None)
+        self._by_req.pop(req, None)
 
     def rows(self) -> list[dict[str, Any]]:
-        """The requests in flight, oldest first. An entry whose client went without a
-        record (dropped from a queue as it was granted) is forgotten here."""
+        """The requests in flight, oldest first. One whose client has gone is about to
+        be recorded (its connection's loss is handled on the next turn): not shown."""
         for key, entry in list(self._by_req.items()):
             if entry.conn.closed:
                 del self._by_req[key]

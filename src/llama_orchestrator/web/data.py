@@ -132,7 +132,9 @@ def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]
         verdicts.append(
             {"instance": name, "device": key, "need_mib": mib, "verdict": verdict, "reason": reason}
         )
-    running = sum(1 for a in sup.actors.values() if a.proc is not None)
+    # what max_running is checked against: the scheduler's holders (a remote instance
+    # holds nothing here, so it is not counted)
+    running = len(sup.scheduler.holders)
     return {
         "devices": [devices[k] for k in sorted(devices)],
         "max_running": budget.max_running,

@@ -38,6 +38,7 @@ export const instances = {
 
 const LOG_TAIL = 300; // lines shown at first
 const LOG_KEPT = 1000; // lines kept as more arrive
+const REMOTE_LOG = "a remote instance: its server's log is on the machine that runs it";
 
 export const instance = {
   data: {},
@@ -85,6 +86,8 @@ export const instance = {
     const name = this.name;
     const inst = STATE.instances.find((i) => i.name === name);
     const { describe, events, health } = this.data;
+    // a remote instance's server runs elsewhere: its log is not the daemon's to show
+    this.data.remote = inst ? inst.backend === "remote" || Boolean(describe && describe.remote) : false;
     if (!inst) return [h("div", { class: "page-head" }, h("h1", {}, name)), h("div", { class: "panel empty" }, `No instance ${name}.`)];
     const up = uptimeOf(inst);
     const status = h("dl", { class: "kv" },
@@ -115,7 +118,7 @@ export const instance = {
         h("div", { class: "panel" }, h("h2", {}, "Config ", h("span", { class: "muted" }, "(with defaults)")),
           h("pre", { class: "block" }, describe ? JSON.stringify(describe.config, null, 2) : "loading...")),
         h("div", { class: "panel flush" }, h("h2", {}, "Recent events"), eventsTable(events))),
-      h("div", { class: "panel" }, h("h2", {}, "Log ", h("span", { class: "muted" }, "(stdout and stderr, live)")),
+      h("div", { class: "panel" }, h("h2", {}, "Log ", h("span", { class: "muted" }, this.data.remote ? "(remote)" : "(stdout and stderr, live)")),
         h("pre", { class: "block logs", id: "logs" }, "loading...")),
     ];
   },
@@ -146,7 +149,8 @@ function renderLogs(data, fresh = false) {
   } else if (pre.dataset.seq === String(data.logSeq)) return;
   pre.dataset.seq = String(data.logSeq);
   clear(pre);
-  if (!data.logs.length) pre.append("No log lines yet.");
+  if (data.remote) pre.append(REMOTE_LOG + (data.logs.length ? "\n" : ""));
+  else if (!data.logs.length) pre.append("No log lines yet.");
   for (const line of data.logs) {
     pre.append(h("span", { class: line.stream }, line.text + "\n"));
   }
