@@ -188,7 +188,8 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         "config_removed": False,
         "model_file": str(loaded.model_path),
     }
-    data.update(_drift(row, loaded.raw_hash, started, data["config"]))
+    was = _shown_config(started) if started is not None else None
+    data.update(_drift(row, loaded.raw_hash, was, data["config"]))
     runtime, recorded = _runtime(name, row)
     if loaded.remote is not None:  # no model, binary, command or logs here (issue 13)
         from llama_orchestrator.state.remote_view import remote_data
