@@ -419,3 +419,13 @@ def test_create_writes_a_remote_instance(cli: Cli, home: Home) -> None:
     neither = cli("create", "near")
     assert neither.returncode == 2 and "--model FILE" in neither.stderr, neither.stderr
     assert not home.config_path("near").exists()
+
+
+def test_the_log_of_a_remote_instance_is_on_its_own_machine(cli: Cli, home: Home) -> None:
+    remote_config(home, "far", "http://10.0.0.7:8080")
+    assert cli("daemon", "start").returncode == 0
+    out = cli("events", "--logs", "far")
+    assert out.returncode == 1 and "remote instance" in out.stderr, out.stderr
+    assert "machine that runs it" in out.stderr and "Traceback" not in out.stderr
+    logs = cli("logs", "far")
+    assert logs.returncode == 1 and "remote instance" in logs.stderr, logs.stderr

@@ -46,6 +46,11 @@ def _paths(home: Home, name: str) -> dict[str, Path]:
         defaults = LogsConfig()
         templates = {"stdout": defaults.stdout, "stderr": defaults.stderr}
     else:
+        if loaded.remote is not None:
+            fail(
+                f"{name!r} is a remote instance ({loaded.remote.url}): its server writes its "
+                "log on the machine that runs it; read it there"
+            )
         templates = {"stdout": loaded.config.logs.stdout, "stderr": loaded.config.logs.stderr}
     paths = {}
     for stream, template in templates.items():

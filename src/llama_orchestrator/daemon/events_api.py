@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 
 from llama_orchestrator.config.loader import UnknownInstance
 from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE, Event, EventBus, EventKind
-from llama_orchestrator.daemon.log_events import LOG_KIND, MAX_TAIL, LogFeed, log_files
+from llama_orchestrator.daemon.log_events import LOG_KIND, MAX_TAIL, LogFeed, RemoteLog, log_files
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.home import name_problem
@@ -207,4 +207,6 @@ def _feed(sup: Supervisor, name: str, tail: int) -> LogFeed:
         files = log_files(sup.home, name, actor.loaded if actor else None, known)
     except UnknownInstance as e:
         raise HTTPException(404, str(e)) from None
+    except RemoteLog as e:
+        raise HTTPException(409, str(e)) from None
     return LogFeed(name, files, tail=tail)

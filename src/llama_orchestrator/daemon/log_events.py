@@ -53,8 +53,17 @@ def log_files(home: Home, name: str, loaded: Any | None, known: bool) -> dict[st
                 stream: home.root / template.replace("{name}", name)
                 for stream, template in (("stdout", defaults.stdout), ("stderr", defaults.stderr))
             }
+    if loaded.remote is not None:
+        raise RemoteLog(
+            f"{name!r} is a remote instance ({loaded.remote.url}): its server writes its log "
+            "on the machine that runs it; follow it there"
+        )
     out, err = log_paths(loaded, home.root)
     return {"stdout": out, "stderr": err}
+
+
+class RemoteLog(LookupError):
+    """A remote instance has no log on this machine."""
 
 
 class LogFeed:
