@@ -429,3 +429,14 @@ def test_the_log_of_a_remote_instance_is_on_its_own_machine(cli: Cli, home: Home
     assert "machine that runs it" in out.stderr and "Traceback" not in out.stderr
     logs = cli("logs", "far")
     assert logs.returncode == 1 and "remote instance" in logs.stderr, logs.stderr
+
+
+def test_a_remote_instance_pointing_at_its_own_gateway_is_a_loop_said_at_once(
+    cli: Cli, home: Home
+) -> None:
+    url = gateway(home)
+    remote_config(home, "loop", url)  # the gateway's own address: its /health answers 200
+    assert cli("up", "loop").returncode == 0
+    r = complete(url, "loop")
+    assert r.status_code == 508 and r.json()["error"]["code"] == "loop_detected", r.text
+    assert "remote.url points at this gateway" in r.json()["error"]["message"]

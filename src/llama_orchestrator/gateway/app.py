@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +35,10 @@ from llama_orchestrator.gateway.errors import (
     error_headers,
     foreign_page_refused,
     invalid_api_key,
+    loop_detected,
     model_not_found,
 )
-from llama_orchestrator.gateway.forward import DROP_KEYS, DROP_REQUEST, Forward
+from llama_orchestrator.gateway.forward import DROP_KEYS, DROP_REQUEST, VIA, Forward
 from llama_orchestrator.gateway.inbound import (
     ROUTED,
     UPSTREAM_PREFIX,
@@ -98,6 +100,7 @@ class Gateway:
         self.upstreams = Upstreams(settings.connect_timeout)
         self._keys = tuple(k.encode() for k in settings.api_keys)
         self.drop = DROP_KEYS if self._keys else DROP_REQUEST
+        self.hop = secrets.token_hex(6).encode()  # this gateway's mark in X-Llama-Orch-Via
         self._names = self.router.names  # bound once: the missing-model error lists them
         self._connections: set[HttpConnection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -221,6 +224,10 @@ class Gateway:
         path = req.path
         if path == b"/health":
             conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
+            return None
+        via = req.header(VIA)
+        if via is not None and self.hop in via:
+            self._fail(req, conn, loop_detected(), None)
             return None
         if not self._keys and (why := foreign_page(req)) is not None:
             self._fail(req, conn, foreign_page_refused(why), None)

@@ -58,6 +58,16 @@ def too_large(limit: int) -> bytes:
     )
 
 
+def loop_detected() -> GatewayError:
+    return GatewayError(
+        508,
+        "loop_detected",
+        "this request came back to the gateway that sent it: a remote instance's "
+        "remote.url points at this gateway (or at one that forwards back here); point it "
+        "at the server itself",
+    )
+
+
 def foreign_page_refused(why: str) -> GatewayError:
     return GatewayError(
         403,

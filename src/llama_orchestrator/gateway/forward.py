@@ -42,18 +42,31 @@ DROP_REQUEST = HOP_BY_HOP | {
     b"content-length",
     b"expect",
     b"cookie",
+    b"x-llama-orch-via",  # sent again, with this gateway's own mark added
 }
+# The gateways a request went through: one that comes back to a gateway it left is a loop
+# (a remote instance's url pointing at this gateway, or at one that forwards back here).
+VIA = b"x-llama-orch-via"
 # With gateway keys set, the client's key is the gateway's, not the instance's.
 DROP_KEYS = DROP_REQUEST | {b"authorization", b"x-api-key"}
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
 def request_bytes(
-    req: Request, target: Target, url: bytes, drop: frozenset[bytes], api_key: str | None = None
+    req: Request,
+    target: Target,
+    url: bytes,
+    drop: frozenset[bytes],
+    api_key: str | None = None,
+    hop: bytes = b"",
 ) -> bytes:
     """The bytes an instance gets. With ``api_key`` (a remote instance's, issue 13) the
-    client's own key headers are dropped whatever they hold and the instance's is sent."""
+    client's own key headers are dropped whatever they hold and the instance's is sent.
+    ``hop``, this gateway's mark, is added to the request's ``X-Llama-Orch-Via``."""
     parts = [req.method, b" ", url, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
+    if hop:
+        prior = req.header(VIA)
+        parts += (b"X-Llama-Orch-Via: ", prior + b", " + hop if prior else hop, b"\r\n")
     if api_key is not None:
         drop = drop | DROP_KEYS
         parts += (b"Authorization: Bearer ", api_key.encode("ascii"), b"\r\n")
@@ -75,6 +88,7 @@ class ForwardHost(Protocol):
     router: Router
     upstreams: Upstreams
     drop: frozenset[bytes]  # DROP_REQUEST, or DROP_KEYS with gateway keys set
+    hop: bytes  # this gateway's mark in X-Llama-Orch-Via
     recording: bool  # request records are wanted: capture usage from the answers
     now: Callable[[], float]
 
@@ -154,7 +168,7 @@ class Forward:
             gw = self._gw
             self._target = gw.upstreams.target(self._lease.endpoint.base_url)
             key = self._lease.endpoint.api_key
-            self._data = request_bytes(self._req, self._target, self._url, gw.drop, key)
+            self._data = request_bytes(self._req, self._target, self._url, gw.drop, key, gw.hop)
             up = self._target.take()
             if up is None:
                 self._connect()
