@@ -258,4 +258,8 @@ def test_a_remote_instance_says_where_its_log_is(
     logs = page.locator("#logs")
     expect(logs).to_have_text("a remote instance: its server's log is on the machine that runs it")
     expect(page.locator("pre.block").nth(1)).to_contain_text("10.0.0.7")  # its config
+    expect(page.locator("pre.block").nth(0)).to_have_text(
+        "nothing runs here: requests go to http://10.0.0.7:8080"
+    )
+    expect(page.locator("dl.kv")).to_contain_text("http://10.0.0.7:8080")  # where it routes
     page.screenshot(path=str(tmp_path / "remote.png"), full_page=True)

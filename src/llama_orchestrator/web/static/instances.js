@@ -105,8 +105,14 @@ export const instance = {
           h("span", {}, `${checks.length} checks, every ${health.interval ?? "?"} s (${health.probe ?? "health"})`),
           h("span", {}, `last ${fmtMs(lat[lat.length - 1])} · max ${fmtMs(Math.max(...lat))}`))]
         : h("div", { class: "empty" }, "No health checks yet."));
-    const cmd = describe ? describe.command_line || (describe.binary && describe.binary.error) || "-" : "loading...";
-    const source = describe && describe.command_source === "recorded" ? "the command line that ran" : "the command line a start would run";
+    const remote = describe && describe.remote;
+    if (remote) {  // where it routes, and its key's variable (never the key)
+      const key = remote.api_key_env ? `${remote.api_key_env} (${remote.api_key_set ? "set" : "not set"} in the daemon's environment)` : "none";
+      status.append(...kv("Remote", remote.url), ...kv("API key", key));
+    }
+    const cmd = remote ? `nothing runs here: requests go to ${remote.url}`
+      : describe ? describe.command_line || (describe.binary && describe.binary.error) || "-" : "loading...";
+    const source = remote ? "remote" : describe && describe.command_source === "recorded" ? "the command line that ran" : "the command line a start would run";
     return [
       h("div", { class: "page-head" }, h("a", { href: "#/instances", class: "crumb" }, "Instances"), h("span", { class: "crumb" }, "/"),
         h("h1", {}, name), pill(inst.status), h("span", { class: "spacer" }), h("div", { class: "actions" }, actionButtons(inst))),
