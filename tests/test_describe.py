@@ -188,6 +188,18 @@ def test_secret_flag_values_are_never_shown(cli: Cli, home: Home, tiny_model: Pa
     assert described["config"]["args"] == ["--api-key", "***", "--hf-token=***"]
     assert "s3cret" not in json.dumps(described)
 
+    # the same list as the export: an MCP definition's flag and variable, a URL's password
+    write_config(
+        home,
+        "gamma",
+        tiny_model,
+        free_port(),
+        args=["--mcp-servers-json", '{"x": "s3cret"}', "-mu", "https://u:s3cret@hf.example/m"],
+        env={"LLAMA_ARG_MCP_SERVERS_JSON": "s3cret", "HTTPS_PROXY": "http://u:s3cret@proxy:3128"},
+    )
+    gamma = cli("describe", "gamma", "--json").stdout
+    assert "s3cret" not in gamma and "https://***@hf.example/m" in gamma, gamma
+
     write_config(home, "beta", tiny_model, free_port(), args=["--api-key", "s3cret-key-2"])
     assert cli("up", "beta").returncode == 0  # the server has its key
     spawned = [e for e in events(home, "beta") if e["kind"] == "spawned"]

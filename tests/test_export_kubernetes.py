@@ -522,6 +522,7 @@ def test_the_mcp_servers_json_goes_to_the_secret(home: Home, models: Path) -> No
         "OPENAI_API_KEY",
         "HF_TOKEN",
         "DB_PASSWORD",
+        "LLAMA_ARG_MCP_SERVERS_JSON",  # a secret flag's own variable, whatever its name
     ],
 )
 def test_env_names_that_look_secret_become_secret_key_refs(

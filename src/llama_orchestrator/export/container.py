@@ -33,28 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from llama_orchestrator.config.argscheck import API_KEY_FLAG, args_verdict
+from llama_orchestrator.config.argscheck import args_verdict
 from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.engine.binary import ResolvedBinary
 from llama_orchestrator.engine.command import build_argv, device_selection
 from llama_orchestrator.export.images import CONTAINER_PORT, DEVICE_ENV, MODELS_MOUNT
 from llama_orchestrator.export.options import ExportError
-from llama_orchestrator.redact import SECRET_NAME
+from llama_orchestrator.redact import SECRET_FLAGS, URL_CREDENTIALS, secret_env
 
-# scheme://userinfo@: a URL that carries a user name or password.
-URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]+@")
 # What Kubernetes accepts as an environment variable's name and a Secret's key.
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 MODEL_FILE_FLAGS = ("--mmproj", "-mm", "--model-draft", "-md", "--lora")
 METRICS_FLAG = "--metrics"
 SERVER_KEY_ENV = "LLAMA_API_KEY"  # llama-server's --api-key from the environment
-# Flags whose value is a secret -> the variable llama-server reads it from (its --help).
-SECRET_FLAGS = {
-    API_KEY_FLAG: SERVER_KEY_ENV,
-    "--hf-token": "HF_TOKEN",
-    "-hft": "HF_TOKEN",
-    "--mcp-servers-json": "LLAMA_ARG_MCP_SERVERS_JSON",
-}
+# Flags whose value is a secret, and the variable llama-server reads each from, are
+# redact.py's SECRET_FLAGS: the same list hides them in describe and the events.
 # Flags (and their variables) naming a file whose content is a secret: refused.
 _TLS = (
     "TLS between the gateway and the pod is not exported (the gateway reaches the Service "
@@ -258,7 +251,7 @@ def build_container(loaded: LoadedConfig, server_command: str, secret_name: str)
     for key, value in c.env.items():
         if c.gpu.backend != "cpu" and key in DEVICE_ENV:
             notes.append(f"{loaded.name}: env {key} dropped (the device plugin picks the GPU)")
-        elif SECRET_NAME.search(key) or URL_CREDENTIALS.search(value):
+        elif secret_env(key, value):
             from_secret(key)
         else:
             env.append({"name": key, "value": value})
