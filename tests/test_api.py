@@ -101,6 +101,11 @@ def test_instance_lookup_errors(cli: Cli, home: Home, tmp_path: Path) -> None:
     assert r.status_code == 404
     detail = r.json()["detail"]
     assert "gamma" in detail and "alpha" in detail and "beta-2" in detail
+    # a command on an unknown instance is refused in the commands' shape (README)
+    r = httpx.post(f"{url}/v1/instances/gamma/start", headers={"Authorization": f"Bearer {token}"})
+    refused = r.json()
+    assert r.status_code == 404 and refused["ok"] is False, refused
+    assert refused["error"] == "unknown_instance" and "alpha" in refused["message"], refused
 
     for bad in ("..%2Fx", "..%2F..%2Fstate", "Bad_Name", "-x", "a%00b", "%2e%2e"):
         r = get(url, f"/v1/instances/{bad}", token)

@@ -59,6 +59,7 @@ def fuzz(
                 max_examples=examples,
                 deadline=None,
                 database=None,
+                derandomize=True,  # the same cases every run: a failure reproduces
                 phases=[Phase.generate],
                 suppress_health_check=list(HealthCheck),
                 report_multiple_bugs=False,

@@ -167,10 +167,7 @@ def create_app(
         problem = name_problem(name)
         if problem:
             raise HTTPException(400, problem)
-        try:
-            return sup.actor(name)
-        except UnknownInstance as e:
-            raise HTTPException(404, str(e)) from None
+        return sup.actor(name)  # UnknownInstance: 404, answered below
 
     def result(name: str, outcome: Outcome, *, recreated: bool = False) -> JSONResponse:
         body = CommandResult(
@@ -183,6 +180,14 @@ def create_app(
     app.include_router(events_router(sup, auth))
     app.include_router(ui_router(web, token, auth))
     app.include_router(data_router(sup, gateway_host, auth))
+
+    @app.exception_handler(UnknownInstance)
+    async def unknown(request: Request, exc: UnknownInstance) -> JSONResponse:
+        """A command's refusal shape (``ok``, ``error``, ``message``), and ``detail`` as
+        every other error of the API has it."""
+        name = request.path_params.get("name", "")
+        body = {"name": name, "ok": False, "error": ErrorCode.UNKNOWN_INSTANCE.value}
+        return JSONResponse({**body, "message": str(exc), "detail": str(exc)}, status_code=404)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
