@@ -398,8 +398,9 @@ def test_ps_and_fit_of_a_remote_instance_that_never_started(cli: Cli, home: Home
 
 
 def test_create_writes_a_remote_instance(cli: Cli, home: Home) -> None:
-    out = cli("create", "far", "--remote", " http://10.0.0.7:8080", "--api-key-env", "FAR_KEY")
+    out = cli("create", "far", "--remote", " http://10.0.0.7:8080/", "--api-key-env", "FAR_KEY")
     assert out.returncode == 0, out.stderr
+    assert "(remote http://10.0.0.7:8080)" in out.stderr, out.stderr
     data = json.loads(home.config_path("far").read_text())
     assert data == {
         "name": "far",

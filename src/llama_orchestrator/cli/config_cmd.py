@@ -361,7 +361,9 @@ def register(app: typer.Typer) -> None:
             if given:
                 verb = "does" if len(given) == 1 else "do"
                 fail(f"{', '.join(given)} {verb} not apply with --remote", EXIT_USAGE)
-            cfg: dict[str, Any] = {"url": remote.strip()}
+            remote = remote.strip()
+            remote = remote[:-1] if remote.endswith("/") and remote.count("/") == 3 else remote
+            cfg: dict[str, Any] = {"url": remote}
             if api_key_env is not None:
                 cfg["api_key_env"] = api_key_env
             data: dict[str, Any] = {"name": name, "remote": cfg}

@@ -98,7 +98,12 @@ def render_health(name: str, data: dict[str, Any]) -> list[str]:
     if not checks:
         if data.get("live"):
             # the daemon keeps the checks in memory: a new one has none of the old ones
-            none = "none since the daemon started" if last else "none yet"
+            none = (
+                "none kept yet (the daemon keeps them in memory; the next comes within "
+                "the interval)"
+                if last
+                else "none yet"
+            )
             out.append(f"{'Checks:':22}{none}")
         return out
     out.append("Checks (oldest first):")
