@@ -430,6 +430,11 @@ def test_the_log_of_a_remote_instance_is_on_its_own_machine(cli: Cli, home: Home
     assert "machine that runs it" in out.stderr and "Traceback" not in out.stderr
     logs = cli("logs", "far")
     assert logs.returncode == 1 and "remote instance" in logs.stderr, logs.stderr
+    # among local instances it is a note, and the others' logs are shown
+    write_config(home, "near", Path("model.gguf"), free_port())
+    both = cli("logs", "far", "near")
+    assert both.returncode == 0 and "note: 'far' is a remote instance" in both.stderr, both
+    assert "near has not been started yet" in both.stderr, both.stderr
 
 
 def test_a_remote_instance_pointing_at_its_own_gateway_is_a_loop_said_at_once(

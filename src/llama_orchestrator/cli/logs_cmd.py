@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from llama_orchestrator.logs.reader import LogLine, LogStream
 
 
-def _paths(home: Home, name: str) -> dict[str, Path]:
+def _paths(home: Home, name: str, alone: bool = True) -> dict[str, Path] | None:
+    """Where ``name``'s server logs; None for a remote instance among others (a note
+    says its log is elsewhere; alone, that is an error)."""
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
     from llama_orchestrator.config.schema import LogsConfig
 
@@ -47,10 +49,14 @@ def _paths(home: Home, name: str) -> dict[str, Path]:
         templates = {"stdout": defaults.stdout, "stderr": defaults.stderr}
     else:
         if loaded.remote is not None:
-            fail(
+            why = (
                 f"{name!r} is a remote instance ({loaded.remote.url}): its server writes its "
                 "log on the machine that runs it; read it there"
             )
+            if alone:
+                fail(why)
+            say(f"note: {why}")
+            return None
         templates = {"stdout": loaded.config.logs.stdout, "stderr": loaded.config.logs.stderr}
     paths = {}
     for stream, template in templates.items():
@@ -254,7 +260,9 @@ def register(app: typer.Typer) -> None:
         except SinceError as e:
             fail(str(e), EXIT_USAGE)
         home = home_of(ctx)
-        paths = {name: _paths(home, name) for name in names}  # unknown names fail here
+        found = {name: _paths(home, name, len(names) == 1) for name in names}  # unknown: fail
+        paths = {name: p for name, p in found.items() if p is not None}
+        names = [name for name in names if name in paths]
         chosen = ["stdout"] if stdout_only else ["stderr"] if stderr_only else ["stdout", "stderr"]
         groups: list[list[LogStream]] = []
         stop = threading.Event()
