@@ -186,3 +186,32 @@ def test_pages_of_other_sites_are_refused_without_keys_and_cookies_never_forward
     target = Target("http://127.0.0.1:9", 1.0)
     sent = request_bytes(req, target, b"/v1/completions", DROP_REQUEST)
     assert b"s3cret" not in sent and b"X-Other: 1" in sent
+
+
+def test_a_request_that_comes_back_to_its_gateway_is_a_loop() -> None:
+    """Each gateway marks what it forwards (and the daemon's health checks): a request
+    carrying its own mark came back to it, and is answered 508 at once."""
+
+    async def main() -> None:
+        gw = Gateway(ListDirectory(), GatewaySettings(port=0))
+        await gw.start()
+        host, port = gw.url.removeprefix("http://").split(":")
+        try:
+            for path, via in ((b"/health", gw.hop), (b"/v1/models", b"other, " + gw.hop)):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(
+                    b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nX-Llama-Orch-Via: " + via
+                    + b"\r\nConnection: close\r\n\r\n"
+                )  # fmt: skip
+                data = await read_all(reader)
+                writer.close()
+                assert data.startswith(b"HTTP/1.1 508") and b"loop_detected" in data, data
+                assert b"remote.url points at this gateway" in data
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Llama-Orch-Via: abc\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")  # not ours
+            writer.close()
+        finally:
+            await gw.close()
+
+    asyncio.run(main())

@@ -441,8 +441,8 @@ def test_a_remote_instance_pointing_at_its_own_gateway_is_a_loop_said_at_once(
     cli: Cli, home: Home
 ) -> None:
     url = gateway(home)
-    remote_config(home, "loop", url)  # the gateway's own address: its /health answers 200
-    assert cli("up", "loop").returncode == 0
-    r = complete(url, "loop")
-    assert r.status_code == 508 and r.json()["error"]["code"] == "loop_detected", r.text
-    assert "remote.url points at this gateway" in r.json()["error"]["message"]
+    remote_config(home, "loop", url)  # the gateway's own address
+    up = cli("up", "loop")  # its health checks come back to the gateway that sent them
+    assert up.returncode == 1 and "this daemon's own gateway" in up.stderr, up.stderr
+    assert "point remote.url at the server itself" in up.stderr
+    assert ps_row(cli, "loop")["status"] == "fatal"

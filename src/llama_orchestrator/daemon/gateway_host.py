@@ -100,6 +100,9 @@ class GatewayHost:
             else:
                 self.gateway, self.reason = gateway, None
                 self.sup.seats.demand = gateway.router.demand  # drains count its queues
+                # health checks carry the gateway's mark: a remote instance whose URL is
+                # this gateway answers them 508, so its `up` fails saying why
+                self.sup.ctx.http.headers["X-Llama-Orch-Via"] = gateway.hop.decode()
                 log.info("gateway listening on %s", gateway.url)
         if self.reason is not None:
             log.warning("gateway not listening: %s", self.reason)

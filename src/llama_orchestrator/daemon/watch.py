@@ -41,6 +41,13 @@ async def watch_exit(proc: ServerProcess, post: Post) -> None:
     post(Exited(proc))
 
 
+LOOP_DETECTED = 508  # the gateway's answer to a request that came back to it
+LOOP_SAID = (
+    "its URL is this daemon's own gateway (it answered 508 loop_detected): point "
+    "remote.url at the server itself"
+)
+
+
 async def await_ready(
     proc: ServerProcess,
     url: str,
@@ -66,6 +73,9 @@ async def await_ready(
         if probe.ok and not stranger:
             stranger = True
             log.warning("port %s answers, but not from pid %s: waiting", port, proc.pid)
+        if probe.status_code == LOOP_DETECTED:  # a remote URL that is our own gateway
+            post(NotReady(proc, LOOP_SAID))
+            return
         if probe.health is Health.LOADING and not loading_seen:
             loading_seen = True
             post(Loading(proc))

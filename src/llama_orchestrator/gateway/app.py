@@ -222,12 +222,12 @@ class Gateway:
 
     def _dispatch(self, req: Request, conn: HttpConnection) -> Any:
         path = req.path
-        if path == b"/health":
-            conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
-            return None
         via = req.header(VIA)
         if via is not None and self.hop in via:
             self._fail(req, conn, loop_detected(), None)
+            return None
+        if path == b"/health":
+            conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
             return None
         if not self._keys and (why := foreign_page(req)) is not None:
             self._fail(req, conn, foreign_page_refused(why), None)
