@@ -377,6 +377,10 @@ def test_cli_writes_a_folder_kubectl_apply_k_can_use(
         docs = documents((out / name).read_text())
         assert all(d["metadata"]["namespace"] == "llm" for d in docs)
         check_valid(docs)
+    # one instance into the same folder: the others' files are no longer applied, said
+    again = cli("export", "kubernetes", "cpu", "-o", str(out), "--namespace", "llm")
+    assert again.returncode == 0, again.stderr
+    assert "note: cuda.secret.yaml, cuda.yaml, instance-gateway.yaml, vulkan.yaml" in again.stderr
 
 
 def _fill(path: Path, placeholder: str, value: str) -> None:

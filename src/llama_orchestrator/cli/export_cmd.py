@@ -134,6 +134,13 @@ def register(app: typer.Typer) -> None:
             done = write_files(output, result.files, result.secrets)
         except ExportError as e:
             fail(str(e))
+        if done.unlisted:
+            unlisted = ", ".join(p.name for p in done.unlisted)
+            say(
+                f"note: {unlisted} in {output} (from an earlier export) are not in this one's "
+                f"kustomization.yaml, so `kubectl apply -k` leaves them out: export them "
+                "again with these (or --all), or delete them"
+            )
         for path, missing in done.kept:
             say(f"kept {path} (it exists; delete it to regenerate)")
             if missing:

@@ -81,6 +81,9 @@ class ExportResult:
 class Written:
     written: list[Path]
     kept: list[tuple[Path, list[str]]]  # each kept Secret file, and what it does not mention
+    # YAML files of the folder this export does not write: an earlier export's, no longer
+    # listed in kustomization.yaml
+    unlisted: list[Path] = field(default_factory=list)
 
 
 def instance_file(name: str) -> str:
@@ -273,7 +276,11 @@ def write_files(out: Path, files: dict[str, str], keep: Mapping[str, SecretFile]
         for name in todo:
             os.replace(tmp / name, out / name)
             written.append(out / name)
-        return Written(written, [(out / n, _kept_missing(out / n, keep[n])) for n in kept])
+        unlisted = sorted(
+            p for p in out.glob("*.yaml") if p.name not in files and not p.name.startswith(".")
+        )
+        kept_ = [(out / n, _kept_missing(out / n, keep[n])) for n in kept]
+        return Written(written, kept_, unlisted)
     except OSError as e:
         raise ExportError(f"-o: cannot write {out}: {e.strerror or e}") from None
     finally:
