@@ -293,6 +293,13 @@ def test_a_pool_fails_over_from_a_dead_remote_to_the_local_replica(
     assert cli("up", "near").returncode == 0
     assert cli("up", "far").returncode == 0
     assert ps_row(cli, "near")["status"] == "running"  # not evicted for the remote one
+    # the daemon's own count (the web page's Devices screen): the remote one holds nothing
+    endpoint = json.loads(home.daemon_endpoint_path.read_text())
+    token = home.token_path.read_text().strip()
+    devices = httpx.get(
+        f"{endpoint['url']}/v1/devices", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert (devices["running"], devices["max_running"]) == (1, 1), devices
     served = {complete(url, "pool", "none").headers["x-llama-orch-instance"] for _ in range(6)}
     assert served == {"near", "far"}  # least busy, ties rotate: both take requests
 

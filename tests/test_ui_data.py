@@ -85,16 +85,6 @@ def test_fit_verdicts_against_the_budget_and_free_memory(home: Home, tiny_model:
     assert view["devices"][0]["budget_mib"] is None and view["devices"][0]["used_mib"] == 0
 
 
-def test_a_remote_instance_is_not_counted_against_max_running(home: Home) -> None:
-    """A remote instance holds nothing here: with only it running, none of max_running's
-    places is taken (the scheduler would admit a local start)."""
-    path = home.config_path("far")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"name": "far", "remote": {"url": "http://10.0.0.7:8080"}}))
-    view = devices_view(supervisor(home, ["far"], [], budget_mib=None, max_running=1), {})
-    assert view["max_running"] == 1 and view["running"] == 0, view
-
-
 class OneSlot:
     """A running instance with one slot; nothing listens at its address (no request
     here reaches it)."""
