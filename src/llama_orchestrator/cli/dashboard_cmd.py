@@ -16,13 +16,20 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         interval: Annotated[
             float,
-            typer.Option("--interval", "-n", min=0.2, help="Seconds between refreshes."),
+            typer.Option(
+                "--interval",
+                "-n",
+                min=0.2,
+                help="Seconds between reads of the records while the daemon is down (and of "
+                "the log tail).",
+            ),
         ] = 1.0,
     ) -> None:
-        """A live table of all instances (the ps columns), refreshed every second.
+        """A live table of all instances (the ps columns), following the daemon's events.
 
         Keys: q quit, r refresh, u up, d down, R restart, l log tail, enter describe.
-        Works over SSH in 80x24; while the daemon is down it shows the last records.
+        Works over SSH in 80x24; while the daemon is down it reads the records every
+        --interval seconds, and follows the events again once it is back.
 
         Example: llama-orch dashboard --interval 2
         """
