@@ -72,6 +72,12 @@ def login(url: str, token: str) -> tuple[str, str]:
     assert status == 303 and headers["location"] == "/ui/"
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie, cookie
+    assert "Secure" not in cookie  # plain http on loopback: a Secure cookie would not come back
+    # behind a TLS proxy the cookie is Secure
+    status, _, again = raw(url, "POST", "/v1/ui/login-codes", {"Authorization": f"Bearer {token}"})
+    assert status == 200, again
+    status, headers2, _ = raw(url, "GET", again["path"], {"X-Forwarded-Proto": "https"})
+    assert status == 303 and "Secure" in headers2["set-cookie"], headers2
     sid = cookie.split(";", 1)[0].split("=", 1)[1]
     status, _, session = raw(url, "GET", "/v1/ui/session", {"Cookie": f"{COOKIE}={sid}"})
     assert status == 200 and session["csrf"], session

@@ -76,7 +76,7 @@ def ui_router(web: WebAuth, token: str, auth: list[Depends]) -> APIRouter:
         return resp
 
     @router.get("/ui/login", include_in_schema=False)
-    async def login(code: str = "") -> Response:
+    async def login(request: Request, code: str = "") -> Response:
         sid = web.redeem(code) if code else None
         if sid is None:
             return _message_page(
@@ -86,8 +86,17 @@ def ui_router(web: WebAuth, token: str, auth: list[Depends]) -> APIRouter:
                 403,
             )
         resp = RedirectResponse("/ui/", status_code=303, headers=NO_STORE)
+        # Secure when the page is reached over https (a TLS proxy in front, one of
+        # LLAMA_ORCH_ALLOWED_HOSTS): the cookie then never travels in clear text
+        tls = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
         resp.set_cookie(
-            COOKIE, sid, max_age=int(SESSION_TTL_S), path="/", httponly=True, samesite="strict"
+            COOKIE,
+            sid,
+            max_age=int(SESSION_TTL_S),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=tls,
         )
         return resp
 
