@@ -106,6 +106,12 @@ def write_config(home: Home, name: str, model: Path, port: int, **overrides: Any
         "server": {"host": "127.0.0.1", "port": port, "parallel": 1},
         "healthcheck": {"interval": 1, "timeout": 2, "retries": 3, "start_period": 30},
     }
+    return write_instance(home, name, cfg, **overrides)
+
+
+def write_instance(home: Home, name: str, cfg: dict[str, Any], **overrides: Any) -> Path:
+    """Write ``cfg`` as ``instances/<name>/config.json``, each override merged into the
+    section of its name (a dict) or in place of it."""
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key].update(value)

@@ -20,7 +20,7 @@ import httpx
 import openai
 import psutil
 import pytest
-from conftest import Cli, free_port, write_config
+from conftest import Cli, free_port, write_config, write_instance
 from helpers import events, gone, health, ps_row, wait_for
 
 from llama_orchestrator.config.loader import load_instance
@@ -85,15 +85,20 @@ def remote_config(home: Home, name: str, url: str, **fields: Any) -> Path:
         "remote": {"url": url},
         "healthcheck": {"interval": 0.5, "timeout": 2, "retries": 2, "start_period": 20},
     }
-    for key, value in fields.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    path = home.config_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg))
-    return path
+    return write_instance(home, name, cfg, **fields)
+
+
+def pool(
+    home: Home, model: Path, servers: list[HandServer], **settings: Any
+) -> tuple[str, HandServer]:
+    """A pool ``pool`` of a local instance ``near`` and a remote one ``far`` (a server
+    started by hand); returns the gateway's URL and that server."""
+    far = HandServer(model, free_port()).start()
+    servers.append(far)
+    url = gateway(home, **settings)
+    write_config(home, "near", model, free_port(), gateway={"aliases": ["pool"]})
+    remote_config(home, "far", f"http://127.0.0.1:{far.port}", gateway={"aliases": ["pool"]})
+    return url, far
 
 
 def client(url: str, key: str) -> openai.OpenAI:
@@ -283,13 +288,9 @@ def test_a_remote_instance_behind_the_gateway(
 def test_a_pool_fails_over_from_a_dead_remote_to_the_local_replica(
     cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
 ) -> None:
-    port = free_port()
-    far = HandServer(tiny_model, port).start()
-    servers.append(far)
     # a budget of one running server: the remote one uses none of this machine
-    url = gateway(home, max_running=1)
-    write_config(home, "near", tiny_model, free_port(), gateway={"aliases": ["pool"]})
-    remote_config(home, "far", f"http://127.0.0.1:{port}", gateway={"aliases": ["pool"]})
+    url, far = pool(home, tiny_model, servers, max_running=1)
+    port = far.port
     assert cli("up", "near").returncode == 0
     assert cli("up", "far").returncode == 0
     assert ps_row(cli, "near")["status"] == "running"  # not evicted for the remote one
@@ -378,12 +379,7 @@ def test_a_remote_address_always_spells_its_port() -> None:
 def test_a_pool_starts_its_stopped_local_replica_when_the_remote_is_down(
     cli: Cli, home: Home, tiny_model: Path, servers: list[HandServer]
 ) -> None:
-    port = free_port()
-    far = HandServer(tiny_model, port).start()
-    servers.append(far)
-    url = gateway(home, load_timeout=60)
-    write_config(home, "near", tiny_model, free_port(), gateway={"aliases": ["pool"]})
-    remote_config(home, "far", f"http://127.0.0.1:{port}", gateway={"aliases": ["pool"]})
+    url, far = pool(home, tiny_model, servers, load_timeout=60)
     assert cli("up", "far").returncode == 0
     assert ps_row(cli, "near")["status"] == "stopped"
     far.kill()
