@@ -172,8 +172,8 @@ def test_a_hung_or_gone_instance_leaves_a_gap_not_a_hung_scrape() -> None:
         metrics = GatewayMetrics(lambda: {"alpha": 2}, lambda: {"alpha": 1})
         metrics.timeout = 0.2
         metrics.targets = lambda: {
-            "hung": f"http://127.0.0.1:{hung.getsockname()[1]}",
-            "gone": f"http://127.0.0.1:{gone}",
+            "hung": (f"http://127.0.0.1:{hung.getsockname()[1]}", None),
+            "gone": (f"http://127.0.0.1:{gone}", None),
         }
         return (await asyncio.wait_for(metrics.exposition(), 30)).decode()
 

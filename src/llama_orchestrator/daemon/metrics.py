@@ -107,7 +107,7 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
     )
 
 
-def scrape_targets(sup: Supervisor) -> dict[str, str | tuple[str, str | None]]:
+def scrape_targets(sup: Supervisor) -> dict[str, tuple[str, str | None]]:
     """Running instances: the URL of their server, and the key a remote one wants."""
     return {
         name: (actor.url, actor.leases.api_key)

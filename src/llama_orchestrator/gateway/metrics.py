@@ -35,9 +35,9 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 Families = Callable[[], Iterable[Metric]]
-# instance name -> base URL (http(s)://host:port), or (base URL, the key it wants): a
-# remote instance's metrics are behind its api key (issue 13)
-Targets = Callable[[], "dict[str, str | tuple[str, str | None]]"]
+# instance name -> (base URL http(s)://host:port, the key it wants or None): a remote
+# instance's metrics are behind its api key (issue 13)
+Targets = Callable[[], "dict[str, tuple[str, str | None]]"]
 Gauges = Callable[[], dict[str, int]]
 
 
@@ -108,10 +108,7 @@ class GatewayMetrics:
         """The whole exposition: the instances are scraped first, in parallel."""
         targets = self.targets() if self.targets is not None else {}
         scraped = await asyncio.gather(
-            *(
-                scrape(*(t if isinstance(t, tuple) else (t, None)), timeout=self.timeout)
-                for t in targets.values()
-            ),
+            *(scrape(url, key, timeout=self.timeout) for url, key in targets.values()),
             return_exceptions=True,
         )
         families = list(self._own())
