@@ -74,7 +74,7 @@ from bench_core import (
 )
 from bench_recovery import source_revision
 
-from llama_orchestrator.config.ports import find_free_port
+from llama_orchestrator.doctor.ports import find_free_port
 from llama_orchestrator.testing.tinymodel import write_tiny_model
 
 TARGET_PS_MS = 70.0  # (1) llama-orch ps with 50 instances, at the median; and < both peers

@@ -83,7 +83,7 @@ from bench_core import (
     run_and_report,
 )
 
-from llama_orchestrator.config.ports import find_free_port
+from llama_orchestrator.doctor.ports import find_free_port
 from llama_orchestrator.testing.tinymodel import write_tiny_model
 
 TARGET_A_OVER_COLD_MS = 10.0  # (a) at most this much over the cold start, at the median

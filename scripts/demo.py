@@ -109,8 +109,10 @@ def main() -> int:
     HOME.mkdir(parents=True)
     tiny = write_tiny_model(DEMO / "models" / "tiny.gguf")
     gemma = gemma_model()
-    print(f"models: {gemma.name} ({gemma.stat().st_size // 2**20} MiB), "
-          f"{tiny.name} ({tiny.stat().st_size // 1024} KB, random weights)")
+    print(
+        f"models: {gemma.name} ({gemma.stat().st_size // 2**20} MiB), "
+        f"{tiny.name} ({tiny.stat().st_size // 1024} KB, random weights)"
+    )
     port = gateway_port()
     (HOME / "gateway.json").write_text(json.dumps({"port": port}, indent=2) + "\n")
     threads = str(max(1, min(4, os.cpu_count() or 1)))

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from llama_orchestrator.clock import FakeClock
-from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.events import Event, EventBus
 from llama_orchestrator.daemon.recorder import Recorder
 from llama_orchestrator.daemon.scheduler import Scheduler

@@ -18,8 +18,8 @@ import pytest
 from actor_fakes import Harness, harness
 from conftest import free_port, write_config
 
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.directory import InstanceView
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.errors import ErrorCode

@@ -1,4 +1,4 @@
-"""daemon/policy.py: backoff_delay (0 for the first failure, then base * m^n, capped) and
+"""daemon/actor/policy.py: backoff_delay (0 for the first failure, then base * m^n, capped) and
 after_failure, the pure decision of what follows a failure."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llama_orchestrator.config.schema import RestartPolicy
-from llama_orchestrator.daemon.policy import backoff_delay
+from llama_orchestrator.daemon.actor.policy import backoff_delay
 
 
 def test_first_failure_restarts_at_once() -> None:
@@ -58,7 +58,7 @@ def test_moderate_counts_stay_capped() -> None:
 
 
 def test_after_failure_backs_off_then_gives_up() -> None:
-    from llama_orchestrator.daemon.policy import after_failure
+    from llama_orchestrator.daemon.actor.policy import after_failure
     from llama_orchestrator.engine.states import State
 
     policy = RestartPolicy(max_retries=2, backoff_base=1.0, backoff_multiplier=2.0)
@@ -71,7 +71,7 @@ def test_after_failure_backs_off_then_gives_up() -> None:
 
 
 def test_after_failure_a_stable_run_resets_the_streak() -> None:
-    from llama_orchestrator.daemon.policy import after_failure
+    from llama_orchestrator.daemon.actor.policy import after_failure
     from llama_orchestrator.engine.states import State
 
     policy = RestartPolicy(max_retries=2, stable_after=10)
@@ -80,7 +80,7 @@ def test_after_failure_a_stable_run_resets_the_streak() -> None:
 
 
 def test_after_failure_of_a_requested_start_is_not_retried_and_no_policy_means_no_restart() -> None:
-    from llama_orchestrator.daemon.policy import after_failure
+    from llama_orchestrator.daemon.actor.policy import after_failure
     from llama_orchestrator.engine.states import State
 
     policy = RestartPolicy()

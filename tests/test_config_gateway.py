@@ -18,9 +18,9 @@ from llama_orchestrator.config.gateway import (
     is_loopback,
     load_gateway,
 )
-from llama_orchestrator.config.lint import GATEWAY_LABEL, Linter, Target, validate
 from llama_orchestrator.config.loader import ConfigError, Problem
-from llama_orchestrator.config.ports import PortHolder
+from llama_orchestrator.doctor.lint import GATEWAY_LABEL, Linter, Target, validate
+from llama_orchestrator.doctor.ports import PortHolder
 from llama_orchestrator.home import Home
 
 

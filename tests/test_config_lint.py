@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from conftest import Cli, free_port, write_config
 
-from llama_orchestrator.config.gpucheck import parse_devices
-from llama_orchestrator.config.lint import Linter, Target
 from llama_orchestrator.config.loader import load_file
-from llama_orchestrator.config.ports import PortHolder, find_free_port, port_holder
+from llama_orchestrator.doctor.gpucheck import parse_devices
+from llama_orchestrator.doctor.lint import Linter, Target
+from llama_orchestrator.doctor.ports import PortHolder, find_free_port, port_holder
 from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.home import Home
 
@@ -478,7 +478,7 @@ def test_issue10_lint_args_overriding_managed_flags_are_errors(
 
 
 def test_issue10_managed_flags_cover_what_the_engine_passes(home: Home, tiny_model: Path) -> None:
-    from llama_orchestrator.config.argscheck import MANAGED
+    from llama_orchestrator.doctor.argscheck import MANAGED
     from llama_orchestrator.engine.binary import ResolvedBinary
     from llama_orchestrator.engine.command import AUTO_FLAGS, build_argv
 

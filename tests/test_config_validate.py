@@ -13,8 +13,8 @@ import pytest
 from conftest import Cli, free_port, write_config
 
 from llama_orchestrator.config.loader import ConfigError, parse_config
-from llama_orchestrator.config.modelfile import model_file_problem
 from llama_orchestrator.config.schema import InstanceGateway
+from llama_orchestrator.doctor.modelfile import model_file_problem
 from llama_orchestrator.home import Home
 
 

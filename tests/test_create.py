@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import Cli, free_port, write_config
 
-from llama_orchestrator.config.ports import find_free_port, port_holder
+from llama_orchestrator.doctor.ports import find_free_port, port_holder
 from llama_orchestrator.home import Home
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Cli, write_config
 
-from llama_orchestrator.config.lint import Linter, Target
+from llama_orchestrator.doctor.lint import Linter, Target
 from llama_orchestrator.gpu import llama, macos, nvidia, rocm, vulkan
 from llama_orchestrator.gpu.detect import TOOLS, Tool, detect, probe
 from llama_orchestrator.gpu.devices import (

@@ -16,8 +16,8 @@ import httpx
 from conftest import Cli, free_port, write_config
 from helpers import wait_for
 
+from llama_orchestrator.daemon.api.events import stream
 from llama_orchestrator.daemon.events import Event, EventBus, EventKind
-from llama_orchestrator.daemon.events_api import stream
 from llama_orchestrator.home import Home
 
 
@@ -307,7 +307,7 @@ def test_cli_events_logs_prints_the_lines(cli: Cli, home: Home, tiny_model: Path
 
 
 def test_a_slow_log_client_is_dropped_with_a_final_event(tmp_path: Path) -> None:
-    from llama_orchestrator.daemon.log_events import LogFeed
+    from llama_orchestrator.daemon.api.log_events import LogFeed
 
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     out.write_text("")
@@ -341,7 +341,7 @@ def test_the_log_follower_ends_when_the_client_goes(tmp_path: Path) -> None:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    from llama_orchestrator.daemon.log_events import LogFeed
+    from llama_orchestrator.daemon.api.log_events import LogFeed
 
     out = tmp_path / "stdout.log"
     out.write_text("first\n")

@@ -322,8 +322,8 @@ def test_json_is_serialisable(tiny_model: Path) -> None:
 
 def test_device_overcommit(home: Home, tiny_model: Path) -> None:
     from llama_orchestrator.config.loader import load_file
+    from llama_orchestrator.doctor.estimate import config_estimate, device_overcommit
     from llama_orchestrator.gpu.devices import Device
-    from llama_orchestrator.models.fit import config_estimate, device_overcommit
 
     gpu = {"backend": "vulkan", "device_id": 1, "layers": 999}
     paths = [

@@ -15,8 +15,8 @@ from helpers import LETTERS, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from llama_orchestrator.clock import FakeClock
+from llama_orchestrator.daemon.api.metrics_watch import CheckWatch, LoadWatch
 from llama_orchestrator.daemon.events import Event, EventKind
-from llama_orchestrator.daemon.metrics_watch import CheckWatch, LoadWatch
 from llama_orchestrator.gateway.metrics import GatewayMetrics
 from llama_orchestrator.home import Home
 

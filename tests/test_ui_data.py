@@ -1,4 +1,4 @@
-"""What the web page's screens read (web/data.py), in-process: the Devices screen's fit
+"""What the web page's screens read (daemon/api/webdata.py), in-process: the Devices screen's fit
 verdicts against a budget and against free memory, from real configs and the real
 estimate; the Activity screen's requests in flight (the gateway's table)."""
 
@@ -15,8 +15,9 @@ from typing import Any
 from conftest import free_port, write_config
 
 from llama_orchestrator.config.loader import load_instance
+from llama_orchestrator.daemon.actor.preflight import memory_mb
+from llama_orchestrator.daemon.api.webdata import devices_view
 from llama_orchestrator.daemon.budget import Budget
-from llama_orchestrator.daemon.preflight import memory_mb
 from llama_orchestrator.daemon.scheduler import Claim, Scheduler
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.gateway.app import Gateway
@@ -25,7 +26,6 @@ from llama_orchestrator.gateway.records import RequestRecord
 from llama_orchestrator.gateway.settings import GatewaySettings
 from llama_orchestrator.gateway.testing import ListDirectory
 from llama_orchestrator.home import Home
-from llama_orchestrator.web.data import devices_view
 
 
 def supervisor(

@@ -25,8 +25,8 @@ from llama_orchestrator.cli.common import (
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
-    from llama_orchestrator.config.lint import LintResult
-    from llama_orchestrator.config.targets import Target
+    from llama_orchestrator.doctor.lint import LintResult
+    from llama_orchestrator.doctor.targets import Target
 
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Instance names.", show_default=False)]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every instance in the home.")]
@@ -40,7 +40,7 @@ def resolve_targets(
     home: Home, names: list[str], all_: bool, files: list[Path], *, default_all: bool
 ) -> list[Target]:
     """The configs a command works on; exits 2 on a bad name, 1 on an unknown one."""
-    from llama_orchestrator.config.targets import Target
+    from llama_orchestrator.doctor.targets import Target
 
     check_names(names)
     known = require_known(home, names)
@@ -135,12 +135,12 @@ def _check_ranges(ctx_size: int | None, threads: int | None, port: int | None) -
 
 
 def _choose_port(home: Home, name: str, host: str, port: int | None) -> int:
-    from llama_orchestrator.config.portcheck import (
+    from llama_orchestrator.doctor.portcheck import (
         configured_endpoints,
         effective_gateway,
         hosts_overlap,
     )
-    from llama_orchestrator.config.ports import find_free_port, port_holder
+    from llama_orchestrator.doctor.ports import find_free_port, port_holder
 
     claimed = configured_endpoints(home, skip=name)
     gateway = effective_gateway(home)
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
 
         Examples: llama-orch config validate --all; llama-orch config validate --file x.json
         """
-        from llama_orchestrator.config.lint import validate as run_validate
+        from llama_orchestrator.doctor.lint import validate as run_validate
 
         home = home_of(ctx)
         targets = resolve_targets(home, names or [], all_, files or [], default_all=False)
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
 
         Examples: llama-orch config lint; llama-orch config lint gemma --format json
         """
-        from llama_orchestrator.config.lint import lint as run_lint
+        from llama_orchestrator.doctor.lint import lint as run_lint
 
         fmt = fmt.lower()
         if fmt not in ("table", "json"):
@@ -350,7 +350,7 @@ def register(app: typer.Typer) -> None:
         llama-orch create big --model big.gguf --template vulkan;
         llama-orch create far --remote http://10.0.0.7:8080 --api-key-env FAR_KEY
         """
-        from llama_orchestrator.config.modelfile import model_file_problem
+        from llama_orchestrator.doctor.modelfile import model_file_problem
 
         check_names([name])
         home = home_of(ctx)

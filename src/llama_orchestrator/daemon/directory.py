@@ -20,8 +20,8 @@ from llama_orchestrator.config.loader import (
     UnknownInstance,
     load_instance,
 )
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.seats import cutoff
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import Health, State

@@ -16,6 +16,7 @@ from typing import Any
 
 from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.loader import ConfigError
+from llama_orchestrator.daemon.api.metrics import install as install_metrics
 from llama_orchestrator.daemon.budget import Budget
 from llama_orchestrator.daemon.events import Event, EventKind
 from llama_orchestrator.daemon.gateway_reload import (
@@ -25,7 +26,6 @@ from llama_orchestrator.daemon.gateway_reload import (
     settle,
     source_key,
 )
-from llama_orchestrator.daemon.metrics import install as install_metrics
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.records import RequestRecord

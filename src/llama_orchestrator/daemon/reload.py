@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, load_file
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.events import Event, EventBus, EventKind
 from llama_orchestrator.engine.states import Desired, State
 from llama_orchestrator.home import Home

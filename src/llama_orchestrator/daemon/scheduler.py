@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
-from llama_orchestrator.config.portcheck import hosts_overlap
 from llama_orchestrator.daemon.budget import Budget, Evict, Fits, Never, Seat, Wait, choose
+from llama_orchestrator.doctor.portcheck import hosts_overlap
 
 DRAIN_POLL_S = 0.02  # how often victims are looked at while a start waits for them
 TTL_POLL_S = 1.0  # how often idle instances are looked at

@@ -15,8 +15,8 @@ import math
 from collections.abc import Callable, Mapping
 
 from llama_orchestrator.config.schema import InstanceGateway
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.actor import InstanceActor
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.budget import Seat
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.models.fit import DEFAULT_RESERVE_MB

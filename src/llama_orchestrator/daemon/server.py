@@ -172,7 +172,7 @@ async def _serve(home: Home, host: str, port: int) -> int:
     import psutil
     import uvicorn
 
-    from llama_orchestrator.daemon.api import create_app
+    from llama_orchestrator.daemon.api.app import create_app
     from llama_orchestrator.daemon.gateway_host import GatewayHost
     from llama_orchestrator.daemon.supervisor import Supervisor
     from llama_orchestrator.state.db import StateStore

@@ -1,4 +1,4 @@
-"""The supervisor: owns one actor per instance (daemon/actor.py) and the daemon-wide work.
+"""The supervisor: owns one actor per instance (daemon/actor/handlers.py) and the daemon-wide work.
 
 It builds the actors' context (state store, event bus, HTTP client, launcher, clock,
 scheduler), creates the actors, re-adopts servers at daemon start (and starts
@@ -17,9 +17,9 @@ import httpx
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.actor import InstanceActor
-from llama_orchestrator.daemon.context import ActorContext, Launcher, ProcessLauncher
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.context import ActorContext, Launcher, ProcessLauncher
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.events import EventBus, EventKind
 from llama_orchestrator.daemon.recorder import Recorder
 from llama_orchestrator.daemon.reload import ConfigWatcher, ScanReport

@@ -126,7 +126,7 @@ def device_args(backend: str, device_id: int) -> list[str]:
 
 
 # Flags every server gets whatever its config says (each once: not added again when
-# ``args`` has it). Not in config/argscheck.py's managed flags: saying one again in
+# ``args`` has it). Not in doctor/argscheck.py's managed flags: saying one again in
 # ``args`` changes nothing.
 AUTO_FLAGS = ("--metrics",)
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from llama_orchestrator.config.argscheck import args_verdict
 from llama_orchestrator.config.loader import LoadedConfig
+from llama_orchestrator.doctor.argscheck import args_verdict
 from llama_orchestrator.engine.binary import ResolvedBinary
 from llama_orchestrator.engine.command import build_argv, device_selection
 from llama_orchestrator.export.images import CONTAINER_PORT, DEVICE_ENV, MODELS_MOUNT

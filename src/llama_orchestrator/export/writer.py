@@ -118,7 +118,7 @@ def measured_load_seconds(home: Home) -> dict[str, float]:
 
 def memory_mib(loaded: LoadedConfig) -> int | None:
     """Host memory by ``fit``'s estimate, MiB rounded up; None when the model is unreadable."""
-    from llama_orchestrator.models.fit import config_estimate
+    from llama_orchestrator.doctor.estimate import config_estimate
 
     try:
         est = config_estimate(loaded)

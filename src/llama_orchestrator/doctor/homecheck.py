@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from llama_orchestrator.config.verdict import Named, Verdict
+from llama_orchestrator.doctor.verdict import Named, Verdict
 from llama_orchestrator.home import STATE_DIR_MODE, TOKEN_MODE, Home
 
 HOME_LABEL = "(home)"  # lint's row label for the home itself; never an instance name

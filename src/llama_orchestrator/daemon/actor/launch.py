@@ -7,9 +7,9 @@ what is announced, and whether a failing health check stops it.
 
 from __future__ import annotations
 
-from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.actor.context import ActorContext
+from llama_orchestrator.daemon.actor.preflight import Plan, RemotePlan
 from llama_orchestrator.daemon.events import EventKind
-from llama_orchestrator.daemon.preflight import Plan, RemotePlan
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.redact import shown_argv

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from llama_orchestrator.config.loader import LoadedConfig
-from llama_orchestrator.config.modelfile import model_file_problem
-from llama_orchestrator.config.verdict import Verdict
+from llama_orchestrator.doctor.modelfile import model_file_problem
+from llama_orchestrator.doctor.verdict import Verdict
 from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.home import Home
 

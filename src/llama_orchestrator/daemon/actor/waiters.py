@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.messages import Outcome
 
 
 def answer(replies: list[m.Reply], outcome: Outcome) -> None:

@@ -12,9 +12,9 @@ from llama_orchestrator.config.loader import (
     UnknownInstance,
     load_instance,
 )
-from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.actor.context import ActorContext
+from llama_orchestrator.daemon.actor.preflight import memory_mb
 from llama_orchestrator.daemon.events import EventKind
-from llama_orchestrator.daemon.preflight import memory_mb
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.command import base_url, log_paths
 from llama_orchestrator.engine.process import ServerProcess

@@ -71,7 +71,7 @@ def _check(sup: Supervisor, name: str) -> None:
 
 def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]:
     """Budgets, holdings and fit verdicts. ``free`` is each device's free MiB now."""
-    from llama_orchestrator.daemon.preflight import memory_mb
+    from llama_orchestrator.daemon.actor.preflight import memory_mb
 
     budget = sup.scheduler.effective_budget()
     devices: dict[str, dict[str, Any]] = {}

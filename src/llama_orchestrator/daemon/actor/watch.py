@@ -13,7 +13,7 @@ import httpx
 
 from llama_orchestrator.clock import Clock
 from llama_orchestrator.config.schema import HealthcheckConfig
-from llama_orchestrator.daemon.messages import (
+from llama_orchestrator.daemon.actor.messages import (
     BackoffDone,
     Checked,
     Exited,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llama_orchestrator.config.loader import LoadedConfig
-from llama_orchestrator.config.targets import home_configs
-from llama_orchestrator.config.verdict import Verdict
+from llama_orchestrator.doctor.targets import home_configs
+from llama_orchestrator.doctor.verdict import Verdict
 from llama_orchestrator.gpu.devices import Device, device_name, find_device
 from llama_orchestrator.home import Home
 
@@ -87,7 +87,7 @@ class GpuChecks:
         if isinstance(devices, str):
             return "ok", f"device memory unknown: {devices}"
         if self._overcommit is None:
-            from llama_orchestrator.models.fit import device_overcommit
+            from llama_orchestrator.doctor.estimate import device_overcommit
 
             self._overcommit = device_overcommit(home_configs(self.home), devices)
         message = self._overcommit.get(cfg.name)

@@ -14,7 +14,7 @@ import os
 import stat
 
 from llama_orchestrator.config.loader import LoadedConfig
-from llama_orchestrator.config.verdict import Verdict
+from llama_orchestrator.doctor.verdict import Verdict
 
 _DEVICE = "gpu.backend and gpu.device_id"
 

@@ -1,4 +1,4 @@
-"""An instance actor's state and the primitives that change it (daemon/actor.py has the
+"""An instance actor's state and the primitives that change it (daemon/actor/handlers.py has the
 handlers). Everything here runs on the actor's own loop, like the handlers."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ from typing import Any
 
 from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.config.schema import HealthcheckConfig
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.context import ActorContext
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.context import ActorContext
+from llama_orchestrator.daemon.actor.leases import CheckLog, Leases
+from llama_orchestrator.daemon.actor.mailbox import Mailbox
+from llama_orchestrator.daemon.actor.preflight import Plan
+from llama_orchestrator.daemon.actor.waiters import Waiters
 from llama_orchestrator.daemon.events import EventKind
-from llama_orchestrator.daemon.leases import CheckLog, Leases
-from llama_orchestrator.daemon.mailbox import Mailbox
-from llama_orchestrator.daemon.preflight import Plan
-from llama_orchestrator.daemon.waiters import Waiters
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.engine.states import Desired, Health, State, check_transition

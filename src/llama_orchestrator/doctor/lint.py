@@ -26,20 +26,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llama_orchestrator.config.argscheck import args_verdict, secrets_verdict
-from llama_orchestrator.config.filecheck import (
+from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
+from llama_orchestrator.config.loader import ConfigError, LoadedConfig, Problem
+from llama_orchestrator.config.schema import RemoteConfig
+from llama_orchestrator.doctor.argscheck import args_verdict, secrets_verdict
+from llama_orchestrator.doctor.filecheck import (
     binary_verdict,
     logs_verdict,
     model_verdict,
     server_log_paths,
 )
-from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
-from llama_orchestrator.config.gatewaycheck import gateway_checks
-from llama_orchestrator.config.gpucheck import GpuChecks, Runner, run_tool, tool_devices
-from llama_orchestrator.config.homecheck import HOME_LABEL, home_checks
-from llama_orchestrator.config.loader import ConfigError, LoadedConfig, Problem
-from llama_orchestrator.config.modelfile import model_file_problem
-from llama_orchestrator.config.portcheck import (
+from llama_orchestrator.doctor.gatewaycheck import gateway_checks
+from llama_orchestrator.doctor.gpucheck import GpuChecks, Runner, run_tool, tool_devices
+from llama_orchestrator.doctor.homecheck import HOME_LABEL, home_checks
+from llama_orchestrator.doctor.modelfile import model_file_problem
+from llama_orchestrator.doctor.portcheck import (
     HolderFinder,
     PortProbe,
     clash_texts,
@@ -47,10 +48,9 @@ from llama_orchestrator.config.portcheck import (
     port_clashes,
     port_unique,
 )
-from llama_orchestrator.config.ports import port_holder
-from llama_orchestrator.config.schema import RemoteConfig
-from llama_orchestrator.config.targets import Entry, Target, home_configs, load_entry
-from llama_orchestrator.config.verdict import Level, Named, Verdict, json_row, syntax_verdicts
+from llama_orchestrator.doctor.ports import port_holder
+from llama_orchestrator.doctor.targets import Entry, Target, home_configs, load_entry
+from llama_orchestrator.doctor.verdict import Level, Named, Verdict, json_row, syntax_verdicts
 from llama_orchestrator.gpu.devices import Device
 from llama_orchestrator.home import Home
 

@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from llama_orchestrator.daemon.metrics_watch import CheckWatch, LoadWatch
+from llama_orchestrator.daemon.api.metrics_watch import CheckWatch, LoadWatch
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import Health, State
 from llama_orchestrator.gateway.metrics import GatewayMetrics

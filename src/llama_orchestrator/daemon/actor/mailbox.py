@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.messages import Outcome
 from llama_orchestrator.errors import ErrorCode
 
 log = logging.getLogger("llama_orchestrator.supervisor")

@@ -14,8 +14,8 @@ from llama_orchestrator.config.gateway import (
     read_keys_file,
 )
 from llama_orchestrator.config.loader import ConfigError, parse_json, read_text
-from llama_orchestrator.config.portcheck import PortProbe, gateway_port_unique
-from llama_orchestrator.config.verdict import (
+from llama_orchestrator.doctor.portcheck import PortProbe, gateway_port_unique
+from llama_orchestrator.doctor.verdict import (
     Named,
     Verdict,
     json_row,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from llama_orchestrator.config.gateway import GatewayConfig, parse_gateway
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, parse_json, read_text
-from llama_orchestrator.config.ports import PortHolder, port_holder
-from llama_orchestrator.config.verdict import Verdict
+from llama_orchestrator.doctor.ports import PortHolder, port_holder
+from llama_orchestrator.doctor.verdict import Verdict
 from llama_orchestrator.home import Home
 
 HolderFinder = Callable[[str, int], "PortHolder | None"]

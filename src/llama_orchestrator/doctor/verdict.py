@@ -1,7 +1,7 @@
 """What one ``config lint`` check answers: a level and a one-line message.
 
 Shared by the modules that run the checks. A check returns a :data:`Verdict`; the runner
-(:mod:`~llama_orchestrator.config.lint`) adds the instance and the file it looked at.
+(:mod:`~llama_orchestrator.doctor.lint`) adds the instance and the file it looked at.
 """
 
 from __future__ import annotations

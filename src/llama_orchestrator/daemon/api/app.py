@@ -22,11 +22,12 @@ from pydantic import BaseModel
 
 from llama_orchestrator import __version__
 from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon.actor import InstanceActor
-from llama_orchestrator.daemon.events_api import events_router
-from llama_orchestrator.daemon.messages import Outcome
-from llama_orchestrator.daemon.preflight import refusal
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
+from llama_orchestrator.daemon.actor.messages import Outcome
+from llama_orchestrator.daemon.actor.preflight import refusal
+from llama_orchestrator.daemon.api.events import events_router
+from llama_orchestrator.daemon.api.webdata import data_router
 from llama_orchestrator.daemon.recorder import EVENTS_KEPT
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import State
@@ -34,7 +35,6 @@ from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import name_problem
 from llama_orchestrator.state.rows import instance_status
 from llama_orchestrator.web.auth import HostGuard, WebAuth, authorize
-from llama_orchestrator.web.data import data_router
 from llama_orchestrator.web.routes import ui_router
 
 if TYPE_CHECKING:

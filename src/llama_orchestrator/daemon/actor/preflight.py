@@ -19,10 +19,10 @@ from llama_orchestrator.config.loader import (
     UnknownInstance,
     load_instance,
 )
-from llama_orchestrator.config.modelfile import model_file_problem
-from llama_orchestrator.config.ports import port_holder
-from llama_orchestrator.daemon.messages import Outcome
+from llama_orchestrator.daemon.actor.messages import Outcome
 from llama_orchestrator.daemon.scheduler import Claim
+from llama_orchestrator.doctor.modelfile import model_file_problem
+from llama_orchestrator.doctor.ports import port_holder
 from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
 from llama_orchestrator.engine.command import LaunchSpec, base_url, device_label, launch_spec
 from llama_orchestrator.engine.process import ServerProcess
@@ -131,7 +131,7 @@ def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
     """``{device key: MiB}`` an instance counts for against the budgets: ``fit``'s
     estimate (weights of the offloaded layers + KV cache + compute buffer) on its GPU, or
     all of it against ``cpu`` for a CPU instance. Empty when the model cannot be read."""
-    from llama_orchestrator.models.fit import config_estimate
+    from llama_orchestrator.doctor.estimate import config_estimate
 
     try:
         st = os.stat(loaded.model_path)

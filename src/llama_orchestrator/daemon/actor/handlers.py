@@ -1,13 +1,13 @@
 """One instance's actor: the only code that changes that instance's state.
 
 Commands (start, stop, restart) arrive in its inbox from the control API and the
-gateway; its side tasks (daemon/watch.py: exit watcher, readiness poll, health monitor,
+gateway; its side tasks (daemon/actor/watch.py: exit watcher, readiness poll, health monitor,
 stop, backoff timer) only post reports to the same inbox. Every handler runs on the
 actor's loop and none of them awaits, so the actor answers every message at once: a
 ``down`` during a slow stop or a start waiting for admission is handled immediately.
 
 Desired state (``up`` -> running, ``down`` -> stopped) is recorded and converged onto,
-restarting with backoff on failure (daemon/policy.py decides how). ``leases`` count the
+restarting with backoff on failure (daemon/actor/policy.py decides how). ``leases`` count the
 gateway's requests on the running server; the scheduler admits starts (budgets)."""
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from typing import Any
 
 from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.config.schema import HealthcheckConfig, RestartPolicy
-from llama_orchestrator.daemon import messages as m
-from llama_orchestrator.daemon import watch
-from llama_orchestrator.daemon.actor_core import STOP_GRACE_S, ActorCore
-from llama_orchestrator.daemon.adopt import adopt_recorded, held_claim
-from llama_orchestrator.daemon.events import EventKind
-from llama_orchestrator.daemon.launch import AnyPlan, announce, open_run
-from llama_orchestrator.daemon.messages import Outcome
-from llama_orchestrator.daemon.policy import after_failure
-from llama_orchestrator.daemon.preflight import (
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor import watch
+from llama_orchestrator.daemon.actor.adopt import adopt_recorded, held_claim
+from llama_orchestrator.daemon.actor.core import STOP_GRACE_S, ActorCore
+from llama_orchestrator.daemon.actor.launch import AnyPlan, announce, open_run
+from llama_orchestrator.daemon.actor.messages import Outcome
+from llama_orchestrator.daemon.actor.policy import after_failure
+from llama_orchestrator.daemon.actor.preflight import (
     Plan,
     RemotePlan,
     load,
@@ -33,7 +32,8 @@ from llama_orchestrator.daemon.preflight import (
     refusal,
     spawn_error,
 )
-from llama_orchestrator.daemon.waiters import answer
+from llama_orchestrator.daemon.actor.waiters import answer
+from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.states import ALIVE, Desired, Health, State
 from llama_orchestrator.errors import ErrorCode
@@ -365,7 +365,7 @@ class InstanceActor(ActorCore):
     # -- daemon start ------------------------------------------------------------------
 
     def adopt_from(self, row: dict[str, Any]) -> None:
-        """Take back a server that kept running while the daemon was away (daemon/adopt.py)."""
+        """Take back a server that kept running while the daemon was away (actor/adopt.py)."""
         adopted = adopt_recorded(self.ctx, self.name, row)
         if adopted is not None:
             self.proc, self.loaded, self.url, self._stderr_path = adopted

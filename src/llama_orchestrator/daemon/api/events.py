@@ -6,7 +6,7 @@ of the bus as it is published, each as ``event: <kind>`` with the event as JSON 
 filter both. A comment line goes out every ``KEEPALIVE_S`` so proxies keep the stream.
 
 ``?logs=NAME`` adds that instance's log lines as ``log`` events, followed from now on
-(``?tail=N``: its last N lines first), as daemon/log_events.py says; ``?kinds=log``
+(``?tail=N``: its last N lines first), as daemon/api/log_events.py says; ``?kinds=log``
 alone then leaves only them.
 
 The subscription is bounded (``SUBSCRIBER_QUEUE``): a client that does not read is
@@ -27,8 +27,14 @@ from fastapi.params import Depends
 from fastapi.responses import StreamingResponse
 
 from llama_orchestrator.config.loader import UnknownInstance
+from llama_orchestrator.daemon.api.log_events import (
+    LOG_KIND,
+    MAX_TAIL,
+    LogFeed,
+    RemoteLog,
+    log_files,
+)
 from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE, Event, EventBus, EventKind
-from llama_orchestrator.daemon.log_events import LOG_KIND, MAX_TAIL, LogFeed, RemoteLog, log_files
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.home import name_problem
