@@ -1,1 +1,1 @@
-"""Config checks (lint, validate's deeper checks) and estimates: above config, engine, models and gpu."""
+"""Config checks and the configured estimate: above config, engine, models and gpu."""
