@@ -14,6 +14,7 @@ from llama_orchestrator import __version__
 from llama_orchestrator.cli import (
     chat_cmd,
     config_cmd,
+    create_cmd,
     daemon_cmd,
     dashboard_cmd,
     describe_cmd,
@@ -30,6 +31,7 @@ from llama_orchestrator.cli import (
     stats_cmd,
     ui_cmd,
 )
+from llama_orchestrator.cli.context import AppContext
 
 app = typer.Typer(
     name="llama-orch",
@@ -66,29 +68,38 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    ctx.obj = {"home": home}
+    ctx.obj = AppContext(home=home)
 
 
-config_cmd.register(app)
-lifecycle.register(app)
-describe_cmd.register(app)
-logs_cmd.register(app)
-events_cmd.register(app)
-stats_cmd.register(app)
-chat_cmd.register(app)
-health_cmd.register(app)
-daemon_cmd.register(app)
-info_cmd.register(app)
-dashboard_cmd.register(app)
-ui_cmd.register(app)
-devices_cmd.register(app)
-fit_cmd.register(app)
-service_cmd.register(app)
-gateway_cmd.register(app)
-export_cmd.register(app)
-for _group in app.registered_groups:  # the command groups' own Typers, as above
-    if _group.typer_instance is not None:
-        _group.typer_instance.suggest_commands = False
+# Each module's commands, merged into the root in the order `--help` lists them, then the
+# command groups under their names.
+for _commands in (
+    create_cmd,
+    lifecycle,
+    describe_cmd,
+    logs_cmd,
+    events_cmd,
+    stats_cmd,
+    chat_cmd,
+    health_cmd,
+    info_cmd,
+    dashboard_cmd,
+    ui_cmd,
+    devices_cmd,
+    fit_cmd,
+):
+    app.add_typer(_commands.app)
+for _name, _group in (
+    ("config", config_cmd),
+    ("daemon", daemon_cmd),
+    ("service", service_cmd),
+    ("gateway", gateway_cmd),
+    ("export", export_cmd),
+):
+    app.add_typer(_group.app, name=_name)
+for _info in app.registered_groups:  # click suggests already; both printed it twice
+    if _info.typer_instance is not None:
+        _info.typer_instance.suggest_commands = False
 
 
 def main() -> None:

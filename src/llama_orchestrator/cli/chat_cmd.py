@@ -55,87 +55,89 @@ def _write(text: str) -> None:
     out.flush()
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def chat(
-        ctx: typer.Context,
-        name: Annotated[str, typer.Argument(help="Instance name (or a gateway alias).")],
-        prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads it from stdin.")],
-        max_tokens: Annotated[
-            int,
-            typer.Option("--max-tokens", "-n", min=1, help="The most tokens to generate."),
-        ] = 128,
-        as_chat: Annotated[
-            bool,
-            typer.Option("--chat", help="Use /v1/chat/completions (the model's chat template)."),
-        ] = False,
-        api_key: Annotated[
-            str | None,
-            typer.Option(
-                "--api-key",
-                envvar="LLAMA_ORCH_API_KEY",
-                help="A key of the gateway (when gateway.json sets api_keys).",
-                show_default=False,
-            ),
-        ] = None,
-    ) -> None:
-        """Send a prompt through the gateway and stream the answer as it arrives.
+app = typer.Typer()
 
-        A completion by default (good for base models); --chat for a chat model. A
-        stopped instance is started on demand. Tokens/s go to stderr.
 
-        Examples: llama-orch chat gemma "The capital of France is"; llama-orch chat gemma
-        "Write a haiku" --chat -n 64
-        """
-        from llama_orchestrator.client.completion import CompletionError, stream
+@app.command()
+def chat(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name (or a gateway alias).")],
+    prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads it from stdin.")],
+    max_tokens: Annotated[
+        int,
+        typer.Option("--max-tokens", "-n", min=1, help="The most tokens to generate."),
+    ] = 128,
+    as_chat: Annotated[
+        bool,
+        typer.Option("--chat", help="Use /v1/chat/completions (the model's chat template)."),
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LLAMA_ORCH_API_KEY",
+            help="A key of the gateway (when gateway.json sets api_keys).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Send a prompt through the gateway and stream the answer as it arrives.
 
-        if not name.strip():
-            fail("name an instance", EXIT_USAGE)
-        if prompt == "-":
-            prompt = sys.stdin.read()
-        if not prompt.strip():
-            fail("empty prompt: give the text to send, or '-' to read it from stdin", EXIT_USAGE)
-        home = home_of(ctx)
-        url, keys = _gateway(home)
-        if keys and not api_key:
-            fail(
-                f"the gateway at {url} needs an API key: pass --api-key KEY or set "
-                "LLAMA_ORCH_API_KEY (its keys are in gateway.json)"
-            )
-        ended_line = True
+    A completion by default (good for base models); --chat for a chat model. A
+    stopped instance is started on demand. Tokens/s go to stderr.
 
-        def show(text: str) -> None:
-            nonlocal ended_line
-            _write(text)
-            ended_line = text.endswith("\n")
+    Examples: llama-orch chat gemma "The capital of France is"; llama-orch chat gemma
+    "Write a haiku" --chat -n 64
+    """
+    from llama_orchestrator.client.completion import CompletionError, stream
 
-        try:
-            result = stream(
-                url,
-                name,
-                prompt,
-                max_tokens=max_tokens,
-                chat=as_chat,
-                api_key=api_key,
-                on_text=show,
-            )
-        except KeyboardInterrupt:
-            if not ended_line:
-                _write("\n")
-            say("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except BrokenPipeError:
-            raise quiet_exit() from None
-        except CompletionError as e:
-            if not ended_line:
-                _write("\n")
-            fail(f"{name}: {one_line(str(e))}")
-        except OSError as e:
-            if not ended_line:
-                _write("\n")
-            fail(f"lost the gateway at {url} ({e.strerror or e})")
+    if not name.strip():
+        fail("name an instance", EXIT_USAGE)
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        fail("empty prompt: give the text to send, or '-' to read it from stdin", EXIT_USAGE)
+    home = home_of(ctx)
+    url, keys = _gateway(home)
+    if keys and not api_key:
+        fail(
+            f"the gateway at {url} needs an API key: pass --api-key KEY or set "
+            "LLAMA_ORCH_API_KEY (its keys are in gateway.json)"
+        )
+    ended_line = True
+
+    def show(text: str) -> None:
+        nonlocal ended_line
+        _write(text)
+        ended_line = text.endswith("\n")
+
+    try:
+        result = stream(
+            url,
+            name,
+            prompt,
+            max_tokens=max_tokens,
+            chat=as_chat,
+            api_key=api_key,
+            on_text=show,
+        )
+    except KeyboardInterrupt:
         if not ended_line:
             _write("\n")
-        n = result.tokens or 0
-        speed = f"{result.tokens_per_s:.1f}" if result.tokens_per_s is not None else "-"
-        say(f"{n} token{'' if n == 1 else 's'} at {speed} tokens/s ({result.seconds:.2f}s in all)")
+        say("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        raise quiet_exit() from None
+    except CompletionError as e:
+        if not ended_line:
+            _write("\n")
+        fail(f"{name}: {one_line(str(e))}")
+    except OSError as e:
+        if not ended_line:
+            _write("\n")
+        fail(f"lost the gateway at {url} ({e.strerror or e})")
+    if not ended_line:
+        _write("\n")
+    n = result.tokens or 0
+    speed = f"{result.tokens_per_s:.1f}" if result.tokens_per_s is not None else "-"
+    say(f"{n} token{'' if n == 1 else 's'} at {speed} tokens/s ({result.seconds:.2f}s in all)")

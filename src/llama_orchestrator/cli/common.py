@@ -23,9 +23,10 @@ EXIT_USAGE = 2
 
 
 def home_of(ctx: typer.Context) -> Home:
-    root = ctx.find_root()
-    obj = root.obj if isinstance(root.obj, dict) else {}
-    return Home.resolve(obj.get("home"))
+    """The workspace the root's ``--home`` names (cli/context.py)."""
+    from llama_orchestrator.cli.context import app_context
+
+    return app_context(ctx).resolve_home()
 
 
 def say(message: str) -> None:

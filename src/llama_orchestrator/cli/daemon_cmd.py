@@ -9,84 +9,86 @@ import typer
 
 from llama_orchestrator.cli.common import daemon_client, fail, home_of, say
 
+app = typer.Typer(
+    help="The supervisor daemon that owns every instance (started on demand by `up`).",
+    no_args_is_help=True,
+)
 
-def register(app: typer.Typer) -> None:
-    daemon = typer.Typer(
-        help="The supervisor daemon that owns every instance (started on demand by `up`).",
-        no_args_is_help=True,
-    )
-    app.add_typer(daemon, name="daemon")
 
-    @daemon.command()
-    def start(ctx: typer.Context) -> None:
-        """Start the daemon in the background (no-op when it already runs)."""
-        from llama_orchestrator.client.control import DaemonError, daemon_status, ensure_daemon
+@app.command()
+def start(ctx: typer.Context) -> None:
+    """Start the daemon in the background (no-op when it already runs)."""
+    from llama_orchestrator.client.control import DaemonError, daemon_status, ensure_daemon
 
-        home = home_of(ctx)
-        try:
-            _client, started = ensure_daemon(home)
-        except DaemonError as e:
-            fail(str(e))
-        st = daemon_status(home)
-        say(f"daemon {'started' if started else 'already running'} (pid {st.pid}, {st.url})")
+    home = home_of(ctx)
+    try:
+        _client, started = ensure_daemon(home)
+    except DaemonError as e:
+        fail(str(e))
+    st = daemon_status(home)
+    say(f"daemon {'started' if started else 'already running'} (pid {st.pid}, {st.url})")
 
-    @daemon.command()
-    def stop(ctx: typer.Context) -> None:
-        """Stop the daemon. Instances keep running; the next daemon re-adopts them."""
-        from llama_orchestrator.client.control import stop_daemon
 
-        say("daemon stopped" if stop_daemon(home_of(ctx)) else "daemon is not running")
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the daemon. Instances keep running; the next daemon re-adopts them."""
+    from llama_orchestrator.client.control import stop_daemon
 
-    @daemon.command()
-    def reload(
-        ctx: typer.Context,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """Rescan instances/ and gateway.json now (as SIGHUP does; the daemon also looks
-        every 2 s). Unchanged instances are left alone; changed ones keep running until
-        `up` recreates them. Exit 1 when a config or gateway.json is invalid (or refused).
-        """
-        client = daemon_client(home_of(ctx))
-        try:
-            reply = client.post("/v1/daemon/reload")
-        except OSError as e:
-            fail(f"lost the daemon ({e}); see logs/daemon.log")
-        body = reply.body
-        if not reply.ok or not isinstance(body, dict):
-            fail(f"the daemon could not reload: {body}")
-        if as_json:
-            print(json.dumps(body))
-        else:
-            _say_reload(body)
-        if body.get("invalid") or body.get("gateway") in ("invalid", "refused"):
-            raise typer.Exit(1)
+    say("daemon stopped" if stop_daemon(home_of(ctx)) else "daemon is not running")
 
-    @daemon.command()
-    def status(
-        ctx: typer.Context,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """Show whether the daemon runs. Exit 0 when it does, 1 when it does not."""
-        from llama_orchestrator.client.control import daemon_status
 
-        st = daemon_status(home_of(ctx))
-        if as_json:
-            print(json.dumps(st.to_dict()))
-        elif st.running:
-            print(f"running (pid {st.pid}, {st.url})")
-        else:
-            print("not running" + (" (stale pid file)" if st.stale_pid_file else ""))
-        raise typer.Exit(0 if st.running else 1)
+@app.command()
+def reload(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Rescan instances/ and gateway.json now (as SIGHUP does; the daemon also looks
+    every 2 s). Unchanged instances are left alone; changed ones keep running until
+    `up` recreates them. Exit 1 when a config or gateway.json is invalid (or refused).
+    """
+    client = daemon_client(home_of(ctx))
+    try:
+        reply = client.post("/v1/daemon/reload")
+    except OSError as e:
+        fail(f"lost the daemon ({e}); see logs/daemon.log")
+    body = reply.body
+    if not reply.ok or not isinstance(body, dict):
+        fail(f"the daemon could not reload: {body}")
+    if as_json:
+        print(json.dumps(body))
+    else:
+        _say_reload(body)
+    if body.get("invalid") or body.get("gateway") in ("invalid", "refused"):
+        raise typer.Exit(1)
 
-    @daemon.command()
-    def run(
-        ctx: typer.Context,
-        port: Annotated[int, typer.Option(help="Control API port (0 = any free port).")] = 0,
-    ) -> None:
-        """Run the daemon in the foreground (what the OS service runs)."""
-        from llama_orchestrator.daemon.server import run_daemon
 
-        raise typer.Exit(run_daemon(home_of(ctx), port=port))
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show whether the daemon runs. Exit 0 when it does, 1 when it does not."""
+    from llama_orchestrator.client.control import daemon_status
+
+    st = daemon_status(home_of(ctx))
+    if as_json:
+        print(json.dumps(st.to_dict()))
+    elif st.running:
+        print(f"running (pid {st.pid}, {st.url})")
+    else:
+        print("not running" + (" (stale pid file)" if st.stale_pid_file else ""))
+    raise typer.Exit(0 if st.running else 1)
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Control API port (0 = any free port).")] = 0,
+) -> None:
+    """Run the daemon in the foreground (what the OS service runs)."""
+    from llama_orchestrator.daemon.server import run_daemon
+
+    raise typer.Exit(run_daemon(home_of(ctx), port=port))
 
 
 def _say_reload(body: dict[str, Any]) -> None:

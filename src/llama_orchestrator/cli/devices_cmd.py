@@ -35,69 +35,71 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def devices(
-        ctx: typer.Context,
-        device: Annotated[
-            str | None,
-            typer.Argument(help="Show one device only, e.g. Vulkan1, CUDA0 or cuda:0."),
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """List GPUs with backend, index, name, total and free memory.
+app = typer.Typer()
 
-        Sources: `llama-server --list-devices` of the default binary (which names the
-        -dev values), nvidia-smi, vulkaninfo, rocm-smi and macOS system_profiler, where
-        installed.
 
-        Examples:
+@app.command()
+def devices(
+    ctx: typer.Context,
+    device: Annotated[
+        str | None,
+        typer.Argument(help="Show one device only, e.g. Vulkan1, CUDA0 or cuda:0."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List GPUs with backend, index, name, total and free memory.
 
-          llama-orch devices
+    Sources: `llama-server --list-devices` of the default binary (which names the
+    -dev values), nvidia-smi, vulkaninfo, rocm-smi and macOS system_profiler, where
+    installed.
 
-          llama-orch devices Vulkan1 --json
-        """
-        from llama_orchestrator.engine.binary import BinaryError, resolve_binary
-        from llama_orchestrator.gpu.detect import detect
-        from llama_orchestrator.gpu.devices import find_device, parse_device_ref
+    Examples:
 
-        wanted = None
-        if device is not None:
-            try:
-                wanted = parse_device_ref(device)
-            except ValueError as e:
-                fail(str(e), EXIT_USAGE)
-        home = home_of(ctx)
+      llama-orch devices
+
+      llama-orch devices Vulkan1 --json
+    """
+    from llama_orchestrator.engine.binary import BinaryError, resolve_binary
+    from llama_orchestrator.gpu.detect import detect
+    from llama_orchestrator.gpu.devices import find_device, parse_device_ref
+
+    wanted = None
+    if device is not None:
         try:
-            binary = resolve_binary(None, home)
-            found = detect(binary.argv_prefix)
-        except BinaryError as e:
-            found = detect(None, llama_problem=str(e))
-        if wanted is not None:
-            one = find_device(found.devices, *wanted)
-            if one is None:
-                seen = ", ".join(f"{d.label} ({d.summary()})" for d in found.devices) or "none"
-                sources = found.sources_text()
-                fail(f"device {device} not found; devices: {seen} (sources: {sources})")
-            print(json.dumps(one.to_dict(), indent=2) if as_json else _describe(one))
-            return
-        if as_json:
-            print(json.dumps(found.to_dict(), indent=2))
-            return
-        if not found.devices:
-            print(f"no GPU devices found (sources: {found.sources_text()})")
-            return
-        head = ["DEV", "BACKEND", "INDEX", "NAME", "TOTAL", "FREE", "SOURCES"]
-        rows = [_row(d) for d in found.devices]
-        print(_table([head, *rows]))
-        say(f"sources: {found.sources_text()}")
-        if any(d.dev is None for d in found.devices):
-            say(
-                "DEV '-': not listed by llama-server, so -dev cannot select it "
-                "(a build without that backend?)"
-                if found.listed
-                else "DEV '-': llama-server gave no device list; INDEX is the tool's numbering"
-            )
+            wanted = parse_device_ref(device)
+        except ValueError as e:
+            fail(str(e), EXIT_USAGE)
+    home = home_of(ctx)
+    try:
+        binary = resolve_binary(None, home)
+        found = detect(binary.argv_prefix)
+    except BinaryError as e:
+        found = detect(None, llama_problem=str(e))
+    if wanted is not None:
+        one = find_device(found.devices, *wanted)
+        if one is None:
+            seen = ", ".join(f"{d.label} ({d.summary()})" for d in found.devices) or "none"
+            sources = found.sources_text()
+            fail(f"device {device} not found; devices: {seen} (sources: {sources})")
+        print(json.dumps(one.to_dict(), indent=2) if as_json else _describe(one))
+        return
+    if as_json:
+        print(json.dumps(found.to_dict(), indent=2))
+        return
+    if not found.devices:
+        print(f"no GPU devices found (sources: {found.sources_text()})")
+        return
+    head = ["DEV", "BACKEND", "INDEX", "NAME", "TOTAL", "FREE", "SOURCES"]
+    rows = [_row(d) for d in found.devices]
+    print(_table([head, *rows]))
+    say(f"sources: {found.sources_text()}")
+    if any(d.dev is None for d in found.devices):
+        say(
+            "DEV '-': not listed by llama-server, so -dev cannot select it "
+            "(a build without that backend?)"
+            if found.listed
+            else "DEV '-': llama-server gave no device list; INDEX is the tool's numbering"
+        )
 
 
 def _row(d: Device) -> list[str]:

@@ -156,59 +156,61 @@ def follow(
         conn.close()
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def events(
-        ctx: typer.Context,
-        follow_: Annotated[
-            bool, typer.Option("--follow", "-f", help="Follow the live stream until Ctrl-C.")
-        ] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-        instance: Annotated[
-            list[str] | None,
-            typer.Option("--instance", help="Only this instance (repeat, or a,b)."),
-        ] = None,
-        kinds: Annotated[
-            list[str] | None,
-            typer.Option("--kinds", help="Only these kinds: state, health, exit... (a,b)."),
-        ] = None,
-        limit: Annotated[
-            int, typer.Option("--limit", "-n", min=1, help="Recorded events shown (no -f).")
-        ] = 50,
-        logs: Annotated[
-            str | None,
-            typer.Option("--logs", metavar="NAME", help="Also NAME's log lines (implies -f)."),
-        ] = None,
-        tail: Annotated[
-            int, typer.Option("--tail", min=0, max=10_000, help="With --logs: last N lines first.")
-        ] = 0,
-    ) -> None:
-        """Show instance events (state, health, exits, restarts, config...).
+app = typer.Typer()
 
-        Examples: llama-orch events; llama-orch events -f --instance gemma;
-        llama-orch events --kinds state,exit --json; llama-orch events --logs gemma
-        """
-        names, wanted = split(instance), split(kinds)
-        check_names(names + ([logs] if logs is not None else []))
-        check_kinds(wanted, logs)
-        home = home_of(ctx)
-        try:
-            if not follow_ and logs is None:
-                for event in recorded(home, names, wanted, limit):
-                    print(json.dumps(event) if as_json else render(event))
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Follow the live stream until Ctrl-C.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    instance: Annotated[
+        list[str] | None,
+        typer.Option("--instance", help="Only this instance (repeat, or a,b)."),
+    ] = None,
+    kinds: Annotated[
+        list[str] | None,
+        typer.Option("--kinds", help="Only these kinds: state, health, exit... (a,b)."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Recorded events shown (no -f).")
+    ] = 50,
+    logs: Annotated[
+        str | None,
+        typer.Option("--logs", metavar="NAME", help="Also NAME's log lines (implies -f)."),
+    ] = None,
+    tail: Annotated[
+        int, typer.Option("--tail", min=0, max=10_000, help="With --logs: last N lines first.")
+    ] = 0,
+) -> None:
+    """Show instance events (state, health, exits, restarts, config...).
+
+    Examples: llama-orch events; llama-orch events -f --instance gemma;
+    llama-orch events --kinds state,exit --json; llama-orch events --logs gemma
+    """
+    names, wanted = split(instance), split(kinds)
+    check_names(names + ([logs] if logs is not None else []))
+    check_kinds(wanted, logs)
+    home = home_of(ctx)
+    try:
+        if not follow_ and logs is None:
+            for event in recorded(home, names, wanted, limit):
+                print(json.dumps(event) if as_json else render(event))
+            return
+        client = daemon_client(home)
+        for event in follow(client, names, wanted, logs, tail):
+            print(json.dumps(event) if as_json else render(event), flush=True)
+            if event.get("kind") == "dropped":
+                fail("the daemon dropped this stream: it fell behind")
+            if event.get("kind") == "end":
+                say("the daemon stopped: the stream ended")
                 return
-            client = daemon_client(home)
-            for event in follow(client, names, wanted, logs, tail):
-                print(json.dumps(event) if as_json else render(event), flush=True)
-                if event.get("kind") == "dropped":
-                    fail("the daemon dropped this stream: it fell behind")
-                if event.get("kind") == "end":
-                    say("the daemon stopped: the stream ended")
-                    return
-            fail("the daemon's event stream ended without a word (did the daemon die?)")
-        except KeyboardInterrupt:
-            raise typer.Exit(0) from None
-        except BrokenPipeError:
-            raise quiet_exit() from None
-        except (OSError, TimeoutError) as e:
-            fail(f"lost the daemon's event stream: {e}")
+        fail("the daemon's event stream ended without a word (did the daemon die?)")
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except BrokenPipeError:
+        raise quiet_exit() from None
+    except (OSError, TimeoutError) as e:
+        fail(f"lost the daemon's event stream: {e}")

@@ -17,137 +17,133 @@ import typer
 
 from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of, quiet_exit, say
 
+app = typer.Typer(help="Export instances for another platform (Kubernetes).", no_args_is_help=True)
 
-def register(app: typer.Typer) -> None:
-    export = typer.Typer(
-        help="Export instances for another platform (Kubernetes).", no_args_is_help=True
-    )
-    app.add_typer(export, name="export")
 
-    @export.command()
-    def kubernetes(
-        ctx: typer.Context,
-        names: Annotated[list[str] | None, typer.Argument(help="Instances to export.")] = None,
-        all_: Annotated[bool, typer.Option("--all", help="Export every instance.")] = False,
-        output: Annotated[
-            Path | None,
-            typer.Option(
-                "-o",
-                "--output",
-                help="Folder for one file per instance, gateway.yaml and kustomization.yaml, "
-                "and the Secrets in *.secret.yaml, kept when they exist "
-                "(default: every document to stdout).",
-            ),
-        ] = None,
-        namespace: Annotated[str, typer.Option(help="Namespace of every resource.")] = "default",
-        image: Annotated[
-            str | None,
-            typer.Option(
-                help="llama-server image for every instance (default: llama.cpp's "
-                "published server image for the backend)."
-            ),
-        ] = None,
-        models: Annotated[
-            str | None,
-            typer.Option(
-                help="Where the model files are: pvc:CLAIM (read-only; default "
-                "pvc:llama-models) or hostpath:/path on the node.",
-            ),
-        ] = None,
-        vulkan_resource: Annotated[
-            str,
-            typer.Option(
-                help="GPU resource a Vulkan instance requests: amd.com/gpu, "
-                "gpu.intel.com/i915 or gpu.intel.com/xe (any device plugin's resource).",
-            ),
-        ] = "amd.com/gpu",
-        name_prefix: Annotated[
-            str, typer.Option(help="Prefix of the instances' resource names (e.g. llm-).")
-        ] = "",
-        server_command: Annotated[
-            str, typer.Option(help="llama-server's path in the image.")
-        ] = "/app/llama-server",
-        gateway_image: Annotated[
-            str | None,
-            typer.Option(
-                help="An image with llama-orch installed, for the gateway "
-                "(default: a Python image that pip-installs it at start)."
-            ),
-        ] = None,
-        gateway_package: Annotated[
-            str | None,
-            typer.Option(help="What the Python image pip-installs (default: this version)."),
-        ] = None,
-    ) -> None:
-        """Write Kubernetes YAML for instances and the gateway in front of them.
+@app.command()
+def kubernetes(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Instances to export.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Export every instance.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Folder for one file per instance, gateway.yaml and kustomization.yaml, "
+            "and the Secrets in *.secret.yaml, kept when they exist "
+            "(default: every document to stdout).",
+        ),
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of every resource.")] = "default",
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="llama-server image for every instance (default: llama.cpp's "
+            "published server image for the backend)."
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the model files are: pvc:CLAIM (read-only; default "
+            "pvc:llama-models) or hostpath:/path on the node.",
+        ),
+    ] = None,
+    vulkan_resource: Annotated[
+        str,
+        typer.Option(
+            help="GPU resource a Vulkan instance requests: amd.com/gpu, "
+            "gpu.intel.com/i915 or gpu.intel.com/xe (any device plugin's resource).",
+        ),
+    ] = "amd.com/gpu",
+    name_prefix: Annotated[
+        str, typer.Option(help="Prefix of the instances' resource names (e.g. llm-).")
+    ] = "",
+    server_command: Annotated[
+        str, typer.Option(help="llama-server's path in the image.")
+    ] = "/app/llama-server",
+    gateway_image: Annotated[
+        str | None,
+        typer.Option(
+            help="An image with llama-orch installed, for the gateway "
+            "(default: a Python image that pip-installs it at start)."
+        ),
+    ] = None,
+    gateway_package: Annotated[
+        str | None,
+        typer.Option(help="What the Python image pip-installs (default: this version)."),
+    ] = None,
+) -> None:
+    """Write Kubernetes YAML for instances and the gateway in front of them.
 
-        Examples:
+    Examples:
 
-          llama-orch export kubernetes --all | kubectl apply -f -
+      llama-orch export kubernetes --all | kubectl apply -f -
 
-          llama-orch export kubernetes gemma -o k8s --models pvc:models --namespace llm
-        """
-        from llama_orchestrator.config.loader import ConfigError, UnknownInstance
-        from llama_orchestrator.export.options import ExportError, ExportOptions, parse_models
-        from llama_orchestrator.export.writer import export_kubernetes, write_files
+      llama-orch export kubernetes gemma -o k8s --models pvc:models --namespace llm
+    """
+    from llama_orchestrator.config.loader import ConfigError, UnknownInstance
+    from llama_orchestrator.export.options import ExportError, ExportOptions, parse_models
+    from llama_orchestrator.export.writer import export_kubernetes, write_files
 
-        home = home_of(ctx)
-        wanted = list(names or [])
-        if wanted and all_:
-            fail("name instances or pass --all, not both", EXIT_USAGE)
-        if not wanted and not all_:
-            fail("name the instances to export, or pass --all", EXIT_USAGE)
-        check_names(wanted)
-        if all_:
-            wanted = home.instance_names()
-            if not wanted:
-                fail(f"no instances in {home.instances_dir}: create one first (llama-orch create)")
+    home = home_of(ctx)
+    wanted = list(names or [])
+    if wanted and all_:
+        fail("name instances or pass --all, not both", EXIT_USAGE)
+    if not wanted and not all_:
+        fail("name the instances to export, or pass --all", EXIT_USAGE)
+    check_names(wanted)
+    if all_:
+        wanted = home.instance_names()
+        if not wanted:
+            fail(f"no instances in {home.instances_dir}: create one first (llama-orch create)")
+    try:
+        opts = ExportOptions(
+            namespace=namespace,
+            models=parse_models(models),
+            image=image,
+            server_command=server_command,
+            vulkan_resource=vulkan_resource,
+            name_prefix=name_prefix,
+            gateway_image=gateway_image,
+            gateway_package=gateway_package,
+        )
+        opts.check()
+    except ExportError as e:
+        fail(str(e), EXIT_USAGE)
+    try:
+        result = export_kubernetes(home, wanted, opts, skip_remote=all_)
+    except (ExportError, UnknownInstance) as e:
+        fail(str(e))
+    except ConfigError as e:
+        fail(f"cannot export:\n{e}")
+    for note in result.notes:
+        say(f"note: {note}")
+    if output is None:
         try:
-            opts = ExportOptions(
-                namespace=namespace,
-                models=parse_models(models),
-                image=image,
-                server_command=server_command,
-                vulkan_resource=vulkan_resource,
-                name_prefix=name_prefix,
-                gateway_image=gateway_image,
-                gateway_package=gateway_package,
-            )
-            opts.check()
-        except ExportError as e:
-            fail(str(e), EXIT_USAGE)
-        try:
-            result = export_kubernetes(home, wanted, opts, skip_remote=all_)
-        except (ExportError, UnknownInstance) as e:
-            fail(str(e))
-        except ConfigError as e:
-            fail(f"cannot export:\n{e}")
-        for note in result.notes:
-            say(f"note: {note}")
-        if output is None:
-            try:
-                print(result.stream, end="", flush=True)
-            except BrokenPipeError:
-                raise quiet_exit() from None
-            return
-        try:
-            done = write_files(output, result.files, result.secrets)
-        except ExportError as e:
-            fail(str(e))
-        if done.unlisted:
-            unlisted = ", ".join(p.name for p in done.unlisted)
+            print(result.stream, end="", flush=True)
+        except BrokenPipeError:
+            raise quiet_exit() from None
+        return
+    try:
+        done = write_files(output, result.files, result.secrets)
+    except ExportError as e:
+        fail(str(e))
+    if done.unlisted:
+        unlisted = ", ".join(p.name for p in done.unlisted)
+        say(
+            f"note: {unlisted} in {output} (from an earlier export) are not in this one's "
+            f"kustomization.yaml, so `kubectl apply -k` leaves them out: export them "
+            "again with these (or --all), or delete them"
+        )
+    for path, missing in done.kept:
+        say(f"kept {path} (it exists; delete it to regenerate)")
+        if missing:
             say(
-                f"note: {unlisted} in {output} (from an earlier export) are not in this one's "
-                f"kustomization.yaml, so `kubectl apply -k` leaves them out: export them "
-                "again with these (or --all), or delete them"
+                f"warning: {path} does not read {', '.join(missing)}, which the exported "
+                "documents expect: add it, or delete the file to regenerate it"
             )
-        for path, missing in done.kept:
-            say(f"kept {path} (it exists; delete it to regenerate)")
-            if missing:
-                say(
-                    f"warning: {path} does not read {', '.join(missing)}, which the exported "
-                    "documents expect: add it, or delete the file to regenerate it"
-                )
-        kept = f", kept {len(done.kept)}" if done.kept else ""
-        say(f"wrote {len(done.written)} files to {output}{kept} (kubectl apply -k {output})")
-        say(f"the models volume ({opts.models.spec}) must hold: {', '.join(result.model_files)}")
+    kept = f", kept {len(done.kept)}" if done.kept else ""
+    say(f"wrote {len(done.written)} files to {output}{kept} (kubectl apply -k {output})")
+    say(f"the models volume ({opts.models.spec}) must hold: {', '.join(result.model_files)}")

@@ -91,138 +91,141 @@ def _report(result: FitResult, device: str, model: str) -> str:
     return "\n".join(lines)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def fit(
-        ctx: typer.Context,
-        name: Annotated[
-            str | None, typer.Argument(help="An instance: its config gives every setting.")
-        ] = None,
-        model: Annotated[
-            Path | None, typer.Option("--model", "-m", help="A GGUF file instead of an instance.")
-        ] = None,
-        ctx_size: Annotated[int | None, typer.Option("--ctx", help="Context size (-c).")] = None,
-        parallel: Annotated[int | None, typer.Option("--parallel", help="Slots (-np).")] = None,
-        device: Annotated[
-            str | None,
-            typer.Option("--device", help="Device to fit on: cuda:0, Vulkan1, metal:0, cpu."),
-        ] = None,
-        memory_mb: Annotated[
-            int | None, typer.Option("--memory-mb", help="Free memory of the device (MiB).")
-        ] = None,
-        reserve_mb: Annotated[
-            int, typer.Option("--reserve-mb", help="GPU memory to leave free (MiB).")
-        ] = 512,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """Estimate weights, KV cache and compute memory; say whether it fits, suggest -ngl.
+app = typer.Typer()
 
-        Examples: llama-orch fit gemma; llama-orch fit --model m.gguf --ctx 8192 --device cuda:0;
-        llama-orch fit --model m.gguf --memory-mb 8192
-        """
-        from llama_orchestrator.models.fit import FitParams, fit_gpu, fit_host
-        from llama_orchestrator.models.header import GGUFError, read_model_info
 
-        if (name is None) == (model is None):
-            fail("name an instance or give --model PATH (not both)", EXIT_USAGE)
-        for value, flag in (
-            (ctx_size, "--ctx"),
-            (parallel, "--parallel"),
-            (memory_mb, "--memory-mb"),
-        ):
-            if value is not None and value < 1:
-                fail(f"{flag} must be at least 1", EXIT_USAGE)
-        home = home_of(ctx)
-        base: dict[str, Any] = {}
-        args: list[str] = []
-        backend, index, binary = "cpu", 0, None
-        if name is not None:
-            from llama_orchestrator.config.loader import ConfigError, load_instance
+@app.command()
+def fit(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(help="An instance: its config gives every setting.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="A GGUF file instead of an instance.")
+    ] = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx", help="Context size (-c).")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", help="Slots (-np).")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="Device to fit on: cuda:0, Vulkan1, metal:0, cpu."),
+    ] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="Free memory of the device (MiB).")
+    ] = None,
+    reserve_mb: Annotated[
+        int, typer.Option("--reserve-mb", help="GPU memory to leave free (MiB).")
+    ] = 512,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Estimate weights, KV cache and compute memory; say whether it fits, suggest -ngl.
 
-            check_names([name])
-            try:
-                loaded = load_instance(home, name)
-            except (ConfigError, LookupError) as e:
-                fail(str(e))
-            if loaded.remote is not None:
-                fail(
-                    f"{name!r} is a remote instance ({loaded.remote.url}): its model runs on "
-                    "another machine; run `llama-orch fit` there, or pass --model FILE"
-                )
-            c = loaded.config
-            model_path = loaded.model_path
-            base = {
-                "context_size": c.model.context_size,
-                "parallel": c.server.parallel,
-                "batch_size": c.model.batch_size,
-            }
-            args, backend, index, binary = c.args, c.gpu.backend, c.gpu.device_id, c.binary
-        else:
-            assert model is not None
-            model_path = model.expanduser().absolute()
-        if ctx_size is not None:
-            base["context_size"] = ctx_size
-        if parallel is not None:
-            base["parallel"] = parallel
-        if device is not None:
-            if device.strip().lower() == "cpu":
-                backend, index = "cpu", 0
-            else:
-                from llama_orchestrator.gpu.devices import parse_device_ref
+    Examples: llama-orch fit gemma; llama-orch fit --model m.gguf --ctx 8192 --device cuda:0;
+    llama-orch fit --model m.gguf --memory-mb 8192
+    """
+    from llama_orchestrator.models.fit import FitParams, fit_gpu, fit_host
+    from llama_orchestrator.models.header import GGUFError, read_model_info
 
-                try:
-                    backend, index = parse_device_ref(device)
-                except ValueError as e:
-                    fail(str(e), EXIT_USAGE)
-        elif name is None and memory_mb is not None:
-            backend = "gpu"  # a device known only by its memory size
-        params = FitParams.from_args(args, **base)
+    if (name is None) == (model is None):
+        fail("name an instance or give --model PATH (not both)", EXIT_USAGE)
+    for value, flag in (
+        (ctx_size, "--ctx"),
+        (parallel, "--parallel"),
+        (memory_mb, "--memory-mb"),
+    ):
+        if value is not None and value < 1:
+            fail(f"{flag} must be at least 1", EXIT_USAGE)
+    home = home_of(ctx)
+    base: dict[str, Any] = {}
+    args: list[str] = []
+    backend, index, binary = "cpu", 0, None
+    if name is not None:
+        from llama_orchestrator.config.loader import ConfigError, load_instance
+
+        check_names([name])
         try:
-            info = read_model_info(model_path)
-            if backend == "cpu":
-                available, where = (
-                    (memory_mb * 2**20, f"host ({memory_mb} MiB given)")
-                    if memory_mb is not None
-                    else _host_memory()
-                )
-                result = fit_host(info, params, available)
-            else:
-                if memory_mb is not None:
-                    free, where = memory_mb * 2**20, f"{backend}:{index} ({memory_mb} MiB given)"
-                    if backend == "gpu":
-                        where = f"a GPU with {memory_mb} MiB free"
-                else:
-                    free, where = _device_memory(home, backend, index, binary)
-                result = fit_gpu(info, params, free, reserve_mb * 2**20)
-        except GGUFError as e:
+            loaded = load_instance(home, name)
+        except (ConfigError, LookupError) as e:
             fail(str(e))
-        if as_json:
-            out = {"model": str(model_path), "device": where, "params": params.__dict__}
-            out.update(result.to_dict())
-            print(json.dumps(out, indent=2))
+        if loaded.remote is not None:
+            fail(
+                f"{name!r} is a remote instance ({loaded.remote.url}): its model runs on "
+                "another machine; run `llama-orch fit` there, or pass --model FILE"
+            )
+        c = loaded.config
+        model_path = loaded.model_path
+        base = {
+            "context_size": c.model.context_size,
+            "parallel": c.server.parallel,
+            "batch_size": c.model.batch_size,
+        }
+        args, backend, index, binary = c.args, c.gpu.backend, c.gpu.device_id, c.binary
+    else:
+        assert model is not None
+        model_path = model.expanduser().absolute()
+    if ctx_size is not None:
+        base["context_size"] = ctx_size
+    if parallel is not None:
+        base["parallel"] = parallel
+    if device is not None:
+        if device.strip().lower() == "cpu":
+            backend, index = "cpu", 0
         else:
-            print(_report(result, where, str(model_path)))
+            from llama_orchestrator.gpu.devices import parse_device_ref
 
-    @app.command()
-    def templates(
-        ctx: typer.Context,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """List the config templates for `create --template`: built-in and the home's own.
+            try:
+                backend, index = parse_device_ref(device)
+            except ValueError as e:
+                fail(str(e), EXIT_USAGE)
+    elif name is None and memory_mb is not None:
+        backend = "gpu"  # a device known only by its memory size
+    params = FitParams.from_args(args, **base)
+    try:
+        info = read_model_info(model_path)
+        if backend == "cpu":
+            available, where = (
+                (memory_mb * 2**20, f"host ({memory_mb} MiB given)")
+                if memory_mb is not None
+                else _host_memory()
+            )
+            result = fit_host(info, params, available)
+        else:
+            if memory_mb is not None:
+                free, where = memory_mb * 2**20, f"{backend}:{index} ({memory_mb} MiB given)"
+                if backend == "gpu":
+                    where = f"a GPU with {memory_mb} MiB free"
+            else:
+                free, where = _device_memory(home, backend, index, binary)
+            result = fit_gpu(info, params, free, reserve_mb * 2**20)
+    except GGUFError as e:
+        fail(str(e))
+    if as_json:
+        out = {"model": str(model_path), "device": where, "params": params.__dict__}
+        out.update(result.to_dict())
+        print(json.dumps(out, indent=2))
+    else:
+        print(_report(result, where, str(model_path)))
 
-        Add your own as <home>/templates/NAME.json: a partial config, plus "description".
-        """
-        from llama_orchestrator.templates import load_templates, templates_dir
 
-        home = home_of(ctx)
-        found, problems = load_templates(home)
-        for problem in problems.values():
-            say(f"warning: {problem}")
-        if as_json:
-            print(json.dumps([t.to_dict() for t in found.values()], indent=2))
-            return
-        width = max(len(n) for n in found)
-        for t in found.values():
-            where = "" if t.source == "built-in" else f"  [{t.source}]"
-            print(f"{t.name:<{width}}  {t.description}{where}")
-        say(f"your own templates: {templates_dir(home)}/NAME.json")
+@app.command()
+def templates(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the config templates for `create --template`: built-in and the home's own.
+
+    Add your own as <home>/templates/NAME.json: a partial config, plus "description".
+    """
+    from llama_orchestrator.templates import load_templates, templates_dir
+
+    home = home_of(ctx)
+    found, problems = load_templates(home)
+    for problem in problems.values():
+        say(f"warning: {problem}")
+    if as_json:
+        print(json.dumps([t.to_dict() for t in found.values()], indent=2))
+        return
+    width = max(len(n) for n in found)
+    for t in found.values():
+        where = "" if t.source == "built-in" else f"  [{t.source}]"
+        print(f"{t.name:<{width}}  {t.description}{where}")
+    say(f"your own templates: {templates_dir(home)}/NAME.json")

@@ -50,45 +50,44 @@ def _print(status: dict[str, Any]) -> None:
             print(f"  {name:<{width}}  -> {load}{wait}")
 
 
-def register(app: typer.Typer) -> None:
-    gateway = typer.Typer(
-        help="The OpenAI-compatible gateway the daemon serves in front of every instance.",
-        no_args_is_help=True,
-    )
-    app.add_typer(gateway, name="gateway")
+app = typer.Typer(
+    help="The OpenAI-compatible gateway the daemon serves in front of every instance.",
+    no_args_is_help=True,
+)
 
-    @gateway.command()
-    def status(
-        ctx: typer.Context,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """URL, listening or why not, keys configured, routes and requests in flight.
 
-        Exit 0 when the gateway listens, 1 when it does not.
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """URL, listening or why not, keys configured, routes and requests in flight.
 
-        Examples: llama-orch gateway status; llama-orch gateway status --json | jq .routes
-        """
-        from llama_orchestrator.client.control import DaemonError, connect
+    Exit 0 when the gateway listens, 1 when it does not.
 
-        home = home_of(ctx)
+    Examples: llama-orch gateway status; llama-orch gateway status --json | jq .routes
+    """
+    from llama_orchestrator.client.control import DaemonError, connect
+
+    home = home_of(ctx)
+    try:
+        client = connect(home)
+    except DaemonError as e:
+        fail(str(e))
+    info: dict[str, Any] | None = None
+    if client is not None:
         try:
-            client = connect(home)
-        except DaemonError as e:
-            fail(str(e))
-        info: dict[str, Any] | None = None
-        if client is not None:
-            try:
-                reply = client.get("/v1/gateway")
-                if reply.ok and isinstance(reply.body, dict):
-                    info = reply.body
-            except (OSError, DaemonError):
-                info = None
-        if info is None:
-            info = _from_records(home)
-            if not as_json:
-                say("the daemon is not running: `llama-orch up` starts it, and the gateway with it")
-        if as_json:
-            print(json.dumps(info))
-        else:
-            _print(info)
-        raise typer.Exit(0 if info.get("listening") else 1)
+            reply = client.get("/v1/gateway")
+            if reply.ok and isinstance(reply.body, dict):
+                info = reply.body
+        except (OSError, DaemonError):
+            info = None
+    if info is None:
+        info = _from_records(home)
+        if not as_json:
+            say("the daemon is not running: `llama-orch up` starts it, and the gateway with it")
+    if as_json:
+        print(json.dumps(info))
+    else:
+        _print(info)
+    raise typer.Exit(0 if info.get("listening") else 1)

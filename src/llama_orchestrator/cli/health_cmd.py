@@ -37,46 +37,48 @@ def _from_records(home: Home, name: str) -> dict[str, Any]:
     }
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def health(
-        ctx: typer.Context,
-        name: Annotated[str, typer.Argument(help="Instance name.")],
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """Show an instance's health: state, last checks with latency, failure streak.
+app = typer.Typer()
 
-        Examples: llama-orch health gemma; llama-orch health gemma --json | jq .checks
-        """
-        from llama_orchestrator.client.control import DaemonError, connect
 
-        check_names([name])
-        home = home_of(ctx)
-        require_known(home, [name])
+@app.command()
+def health(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show an instance's health: state, last checks with latency, failure streak.
+
+    Examples: llama-orch health gemma; llama-orch health gemma --json | jq .checks
+    """
+    from llama_orchestrator.client.control import DaemonError, connect
+
+    check_names([name])
+    home = home_of(ctx)
+    require_known(home, [name])
+    try:
+        client = connect(home)
+    except DaemonError as e:
+        fail(str(e))
+    data: dict[str, Any]
+    reply = None
+    if client is not None:
         try:
-            client = connect(home)
-        except DaemonError as e:
-            fail(str(e))
-        data: dict[str, Any]
-        reply = None
-        if client is not None:
-            try:
-                reply = client.get(f"/v1/instances/{name}/health", timeout=10)
-            except OSError:
-                reply = None
-        if reply is not None and reply.ok and isinstance(reply.body, dict):
-            data = dict(reply.body, live=True)
-        else:
-            say("note: the daemon is not running; showing the last recorded health")
-            data = _from_records(home, name)
-        if as_json:
-            print(json.dumps(data, indent=2))
-            return
-        live_never = data["status"] == State.STOPPED and not data.get("last_health_check")
-        if data.get("never_started") or (data.get("live") and live_never):
-            say(f"{name} has not been started yet: no health checks")
-        for line in render_health(name, data):
-            print(line)
+            reply = client.get(f"/v1/instances/{name}/health", timeout=10)
+        except OSError:
+            reply = None
+    if reply is not None and reply.ok and isinstance(reply.body, dict):
+        data = dict(reply.body, live=True)
+    else:
+        say("note: the daemon is not running; showing the last recorded health")
+        data = _from_records(home, name)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    live_never = data["status"] == State.STOPPED and not data.get("last_health_check")
+    if data.get("never_started") or (data.get("live") and live_never):
+        say(f"{name} has not been started yet: no health checks")
+    for line in render_health(name, data):
+        print(line)
 
 
 def render_health(name: str, data: dict[str, Any]) -> list[str]:

@@ -136,145 +136,148 @@ def _act(client: Client, names: list[str], path: str, verb: str, **params: Any) 
     return ok
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(short_help="Start instances and wait until each is healthy (alias: start).")
-    def up(
-        ctx: typer.Context,
-        names: NamesArg = None,
-        all_: AllOpt = False,
-        detach: Annotated[
-            bool, typer.Option("--detach", "-d", help="Return at once; do not wait for ready.")
-        ] = False,
-        no_recreate: Annotated[
-            bool,
-            typer.Option(
-                "--no-recreate", help="Keep a running instance whose config changed as it is."
-            ),
-        ] = False,
-        force: Annotated[
-            bool,
-            typer.Option(
-                "--force", help="Start past gateway.json's budgets (max_running, memory)."
-            ),
-        ] = False,
-    ) -> None:
-        """Start instances and wait until each answers /health with 200.
+app = typer.Typer()
 
-        A running instance whose config changed since it started is recreated (stopped,
-        then started with the new config) unless --no-recreate. Under gateway.json's
-        budgets, idle instances are stopped to make room (it says which); a start that
-        would have to wait for busy ones waits; --force goes past the budgets knowingly.
-        `llama-orch start` is the same command.
 
-        Examples: llama-orch up gemma; llama-orch up --all --detach
-        """
-        home = home_of(ctx)
-        targets = _targets(home, names, all_)
-        if not targets:
-            say("no instances defined; create one with `llama-orch create`")
-            return
-        client = _client(home)
-        _validate(client, targets)
-        params = {"wait": not detach, "recreate": not no_recreate, "force": force}
-        if not _act(client, targets, "start", "starting", **params):
-            raise typer.Exit(EXIT_FAIL)
+@app.command(short_help="Start instances and wait until each is healthy (alias: start).")
+def up(
+    ctx: typer.Context,
+    names: NamesArg = None,
+    all_: AllOpt = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return at once; do not wait for ready.")
+    ] = False,
+    no_recreate: Annotated[
+        bool,
+        typer.Option(
+            "--no-recreate", help="Keep a running instance whose config changed as it is."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Start past gateway.json's budgets (max_running, memory)."),
+    ] = False,
+) -> None:
+    """Start instances and wait until each answers /health with 200.
 
-    @app.command(short_help="Stop instances gracefully, then kill them (alias: stop).")
-    def down(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
-        """Stop instances (graceful signal, then kill after server.stop_timeout).
+    A running instance whose config changed since it started is recreated (stopped,
+    then started with the new config) unless --no-recreate. Under gateway.json's
+    budgets, idle instances are stopped to make room (it says which); a start that
+    would have to wait for busy ones waits; --force goes past the budgets knowingly.
+    `llama-orch start` is the same command.
 
-        `llama-orch stop` is the same command.
+    Examples: llama-orch up gemma; llama-orch up --all --detach
+    """
+    home = home_of(ctx)
+    targets = _targets(home, names, all_)
+    if not targets:
+        say("no instances defined; create one with `llama-orch create`")
+        return
+    client = _client(home)
+    _validate(client, targets)
+    params = {"wait": not detach, "recreate": not no_recreate, "force": force}
+    if not _act(client, targets, "start", "starting", **params):
+        raise typer.Exit(EXIT_FAIL)
 
-        Examples: llama-orch down gemma; llama-orch down --all
-        """
-        from llama_orchestrator.client.control import daemon_status
 
-        home = home_of(ctx)
-        targets = _targets(home, names, all_, records=True)
-        if not targets:
-            return
-        if not daemon_status(home).running and not _any_recorded_alive(home, targets):
-            for name in targets:
-                say(f"{name}: already stopped")
-            return
-        if not _act(_client(home), targets, "stop", "stopped"):
-            raise typer.Exit(EXIT_FAIL)
+@app.command(short_help="Stop instances gracefully, then kill them (alias: stop).")
+def down(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
+    """Stop instances (graceful signal, then kill after server.stop_timeout).
 
-    # As Docker and pm2 users type them (issue 10); kept out of the list, named in its help.
-    app.command("start", hidden=True)(up)
-    app.command("stop", hidden=True)(down)
+    `llama-orch stop` is the same command.
 
-    @app.command()
-    def restart(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
-        """Stop and start instances with their current config.
+    Examples: llama-orch down gemma; llama-orch down --all
+    """
+    from llama_orchestrator.client.control import daemon_status
 
-        Examples: llama-orch restart gemma; llama-orch restart --all
-        """
-        home = home_of(ctx)
-        targets = _targets(home, names, all_)
-        client = _client(home)
-        _validate(client, targets)
-        if not _act(client, targets, "restart", "restarted"):
-            raise typer.Exit(EXIT_FAIL)
-
-    @app.command()
-    def rm(
-        ctx: typer.Context,
-        names: NamesArg = None,
-        force: Annotated[
-            bool, typer.Option("--force", "-f", help="Stop a running instance first.")
-        ] = False,
-        logs: Annotated[bool, typer.Option("--logs", help="Remove its log files too.")] = False,
-    ) -> None:
-        """Remove instances: their folders and records (logs are kept unless --logs).
-
-        A running instance is refused unless --force, which stops it first.
-        Examples: llama-orch rm old-model; llama-orch rm --force --logs scratch
-        """
-        home = home_of(ctx)
-        targets = _targets(home, names, False, records=True)
-        client = _client(home)
-        ok = True
+    home = home_of(ctx)
+    targets = _targets(home, names, all_, records=True)
+    if not targets:
+        return
+    if not daemon_status(home).running and not _any_recorded_alive(home, targets):
         for name in targets:
-            try:
-                r = client.request(
-                    "DELETE", f"/v1/instances/{name}", params={"force": force, "logs": logs}
-                )
-            except OSError as e:
-                fail(f"lost the daemon ({e})")
-            body = r.body if isinstance(r.body, dict) else {"ok": False, "message": str(r.body)}
-            ok = _report(name, body, "removed") and ok
-        if not ok:
-            raise typer.Exit(EXIT_FAIL)
+            say(f"{name}: already stopped")
+        return
+    if not _act(_client(home), targets, "stop", "stopped"):
+        raise typer.Exit(EXIT_FAIL)
 
-    @app.command()
-    def ps(
-        ctx: typer.Context,
-        all_: Annotated[
-            bool, typer.Option("--all", "-a", help="Include stopped instances.")
-        ] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Names only.")] = False,
-        filters: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--filter",
-                "-f",
-                help="KEY=VALUE with KEY one of name, status, health, backend, device, desired; "
-                "repeatable.",
-            ),
-        ] = None,
-    ) -> None:
-        """List instances: NAME PID PORT BACKEND DEVICE MODEL STATUS HEALTH UPTIME RESTARTS.
 
-        Works from the records when the daemon is down (and says so).
-        Examples: llama-orch ps -a; llama-orch ps --filter status=backoff --json
-        """
-        from llama_orchestrator.cli.ps_view import run_ps
+# As Docker and pm2 users type them (issue 10); kept out of the list, named in its help.
+app.command("start", hidden=True)(up)
+app.command("stop", hidden=True)(down)
 
-        code = run_ps(home_of(ctx), all_=all_, as_json=as_json, quiet=quiet, filters=filters or [])
-        if code:
-            raise typer.Exit(code)
+
+@app.command()
+def restart(ctx: typer.Context, names: NamesArg = None, all_: AllOpt = False) -> None:
+    """Stop and start instances with their current config.
+
+    Examples: llama-orch restart gemma; llama-orch restart --all
+    """
+    home = home_of(ctx)
+    targets = _targets(home, names, all_)
+    client = _client(home)
+    _validate(client, targets)
+    if not _act(client, targets, "restart", "restarted"):
+        raise typer.Exit(EXIT_FAIL)
+
+
+@app.command()
+def rm(
+    ctx: typer.Context,
+    names: NamesArg = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Stop a running instance first.")
+    ] = False,
+    logs: Annotated[bool, typer.Option("--logs", help="Remove its log files too.")] = False,
+) -> None:
+    """Remove instances: their folders and records (logs are kept unless --logs).
+
+    A running instance is refused unless --force, which stops it first.
+    Examples: llama-orch rm old-model; llama-orch rm --force --logs scratch
+    """
+    home = home_of(ctx)
+    targets = _targets(home, names, False, records=True)
+    client = _client(home)
+    ok = True
+    for name in targets:
+        try:
+            r = client.request(
+                "DELETE", f"/v1/instances/{name}", params={"force": force, "logs": logs}
+            )
+        except OSError as e:
+            fail(f"lost the daemon ({e})")
+        body = r.body if isinstance(r.body, dict) else {"ok": False, "message": str(r.body)}
+        ok = _report(name, body, "removed") and ok
+    if not ok:
+        raise typer.Exit(EXIT_FAIL)
+
+
+@app.command()
+def ps(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped instances.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Names only.")] = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            help="KEY=VALUE with KEY one of name, status, health, backend, device, desired; "
+            "repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """List instances: NAME PID PORT BACKEND DEVICE MODEL STATUS HEALTH UPTIME RESTARTS.
+
+    Works from the records when the daemon is down (and says so).
+    Examples: llama-orch ps -a; llama-orch ps --filter status=backoff --json
+    """
+    from llama_orchestrator.cli.ps_view import run_ps
+
+    code = run_ps(home_of(ctx), all_=all_, as_json=as_json, quiet=quiet, filters=filters or [])
+    if code:
+        raise typer.Exit(code)
 
 
 def _any_recorded_alive(home: Home, names: list[str]) -> bool:

@@ -175,130 +175,132 @@ def _open(
     return logs
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(
-        epilog="Examples:\n\n"
-        "  llama-orch logs gemma --tail 50\n\n"
-        "  llama-orch logs gemma -f --since 10m\n\n"
-        "  llama-orch logs gemma --stderr -t | grep -i error\n\n"
-        "  llama-orch logs gemma qwen -f --tail 10"
-    )
-    def logs(
-        ctx: typer.Context,
-        names: Annotated[
-            list[str],
-            typer.Argument(
-                metavar="NAME...",
-                help="Instance names; lines of several are merged by time, each named.",
-                show_default=False,
-            ),
-        ],
-        tail: Annotated[
-            str | None,
-            typer.Option(
-                "--tail",
-                "-n",
-                metavar="N",
-                help="Show the last N lines of the chosen streams together, per instance "
-                "(default: all).",
-            ),
-        ] = None,
-        follow: Annotated[
-            bool,
-            typer.Option(
-                "--follow",
-                "-f",
-                help="Keep printing new lines, across log rotation and restarts; Ctrl+C ends.",
-            ),
-        ] = False,
-        stdout_only: Annotated[
-            bool, typer.Option("--stdout", help="Only the server's stdout.")
-        ] = False,
-        stderr_only: Annotated[
-            bool, typer.Option("--stderr", help="Only the server's stderr.")
-        ] = False,
-        since: Annotated[
-            str | None,
-            typer.Option(
-                "--since",
-                metavar="WHEN",
-                help="Only lines since a time: 30s, 10m, 2h, 1d, or an ISO time "
-                "(2025-01-31T14:00, ...Z, ...+02:00).",
-            ),
-        ] = None,
-        timestamps: Annotated[
-            bool,
-            typer.Option(
-                "--timestamps",
-                "-t",
-                help="Prefix each line with its time (UTC, derived from the start markers and "
-                "llama.cpp's own timestamps; the arrival time when following).",
-            ),
-        ] = False,
-        prefix: Annotated[
-            bool, typer.Option("--prefix", help="Prefix each line with 'stdout|' or 'stderr|'.")
-        ] = False,
-    ) -> None:
-        """Show instances' logs (stdout and stderr, merged by time), like docker logs.
+app = typer.Typer()
 
-        Reads the rotated files too. Line times are derived from the start markers and
-        llama.cpp's own timestamps, so the merge of the two streams is approximate.
-        With several instances each line starts with its instance's name.
 
-        Examples: llama-orch logs gemma -f --tail 50; llama-orch logs gemma --since 10m -t
-        """
-        from llama_orchestrator.logs.reader import LogReadError, SinceError
-        from llama_orchestrator.logs.reader import parse_since as parse_when
+@app.command(
+    epilog="Examples:\n\n"
+    "  llama-orch logs gemma --tail 50\n\n"
+    "  llama-orch logs gemma -f --since 10m\n\n"
+    "  llama-orch logs gemma --stderr -t | grep -i error\n\n"
+    "  llama-orch logs gemma qwen -f --tail 10"
+)
+def logs(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="NAME...",
+            help="Instance names; lines of several are merged by time, each named.",
+            show_default=False,
+        ),
+    ],
+    tail: Annotated[
+        str | None,
+        typer.Option(
+            "--tail",
+            "-n",
+            metavar="N",
+            help="Show the last N lines of the chosen streams together, per instance "
+            "(default: all).",
+        ),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing new lines, across log rotation and restarts; Ctrl+C ends.",
+        ),
+    ] = False,
+    stdout_only: Annotated[
+        bool, typer.Option("--stdout", help="Only the server's stdout.")
+    ] = False,
+    stderr_only: Annotated[
+        bool, typer.Option("--stderr", help="Only the server's stderr.")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Only lines since a time: 30s, 10m, 2h, 1d, or an ISO time "
+            "(2025-01-31T14:00, ...Z, ...+02:00).",
+        ),
+    ] = None,
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--timestamps",
+            "-t",
+            help="Prefix each line with its time (UTC, derived from the start markers and "
+            "llama.cpp's own timestamps; the arrival time when following).",
+        ),
+    ] = False,
+    prefix: Annotated[
+        bool, typer.Option("--prefix", help="Prefix each line with 'stdout|' or 'stderr|'.")
+    ] = False,
+) -> None:
+    """Show instances' logs (stdout and stderr, merged by time), like docker logs.
 
-        names = list(dict.fromkeys(names))
-        check_names(names)
-        if stdout_only and stderr_only:
-            fail("--stdout and --stderr exclude each other (give neither for both)", EXIT_USAGE)
-        n = _parse_tail(tail)
+    Reads the rotated files too. Line times are derived from the start markers and
+    llama.cpp's own timestamps, so the merge of the two streams is approximate.
+    With several instances each line starts with its instance's name.
+
+    Examples: llama-orch logs gemma -f --tail 50; llama-orch logs gemma --since 10m -t
+    """
+    from llama_orchestrator.logs.reader import LogReadError, SinceError
+    from llama_orchestrator.logs.reader import parse_since as parse_when
+
+    names = list(dict.fromkeys(names))
+    check_names(names)
+    if stdout_only and stderr_only:
+        fail("--stdout and --stderr exclude each other (give neither for both)", EXIT_USAGE)
+    n = _parse_tail(tail)
+    try:
+        since_t = None if since is None else parse_when(since)
+    except SinceError as e:
+        fail(str(e), EXIT_USAGE)
+    home = home_of(ctx)
+    found = {name: _paths(home, name, len(names) == 1) for name in names}  # unknown: fail
+    paths = {name: p for name, p in found.items() if p is not None}
+    names = [name for name in names if name in paths]
+    chosen = ["stdout"] if stdout_only else ["stderr"] if stderr_only else ["stdout", "stderr"]
+    groups: list[list[LogStream]] = []
+    stop = threading.Event()
+    try:
+        for name in names:
+            source = name if len(names) > 1 else ""
+            group = _open(home, name, paths[name], chosen, follow, source)
+            if group is not None:
+                groups.append(group)
+        if not groups:
+            return
+        if sys.stdout is None:
+            raise quiet_exit()
+        # Ctrl+C only records; the reading and following loops notice and end cleanly.
+        previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
         try:
-            since_t = None if since is None else parse_when(since)
-        except SinceError as e:
-            fail(str(e), EXIT_USAGE)
-        home = home_of(ctx)
-        found = {name: _paths(home, name, len(names) == 1) for name in names}  # unknown: fail
-        paths = {name: p for name, p in found.items() if p is not None}
-        names = [name for name in names if name in paths]
-        chosen = ["stdout"] if stdout_only else ["stderr"] if stderr_only else ["stdout", "stderr"]
-        groups: list[list[LogStream]] = []
-        stop = threading.Event()
-        try:
-            for name in names:
-                source = name if len(names) > 1 else ""
-                group = _open(home, name, paths[name], chosen, follow, source)
-                if group is not None:
-                    groups.append(group)
-            if not groups:
-                return
-            if sys.stdout is None:
-                raise quiet_exit()
-            # Ctrl+C only records; the reading and following loops notice and end cleanly.
-            previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-            try:
-                sys.stdout.flush()
-                _show(
-                    groups,
-                    sys.stdout.buffer,
-                    stop,
-                    tail=n,
-                    since=since_t,
-                    follow=follow,
-                    timestamps=timestamps,
-                    prefix=prefix,
-                )
-            except BrokenPipeError:
-                raise quiet_exit() from None
-            finally:
-                signal.signal(signal.SIGINT, previous)
-        except LogReadError as e:
-            fail(str(e))
-        except OSError as e:
-            fail(f"cannot read the logs of {', '.join(names)}: {e}")
+            sys.stdout.flush()
+            _show(
+                groups,
+                sys.stdout.buffer,
+                stop,
+                tail=n,
+                since=since_t,
+                follow=follow,
+                timestamps=timestamps,
+                prefix=prefix,
+            )
+        except BrokenPipeError:
+            raise quiet_exit() from None
         finally:
-            for group in groups:
-                for log in group:
-                    log.close()
+            signal.signal(signal.SIGINT, previous)
+    except LogReadError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot read the logs of {', '.join(names)}: {e}")
+    finally:
+        for group in groups:
+            for log in group:
+                log.close()

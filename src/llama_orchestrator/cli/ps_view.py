@@ -12,6 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from llama_orchestrator.engine.states import State
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.views import (
     HEALTH_STYLE,
@@ -37,7 +38,7 @@ FILTER_KEYS = ("name", "status", "health", "backend", "device", "desired")
 _ANSI = {"green": "32", "yellow": "33", "red": "31", "dim": "2"}
 
 
-class FilterError(ValueError):
+class FilterError(OrchestratorError, ValueError):
     pass
 
 

@@ -87,111 +87,110 @@ def _report(out: Outcome, platform: Platform) -> int:
     return 0
 
 
-def register(app: typer.Typer) -> None:
-    service = typer.Typer(
-        help="Run the daemon at boot/login as an OS service (it starts `autostart` instances).",
-        no_args_is_help=True,
-    )
-    app.add_typer(service, name="service")
+app = typer.Typer(
+    help="Run the daemon at boot/login as an OS service (it starts `autostart` instances).",
+    no_args_is_help=True,
+)
 
-    @service.command()
-    def install(
-        ctx: typer.Context,
-        platform: PlatformOpt = None,
-        kind: KindOpt = None,
-        target_dir: TargetOpt = None,
-        dry_run: DryRunOpt = False,
-        python: PythonOpt = None,
-    ) -> None:
-        """Write the service file (idempotent) and enable it when the service manager is usable."""
-        from llama_orchestrator.service import install as svc
 
-        host = _host()
-        art, home_root = _artifact(ctx, platform, kind, target_dir, python, host)
-        if dry_run:
-            say(f"would write {art.path}:")
-            print(art.text, end="" if art.text.endswith("\n") else "\n")
-        try:
-            if not dry_run:
-                # The plist / NSSM / WinSW log paths point into <home>/logs: make it exist.
-                from llama_orchestrator.home import Home
+@app.command()
+def install(
+    ctx: typer.Context,
+    platform: PlatformOpt = None,
+    kind: KindOpt = None,
+    target_dir: TargetOpt = None,
+    dry_run: DryRunOpt = False,
+    python: PythonOpt = None,
+) -> None:
+    """Write the service file (idempotent) and enable it when the service manager is usable."""
+    from llama_orchestrator.service import install as svc
 
-                Home(home_root).ensure()
-            out = svc.install(art, home_root, host, dry_run=dry_run)
-        except OSError as e:
-            fail(f"cannot write {art.path}: {e}")
+    host = _host()
+    art, home_root = _artifact(ctx, platform, kind, target_dir, python, host)
+    if dry_run:
+        say(f"would write {art.path}:")
+        print(art.text, end="" if art.text.endswith("\n") else "\n")
+    try:
         if not dry_run:
-            say(
-                {
-                    "installed": f"installed {art.path}",
-                    "unchanged": f"already installed (unchanged): {art.path}",
-                    "replaced": f"replaced {art.path} (its content differed from what this "
-                    "install writes: another interpreter, home or version)",
-                }[out.action]
-            )
-        elif out.action != "installed":
-            say(
-                f"note: {art.path} exists and would be "
-                + ("kept (unchanged)" if out.action == "unchanged" else "replaced")
-            )
-        code = _report(out, art.platform)
-        if not dry_run and art.platform == host.platform:
-            _note_running_daemon(ctx)
-        raise typer.Exit(code)
+            # The plist / NSSM / WinSW log paths point into <home>/logs: make it exist.
+            from llama_orchestrator.home import Home
 
-    @service.command()
-    def uninstall(
-        ctx: typer.Context,
-        platform: PlatformOpt = None,
-        kind: KindOpt = None,
-        target_dir: TargetOpt = None,
-        dry_run: DryRunOpt = False,
-    ) -> None:
-        """Disable the service and remove its file (exit 0 when it is not installed)."""
-        from llama_orchestrator.service import install as svc
+            Home(home_root).ensure()
+        out = svc.install(art, home_root, host, dry_run=dry_run)
+    except OSError as e:
+        fail(f"cannot write {art.path}: {e}")
+    if not dry_run:
+        say(
+            {
+                "installed": f"installed {art.path}",
+                "unchanged": f"already installed (unchanged): {art.path}",
+                "replaced": f"replaced {art.path} (its content differed from what this "
+                "install writes: another interpreter, home or version)",
+            }[out.action]
+        )
+    elif out.action != "installed":
+        say(
+            f"note: {art.path} exists and would be "
+            + ("kept (unchanged)" if out.action == "unchanged" else "replaced")
+        )
+    code = _report(out, art.platform)
+    if not dry_run and art.platform == host.platform:
+        _note_running_daemon(ctx)
+    raise typer.Exit(code)
 
-        host = _host()
-        art, home_root = _artifact(ctx, platform, kind, target_dir, None, host)
-        try:
-            out = svc.uninstall(art.path, art.platform, art.kind, home_root, host, dry_run=dry_run)
-        except OSError as e:
-            fail(f"cannot remove {art.path}: {e}")
-        if out.action == "not-installed":
-            say(f"not installed (no {art.path}); nothing to do")
-            raise typer.Exit(0)
-        say(f"{'would remove' if dry_run else 'removed'} {art.path}")
-        code = _report(out, art.platform)
-        if not dry_run:
-            say("instances keep running; `llama-orch daemon start` supervises them again")
-        raise typer.Exit(code)
 
-    @service.command()
-    def status(
-        ctx: typer.Context,
-        platform: PlatformOpt = None,
-        kind: KindOpt = None,
-        target_dir: TargetOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """Show whether the service is installed. Exit 0 when it is, 1 when it is not."""
-        from llama_orchestrator.service import install as svc
+@app.command()
+def uninstall(
+    ctx: typer.Context,
+    platform: PlatformOpt = None,
+    kind: KindOpt = None,
+    target_dir: TargetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Disable the service and remove its file (exit 0 when it is not installed)."""
+    from llama_orchestrator.service import install as svc
 
-        host = _host()
-        art, home_root = _artifact(ctx, platform, kind, target_dir, None, host)
-        st = svc.status(art, home_root, host)
-        if as_json:
-            print(json.dumps(st.to_dict()))
-        elif st.installed:
-            print(f"installed: {st.path} ({st.kind})")
-            if not st.current:
-                print(
-                    "  differs from what `service install` would write now; run it again to update"
-                )
-            if st.active is not None:
-                print(f"  service manager: {st.active}")
-        else:
-            print(f"not installed ({st.path} does not exist)")
-        raise typer.Exit(0 if st.installed else 1)
+    host = _host()
+    art, home_root = _artifact(ctx, platform, kind, target_dir, None, host)
+    try:
+        out = svc.uninstall(art.path, art.platform, art.kind, home_root, host, dry_run=dry_run)
+    except OSError as e:
+        fail(f"cannot remove {art.path}: {e}")
+    if out.action == "not-installed":
+        say(f"not installed (no {art.path}); nothing to do")
+        raise typer.Exit(0)
+    say(f"{'would remove' if dry_run else 'removed'} {art.path}")
+    code = _report(out, art.platform)
+    if not dry_run:
+        say("instances keep running; `llama-orch daemon start` supervises them again")
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    platform: PlatformOpt = None,
+    kind: KindOpt = None,
+    target_dir: TargetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show whether the service is installed. Exit 0 when it is, 1 when it is not."""
+    from llama_orchestrator.service import install as svc
+
+    host = _host()
+    art, home_root = _artifact(ctx, platform, kind, target_dir, None, host)
+    st = svc.status(art, home_root, host)
+    if as_json:
+        print(json.dumps(st.to_dict()))
+    elif st.installed:
+        print(f"installed: {st.path} ({st.kind})")
+        if not st.current:
+            print("  differs from what `service install` would write now; run it again to update")
+        if st.active is not None:
+            print(f"  service manager: {st.active}")
+    else:
+        print(f"not installed ({st.path} does not exist)")
+    raise typer.Exit(0 if st.installed else 1)
 
 
 def _note_running_daemon(ctx: typer.Context) -> None:

@@ -69,68 +69,70 @@ def _known(home: Any, names: list[str]) -> None:
         require_known(home, missing)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def stats(
-        ctx: typer.Context,
-        names: Annotated[
-            list[str] | None,
-            typer.Argument(
-                metavar="[NAME]...",
-                help="Instance names (default: all running).",
-                show_default=False,
-            ),
-        ] = None,
-        no_stream: Annotated[
-            bool, typer.Option("--no-stream", help="Print one sample and exit.")
-        ] = False,
-        as_json: Annotated[
-            bool,
-            typer.Option("--json", help="Machine-readable: a JSON array (one line per refresh)."),
-        ] = False,
-    ) -> None:
-        """Live CPU, RSS, VRAM, requests in flight and tokens/s of running instances.
+app = typer.Typer()
 
-        Refreshes every 2 s, like docker stats, until Ctrl+C; --no-stream prints once.
-        CPU % is of one core; unknown figures show '-'.
 
-        Examples: llama-orch stats; llama-orch stats gemma --no-stream --json
-        """
-        from llama_orchestrator.cli.stats_data import Sampler
-        from llama_orchestrator.client.control import daemon_status
+@app.command()
+def stats(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[NAME]...",
+            help="Instance names (default: all running).",
+            show_default=False,
+        ),
+    ] = None,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="Print one sample and exit.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Machine-readable: a JSON array (one line per refresh)."),
+    ] = False,
+) -> None:
+    """Live CPU, RSS, VRAM, requests in flight and tokens/s of running instances.
 
-        home = home_of(ctx)
-        wanted = list(dict.fromkeys(names)) if names else None
-        if wanted:
-            check_names(wanted)
-            _known(home, wanted)
-        sampler = Sampler(home, wanted)
-        running = sampler.running()
-        for name in wanted or []:
-            if name not in running:
-                say(f"note: {name} is not running")
-        if not daemon_status(home).running:
-            say("note: the daemon is not running: requests in flight and tokens/s are unknown")
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-        tty = sys.stdout.isatty()
-        try:
-            stop.wait(FIRST_SAMPLE_S if running else 0)
-            while not stop.is_set():
-                rows = sampler.sample()
-                if as_json:
-                    out = json.dumps(rows, indent=2 if no_stream else None)
-                else:
-                    out = render(rows)
-                    if tty and not no_stream:
-                        out = "\x1b[H\x1b[J" + out  # redraw in place, as docker stats does
-                    elif not no_stream:
-                        out += "\n"  # frames apart when written to a file or a pipe
-                print(out, flush=True)
-                if no_stream:
-                    break
-                stop.wait(REFRESH_S)
-        except BrokenPipeError:
-            raise quiet_exit() from None
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    Refreshes every 2 s, like docker stats, until Ctrl+C; --no-stream prints once.
+    CPU % is of one core; unknown figures show '-'.
+
+    Examples: llama-orch stats; llama-orch stats gemma --no-stream --json
+    """
+    from llama_orchestrator.cli.stats_data import Sampler
+    from llama_orchestrator.client.control import daemon_status
+
+    home = home_of(ctx)
+    wanted = list(dict.fromkeys(names)) if names else None
+    if wanted:
+        check_names(wanted)
+        _known(home, wanted)
+    sampler = Sampler(home, wanted)
+    running = sampler.running()
+    for name in wanted or []:
+        if name not in running:
+            say(f"note: {name} is not running")
+    if not daemon_status(home).running:
+        say("note: the daemon is not running: requests in flight and tokens/s are unknown")
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
+    tty = sys.stdout.isatty()
+    try:
+        stop.wait(FIRST_SAMPLE_S if running else 0)
+        while not stop.is_set():
+            rows = sampler.sample()
+            if as_json:
+                out = json.dumps(rows, indent=2 if no_stream else None)
+            else:
+                out = render(rows)
+                if tty and not no_stream:
+                    out = "\x1b[H\x1b[J" + out  # redraw in place, as docker stats does
+                elif not no_stream:
+                    out += "\n"  # frames apart when written to a file or a pipe
+            print(out, flush=True)
+            if no_stream:
+                break
+            stop.wait(REFRESH_S)
+    except BrokenPipeError:
+        raise quiet_exit() from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
