@@ -87,5 +87,11 @@ def test_states_module_is_a_leaf() -> None:
             assert node.level == 0, "relative import in a leaf module"
             imported.append(node.module or "")
     assert imported, "expected at least the enum import"
-    offenders = [m for m in imported if m.split(".")[0] == "llama_orchestrator"]
+    # errors.py, the exception root TransitionError derives from, is itself a leaf
+    # (tests/test_errors.py holds that): importing it keeps states.py free of the project
+    offenders = [
+        m
+        for m in imported
+        if m.split(".")[0] == "llama_orchestrator" and m != "llama_orchestrator.errors"
+    ]
     assert offenders == []

@@ -1,20 +1,42 @@
 """The package's root exception and the error codes that cross the control API.
 
-The errors a caller may want to catch across the package's layers derive from
-``OrchestratorError`` (each keeps its older base too, so existing ``except`` clauses still
-match)::
+Every exception class the package defines derives from ``OrchestratorError``, so a caller
+can catch the package's own failures in one clause; each keeps its builtin base too, so
+existing ``except`` clauses still match (issue 17). ``tests/test_errors.py`` walks every
+module to hold that; the tree below is for reading (with each class's builtin base)::
 
     OrchestratorError
-    ├── ConfigError            config/loader.py: a config file has problems (file, field, value)
-    ├── UnknownInstance        config/loader.py: no instance of that name (also a LookupError)
-    ├── BinaryError            engine/binary.py: the llama-server to run cannot be used
-    │                          (also a RuntimeError)
-    ├── DaemonError            client/control.py: the daemon cannot be reached or started
-    │                          (also a RuntimeError)
-    └── TemplateError          templates: a template is missing or invalid (also a ValueError)
+    ├── ConfigError         config/loader.py: a config file has problems (file, field, value)
+    ├── UnknownInstance     config/loader.py: no instance of that name (LookupError)
+    ├── TransitionError     engine/states.py: an arc not in the state table, a bug
+    │                       (RuntimeError)
+    ├── BinaryError         engine/binary.py: the llama-server to run cannot be used
+    │                       (RuntimeError)
+    ├── DaemonError         client/control.py: the daemon cannot be reached or started
+    │   │                   (RuntimeError)
+    │   └── TokenError      client/control.py: this client cannot authenticate to it
+    ├── CompletionError     client/completion.py: a completion refused or broken off
+    ├── TemplateError       templates: a template is missing or invalid (ValueError)
+    ├── ExportError         export/options.py: the export is refused; nothing written
+    ├── GatewayError        gateway/errors.py: a request the gateway answers itself
+    ├── UpstreamError       gateway/upstream.py: an instance unreachable or cut off
+    ├── RemoteLog           daemon/api/log_events.py: a remote instance has no log here
+    │                       (LookupError)
+    ├── LogReadError        logs/reader.py: a log file cannot be read (OSError)
+    ├── SinceError          logs/reader.py: a --since that is no time (ValueError)
+    ├── StreamError         dashboard/stream.py: the daemon refused the stream (OSError)
+    ├── FilterError         cli/ps_view.py: a bad ``ps --filter`` (ValueError)
+    ├── GGUFError           models/header.py: not a readable GGUF header (ValueError)
+    ├── ParseError          gpu/devices.py: a tool's output holds no device list
+    │                       (ValueError)
+    ├── ToolMissing         gpu/run.py: the tool is not installed
+    ├── ToolFailed          gpu/run.py: the tool could not run or did not finish
+    ├── ServiceError        service/units.py: a value a service file cannot hold
+    │                       (ValueError)
+    └── MissingExtra        testing/tinymodel.py: the 'demo' extra is missing (ImportError)
 
-engine/states.py's ``TransitionError`` (an arc not in the state table, a bug) stays a plain
-``RuntimeError``: states.py is a leaf module that imports nothing of the project.
+This module imports nothing of the project, so any module may import it, the leaf
+engine/states.py included, without adding a package cycle.
 
 A refusal or failure the daemon reports is an ``ErrorCode``; each maps to one HTTP
 status, so the control API never answers 500 for a known condition.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from llama_orchestrator.engine.states import ALIVE
+from llama_orchestrator.errors import OrchestratorError
 
 if TYPE_CHECKING:
     import http.client
@@ -42,7 +43,7 @@ KINDS = (
 _ALIVE = frozenset(s.value for s in ALIVE)
 
 
-class StreamError(OSError):
+class StreamError(OrchestratorError, OSError):
     """The daemon refused the stream (its answer, in words)."""
 
 

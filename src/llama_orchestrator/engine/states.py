@@ -1,13 +1,18 @@
 """Instance and health states, and the transitions allowed between them.
 
-A leaf module: it imports nothing of the project. Every state change goes through
-``check_transition`` (called by the supervisor's single ``set_state``), so an arc not
-listed here is a bug that fails loudly instead of a silent inconsistency.
+A leaf module: of the project it imports only ``errors.py``, the exception root, which is
+itself a leaf (``enum`` only), so ``TransitionError`` joins the package's exception tree
+without giving states.py a dependency that could pull anything else in (issue 17). Every
+state change goes through ``check_transition`` (called by the supervisor's single
+``set_state``), so an arc not listed here is a bug that fails loudly instead of a silent
+inconsistency.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
+from llama_orchestrator.errors import OrchestratorError
 
 
 class State(str, Enum):
@@ -52,7 +57,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 
-class TransitionError(RuntimeError):
+class TransitionError(OrchestratorError, RuntimeError):
     pass
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from llama_orchestrator.errors import OrchestratorError
+
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
 
@@ -13,7 +15,7 @@ def error_body(message: str, type_: str, code: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()
 
 
-class GatewayError(Exception):
+class GatewayError(OrchestratorError):
     """A request the gateway answers itself, with an HTTP status and an OpenAI error."""
 
     def __init__(

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from llama_orchestrator.errors import OrchestratorError
+
 # Idle connections older than this are not reused (cpp-httplib closes them after 5 s).
 IDLE_TTL = 4.0
 
@@ -40,7 +42,7 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamError(Exception):
+class UpstreamError(OrchestratorError):
     """The instance could not be reached, or broke the connection."""
 
 

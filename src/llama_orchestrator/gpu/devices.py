@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from llama_orchestrator.errors import OrchestratorError
+
 # llama.cpp's device-name prefix per backend (ggml_backend_dev_name: Vulkan0, CUDA0, MTL0...).
 DEVICE_PREFIX = {
     "vulkan": "Vulkan",
@@ -31,7 +33,7 @@ _REF = re.compile(r"^\s*([A-Za-z]+)\s*[:#]?\s*(\d+)\s*$")
 _NOISE = re.compile(r"\((?:R|TM|C)\)|\b(?:corporation|inc\.?|graphics)\b|[^a-z0-9]+", re.I)
 
 
-class ParseError(ValueError):
+class ParseError(OrchestratorError, ValueError):
     """A tool's output holds no device list (often it is an error message instead)."""
 
 

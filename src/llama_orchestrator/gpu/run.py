@@ -5,14 +5,16 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from llama_orchestrator.errors import OrchestratorError
+
 TIMEOUT = 10.0
 
 
-class ToolMissing(Exception):
+class ToolMissing(OrchestratorError):
     """The tool is not installed (not on PATH)."""
 
 
-class ToolFailed(Exception):
+class ToolFailed(OrchestratorError):
     """The tool could not run or did not finish."""
 
 

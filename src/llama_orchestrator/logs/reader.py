@@ -43,6 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+from llama_orchestrator.errors import OrchestratorError
+
 MARKER_PREFIX = b"==== llama-orch: starting "
 _MARKER_RE = re.compile(rb"==== llama-orch: starting \S+ at (\S+): ")
 # llama.cpp's common_log prefix: "%d.%02d.%03d.%03d " of the time since the logger started.
@@ -65,7 +67,7 @@ class LogLine(NamedTuple):
     source: str = ""  # the instance, when several are shown together
 
 
-class LogReadError(OSError):
+class LogReadError(OrchestratorError, OSError):
     """A log file exists but cannot be read; names the file."""
 
     def __init__(self, path: Path, cause: OSError) -> None:
@@ -74,7 +76,7 @@ class LogReadError(OSError):
         super().__init__(f"cannot read {path}: {reason}")
 
 
-class SinceError(ValueError):
+class SinceError(OrchestratorError, ValueError):
     pass
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llama_orchestrator.errors import OrchestratorError
+
 _SCALAR = {  # GGUF value type -> struct format
     0: "<B",
     1: "<b",
@@ -31,7 +33,7 @@ _SCALAR = {  # GGUF value type -> struct format
 _STRING, _ARRAY = 8, 9
 
 
-class GGUFError(ValueError):
+class GGUFError(OrchestratorError, ValueError):
     pass
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from xml.sax.saxutils import escape
 
+from llama_orchestrator.errors import OrchestratorError
+
 SERVICE_NAME = "llama-orchestrator"
 SYSTEMD_UNIT_NAME = f"{SERVICE_NAME}.service"
 LAUNCHD_LABEL = "dev.llama-orchestrator.daemon"
@@ -34,7 +36,7 @@ DESCRIPTION = "llama-orchestrator daemon (supervises llama.cpp servers)"
 TASK_NAMESPACE = "http://schemas.microsoft.com/windows/2004/02/mit/task"
 
 
-class ServiceError(ValueError):
+class ServiceError(OrchestratorError, ValueError):
     """A path or option that cannot be written into a service definition."""
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from llama_orchestrator.errors import OrchestratorError
 
-class MissingExtra(ImportError):
+
+class MissingExtra(OrchestratorError, ImportError):
     """The generator's packages are not installed; the message says how to get them."""
 
     def __init__(self, module: str) -> None:

@@ -315,7 +315,7 @@ def create_app(
                 return result(
                     name,
                     refusal(
-                        ErrorCode.STOPPED,
+                        ErrorCode.RUNNING,
                         f"{name} is {actor.state.value}; "
                         f"`llama-orch down {name}` first, or `llama-orch rm --force {name}`",
                     ),

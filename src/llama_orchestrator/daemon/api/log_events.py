@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home
 from llama_orchestrator.logs.reader import POLL_INTERVAL, LogLine, LogStream
 
@@ -62,7 +63,7 @@ def log_files(home: Home, name: str, loaded: Any | None, known: bool) -> dict[st
     return {"stdout": out, "stderr": err}
 
 
-class RemoteLog(LookupError):
+class RemoteLog(OrchestratorError, LookupError):
     """A remote instance has no log on this machine."""
 
 
