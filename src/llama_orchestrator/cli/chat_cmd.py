@@ -104,13 +104,7 @@ def chat(
             f"the gateway at {url} needs an API key: pass --api-key KEY or set "
             "LLAMA_ORCH_API_KEY (its keys are in gateway.json)"
         )
-    ended_line = True
-
-    def show(text: str) -> None:
-        nonlocal ended_line
-        _write(text)
-        ended_line = text.endswith("\n")
-
+    echo = _Echo()
     try:
         result = stream(
             url,
@@ -119,25 +113,37 @@ def chat(
             max_tokens=max_tokens,
             chat=as_chat,
             api_key=api_key,
-            on_text=show,
+            on_text=echo.show,
         )
     except KeyboardInterrupt:
-        if not ended_line:
-            _write("\n")
+        echo.end_line()
         say("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         raise quiet_exit() from None
     except CompletionError as e:
-        if not ended_line:
-            _write("\n")
+        echo.end_line()
         fail(f"{name}: {one_line(str(e))}")
     except OSError as e:
-        if not ended_line:
-            _write("\n")
+        echo.end_line()
         fail(f"lost the gateway at {url} ({e.strerror or e})")
-    if not ended_line:
-        _write("\n")
+    echo.end_line()
     n = result.tokens or 0
     speed = f"{result.tokens_per_s:.1f}" if result.tokens_per_s is not None else "-"
     say(f"{n} token{'' if n == 1 else 's'} at {speed} tokens/s ({result.seconds:.2f}s in all)")
+
+
+class _Echo:
+    """Writes the answer's text as it arrives, and remembers whether a line is open, so
+    that what is said next (an error, the speed) starts on a line of its own."""
+
+    def __init__(self) -> None:
+        self.ended_line = True
+
+    def show(self, text: str) -> None:
+        _write(text)
+        self.ended_line = text.endswith("\n")
+
+    def end_line(self) -> None:
+        if not self.ended_line:
+            _write("\n")

@@ -11,13 +11,62 @@ stderr. Exit 0 when written, 1 when an instance or gateway.json cannot be export
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of, quiet_exit, say
+from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:
+    from llama_orchestrator.export.options import ExportOptions
+    from llama_orchestrator.export.writer import ExportResult
 
 app = typer.Typer(help="Export instances for another platform (Kubernetes).", no_args_is_help=True)
+
+
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Folder for one file per instance, gateway.yaml and kustomization.yaml, "
+        "and the Secrets in *.secret.yaml, kept when they exist "
+        "(default: every document to stdout).",
+    ),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="llama-server image for every instance (default: llama.cpp's "
+        "published server image for the backend)."
+    ),
+]
+ModelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the model files are: pvc:CLAIM (read-only; default "
+        "pvc:llama-models) or hostpath:/path on the node.",
+    ),
+]
+VulkanResourceOpt = Annotated[
+    str,
+    typer.Option(
+        help="GPU resource a Vulkan instance requests: amd.com/gpu, "
+        "gpu.intel.com/i915 or gpu.intel.com/xe (any device plugin's resource).",
+    ),
+]
+GatewayImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="An image with llama-orch installed, for the gateway "
+        "(default: a Python image that pip-installs it at start)."
+    ),
+]
+GatewayPackageOpt = Annotated[
+    str | None,
+    typer.Option(help="What the Python image pip-installs (default: this version)."),
+]
 
 
 @app.command()
@@ -25,55 +74,19 @@ def kubernetes(
     ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(help="Instances to export.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Export every instance.")] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "-o",
-            "--output",
-            help="Folder for one file per instance, gateway.yaml and kustomization.yaml, "
-            "and the Secrets in *.secret.yaml, kept when they exist "
-            "(default: every document to stdout).",
-        ),
-    ] = None,
+    output: OutputOpt = None,
     namespace: Annotated[str, typer.Option(help="Namespace of every resource.")] = "default",
-    image: Annotated[
-        str | None,
-        typer.Option(
-            help="llama-server image for every instance (default: llama.cpp's "
-            "published server image for the backend)."
-        ),
-    ] = None,
-    models: Annotated[
-        str | None,
-        typer.Option(
-            help="Where the model files are: pvc:CLAIM (read-only; default "
-            "pvc:llama-models) or hostpath:/path on the node.",
-        ),
-    ] = None,
-    vulkan_resource: Annotated[
-        str,
-        typer.Option(
-            help="GPU resource a Vulkan instance requests: amd.com/gpu, "
-            "gpu.intel.com/i915 or gpu.intel.com/xe (any device plugin's resource).",
-        ),
-    ] = "amd.com/gpu",
+    image: ImageOpt = None,
+    models: ModelsOpt = None,
+    vulkan_resource: VulkanResourceOpt = "amd.com/gpu",
     name_prefix: Annotated[
         str, typer.Option(help="Prefix of the instances' resource names (e.g. llm-).")
     ] = "",
     server_command: Annotated[
         str, typer.Option(help="llama-server's path in the image.")
     ] = "/app/llama-server",
-    gateway_image: Annotated[
-        str | None,
-        typer.Option(
-            help="An image with llama-orch installed, for the gateway "
-            "(default: a Python image that pip-installs it at start)."
-        ),
-    ] = None,
-    gateway_package: Annotated[
-        str | None,
-        typer.Option(help="What the Python image pip-installs (default: this version)."),
-    ] = None,
+    gateway_image: GatewayImageOpt = None,
+    gateway_package: GatewayPackageOpt = None,
 ) -> None:
     """Write Kubernetes YAML for instances and the gateway in front of them.
 
@@ -85,19 +98,10 @@ def kubernetes(
     """
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance
     from llama_orchestrator.export.options import ExportError, ExportOptions, parse_models
-    from llama_orchestrator.export.writer import export_kubernetes, write_files
+    from llama_orchestrator.export.writer import export_kubernetes
 
     home = home_of(ctx)
-    wanted = list(names or [])
-    if wanted and all_:
-        fail("name instances or pass --all, not both", EXIT_USAGE)
-    if not wanted and not all_:
-        fail("name the instances to export, or pass --all", EXIT_USAGE)
-    check_names(wanted)
-    if all_:
-        wanted = home.instance_names()
-        if not wanted:
-            fail(f"no instances in {home.instances_dir}: create one first (llama-orch create)")
+    wanted = _wanted(home, list(names or []), all_)
     try:
         opts = ExportOptions(
             namespace=namespace,
@@ -126,6 +130,28 @@ def kubernetes(
         except BrokenPipeError:
             raise quiet_exit() from None
         return
+    _write(output, result, opts)
+
+
+def _wanted(home: Home, names: list[str], all_: bool) -> list[str]:
+    """The instances to export; exits 2 on a usage error, 1 when --all finds none."""
+    if names and all_:
+        fail("name instances or pass --all, not both", EXIT_USAGE)
+    if not names and not all_:
+        fail("name the instances to export, or pass --all", EXIT_USAGE)
+    check_names(names)
+    if all_:
+        names = home.instance_names()
+        if not names:
+            fail(f"no instances in {home.instances_dir}: create one first (llama-orch create)")
+    return names
+
+
+def _write(output: Path, result: ExportResult, opts: ExportOptions) -> None:
+    """Write the export's files into ``output`` and say what was written and kept."""
+    from llama_orchestrator.export.options import ExportError
+    from llama_orchestrator.export.writer import write_files
+
     try:
         done = write_files(output, result.files, result.secrets)
     except ExportError as e:

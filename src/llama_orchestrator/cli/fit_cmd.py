@@ -12,6 +12,7 @@ not fit: see ``verdict`` in ``--json``), 1 when the model or device cannot be re
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +22,8 @@ from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of
 
 if TYPE_CHECKING:
     from llama_orchestrator.home import Home
-    from llama_orchestrator.models.fit import FitResult
+    from llama_orchestrator.models.fit import FitParams, FitResult
+    from llama_orchestrator.models.header import ModelInfo
 
 
 def _device_memory(home: Home, backend: str, index: int, binary: str | None) -> tuple[int, str]:
@@ -122,7 +124,7 @@ def fit(
     Examples: llama-orch fit gemma; llama-orch fit --model m.gguf --ctx 8192 --device cuda:0;
     llama-orch fit --model m.gguf --memory-mb 8192
     """
-    from llama_orchestrator.models.fit import FitParams, fit_gpu, fit_host
+    from llama_orchestrator.models.fit import FitParams
     from llama_orchestrator.models.header import GGUFError, read_model_info
 
     if (name is None) == (model is None):
@@ -135,75 +137,106 @@ def fit(
         if value is not None and value < 1:
             fail(f"{flag} must be at least 1", EXIT_USAGE)
     home = home_of(ctx)
-    base: dict[str, Any] = {}
-    args: list[str] = []
-    backend, index, binary = "cpu", 0, None
     if name is not None:
-        from llama_orchestrator.config.loader import ConfigError, load_instance
-
-        check_names([name])
-        try:
-            loaded = load_instance(home, name)
-        except (ConfigError, LookupError) as e:
-            fail(str(e))
-        if loaded.remote is not None:
-            fail(
-                f"{name!r} is a remote instance ({loaded.remote.url}): its model runs on "
-                "another machine; run `llama-orch fit` there, or pass --model FILE"
-            )
-        c = loaded.config
-        model_path = loaded.model_path
-        base = {
-            "context_size": c.model.context_size,
-            "parallel": c.server.parallel,
-            "batch_size": c.model.batch_size,
-        }
-        args, backend, index, binary = c.args, c.gpu.backend, c.gpu.device_id, c.binary
+        target = _instance_target(home, name)
     else:
         assert model is not None
-        model_path = model.expanduser().absolute()
+        target = _Target(model.expanduser().absolute())
     if ctx_size is not None:
-        base["context_size"] = ctx_size
+        target.base["context_size"] = ctx_size
     if parallel is not None:
-        base["parallel"] = parallel
+        target.base["parallel"] = parallel
     if device is not None:
-        if device.strip().lower() == "cpu":
-            backend, index = "cpu", 0
-        else:
-            from llama_orchestrator.gpu.devices import parse_device_ref
-
-            try:
-                backend, index = parse_device_ref(device)
-            except ValueError as e:
-                fail(str(e), EXIT_USAGE)
+        target.backend, target.index = _device_ref(device)
     elif name is None and memory_mb is not None:
-        backend = "gpu"  # a device known only by its memory size
-    params = FitParams.from_args(args, **base)
+        target.backend = "gpu"  # a device known only by its memory size
+    params = FitParams.from_args(target.args, **target.base)
     try:
-        info = read_model_info(model_path)
-        if backend == "cpu":
-            available, where = (
-                (memory_mb * 2**20, f"host ({memory_mb} MiB given)")
-                if memory_mb is not None
-                else _host_memory()
-            )
-            result = fit_host(info, params, available)
-        else:
-            if memory_mb is not None:
-                free, where = memory_mb * 2**20, f"{backend}:{index} ({memory_mb} MiB given)"
-                if backend == "gpu":
-                    where = f"a GPU with {memory_mb} MiB free"
-            else:
-                free, where = _device_memory(home, backend, index, binary)
-            result = fit_gpu(info, params, free, reserve_mb * 2**20)
+        info = read_model_info(target.model_path)
+        result, where = _estimate(home, target, info, params, memory_mb, reserve_mb)
     except GGUFError as e:
         fail(str(e))
     if as_json:
-        out = {"model": str(model_path), "device": where, "params": params.__dict__}
+        out = {"model": str(target.model_path), "device": where, "params": params.__dict__}
         out.update(result.to_dict())
         print(json.dumps(out, indent=2))
     else:
-        print(_report(result, where, str(model_path)))
+        print(_report(result, where, str(target.model_path)))
+
+
+@dataclass
+class _Target:
+    """What ``fit`` estimates for: a model file, the settings that size it, and where."""
+
+    model_path: Path
+    base: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    backend: str = "cpu"
+    index: int = 0
+    binary: str | None = None
+
+
+def _instance_target(home: Home, name: str) -> _Target:
+    """An instance's model and settings, from its config; exits when it cannot be fitted."""
+    from llama_orchestrator.config.loader import ConfigError, load_instance
+
+    check_names([name])
+    try:
+        loaded = load_instance(home, name)
+    except (ConfigError, LookupError) as e:
+        fail(str(e))
+    if loaded.remote is not None:
+        fail(
+            f"{name!r} is a remote instance ({loaded.remote.url}): its model runs on "
+            "another machine; run `llama-orch fit` there, or pass --model FILE"
+        )
+    c = loaded.config
+    base = {
+        "context_size": c.model.context_size,
+        "parallel": c.server.parallel,
+        "batch_size": c.model.batch_size,
+    }
+    return _Target(loaded.model_path, base, c.args, c.gpu.backend, c.gpu.device_id, c.binary)
+
+
+def _device_ref(device: str) -> tuple[str, int]:
+    """``--device`` as (backend, index); exits 2 on a reference it cannot read."""
+    if device.strip().lower() == "cpu":
+        return "cpu", 0
+    from llama_orchestrator.gpu.devices import parse_device_ref
+
+    try:
+        return parse_device_ref(device)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+
+
+def _estimate(
+    home: Home,
+    target: _Target,
+    info: ModelInfo,
+    params: FitParams,
+    memory_mb: int | None,
+    reserve_mb: int,
+) -> tuple[FitResult, str]:
+    """The fit on the target's device, and the words that name the memory it used."""
+    from llama_orchestrator.models.fit import fit_gpu, fit_host
+
+    backend, index = target.backend, target.index
+    if backend == "cpu":
+        available, where = (
+            (memory_mb * 2**20, f"host ({memory_mb} MiB given)")
+            if memory_mb is not None
+            else _host_memory()
+        )
+        return fit_host(info, params, available), where
+    if memory_mb is not None:
+        free, where = memory_mb * 2**20, f"{backend}:{index} ({memory_mb} MiB given)"
+        if backend == "gpu":
+            where = f"a GPU with {memory_mb} MiB free"
+    else:
+        free, where = _device_memory(home, backend, index, target.binary)
+    return fit_gpu(info, params, free, reserve_mb * 2**20), where
 
 
 @app.command()

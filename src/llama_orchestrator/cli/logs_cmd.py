@@ -178,6 +178,51 @@ def _open(
 app = typer.Typer()
 
 
+NamesArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="NAME...",
+        help="Instance names; lines of several are merged by time, each named.",
+        show_default=False,
+    ),
+]
+TailOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tail",
+        "-n",
+        metavar="N",
+        help="Show the last N lines of the chosen streams together, per instance (default: all).",
+    ),
+]
+FollowOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow",
+        "-f",
+        help="Keep printing new lines, across log rotation and restarts; Ctrl+C ends.",
+    ),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="WHEN",
+        help="Only lines since a time: 30s, 10m, 2h, 1d, or an ISO time "
+        "(2025-01-31T14:00, ...Z, ...+02:00).",
+    ),
+]
+TimestampsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timestamps",
+        "-t",
+        help="Prefix each line with its time (UTC, derived from the start markers and "
+        "llama.cpp's own timestamps; the arrival time when following).",
+    ),
+]
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  llama-orch logs gemma --tail 50\n\n"
@@ -187,56 +232,17 @@ app = typer.Typer()
 )
 def logs(
     ctx: typer.Context,
-    names: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="NAME...",
-            help="Instance names; lines of several are merged by time, each named.",
-            show_default=False,
-        ),
-    ],
-    tail: Annotated[
-        str | None,
-        typer.Option(
-            "--tail",
-            "-n",
-            metavar="N",
-            help="Show the last N lines of the chosen streams together, per instance "
-            "(default: all).",
-        ),
-    ] = None,
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow",
-            "-f",
-            help="Keep printing new lines, across log rotation and restarts; Ctrl+C ends.",
-        ),
-    ] = False,
+    names: NamesArg,
+    tail: TailOpt = None,
+    follow: FollowOpt = False,
     stdout_only: Annotated[
         bool, typer.Option("--stdout", help="Only the server's stdout.")
     ] = False,
     stderr_only: Annotated[
         bool, typer.Option("--stderr", help="Only the server's stderr.")
     ] = False,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            "--since",
-            metavar="WHEN",
-            help="Only lines since a time: 30s, 10m, 2h, 1d, or an ISO time "
-            "(2025-01-31T14:00, ...Z, ...+02:00).",
-        ),
-    ] = None,
-    timestamps: Annotated[
-        bool,
-        typer.Option(
-            "--timestamps",
-            "-t",
-            help="Prefix each line with its time (UTC, derived from the start markers and "
-            "llama.cpp's own timestamps; the arrival time when following).",
-        ),
-    ] = False,
+    since: SinceOpt = None,
+    timestamps: TimestampsOpt = False,
     prefix: Annotated[
         bool, typer.Option("--prefix", help="Prefix each line with 'stdout|' or 'stderr|'.")
     ] = False,
@@ -267,7 +273,6 @@ def logs(
     names = [name for name in names if name in paths]
     chosen = ["stdout"] if stdout_only else ["stderr"] if stderr_only else ["stdout", "stderr"]
     groups: list[list[LogStream]] = []
-    stop = threading.Event()
     try:
         for name in names:
             source = name if len(names) > 1 else ""
@@ -278,24 +283,9 @@ def logs(
             return
         if sys.stdout is None:
             raise quiet_exit()
-        # Ctrl+C only records; the reading and following loops notice and end cleanly.
-        previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-        try:
-            sys.stdout.flush()
-            _show(
-                groups,
-                sys.stdout.buffer,
-                stop,
-                tail=n,
-                since=since_t,
-                follow=follow,
-                timestamps=timestamps,
-                prefix=prefix,
-            )
-        except BrokenPipeError:
-            raise quiet_exit() from None
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        _print_logs(
+            groups, tail=n, since=since_t, follow=follow, timestamps=timestamps, prefix=prefix
+        )
     except LogReadError as e:
         fail(str(e))
     except OSError as e:
@@ -304,3 +294,34 @@ def logs(
         for group in groups:
             for log in group:
                 log.close()
+
+
+def _print_logs(
+    groups: list[list[LogStream]],
+    *,
+    tail: int | None,
+    since: float | None,
+    follow: bool,
+    timestamps: bool,
+    prefix: bool,
+) -> None:
+    """Print the groups' lines to stdout until done (or Ctrl+C, when following)."""
+    stop = threading.Event()
+    # Ctrl+C only records; the reading and following loops notice and end cleanly.
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
+    try:
+        sys.stdout.flush()
+        _show(
+            groups,
+            sys.stdout.buffer,
+            stop,
+            tail=tail,
+            since=since,
+            follow=follow,
+            timestamps=timestamps,
+            prefix=prefix,
+        )
+    except BrokenPipeError:
+        raise quiet_exit() from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
