@@ -1,6 +1,6 @@
 """Budgets and eviction (issue 11): the pure rules (daemon/budget.py), then the
 scheduler acting on them on a fake clock with scripted instances (daemon/scheduler.py).
-Real servers behind the gateway are in test_issue11_budgets.py."""
+Real servers behind the gateway are in test_budget_daemon.py."""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ import pytest
 from conftest import Cli, free_port, write_config
 from helpers import wait_for
 
+from llama_orchestrator.config.loader import load_file
+from llama_orchestrator.engine.command import log_paths
 from llama_orchestrator.home import Home
 from llama_orchestrator.logs.follow import follow
 from llama_orchestrator.logs.reader import (
@@ -505,3 +507,26 @@ def test_bad_input(cli: Cli, home: Home, tiny_model: Path) -> None:
     assert "Traceback" not in out.stderr
 
     assert cli("logs", "Bad_Name").returncode == 2
+
+
+# ---- the log files themselves --------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_up_refuses_a_symlinked_log_file(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A log path that is a symbolic link is refused, never followed (issue 10, item 10)."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not a log\n")
+    write_config(home, "alpha", tiny_model, free_port())
+    out_log, _ = log_paths(load_file(home.config_path("alpha")), home.root)
+    out_log.parent.mkdir(parents=True)
+    out_log.symlink_to(outside)
+
+    out = cli("up", "alpha", timeout=60)
+    assert out.returncode != 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"{out_log}: it is a symbolic link" in out.stderr, out.stderr
+    assert outside.read_text() == "not a log\n"
+    assert out_log.is_symlink()

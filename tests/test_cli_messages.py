@@ -16,7 +16,7 @@ from helpers import ps_row, wait_for
 from llama_orchestrator.home import Home
 
 
-def test_issue10_only_the_cli_that_started_the_daemon_says_so(
+def test_only_the_cli_that_started_the_daemon_says_so(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())
@@ -26,7 +26,7 @@ def test_issue10_only_the_cli_that_started_the_daemon_says_so(
     assert sum("started the daemon" in o.stderr for o in outs) == 1, [o.stderr for o in outs]
 
 
-def test_issue10_a_mistyped_command_gets_one_suggestion(cli: Cli) -> None:
+def test_a_mistyped_command_gets_one_suggestion(cli: Cli) -> None:
     for args, suggested in ((["restrat"], "'restart'"), (["daemon", "stpo"], "'stop'")):
         out = cli(*args)
         assert out.returncode == 2
@@ -34,9 +34,7 @@ def test_issue10_a_mistyped_command_gets_one_suggestion(cli: Cli) -> None:
         assert suggested in out.stderr
 
 
-def test_issue10_start_and_stop_are_aliases_of_up_and_down(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_start_and_stop_are_aliases_of_up_and_down(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     out = cli("start", "alpha")
     assert out.returncode == 0, out.stderr
@@ -50,7 +48,7 @@ def test_issue10_start_and_stop_are_aliases_of_up_and_down(
     assert "alias: start" in up_line and "alias: stop" in down_line
 
 
-def test_issue10_urls_of_ipv6_hosts_are_bracketed(capsys: pytest.CaptureFixture[str]) -> None:
+def test_urls_of_ipv6_hosts_are_bracketed(capsys: pytest.CaptureFixture[str]) -> None:
     from llama_orchestrator.cli.lifecycle import _report
 
     body = {"ok": True, "ready_ms": 1234.0, "pid": 7, "instance": {"host": "::1", "port": 8001}}
@@ -62,7 +60,7 @@ def test_issue10_urls_of_ipv6_hosts_are_bracketed(capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the port's holder through /proc")
-def test_issue10_a_port_holder_with_a_multiline_command_line_keeps_the_error_on_one_line(
+def test_a_port_holder_with_a_multiline_command_line_keeps_the_error_on_one_line(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -95,7 +93,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_issue10_health_of_a_never_checked_instance_shows_no_last_check(
+def test_health_of_a_never_checked_instance_shows_no_last_check(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "beta", tiny_model, free_port())
@@ -105,7 +103,7 @@ def test_issue10_health_of_a_never_checked_instance_shows_no_last_check(
     assert "Last check" not in out.stdout and "has not been started yet" in out.stderr
 
 
-def test_issue10_health_without_checks_since_the_daemon_started_says_so() -> None:
+def test_health_without_checks_since_the_daemon_started_says_so() -> None:
     from llama_orchestrator.cli.health_cmd import render_health
 
     data = {
@@ -126,7 +124,7 @@ def test_issue10_health_without_checks_since_the_daemon_started_says_so() -> Non
     assert "Last check" not in text and "none yet" in text
 
 
-def test_issue10_an_exit_while_the_daemon_was_down_reads_naturally() -> None:
+def test_an_exit_while_the_daemon_was_down_reads_naturally() -> None:
     from llama_orchestrator.state.describe import event_line
 
     exited = {

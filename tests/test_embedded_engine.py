@@ -1,4 +1,4 @@
-"""Issue 10, item 11: the embedded engine's ``-a`` gives the model its alias, whole."""
+"""The embedded engine: its ``-a`` gives the model its alias, whole (issue 10, item 11)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from llama_orchestrator.engine import embedded
 from llama_orchestrator.home import Home
 
 
-def test_issue10_embedded_alias_is_one_name_not_its_letters() -> None:
+def test_embedded_alias_is_one_name_not_its_letters() -> None:
     args = embedded.build_parser().parse_args(["-m", "m.gguf", "-a", "my-model"])
     assert set(embedded.build_params(args).model_alias) == {"my-model"}
     args = embedded.build_parser().parse_args(["-m", "m.gguf", "-a", "one,two"])
@@ -20,7 +20,7 @@ def test_issue10_embedded_alias_is_one_name_not_its_letters() -> None:
     assert not embedded.build_params(args).model_alias
 
 
-def test_issue10_embedded_alias_is_served(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_embedded_alias_is_served(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     write_config(home, "alpha", tiny_model, port, args=["-a", "my-model"])
     out = cli("up", "alpha", timeout=90)

