@@ -29,6 +29,7 @@ from llama_orchestrator.export.kubernetes import (
     metadata,
     secret_stub,
     selector,
+    service,
 )
 from llama_orchestrator.export.options import GATEWAY_NAME, ExportOptions
 
@@ -119,9 +120,6 @@ def gateway_documents(
     name = GATEWAY_NAME
     lab = labels(name, GATEWAY_NAME, "gateway")
     ns = opts.namespace
-    config_data = {"gateway.json": _text(gateway_json(gateway))}
-    for loaded, inst in exported:
-        config_data[config_key(inst.name)] = _text(remote_config(loaded, inst))
     count = len(gateway.api_keys)
     had = f" (the local gateway has {count})" if count else ""
     keys_secret = secret_stub(
@@ -130,12 +128,51 @@ def gateway_documents(
         lab,
         {KEYS_FILE: f"# REPLACE-ME: the gateway's API keys{had}, one per line\n"},
     )
-    config_map = {
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(name, ns, lab),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector(name, GATEWAY_NAME)},
+            "template": {
+                "metadata": {"labels": lab},
+                "spec": {
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [_container(exported, opts)],
+                    "volumes": _volumes(exported),
+                },
+            },
+        },
+    }
+    config_map = _config_map(gateway, exported, ns, lab)
+    return [keys_secret, config_map, deployment, service(name, GATEWAY_NAME, ns, lab)]
+
+
+def _config_map(
+    gateway: LoadedGateway,
+    exported: list[tuple[LoadedConfig, InstanceExport]],
+    ns: str,
+    lab: dict[str, str],
+) -> dict[str, Any]:
+    """gateway.json and each instance's remote config, one ConfigMap key each."""
+    config_data = {"gateway.json": _text(gateway_json(gateway))}
+    for loaded, inst in exported:
+        config_data[config_key(inst.name)] = _text(remote_config(loaded, inst))
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(name, ns, lab),
+        "metadata": metadata(GATEWAY_NAME, ns, lab),
         "data": config_data,
     }
+
+
+def _container(
+    exported: list[tuple[LoadedConfig, InstanceExport]], opts: ExportOptions
+) -> dict[str, Any]:
+    """The daemon's container: the gateway image, or a Python image that pip-installs
+    the project first (and so gets a longer startup allowance)."""
     env: list[dict[str, Any]] = [
         {"name": "LLAMA_ORCH_HOME", "value": HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -185,8 +222,15 @@ def gateway_documents(
             ],
         }
     )
+    return container
+
+
+def _volumes(exported: list[tuple[LoadedConfig, InstanceExport]]) -> list[dict[str, Any]]:
+    """The home (emptyDir), the instance configs (no subPath: edits reach the daemon),
+    gateway.json (one file) and the keys Secret."""
     items = [{"key": config_key(i.name), "path": f"{i.name}/config.json"} for _, i in exported]
-    volumes = [
+    name = GATEWAY_NAME
+    return [
         {"name": "home", "emptyDir": {}},
         {"name": "instances", "configMap": {"name": name, "items": items}},
         {
@@ -195,32 +239,3 @@ def gateway_documents(
         },
         {"name": "keys", "secret": {"secretName": f"{name}-keys"}},
     ]
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(name, ns, lab),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": selector(name, GATEWAY_NAME)},
-            "template": {
-                "metadata": {"labels": lab},
-                "spec": {
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(name, ns, lab),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(name, GATEWAY_NAME),
-            "ports": [{"name": "http", "port": CONTAINER_PORT, "targetPort": "http"}],
-        },
-    }
-    return [keys_secret, config_map, deployment, service]

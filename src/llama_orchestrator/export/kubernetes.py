@@ -157,20 +157,9 @@ def instance_documents(
     container = build_container(loaded, opts.server_command, secret_name)
     lab = labels(res, "llama-server", "model-server")
     gpu = gpu_resource(loaded, opts) is not None
-    spec: dict[str, Any] = {
-        "name": "llama-server",
-        "image": image,
-        "command": container.command,
-        "args": container.args,
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-    }
-    if container.env:
-        spec["env"] = container.env
-    spec["resources"] = resources(loaded, opts, memory_mib)
     checks = probes(loaded, load_seconds)
-    spec.update(checks)
+    spec = _server_spec(image, container, resources(loaded, opts, memory_mib), checks)
     startup = checks["startupProbe"]
-    spec["volumeMounts"] = [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}]
     strategy: dict[str, Any] = (
         {"type": "Recreate"}
         if gpu
@@ -205,25 +194,51 @@ def instance_documents(
             },
         },
     }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(res, opts.namespace, lab),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(res, "llama-server"),
-            "ports": [{"name": "http", "port": CONTAINER_PORT, "targetPort": "http"}],
-        },
-    }
     documents: list[dict[str, Any]] = []
     if container.secret:
         documents.append(secret_stub(secret_name, opts.namespace, lab, container.secret))
-    documents += [deployment, service]
+    documents += [deployment, service(res, "llama-server", opts.namespace, lab)]
     url = f"http://{res}.{opts.namespace}.svc:{CONTAINER_PORT}"
     allowed = startup["periodSeconds"] * startup["failureThreshold"]
     return InstanceExport(
         c.name, res, url, documents, container, container.files, allowed, container.notes
     )
+
+
+def _server_spec(
+    image: str,
+    container: Container,
+    resources: dict[str, dict[str, str | int]],
+    checks: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The llama-server container of an instance's pod."""
+    spec: dict[str, Any] = {
+        "name": "llama-server",
+        "image": image,
+        "command": container.command,
+        "args": container.args,
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+    }
+    if container.env:
+        spec["env"] = container.env
+    spec["resources"] = resources
+    spec.update(checks)
+    spec["volumeMounts"] = [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}]
+    return spec
+
+
+def service(resource: str, app: str, namespace: str, lab: dict[str, str]) -> dict[str, Any]:
+    """The ClusterIP Service in front of a Deployment's pods, on its ``http`` port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(resource, namespace, lab),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(resource, app),
+            "ports": [{"name": "http", "port": CONTAINER_PORT, "targetPort": "http"}],
+        },
+    }
 
 
 def secret_stub(

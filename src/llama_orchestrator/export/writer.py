@@ -154,6 +154,49 @@ def export_kubernetes(
     it is refused; with ``skip_remote`` (``--all``) it is left out with a note.
     """
     opts.check()
+    exported, notes = _export_instances(home, names, opts, skip_remote=skip_remote)
+    _check_model_names(exported)
+    gateway = load_gateway(home)
+    out = _Files()
+    for _loaded, inst in exported:
+        file = instance_file(inst.name)
+        lines = [
+            f"The models volume ({opts.models.spec}) must hold {', '.join(inst.model_files)}.",
+        ]
+        if inst.container.secret:
+            lines += [
+                f"Secret {inst.resource}-env (in {secret_file(file)} with -o) holds placeholders:",
+                "set its values before applying.",
+            ]
+        owner = f"instance {inst.name} (instances/{inst.name}/config.json)"
+        out.emit(file, owner, lines, inst.documents)
+    lines = [
+        f"Secret {GATEWAY_NAME}-keys (in {secret_file(GATEWAY_FILE)} with -o) holds a",
+        "placeholder: put the API keys in it.",
+        "",
+        *NOT_MAPPED.splitlines(),
+    ]
+    out.emit(
+        GATEWAY_FILE,
+        f"the gateway ({GATEWAY_NAME})",
+        lines,
+        gateway_documents(gateway, exported, opts),
+    )
+    kustomization: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": list(out.files),
+    }
+    out.files[KUSTOMIZATION_FILE] = dump(kustomization)
+    models = list(dict.fromkeys(f for _, inst in exported for f in inst.model_files))
+    return ExportResult(out.files, "".join(out.stream), notes, models, out.secrets)
+
+
+def _export_instances(
+    home: Home, names: list[str], opts: ExportOptions, *, skip_remote: bool
+) -> tuple[list[tuple[LoadedConfig, InstanceExport]], list[str]]:
+    """Each named instance's documents, and the notes for the user; remote instances
+    refused (or left out with ``skip_remote``)."""
     loads = measured_load_seconds(home)
     exported: list[tuple[LoadedConfig, InstanceExport]] = []
     notes: list[str] = []
@@ -186,61 +229,34 @@ def export_kubernetes(
     if not exported:
         why = f" ({', '.join(remote)}: remote, their servers run elsewhere)" if remote else ""
         raise ExportError(f"no instances to export in {home.instances_dir}{why}")
-    _check_model_names(exported)
-    gateway = load_gateway(home)
-    source = opts.models.spec
-    files: dict[str, str] = {}
-    secrets: dict[str, SecretFile] = {}
-    stream: list[str] = []
+    return exported, notes
 
-    def emit(file: str, owner: str, lines: list[str], docs: list[dict[str, Any]]) -> None:
+
+@dataclass
+class _Files:
+    """The export's files in order, its Secret files, and the stream of every document."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, SecretFile] = field(default_factory=dict)
+    stream: list[str] = field(default_factory=list)
+
+    def emit(self, file: str, owner: str, lines: list[str], docs: list[dict[str, Any]]) -> None:
         """``docs`` into ``file``, their Secrets first into the Secret file (module doc)."""
         for doc in (d for d in docs if d["kind"] == "Secret"):
             meta = doc["metadata"]
             name = secret_file(file)
-            secrets[name] = SecretFile(meta["name"], meta["namespace"], tuple(doc["stringData"]))
+            self.secrets[name] = SecretFile(
+                meta["name"], meta["namespace"], tuple(doc["stringData"])
+            )
             of = owner.split(" (", 1)[0]
             title = f"Secret {meta['name']} of {of}, exported by llama-orch export kubernetes."
             text = dump_all([doc], _header(title, SECRET_NOTE))
-            files[name] = text
-            stream.append(text)
+            self.files[name] = text
+            self.stream.append(text)
         title = f"{owner[:1].upper()}{owner[1:]}, exported by llama-orch export kubernetes."
         text = dump_all([d for d in docs if d["kind"] != "Secret"], _header(title, lines))
-        files[file] = text
-        stream.append(text)
-
-    for _loaded, inst in exported:
-        file = instance_file(inst.name)
-        lines = [
-            f"The models volume ({source}) must hold {', '.join(inst.model_files)}.",
-        ]
-        if inst.container.secret:
-            lines += [
-                f"Secret {inst.resource}-env (in {secret_file(file)} with -o) holds placeholders:",
-                "set its values before applying.",
-            ]
-        owner = f"instance {inst.name} (instances/{inst.name}/config.json)"
-        emit(file, owner, lines, inst.documents)
-    lines = [
-        f"Secret {GATEWAY_NAME}-keys (in {secret_file(GATEWAY_FILE)} with -o) holds a",
-        "placeholder: put the API keys in it.",
-        "",
-        *NOT_MAPPED.splitlines(),
-    ]
-    emit(
-        GATEWAY_FILE,
-        f"the gateway ({GATEWAY_NAME})",
-        lines,
-        gateway_documents(gateway, exported, opts),
-    )
-    kustomization: dict[str, Any] = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": list(files),
-    }
-    files[KUSTOMIZATION_FILE] = dump(kustomization)
-    models = list(dict.fromkeys(f for _, inst in exported for f in inst.model_files))
-    return ExportResult(files, "".join(stream), notes, models, secrets)
+        self.files[file] = text
+        self.stream.append(text)
 
 
 def write_files(out: Path, files: dict[str, str], keep: Mapping[str, SecretFile]) -> Written:
