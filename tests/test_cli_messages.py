@@ -125,7 +125,7 @@ def test_health_without_checks_since_the_daemon_started_says_so() -> None:
 
 
 def test_an_exit_while_the_daemon_was_down_reads_naturally() -> None:
-    from llama_orchestrator.state.describe import event_line
+    from llama_orchestrator.views.describe_text import event_line
 
     exited = {
         "ts": 1_900_000_000.0,

@@ -307,7 +307,7 @@ def test_config_env_wins_over_generated(tmp_path: Path) -> None:
 
 
 def test_describe_marks_generated_env() -> None:
-    from llama_orchestrator.state.describe import render_describe
+    from llama_orchestrator.views.describe_text import render_describe
 
     data: dict[str, Any] = {
         "name": "x",
@@ -341,7 +341,7 @@ def test_describe_marks_generated_env() -> None:
     ],
 )
 def test_describe_says_metrics(metrics: dict[str, Any], shown: str) -> None:
-    from llama_orchestrator.state.describe import render_describe
+    from llama_orchestrator.views.describe_text import render_describe
 
     data: dict[str, Any] = {
         "name": "x",

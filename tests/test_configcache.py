@@ -14,9 +14,10 @@ import pytest
 from conftest import free_port, write_config
 
 from llama_orchestrator.home import Home
-from llama_orchestrator.state import configcache, views
+from llama_orchestrator.state import configcache
 from llama_orchestrator.state.db import SCHEMA_VERSION, StateStore
-from llama_orchestrator.state.views import instance_rows
+from llama_orchestrator.views import rows as views
+from llama_orchestrator.views.rows import instance_rows
 
 
 def cached(home: Home) -> dict[str, tuple[str, dict[str, Any]]]:

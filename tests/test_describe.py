@@ -17,7 +17,8 @@ from helpers import fake_binary
 
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import StateStore
-from llama_orchestrator.state.describe import describe_data, render_describe
+from llama_orchestrator.views.describe import describe_data
+from llama_orchestrator.views.describe_text import render_describe
 
 SLEEP = "import time; time.sleep(60)"
 

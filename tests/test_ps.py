@@ -11,8 +11,8 @@ import pytest
 from conftest import Cli, free_port, write_config
 
 from llama_orchestrator.cli.fast import try_fast
-from llama_orchestrator.cli.ps_view import FilterError, parse_filters, render_table, select
 from llama_orchestrator.home import Home
+from llama_orchestrator.views.table import FilterError, parse_filters, render_table, select
 
 ROWS = [
     {

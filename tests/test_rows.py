@@ -14,7 +14,7 @@ from conftest import free_port, write_config
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import INSTANCE_COLUMNS, StateStore
 from llama_orchestrator.state.rows import STATUS_FIELDS, instance_status
-from llama_orchestrator.state.views import instance_rows
+from llama_orchestrator.views.rows import instance_rows
 
 
 def test_status_of_an_instance_without_a_row_has_every_field_with_defaults() -> None:

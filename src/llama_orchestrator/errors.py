@@ -25,7 +25,7 @@ module to hold that; the tree below is for reading (with each class's builtin ba
     ├── LogReadError        logs/reader.py: a log file cannot be read (OSError)
     ├── SinceError          logs/reader.py: a --since that is no time (ValueError)
     ├── StreamError         dashboard/stream.py: the daemon refused the stream (OSError)
-    ├── FilterError         cli/ps_view.py: a bad ``ps --filter`` (ValueError)
+    ├── FilterError         views/table.py: a bad ``ps --filter`` (ValueError)
     ├── GGUFError           models/header.py: not a readable GGUF header (ValueError)
     ├── ParseError          gpu/devices.py: a tool's output holds no device list
     │                       (ValueError)

@@ -23,7 +23,8 @@ def describe(
     Examples: llama-orch describe gemma; llama-orch describe gemma --json | jq .runtime
     """
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance
-    from llama_orchestrator.state.describe import describe_data, render_describe
+    from llama_orchestrator.views.describe import describe_data
+    from llama_orchestrator.views.describe_text import render_describe
 
     check_names([name])
     try:

@@ -28,11 +28,8 @@ from llama_orchestrator.client.control import DaemonStatus, connect
 from llama_orchestrator.dashboard import data
 from llama_orchestrator.dashboard.stream import EventStream, apply_event
 from llama_orchestrator.home import Home
-from llama_orchestrator.state.views import HEALTH_STYLE, STATUS_STYLE, format_uptime, status_label
+from llama_orchestrator.views.styles import PS_COLUMNS, cell_style, ps_cells
 
-COLUMNS = (
-    "NAME", "PID", "PORT", "BACKEND", "DEVICE", "MODEL", "STATUS", "HEALTH", "UPTIME", "RESTARTS"
-)  # fmt: skip
 # When the terminal is narrow, columns are dropped from the end of this list first.
 PRIORITY = (
     "NAME", "STATUS", "HEALTH", "PORT", "UPTIME", "PID", "RESTARTS", "MODEL", "DEVICE", "BACKEND"
@@ -45,21 +42,9 @@ RETRY_S = 1.0  # after the event stream ended, the wait before it is taken up ag
 
 def row_cells(row: dict[str, Any]) -> dict[str, Text]:
     """One ps row as styled cells (Text, so names and paths are never read as markup)."""
-    health = row.get("health") or "-"
-    plain = {
-        "NAME": row["name"],
-        "PID": str(row.get("pid") or "-"),
-        "PORT": str(row.get("port") or "-"),
-        "BACKEND": row.get("backend") or "-",
-        "DEVICE": row.get("device") or "-",
-        "MODEL": row.get("model") or "-",
-        "UPTIME": format_uptime(row.get("uptime_s")),
-        "RESTARTS": str(row.get("restarts", 0)),
+    return {
+        col: Text(text, style=cell_style(col, row) or "") for col, text in ps_cells(row).items()
     }
-    cells = {k: Text(v) for k, v in plain.items()}
-    cells["STATUS"] = Text(status_label(row), style=STATUS_STYLE.get(row["status"], ""))
-    cells["HEALTH"] = Text(health, style=HEALTH_STYLE.get(health, ""))
-    return cells
 
 
 def fit_columns(cells: list[dict[str, Text]], width: int) -> tuple[str, ...]:
@@ -72,7 +57,7 @@ def fit_columns(cells: list[dict[str, Text]], width: int) -> tuple[str, ...]:
             continue
         chosen.add(col)
         used += need
-    return tuple(c for c in COLUMNS if c in chosen)
+    return tuple(c for c in PS_COLUMNS if c in chosen)
 
 
 class Polled(Message):

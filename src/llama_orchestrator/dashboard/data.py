@@ -13,7 +13,7 @@ from typing import Any
 
 from llama_orchestrator.client.control import DaemonStatus, connect, daemon_status
 from llama_orchestrator.home import Home
-from llama_orchestrator.state.views import instance_rows
+from llama_orchestrator.views.rows import instance_rows
 
 LOG_TAIL_LINES = 50
 # The daemon's verbs, and the CLI command to suggest when there is no daemon to ask.
@@ -99,7 +99,8 @@ def act(
 def describe_text(home: Home, name: str) -> str:
     """``llama-orch describe NAME`` as text, or why it cannot be described."""
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance
-    from llama_orchestrator.state.describe import describe_data, render_describe
+    from llama_orchestrator.views.describe import describe_data
+    from llama_orchestrator.views.describe_text import render_describe
 
     try:
         return render_describe(describe_data(home, name))

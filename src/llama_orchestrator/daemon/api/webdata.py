@@ -188,7 +188,7 @@ def data_router(sup: Supervisor, host: GatewayHost | None, auth: list[Depends]) 
     @router.get("/v1/instances/{name}/describe", dependencies=auth)
     async def describe(name: str) -> dict[str, Any]:
         """What ``llama-orch describe`` shows: config with defaults, command line..."""
-        from llama_orchestrator.state.describe import describe_data
+        from llama_orchestrator.views.describe import describe_data
 
         _check(sup, name)
         try:

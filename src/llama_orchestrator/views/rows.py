@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llama_orchestrator.engine.states import ALIVE, Health, State
+from llama_orchestrator.engine.states import ALIVE, State
 from llama_orchestrator.home import Home
 from llama_orchestrator.state import configcache
 from llama_orchestrator.state.drift import Started, config_changed
@@ -139,43 +139,3 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
     if fresh:
         configcache.remember(home, fresh, keep=defined - set(records))
     return rows
-
-
-def status_label(row: dict[str, Any]) -> str:
-    """The STATUS cell: the state, and "(config removed)" for a record without a config
-    or "(config changed)" for a server started with another config than the file's."""
-    if row.get("config_removed"):
-        return f"{row['status']} (config removed)"
-    if row.get("config_changed"):
-        return f"{row['status']} (config changed)"
-    return str(row["status"])
-
-
-def format_uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-STATUS_STYLE = {
-    State.RUNNING.value: "green",
-    State.STARTING.value: "yellow",
-    State.BACKOFF.value: "yellow",
-    State.STOPPING.value: "yellow",
-    State.EXITED.value: "red",
-    State.FATAL.value: "red",
-    State.STOPPED.value: "dim",
-}
-HEALTH_STYLE = {
-    Health.HEALTHY.value: "green",
-    Health.LOADING.value: "yellow",
-    Health.UNHEALTHY.value: "red",
-    Health.ERROR.value: "red",
-}

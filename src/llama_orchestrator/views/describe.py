@@ -1,21 +1,24 @@
 """``describe``: one instance in full, gathered from its config, records and model file.
 
-Shared by ``llama-orch describe`` and the dashboard, so it raises instead of exiting.
+Shared by ``llama-orch describe``, the dashboard and the web page, so it raises instead
+of exiting; views/describe_text.py prints it.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.home import Home
 from llama_orchestrator.redact import shown_argv, shown_env
 from llama_orchestrator.state.drift import config_diff, is_live
 from llama_orchestrator.state.rows import instance_status
+
+if TYPE_CHECKING:
+    from llama_orchestrator.config.loader import LoadedConfig
+    from llama_orchestrator.engine.command import LaunchSpec
 
 
 def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
@@ -168,8 +171,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     record the error is raised.
     """
     from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
-    from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
-    from llama_orchestrator.engine.command import LaunchSpec, launch_spec, log_paths
+    from llama_orchestrator.engine.command import log_paths
 
     row, events, started = _records(home, name)
     try:
@@ -200,6 +202,32 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         data["events"] = events
         return data
 
+    spec = _command(home, loaded, data, runtime, recorded)
+    if spec is not None:
+        _environment(data, spec, loaded, row if recorded is not None else None)
+    data["logs"] = {
+        stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
+        for stream, p in zip(("stdout", "stderr"), log_paths(loaded, home.root), strict=True)
+    }
+    data["metrics"] = _metrics(data.get("command"), list(loaded.config.args))
+    data["runtime"] = runtime
+    data["events"] = events
+    data["model_info"] = _model_info(loaded.model_path)
+    return data
+
+
+def _command(
+    home: Home,
+    loaded: LoadedConfig,
+    data: dict[str, Any],
+    runtime: dict[str, Any] | None,
+    recorded: list[str] | None,
+) -> LaunchSpec | None:
+    """Fill in the binary and the command line: a live server's recorded ones, else what
+    a start would run. Returns the launch spec a start would use (None: no binary)."""
+    from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
+    from llama_orchestrator.engine.command import launch_spec
+
     binary: ResolvedBinary | None = None
     spec: LaunchSpec | None = None
     try:
@@ -207,7 +235,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         spec = launch_spec(loaded, binary, home.root)
     except BinaryError as e:
         data["binary"] = {"error": str(e)}
-    if recorded is not None and runtime is not None and row is not None:
+    if recorded is not None and runtime is not None:
         version = runtime["binary_version"]
         if version is None and binary is not None and binary.display == runtime["binary"]:
             version = binary.version()  # recorded once the daemon's probe has answered
@@ -224,161 +252,27 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
         data["command"] = shown_argv(spec.argv)
         data["command_line"] = shlex.join(data["command"])
         data["command_source"] = "would_run"
-    if spec is not None:
-        env = dict(spec.env_overrides)
-        env_source = "would_run"
-        if recorded is not None and row is not None:
-            live = _process_env(row, list(env))
-            if live is not None:
-                env, env_source = live, "process"
-        data["env_overrides"] = shown_env(env)
-        data["env_source"] = env_source
-        # the part of env_overrides the backend table produced (issue 5, part 2); the
-        # config's own env wins over it
-        data["env_generated"] = {
-            k: env[k] for k in spec.generated_env if k in env and k not in loaded.config.env
-        }
-    data["logs"] = {
-        stream: {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
-        for stream, p in zip(("stdout", "stderr"), log_paths(loaded, home.root), strict=True)
+    return spec
+
+
+def _environment(
+    data: dict[str, Any], spec: LaunchSpec, loaded: LoadedConfig, live: dict[str, Any] | None
+) -> None:
+    """Fill in the environment overrides: the live server's own (``live``: its record)
+    when they can be read, else what a start would set."""
+    env = dict(spec.env_overrides)
+    env_source = "would_run"
+    if live is not None:
+        found = _process_env(live, list(env))
+        if found is not None:
+            env, env_source = found, "process"
+    data["env_overrides"] = shown_env(env)
+    data["env_source"] = env_source
+    # the part of env_overrides the backend table produced (issue 5, part 2); the
+    # config's own env wins over it
+    data["env_generated"] = {
+        k: env[k] for k in spec.generated_env if k in env and k not in loaded.config.env
     }
-    data["metrics"] = _metrics(data.get("command"), list(loaded.config.args))
-    data["runtime"] = runtime
-    data["events"] = events
-    data["model_info"] = _model_info(loaded.model_path)
-    return data
-
-
-def render_describe(data: dict[str, Any]) -> str:
-    """``describe``'s human-readable form (the CLI and the dashboard show the same)."""
-    out: list[str] = []
-
-    def line(key: str, value: Any) -> None:
-        out.append(f"{key + ':':<15} {'-' if value is None else value}")
-
-    line("Name", data["name"])
-    line("Config", data["config_file"])
-    if data.get("config_error"):
-        out.append("Config error:")
-        out.extend(f"  {text}" for text in str(data["config_error"]).splitlines())
-    if data.get("remote"):
-        from llama_orchestrator.state.remote_view import render_remote
-
-        out.extend(render_remote(data["remote"]))
-    else:
-        _model_and_binary(data, line)
-    # A running server's own command line; else the one a start would run.
-    would_run = " (would run)"
-    if "command_line" in data:
-        recorded = data.get("command_source") == "recorded"
-        line("Command" + ("" if recorded else would_run), data["command_line"])
-    if "env_overrides" in data:
-        env = data["env_overrides"] or {}
-        generated = data.get("env_generated") or {}
-        from_process = data.get("env_source") == "process"
-        line(
-            "Environment" + ("" if from_process else would_run),
-            " ".join(
-                f"{k}={shlex.quote(v)}" + (" (generated)" if k in generated else "")
-                for k, v in env.items()
-            )
-            or None,
-        )
-    metrics = data.get("metrics")
-    if metrics:
-        line("Metrics", _metrics_text(metrics))
-    rt = data.get("runtime")
-    if rt is None:
-        out.append("Runtime:        never started")
-    else:
-        out.append("Runtime:")
-        for key in (
-            "status",
-            "desired",
-            "health",
-            "pid",
-            "port",
-            "uptime_s",
-            "restart_count",
-            "exit_code",
-            "exit_signal",
-            "last_error",
-        ):
-            out.append(f"  {key + ':':16}{'-' if rt.get(key) is None else rt.get(key)}")
-        if rt.get("start_time"):
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rt["start_time"]))
-            out.append(f"  {'started:':16}{started}")
-    if data.get("config_changed"):
-        out.extend(_drift_lines(data))
-    for stream, info in (data.get("logs") or {}).items():
-        size = "missing" if info["bytes"] is None else f"{info['bytes']} bytes"
-        line(f"Log {stream}", f"{info['path']} ({size})")
-    if data["config"] is not None:
-        out.append("Config (with defaults):")
-        for text in json.dumps(data["config"], indent=2).splitlines():
-            out.append(f"  {text}")
-    if data["events"]:
-        out.append("Events:")
-        out.extend(f"  {event_line(e)}" for e in data["events"])
-    return "\n".join(out)
-
-
-def _metrics_text(metrics: dict[str, Any]) -> str:
-    if not metrics["enabled"]:
-        return "off (started without --metrics; a restart enables it)"
-    how = "in args" if metrics["source"] == "args" else "enabled automatically"
-    return f"{metrics['path']} ({how})"
-
-
-def _drift_lines(data: dict[str, Any]) -> list[str]:
-    name = data["name"]
-    out = [f"Config changed: since it started (`llama-orch up {name}` recreates it)"]
-    diff = data.get("config_diff")
-    if diff is None:
-        why = "it no longer loads" if data.get("config_error") else "not recorded"
-        out.append(f"  (the fields that changed cannot be listed: {why})")
-        return out
-    for d in diff:
-        was, now = json.dumps(d["was"]), json.dumps(d["now"])
-        out.append(f"  {d['field']}: {was} -> {now}"[:200])
-    return out
-
-
-def event_line(e: dict[str, Any]) -> str:
-    """One recorded event: time, kind, what changed (``old -> new``, or the PID of a
-    spawned or adopted server), reason."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-    old, new = e.get("old"), e.get("new")
-    if old and new:
-        arc = f"{old} -> {new}"  # a state or health change; an exit records its states
-    elif new and str(new).isdigit():
-        arc = f"pid {new}"
-    else:
-        arc = str(new or "")
-    reason = " ".join(str(e.get("reason") or "").splitlines())  # a refusal may span lines
-    return f"{stamp}  {e['kind']:<13} {arc:<22} {reason}"[:200]
-
-
-def _model_and_binary(data: dict[str, Any], line: Callable[[str, Any], None]) -> None:
-    """The lines of a local instance's model file and binary."""
-    line("Model", data["model_file"])
-    mi = data.get("model_info") or {}
-    if "error" in mi:
-        line("Model info", f"unreadable: {mi['error']}")
-    else:
-        ctx = mi.get("context_length")
-        line(
-            "Model info",
-            f"{mi.get('architecture') or '?'}, {mi['parameters_human']} parameters, "
-            f"{mi.get('quantization') or '?'}, {mi.get('layers') or '?'} layers, "
-            f"trained context {ctx or '?'}, {mi['file_size'] / 1e6:.1f} MB",
-        )
-    b = data.get("binary") or {}
-    if "error" in b:
-        line("Binary", f"unavailable: {b['error']}")
-    else:
-        line("Binary", f"{b['path']} [{b['source']}]")
-        line("Version", b.get("version"))
 
 
 def _shown_config(config: dict[str, Any]) -> dict[str, Any]:
