@@ -21,7 +21,7 @@ from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.context import ActorContext, Launcher, ProcessLauncher
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.events import EventBus, EventKind
-from llama_orchestrator.daemon.recorder import Recorder
+from llama_orchestrator.daemon.recorder import Recorder, StoreWriter
 from llama_orchestrator.daemon.reload import ConfigWatcher, ScanReport
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.daemon.seats import ActorSeats
@@ -49,6 +49,9 @@ class Supervisor:
     ) -> None:
         self.home = home
         self.store = store
+        # Every write of the store from here on is queued and written by one task, off the
+        # loop the gateway shares (issue 17); its own reads see the writes at once.
+        self.writer = StoreWriter(store)
         self.bus = EventBus()
         self.bus.add_sink(Recorder(store))
         self.scheduler = Scheduler(clock)
@@ -147,6 +150,7 @@ class Supervisor:
         On the first daemon start since the machine booted, the servers of the previous
         boot are gone: only instances with ``autostart`` are started then.
         """
+        self.writer.start()
         self.scheduler.start()
         self.watcher.prime()
         if not self.store.all():
@@ -240,3 +244,9 @@ class Supervisor:
             actor.cancel_tasks()
         await self.scheduler.close()
         await self.ctx.http.aclose()
+        await self.writer.close()  # every write still queued goes to disk
+
+    async def recorded(self) -> None:
+        """Return once what was written to the store so far is on disk: the control API
+        answers a command after it, so the CLI reading SQLite sees what it did."""
+        await self.writer.flushed()

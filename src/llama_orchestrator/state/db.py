@@ -14,9 +14,13 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from llama_orchestrator.state import sql
+from llama_orchestrator.state.pending import PendingWrites
 
 SCHEMA_VERSION = 4
 
@@ -118,6 +122,7 @@ class StateStore:
         self.path = path
         self.readonly = readonly
         self._busy_timeout = busy_timeout
+        self._pending: PendingWrites | None = None
         self._open(path, readonly, busy_timeout)
         # A writer keeps what it wrote in memory too, so a database deleted under it can
         # be written again in full (recreate_if_lost; issue 10).
@@ -153,6 +158,8 @@ class StateStore:
                     os.unlink(f"{self.path}{suffix}")
         self._open(self.path, False, self._busy_timeout)
         self._identity = self._file_identity()
+        if self._pending is not None:
+            self._pending.reopen()  # its next batch goes to the new file
         rows, self._mirror = self._mirror, {}
         for name, row in rows.items():
             fields = {k: v for k, v in row.items() if k in INSTANCE_COLUMNS}
@@ -195,6 +202,8 @@ class StateStore:
         return store
 
     def close(self) -> None:
+        if self._pending is not None:
+            self._pending.close()
         self._db.close()
 
     def _use_wal(self, timeout: float) -> None:
@@ -247,49 +256,51 @@ class StateStore:
         fields["updated_at"] = time.time()
         if not self.readonly:
             self._mirror.setdefault(name, {"name": name}).update(fields)
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        sets = ", ".join(f"{c}=excluded.{c}" for c in fields)
+        if self._pending is not None:
+            self._pending.update(name, fields)
+            return
         with self._db:
-            self._db.execute(
-                f"INSERT INTO instances (name, {cols}) VALUES (?, {marks}) "
-                f"ON CONFLICT(name) DO UPDATE SET {sets}",
-                (name, *fields.values()),
-            )
+            sql.upsert_row(self._db, name, fields)
 
     def get(self, name: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+        found = self._db.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+        row = dict(found) if found else None
+        if self._pending is not None:
+            row = self._pending.row(name, row)
         return _row(row) if row else None
 
     def all(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT * FROM instances ORDER BY name").fetchall()
+        rows = [dict(r) for r in self._db.execute("SELECT * FROM instances ORDER BY name")]
+        if self._pending is not None:
+            rows = self._pending.rows(rows)
         return [_row(r) for r in rows]
 
     def delete(self, name: str, *, events: bool = False) -> None:
         """Forget instance ``name`` (and its events too, with ``events``)."""
         self._mirror.pop(name, None)
         self._started.pop(name, None)
+        if self._pending is not None:
+            self._pending.delete(name, events=events)
+            return
         with self._db:
-            self._db.execute("DELETE FROM instances WHERE name=?", (name,))
-            self._db.execute("DELETE FROM started_config WHERE name=?", (name,))
-            if events:
-                self._db.execute("DELETE FROM events WHERE name=?", (name,))
+            sql.delete_instance(self._db, name, events=events)
 
     # -- meta --------------------------------------------------------------------------
 
     def meta_get(self, key: str) -> str | None:
+        if self._pending is not None and key in self._meta:
+            return self._meta[key]  # what this process wrote last, on disk or on its way
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str) -> None:
         if not self.readonly:
             self._meta[key] = value
+        if self._pending is not None:
+            self._pending.queue(partial(sql.upsert_meta, key=key, value=value))
+            return
         with self._db:
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (key, value),
-            )
+            sql.upsert_meta(self._db, key, value)
 
     # -- ps's cache of configs that never ran ---------------------------------------------
 
@@ -332,20 +343,20 @@ class StateStore:
     ) -> None:
         if not self.readonly:
             self._started[name] = (config_hash, file_key, config)
+        if self._pending is not None:
+            write = partial(sql.upsert_started, name=name, config_hash=config_hash)
+            self._pending.queue(partial(write, file_key=file_key, config=config))
+            return
         with self._db:
-            self._db.execute(
-                "INSERT INTO started_config (name, config_hash, file_key, config) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                "config_hash=excluded.config_hash, file_key=excluded.file_key, "
-                "config=excluded.config",
-                (name, config_hash, file_key, json.dumps(config)),
-            )
+            sql.upsert_started(self._db, name, config_hash, file_key, config)
 
     def started_configs(
         self, names: Collection[str] | None = None
     ) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
         """name -> (config hash, file key, config) of ``names`` (None: all); empty in an
         older schema."""
+        if self._pending is not None:  # the daemon's own record is what holds
+            return {n: v for n, v in self._started.items() if names is None or n in names}
         try:
             found = self._db.execute(
                 "SELECT name, config_hash, file_key, config FROM started_config"
@@ -375,21 +386,21 @@ class StateStore:
         reason: str | None = None,
         ts: float | None = None,
     ) -> None:
+        event = (time.time() if ts is None else ts, name, kind, old, new, reason)
+        if self._pending is not None:
+            self._pending.add_event(event)
+            return
         with self._db:
-            self._db.execute(
-                "INSERT INTO events (ts, name, kind, old, new, reason) VALUES (?,?,?,?,?,?)",
-                (time.time() if ts is None else ts, name, kind, old, new, reason),
-            )
+            sql.insert_event(self._db, None, event)
 
     def prune_events(self, name: str, keep: int) -> int:
-        """Keep only the newest ``keep`` events of ``name``; returns how many went."""
+        """Keep only the newest ``keep`` events of ``name``; returns how many went
+        (0 when writes are deferred: they go with the next batch)."""
+        if self._pending is not None:
+            self._pending.queue(partial(sql.prune_events, name=name, keep=keep))
+            return 0
         with self._db:
-            cur = self._db.execute(
-                "DELETE FROM events WHERE name=? AND id <= "
-                "(SELECT id FROM events WHERE name=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (name, name, keep),
-            )
-        return cur.rowcount
+            return sql.prune_events(self._db, name, keep)
 
     def events(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if name is None:
@@ -400,10 +411,28 @@ class StateStore:
             q = self._db.execute(
                 "SELECT * FROM events WHERE name=? ORDER BY id DESC LIMIT ?", (name, limit)
             )
-        return [dict(r) for r in q][::-1]
+        found = [dict(r) for r in q][::-1]
+        if self._pending is not None:
+            found = self._pending.events(found, name, limit)
+        return found
+
+    # -- deferred writes (the daemon's) -------------------------------------------------
+
+    def defer_writes(self, notify: Callable[[], None]) -> PendingWrites:
+        """From now on every write of this store is queued, not executed: reads see it at
+        once (rows, events, meta), and the returned queue's owner writes it to disk in
+        batches, off the caller's thread (daemon/recorder.py). ``notify`` is called on
+        the caller's thread after each queued write."""
+        if self._pending is None:
+            blank: dict[str, Any] = {c: None for c in INSTANCE_COLUMNS}
+            blank.update(desired="stopped", status="stopped", health="unknown", restart_count=0)
+            self._pending = PendingWrites(
+                self.path, self._busy_timeout, notify, self._db, {**blank, "updated_at": None}
+            )
+        return self._pending
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
+def _row(row: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(row)
     if d.get("cmdline"):
         d["cmdline"] = json.loads(d["cmdline"])

@@ -169,6 +169,13 @@ def create_app(
             raise HTTPException(400, problem)
         return sup.actor(name)  # UnknownInstance: 404, answered below
 
+    async def ask(actor: InstanceActor, make: Callable[[m.Reply], m.Command]) -> Outcome:
+        """A command's outcome, once what it did is on disk (the store writes in batches,
+        off the loop: issue 17), so the CLI reading SQLite after the reply sees it."""
+        outcome = await actor.request(make)
+        await sup.recorded()
+        return outcome
+
     def result(name: str, outcome: Outcome, *, recreated: bool = False) -> JSONResponse:
         body = CommandResult(
             name=name, instance=status_of(sup, name), recreated=recreated, **outcome.to_dict()
@@ -295,13 +302,13 @@ def create_app(
         """
         actor = get_actor(name)
         if recreate and config_drifted(sup, actor):
-            outcome = await actor.request(lambda r: m.Restart(r, wait_ready=wait))
+            outcome = await ask(actor, lambda r: m.Restart(r, wait_ready=wait))
             return result(name, outcome, recreated=True)
-        return result(name, await actor.request(lambda r: m.Start(r, wait_ready=wait, force=force)))
+        return result(name, await ask(actor, lambda r: m.Start(r, wait_ready=wait, force=force)))
 
     @app.post("/v1/instances/{name}/stop", dependencies=auth, response_model=CommandResult)
     async def stop(name: str) -> JSONResponse:
-        return result(name, await get_actor(name).request(m.Stop))
+        return result(name, await ask(get_actor(name), m.Stop))
 
     @app.delete("/v1/instances/{name}", dependencies=auth, response_model=CommandResult)
     async def remove(name: str, force: bool = False, logs: bool = False) -> JSONResponse:
@@ -320,15 +327,16 @@ def create_app(
                         f"`llama-orch down {name}` first, or `llama-orch rm --force {name}`",
                     ),
                 )
-            stopped = await actor.request(m.Stop)
+            stopped = await ask(actor, m.Stop)
             if not stopped.ok:
                 return result(name, stopped)
         gone = sup.remove(name, logs=logs)
+        await sup.recorded()
         body = CommandResult(name=name, ok=True, message="removed " + ", ".join(gone))
         return JSONResponse(body.model_dump())
 
     @app.post("/v1/instances/{name}/restart", dependencies=auth, response_model=CommandResult)
     async def restart(name: str) -> JSONResponse:
-        return result(name, await get_actor(name).request(m.Restart))
+        return result(name, await ask(get_actor(name), m.Restart))
 
     return app
