@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from llama_orchestrator.clock import FakeClock
-from llama_orchestrator.daemon.actor.context import ActorContext
+from llama_orchestrator.daemon.actor.context import ActorContext, Offload
 from llama_orchestrator.daemon.events import Event, EventBus
 from llama_orchestrator.daemon.recorder import Recorder
 from llama_orchestrator.daemon.scheduler import Scheduler
@@ -28,6 +29,7 @@ from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import StateStore
 
 _pids = itertools.count(50_000)
+T = TypeVar("T")
 
 
 class FakeProcess(ServerProcess):
@@ -162,7 +164,13 @@ class Harness:
         ]
 
 
-async def harness(home: Home) -> Harness:
+async def inline(work: Callable[[], T]) -> T:
+    """Blocking work run at once on the loop: a history on the fake clock does not depend
+    on when a thread gets to run."""
+    return work()
+
+
+async def harness(home: Home, offload: Offload = inline) -> Harness:
     home.ensure()
     clock = FakeClock()
     launcher = FakeLauncher(clock)
@@ -181,6 +189,7 @@ async def harness(home: Home) -> Harness:
         scheduler=scheduler,
         launcher=launcher,
         clock=clock,
+        offload=offload,
     )
     return Harness(home, store, clock, launcher, ctx, seen)
 

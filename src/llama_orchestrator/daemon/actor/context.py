@@ -7,10 +7,11 @@ milliseconds; the daemon builds it with the real ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -49,6 +50,21 @@ class ProcessLauncher:
         rotate_if_needed(path, max_bytes, keep)
 
 
+T = TypeVar("T")
+
+
+class Offload(Protocol):
+    """Runs blocking work (file, DNS, socket probes, GGUF reads) away from the event loop
+    the gateway shares (issue 17), and returns its result."""
+
+    def __call__(self, work: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+def in_thread(work: Callable[[], T]) -> Awaitable[T]:
+    """The real thing: the loop's default thread pool."""
+    return asyncio.to_thread(work)
+
+
 @dataclass
 class ActorContext:
     home: Home
@@ -60,3 +76,4 @@ class ActorContext:
     clock: Clock = SYSTEM_CLOCK
     # each health check as it is done: (instance, kind, seconds), for the metrics
     on_check: Callable[[str, str, float], None] | None = None
+    offload: Offload = in_thread  # tests run it inline, or hold it to interleave commands

@@ -53,6 +53,9 @@ class ActorCore(Mailbox):
         self.misses = 0  # consecutive failed checks
         self.leases = KeyedLeases(ctx.clock)  # the gateway's requests in flight
         self.waiters = Waiters()
+        # a start whose checks run (daemon/actor/preflight.py): generation, auto, why, force
+        self._preflight: tuple[int, bool, str, bool] | None = None
+        self._preflight_gen = 0
         self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
         self._room: tuple[str, ...] = ()  # instances stopped to make room for this start
         self.on_demand = False  # this run was started by a request (gateway.json default_ttl)

@@ -28,7 +28,7 @@ from llama_orchestrator.daemon.actor.preflight import (
     Plan,
     RemotePlan,
     load,
-    prepare,
+    preflight,
     refusal,
     spawn_error,
 )
@@ -66,6 +66,8 @@ class InstanceActor(ActorCore):
                 self._on_backoff_done(msg)
             case m.VersionKnown():
                 self.ctx.store.update(self.name, binary_version=msg.version)
+            case m.Prepared():
+                self._on_prepared(msg)
             case m.Admitted():
                 self._on_admitted(msg)
             case m.Resume():
@@ -89,7 +91,7 @@ class InstanceActor(ActorCore):
             self._set_desired(Desired.RUNNING)
             self.waiters.after_stop.append(cmd)  # starts once the stop has finished
             return
-        if self.state is State.STARTING or self._admission is not None:
+        if self.state is State.STARTING or self._admission is not None or self._preflight:
             self._join_start(cmd)  # a concurrent `up` joins the start in progress
             return
         self._cancel_task("backoff")
@@ -116,6 +118,10 @@ class InstanceActor(ActorCore):
         self._cancel_task("backoff")
         stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
         self.waiters.drop_after_stop(stopped)
+        if self._preflight is not None:  # still being checked: nothing runs yet
+            self._cancel_task("preflight")
+            self._preflight = None
+            self.waiters.start_failed(stopped)
         if self._admission is not None:  # still waiting for admission: nothing runs yet
             self.ctx.scheduler.cancel(self._admission[0])
             self._admission = None
@@ -183,7 +189,21 @@ class InstanceActor(ActorCore):
         if by_person and self.restart_count:  # RESTARTS counts since the last up/restart
             self.restart_count = 0
             self.ctx.store.update(self.name, restart_count=0)
-        plan = prepare(self.ctx.home, self.name)
+        # The checks read files, resolve the host and probe the port: a side task runs
+        # them off the loop and posts Prepared (issue 17). Until then the start is pending
+        # as it is while waiting for admission: joined by another `up`, called off by `down`.
+        self._preflight_gen += 1
+        gen = self._preflight_gen
+        self._preflight = (gen, auto, reason, force)
+        checks = preflight(self.ctx.offload, self.ctx.home, self.name, gen, self.post)
+        self._spawn_task("preflight", checks)
+
+    def _on_prepared(self, msg: m.Prepared) -> None:
+        if self._preflight is None or self._preflight[0] != msg.generation:
+            return  # a start called off meanwhile
+        _, auto, reason, force = self._preflight
+        self._preflight = None
+        plan = msg.plan
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
             return

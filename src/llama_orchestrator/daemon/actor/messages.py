@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.engine.health import Probe
 from llama_orchestrator.engine.process import ExitStatus, ServerProcess
 from llama_orchestrator.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from llama_orchestrator.daemon.actor.preflight import Plan, RemotePlan
 
 
 @dataclass
@@ -140,6 +143,16 @@ class Autostart:
 
 
 @dataclass
+class Prepared:
+    """What the checks before a start found (daemon/actor/preflight.py), run off the loop:
+    a plan to spawn, or the refusal. ``generation`` names the start it answers: one
+    called off meanwhile (a stop) is not the actor's current one, and is ignored."""
+
+    generation: int
+    plan: Plan | RemotePlan | Outcome
+
+
+@dataclass
 class Admitted:
     """The scheduler's answer to a start that asked for admission."""
 
@@ -161,6 +174,7 @@ Report = (
     | VersionKnown
     | Resume
     | Autostart
+    | Prepared
     | Admitted
 )
 Message = Command | Report

@@ -8,6 +8,7 @@ into a counted failed attempt.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from llama_orchestrator.config.loader import (
     UnknownInstance,
     load_instance,
 )
-from llama_orchestrator.daemon.actor.messages import Outcome
+from llama_orchestrator.daemon.actor.context import Offload
+from llama_orchestrator.daemon.actor.messages import Outcome, Prepared, Report
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.doctor.modelfile import model_file_problem
 from llama_orchestrator.doctor.ports import port_holder
@@ -28,6 +30,8 @@ from llama_orchestrator.engine.command import LaunchSpec, base_url, device_label
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import Home
+
+Post = Callable[[Report], None]
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,23 @@ def prepare(home: Home, name: str) -> Plan | RemotePlan | Outcome:
     except BinaryError as e:
         return refusal(ErrorCode.BINARY, str(e))
     return Plan(loaded, binary, launch_spec(loaded, binary, home.root))
+
+
+def prepare_start(home: Home, name: str) -> Plan | RemotePlan | Outcome:
+    """``prepare``, and the memory estimate the scheduler's claim will ask for (it reads
+    the GGUF header once per model file; ``memory_mb`` keeps it): all of a start's
+    blocking work, for a thread."""
+    plan = prepare(home, name)
+    if isinstance(plan, Plan):
+        memory_mb(plan.loaded)
+    return plan
+
+
+async def preflight(offload: Offload, home: Home, name: str, generation: int, post: Post) -> None:
+    """The actor's side task for a start's checks: they read files, resolve the host,
+    probe the port and list the machine's sockets, so they run off the loop, and post
+    their result (issue 17)."""
+    post(Prepared(generation, await offload(lambda: prepare_start(home, name))))
 
 
 def spawn_error(spec: LaunchSpec, e: OSError) -> str:
