@@ -20,6 +20,10 @@ from llama_orchestrator.engine.states import Desired, Health, State, check_trans
 from llama_orchestrator.gateway.backend import Endpoint
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
+# last_health_check goes on record at most this often (issue 17): every check is kept in
+# memory for `llama-orch health`; the record is for when the daemon is down, where a few
+# seconds do not matter, and a check every second need not be a write every second.
+CHECK_RECORD_S = 5.0
 
 
 class KeyedLeases(Leases):
@@ -63,6 +67,7 @@ class ActorCore(Mailbox):
         self._backoff_gen = 0
         self._by_person = False  # the start in progress was asked for by a person
         self.ready_mono = 0.0
+        self._check_recorded = float("-inf")  # when last_health_check was last written
         self._stderr_path: Any = None
 
     @property

@@ -20,7 +20,7 @@ from llama_orchestrator.config.schema import HealthcheckConfig, RestartPolicy
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor import watch
 from llama_orchestrator.daemon.actor.adopt import adopt_recorded, held_claim
-from llama_orchestrator.daemon.actor.core import STOP_GRACE_S, ActorCore
+from llama_orchestrator.daemon.actor.core import CHECK_RECORD_S, STOP_GRACE_S, ActorCore
 from llama_orchestrator.daemon.actor.launch import AnyPlan, announce, open_run
 from llama_orchestrator.daemon.actor.messages import Outcome
 from llama_orchestrator.daemon.actor.policy import after_failure
@@ -286,6 +286,7 @@ class InstanceActor(ActorCore):
         self.ready_mono, self._by_person = self.ctx.clock.monotonic(), False
         now = self.ctx.clock.time()
         self.ctx.store.update(self.name, ready_time=now, last_health_check=now)
+        self._check_recorded = self.ready_mono
         self._set_health(Health.HEALTHY, "/health answered 200")
         self._set_state(State.RUNNING, f"ready in {msg.ready_ms:.0f} ms")  # STARTING -> RUNNING
         room, self._room = self._room, ()
@@ -299,7 +300,10 @@ class InstanceActor(ActorCore):
         self.checks.record(msg.kind, msg.probe)
         if self.ctx.on_check is not None:
             self.ctx.on_check(self.name, msg.kind, msg.probe.latency_ms / 1000)
-        self.ctx.store.update(self.name, last_health_check=self.ctx.clock.time())
+        mono = self.ctx.clock.monotonic()
+        if mono - self._check_recorded >= CHECK_RECORD_S:
+            self._check_recorded = mono
+            self.ctx.store.update(self.name, last_health_check=self.ctx.clock.time())
         probe, hc = msg.probe, self._healthcheck()
         if probe.ok:
             if msg.final:
