@@ -5,6 +5,7 @@ every second. In-process, on a fake clock."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -52,5 +53,5 @@ def test_last_health_check_is_recorded_every_few_seconds(home: Home, tiny_model:
     assert checks >= 12  # every check is done and counted
     writes = sorted(set(seen))
     assert len(writes) == 3, seen  # when it became ready, then twice in 12 s
-    gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(writes)]
     assert all(CHECK_RECORD_S <= g < CHECK_RECORD_S + 1.1 for g in gaps), gaps
