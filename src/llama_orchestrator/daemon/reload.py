@@ -138,7 +138,10 @@ class ConfigWatcher:
         if loaded is None:
             return
         # The file's cheap key, if it still holds that very config (else None: ps then
-        # hashes, and finds it changed).
+        # hashes, and finds it changed). Done here, on the loop: two reads of a config of a
+        # few hundred bytes, a CRC, a SHA-256 and a model_dump measured 21 us at the median
+        # (53 us p99) on a busy 2-core machine, once per spawn; the write is queued for the
+        # store's writer (daemon/recorder.py), so nothing here waits on the disk (issue 17).
         key = content_key(loaded.path)
         same = key is not None and config_hash(loaded.path) == loaded.raw_hash
         self.store.put_started_config(
