@@ -56,13 +56,15 @@ def recorded(models: dict[str, Path]) -> dict[str, tuple[int, int]]:
 
 
 def test_shaped_models_give_the_recorded_fit(models: dict[str, Path]) -> None:
-    """The sparse models have the recorded models' header: fit's figures then match."""
+    """The sparse models have the recorded models' header: fit's figures then match
+    (all but the compute buffer, whose formula has changed since the recording)."""
     for name in ("big", "bigctx", "small"):
         fit = json.loads((H200 / f"fit-{name}.json").read_text())
         _, ctx, np_, ngl = CONFIGS[name]
         est = estimate(read_model_info(models[CONFIGS[name][0]]),
                        FitParams(context_size=ctx, parallel=np_), ngl)  # fmt: skip
-        assert est.to_dict() == fit["full"]
+        same = ("n_layer", "gpu_layers", "n_ctx", "n_ctx_seq", "weights", "weights_gpu", "kv")
+        assert {k: est.to_dict()[k] for k in same} == {k: fit["full"][k] for k in same}
 
 
 def test_learnt_overhead_explains_the_gpu_gap(recorded: dict[str, tuple[int, int]]) -> None:

@@ -9,10 +9,10 @@ they survive restarts) and calls these.
 libraries' workspaces, which every process carries again. Until a device has a
 measurement, :data:`DEFAULT_OVERHEAD_MIB` holds, per backend:
 
-- ``cuda`` 600 MiB: measured on an NVIDIA H200 (CUDA 13, llama.cpp with cuBLAS): 613,
-  613 and 601 MiB over the estimate for three configs of two models (``tests/fixtures/
-  h200``); it is the CUDA context plus cuBLAS's workspace, so it hardly depends on the
-  model.
+- ``cuda`` 600 MiB: measured on an NVIDIA H200 (CUDA 13, llama.cpp with cuBLAS): 592,
+  592 and 591 MiB over the estimate for the three all-layer configs of two models, 517
+  for the half-offloaded one (``tests/fixtures/h200``); it is the CUDA context plus
+  cuBLAS's workspace, so it hardly depends on the model.
 - ``rocm`` 600 MiB: HIP carries the same two parts (context, hipBLAS/rocBLAS workspace);
   not measured yet, so the CUDA figure stands in.
 - ``vulkan`` 600 MiB, ``metal`` 600 MiB: not measured either. A default too high only

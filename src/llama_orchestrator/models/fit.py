@@ -11,11 +11,17 @@ Three terms, each the way llama.cpp allocates it:
   all slots: each of the ``-np`` slots gets ``n_ctx / np`` cells, rounded up to 256, so
   ``parallel`` changes the KV size only through that rounding. The KV of offloaded layers
   lives on the GPU.
-- **compute buffer**: ``n_ubatch x (2 n_ctx_seq + 4 n_vocab + 4 (3 n_embd + n_ff))``
-  bytes: the f16 attention mask, the f32 logits and the f32 activations of one micro-batch
-  with flash attention (llama.cpp's ``auto`` default). It is the least certain term: a
-  backend without flash attention also needs an f32 ``n_head x n_ubatch x n_ctx_seq``
-  score matrix.
+- **compute buffer**: ``n_ubatch x (2 n_ctx_seq + 4 (3 n_ff + n_q + 2 n_embd)) + 4 n_vocab
+  x n_outputs`` bytes: the f16 attention mask and the f32 activations that are live at
+  once for one micro-batch with flash attention (llama.cpp's ``auto`` default): the FFN's
+  gate, up and their product, the query (``n_q = n_head x head_k``, wider than ``n_embd``
+  in Gemma) and two residual streams; then the f32 logits of the rows that are output.
+  llama.cpp reserves its graph for ``n_outputs_max``, one row per slot (``-np``), not for
+  every token of the micro-batch: counting every token put 512 MiB of logits into Gemma 3
+  270M's estimate (262k tokens) where the real server's compute buffer is 23 MiB
+  (``-lv 4``: 23.28 MiB at ``-c 4096 -np 1``; this formula says 21.5). It is the least
+  certain term: a backend without flash attention also needs an f32
+  ``n_head x n_ubatch x n_ctx_seq`` score matrix.
 
 Checked against the real llama-server's load log in ``tests/test_fit.py``.
 """
@@ -262,7 +268,11 @@ def estimate(
     n_embd = info.embedding_length or 0
     n_ff = _arch_int(info, "feed_forward_length") or 4 * n_embd
     n_vocab = sizes.n_vocab or 32_000
-    compute = n_ubatch * (2 * n_ctx_seq + 4 * n_vocab + 4 * (3 * n_embd + n_ff))
+    n_head = info.head_count or 1
+    n_q = n_head * (_arch_int(info, "attention.key_length") or n_embd // n_head)
+    n_outputs = min(max(params.parallel, 1), n_ubatch)  # llama.cpp's n_outputs_max
+    activations = 4 * (3 * n_ff + n_q + 2 * n_embd)
+    compute = n_ubatch * (2 * n_ctx_seq + activations) + 4 * n_vocab * n_outputs
     return Estimate(
         n_layer=n_layer,
         gpu_layers=ngl,
