@@ -15,17 +15,19 @@ whole in each process, so two instances of one model count it twice; RSS without
 file pages (``rss - shared``) does not count it at all, though a CPU instance reads every
 weight from those pages on each token. PSS splits each shared page among the processes
 that map it, so a sum over instances counts a shared model once, which is what a
-budget sums. Measured here with llama-server and the embedded engine (``bench/
-bench_memory.py``): two embedded Gemma 270M instances read PSS 238 MiB each (one alone:
-354 MiB; RSS 368 MiB each, anonymous 113 MiB each). PSS over-counts in one case: when
-llama.cpp repacks weights into anonymous buffers (``AMX``/``CPU_REPACK`` on x86, ARM),
-the file pages they were copied from stay mapped until the kernel reclaims them: the
-reading then holds the weights twice (clean, reclaimable pages, so the error is on the
-side of refusing a start, never of running out of memory). ``detail`` keeps the
+budget sums. Measured with ``bench/bench_memory.py`` (2-core x86 VM): an embedded
+Gemma 3 270M server alone reads PSS 380 MiB (estimate 328; RSS 387, of which 249 file-backed,
+the model's pages most of it), two at once 509 MiB together where their RSS add up to 773. PSS
+over-counts in one case: when llama.cpp repacks weights into anonymous buffers (``AMX``
+or ``CPU_REPACK`` on x86, ARM), the file pages they were copied from stay mapped until
+the kernel reclaims them, so the reading holds the weights twice: llama-server with a
+173 MiB f16 model on an AMX CPU reads PSS 406 MiB = 243 anonymous (the estimate: 264) +
+163 of stale file pages. Those pages are clean and reclaimable: the error is on the side
+of refusing a start, never of running out of memory. ``detail`` keeps the
 anonymous and file-backed parts apart so the two cases can be told. Outside Linux the
-host reading is psutil's RSS (macOS: resident size; the ``phys_footprint`` that
-``footprint PID`` prints also holds Metal buffers, but needs that tool and root for other
-users' processes).
+host reading is psutil's RSS. On macOS the ``phys_footprint`` that ``footprint PID``
+prints (what Activity Monitor shows) would also hold the Metal buffers of Apple
+silicon's unified memory; it is not read yet.
 
 **GPUs**: NVIDIA from ``nvidia-smi --query-compute-apps`` (per process, summed over the
 tree); AMD from ``rocm-smi --showpids`` (compute/KFD processes: llama.cpp's HIP backend)
