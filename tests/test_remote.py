@@ -7,6 +7,7 @@ it), on a free port, so the daemon has no process of its own for it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,10 +21,15 @@ import httpx
 import openai
 import psutil
 import pytest
+from actor_fakes import harness
 from conftest import Cli, free_port, write_config, write_instance
 from helpers import events, gone, health, ps_row, wait_for
 
 from llama_orchestrator.config.loader import load_instance
+from llama_orchestrator.daemon.actor import messages as m
+from llama_orchestrator.daemon.actor.handlers import InstanceActor
+from llama_orchestrator.daemon.actor.watch import MIN_READY_DEADLINE_S
+from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.remote_view import remote_data, render_remote
 
@@ -186,12 +192,34 @@ def test_a_missing_key_variable_refuses_the_start(cli: Cli, home: Home) -> None:
     assert refused and "FAR_KEY" in refused[-1]["reason"]
     assert ps_row(cli, "far")["status"] == "stopped"
 
-    # a server that never answers: the start fails as a local one's does, saying why
+
+def test_a_remote_server_that_never_answers_fails_its_start_saying_why(home: Home) -> None:
+    """The start fails as a local one's does, after the least wait for readiness (5 s)
+    even with ``start_period: 0``. On the fake clock: the daemon's actor, its probes
+    answered by a mock transport where nothing listens (tests/actor_fakes.py)."""
     remote_config(home, "far", f"http://127.0.0.1:{free_port()}", healthcheck={"start_period": 0})
-    out = cli("up", "far")
-    assert out.returncode != 0 and "not ready after 5s" in out.stderr, out.stderr
-    assert "connection failed" in out.stderr
-    assert ps_row(cli, "far")["status"] == "fatal"
+
+    async def main() -> None:
+        h = await harness(home)
+        actor = InstanceActor("far", h.ctx, None)
+        actor.start_loop()
+        try:
+            started = asyncio.ensure_future(actor.request(lambda r: m.Start(r, wait_ready=True)))
+            await h.clock.advance(MIN_READY_DEADLINE_S - 0.1)
+            assert not started.done()  # still within the least wait
+            while not started.done() and h.clock.monotonic() < 1000 + 60:
+                await h.clock.advance(0.25)
+            outcome = started.result()
+            assert not outcome.ok and "not ready after 5s" in outcome.message, outcome
+            assert "connection failed" in outcome.message
+            assert h.states("far")[-1] == State.FATAL.value and h.launcher.spawned == []
+        finally:
+            actor.cancel_tasks()
+            await h.ctx.scheduler.close()
+            await h.ctx.http.aclose()
+            h.store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
 
 
 # --- the daemon and the gateway ---------------------------------------------------------
