@@ -21,9 +21,11 @@ from conftest import free_port, write_config
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.directory import InstanceView
+from llama_orchestrator.daemon.events import Event, EventKind
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.records import InstanceRecord
 
 
 def no_config(_name: str) -> None:
@@ -33,10 +35,26 @@ def no_config(_name: str) -> None:
 Scenario = Callable[[Harness, InstanceActor], Awaitable[None]]
 
 
+def unpublished(actor: InstanceActor, event: Event) -> str | None:
+    """What an event says that the actor's snapshot did not show yet when it was
+    published (sinks, such as the gateway's wake-up on a state change, read it then)."""
+    snap = actor.snapshot
+    if event.kind is EventKind.STATE and snap.state.value != event.new:
+        return f"state {event.new} announced, snapshot shows {snap.state.value}"
+    if event.kind is EventKind.HEALTH and snap.health.value != event.new:
+        return f"health {event.new} announced, snapshot shows {snap.health.value}"
+    if event.kind is EventKind.SPAWNED and not (snap.attached and snap.loaded):
+        return "spawned announced before the snapshot holds the run and its config"
+    return None
+
+
 def run(home: Home, scenario: Scenario, row: dict[str, Any] | None = None) -> Harness:
     async def main() -> Harness:
         h = await harness(home)
-        actor = InstanceActor("alpha", h.ctx, row)
+        record = InstanceRecord.from_row({"name": "alpha", **row}) if row else None
+        actor = InstanceActor("alpha", h.ctx, record)
+        late: list[str] = []
+        h.ctx.bus.add_sink(lambda e: late.extend(filter(None, [unpublished(actor, e)])))
         actor.start_loop()
         try:
             await asyncio.wait_for(scenario(h, actor), 10)
@@ -45,6 +63,7 @@ def run(home: Home, scenario: Scenario, row: dict[str, Any] | None = None) -> Ha
             await h.ctx.scheduler.close()
             await h.ctx.http.aclose()
             h.store.close()
+        assert not late, late  # every change is on the snapshot before it is announced
         return h
 
     return asyncio.run(main())
@@ -77,25 +96,25 @@ def test_crash_loop_backs_off_then_gives_up(home: Home, tiny_model: Path) -> Non
     async def scenario(h: Harness, actor: InstanceActor) -> None:
         first = await start(actor)
         await h.clock.advance(0.05)
-        assert (await first).ok and actor.state is State.RUNNING
+        assert (await first).ok and actor.snapshot.state is State.RUNNING
         spawn_times = [h.clock.monotonic()]
         for _ in range(4):
             h.launcher.last.die(1)
             before = len(h.launcher.spawned)
             for _ in range(200):  # in 50 ms steps until the restart (or fatal)
                 await h.clock.advance(0.05)
-                if len(h.launcher.spawned) > before or actor.state is State.FATAL:
+                if len(h.launcher.spawned) > before or actor.snapshot.state is State.FATAL:
                     break
             spawn_times.append(h.clock.monotonic())
             await h.clock.advance(0.05)  # let the new one become ready
-        assert actor.state is State.FATAL
+        assert actor.snapshot.state is State.FATAL
         assert "gave up after 3 restart(s)" in h.reasons("alpha")[-1]
         # first failure restarts at once, then 1 s, 2 s (failures 2 and 3); the 4th gives up
         gaps = [b - a for a, b in itertools.pairwise(spawn_times)]
         assert gaps[0] < 0.15
         assert 1.0 <= gaps[1] < 1.25 and 2.0 <= gaps[2] < 2.25, gaps
         assert len(h.launcher.spawned) == 4  # the first start and three restarts
-        assert (h.store.get("alpha") or {})["restart_count"] == 3
+        assert h.store.record("alpha").restart_count == 3
 
     h = run(home, scenario)
     assert h.states("alpha").count("backoff") == 3
@@ -113,11 +132,12 @@ def test_backoff_timing_is_exact_on_the_clock(home: Home, tiny_model: Path) -> N
         assert len(h.launcher.spawned) == 2
         h.launcher.last.die(1)  # failure 2 (not stable yet): base = 4 s
         await h.clock.advance(0.0)
-        assert actor.state is State.BACKOFF
+        assert actor.snapshot.state is State.BACKOFF
         await h.clock.advance(3.99)
-        assert actor.state is State.BACKOFF and len(h.launcher.spawned) == 2
+        assert actor.snapshot.state is State.BACKOFF and len(h.launcher.spawned) == 2
         await h.clock.advance(0.02)
-        assert actor.state in (State.STARTING, State.RUNNING) and len(h.launcher.spawned) == 3
+        assert actor.snapshot.state in (State.STARTING, State.RUNNING)
+        assert len(h.launcher.spawned) == 3
         await h.clock.advance(0.05)
         h.launcher.last.die(1)  # failure 3: 4 * 3 = 12 s
         await h.clock.advance(11.9)
@@ -145,7 +165,7 @@ def test_stable_run_resets_the_failure_streak(home: Home, tiny_model: Path) -> N
         h.launcher.last.die(1)
         await h.clock.advance(0.05)  # failure 1 again, not 2: at once, no 5 s backoff
         assert len(h.launcher.spawned) == 3
-        assert actor.failures == 1
+        assert actor.snapshot.failures == 1
 
     run(home, scenario)
 
@@ -157,16 +177,16 @@ def test_stop_during_loading(home: Home, tiny_model: Path) -> None:
         h.launcher.script.append({"mode": "loading", "term_delay": 0.5})
         up = await start(actor)
         await h.clock.advance(0.1)
-        assert actor.state is State.STARTING and actor.health is Health.LOADING
+        assert actor.snapshot.state is State.STARTING and actor.snapshot.health is Health.LOADING
         down = asyncio.ensure_future(actor.request(m.Stop))
         await h.clock.advance(0.0)
         # the actor answered at once: the start's caller is told, the stop is under way
         assert up.done() and up.result().error is ErrorCode.STOPPED
         assert "still loading" in up.result().message
-        assert actor.state is State.STOPPING and not down.done()
+        assert actor.snapshot.state is State.STOPPING and not down.done()
         await h.clock.advance(0.6)
-        assert (await down).ok and actor.state is State.STOPPED
-        assert actor.desired is Desired.STOPPED
+        assert (await down).ok and actor.snapshot.state is State.STOPPED
+        assert actor.snapshot.desired is Desired.STOPPED
         assert h.launcher.last.signals == ["TERM", "KILL"]  # the group kill after exit
 
     h = run(home, scenario)
@@ -182,17 +202,17 @@ def test_actor_answers_while_a_slow_stop_runs(home: Home, tiny_model: Path) -> N
         await h.clock.advance(0.05)
         first = asyncio.ensure_future(actor.request(m.Stop))
         await h.clock.advance(1.0)
-        assert actor.state is State.STOPPING
+        assert actor.snapshot.state is State.STOPPING
         # a second command is taken at once, not after the 10 s grace
         up = await start(actor, wait=False)
         await h.clock.advance(0.0)
-        assert actor.desired is Desired.RUNNING and not up.done()
+        assert actor.snapshot.desired is Desired.RUNNING and not up.done()
         await h.clock.advance(9.1)  # grace over: SIGKILL, stopped, then the queued start
         assert (await first).ok
         result = await up
         assert result.ok and result.accepted and result.pid == h.launcher.last.pid
         await h.clock.advance(0.05)
-        assert actor.state is State.RUNNING and len(h.launcher.spawned) == 2
+        assert actor.snapshot.state is State.RUNNING and len(h.launcher.spawned) == 2
 
     run(home, scenario)
 
@@ -210,7 +230,7 @@ def test_start_during_stopping_runs_after_the_stop(home: Home, tiny_model: Path)
         await h.clock.advance(2.0)
         assert (await down).ok
         await h.clock.advance(0.05)
-        assert (await up).ok and actor.state is State.RUNNING
+        assert (await up).ok and actor.snapshot.state is State.RUNNING
 
     h = run(home, scenario)
     assert h.states("alpha") == [
@@ -249,7 +269,7 @@ def test_detached_start_reports_a_refusal(home: Home, tiny_model: Path) -> None:
             outcome = await (await start(actor, wait=False))
         assert not outcome.ok and outcome.error is ErrorCode.PORT_IN_USE
         assert f"port {port} is already in use" in outcome.message
-        assert not h.launcher.spawned and actor.state is State.STOPPED
+        assert not h.launcher.spawned and actor.snapshot.state is State.STOPPED
 
     run(home, scenario)
 
@@ -261,7 +281,7 @@ def test_detached_start_is_accepted_before_ready(home: Home, tiny_model: Path) -
         h.launcher.script.append({"mode": "loading"})
         outcome = await (await start(actor, wait=False))
         assert outcome.ok and outcome.accepted and outcome.message == "starting"
-        assert actor.state is State.STARTING
+        assert actor.snapshot.state is State.STARTING
 
     run(home, scenario)
 
@@ -278,7 +298,7 @@ def test_issue8_unresolvable_host_on_restart_is_a_counted_failure_not_backoff_fo
         cfg.write_text(cfg.read_text().replace('"127.0.0.1"', '"no-such-host.invalid"'))
         h.launcher.last.die(None, 9)
         await h.clock.advance(5.0)
-        assert actor.state is State.FATAL
+        assert actor.snapshot.state is State.FATAL
         assert len(h.launcher.spawned) == 1
 
     h = run(home, scenario)
@@ -294,12 +314,13 @@ def test_failing_health_checks_restart_the_server(home: Home, tiny_model: Path) 
         await h.clock.advance(0.05)
         h.launcher.last.mode = "error"
         await h.clock.advance(2.05)
-        assert actor.health is Health.UNHEALTHY and actor.misses == 2
-        assert actor.state is State.RUNNING and InstanceView(actor, no_config).acquire() is None
+        assert actor.snapshot.health is Health.UNHEALTHY and actor.snapshot.misses == 2
+        view = InstanceView(actor, no_config, h.ctx.scheduler)
+        assert actor.snapshot.state is State.RUNNING and view.acquire() is None
         await h.clock.advance(1.0)  # third miss: stopped and restarted
         await h.clock.advance(0.1)
         assert len(h.launcher.spawned) == 2 and h.launcher.spawned[0].signals[0] == "TERM"
-        assert actor.state is State.RUNNING and actor.health is Health.HEALTHY
+        assert actor.snapshot.state is State.RUNNING and actor.snapshot.health is Health.HEALTHY
 
     h = run(home, scenario)
     assert "stopping" in h.states("alpha") and "backoff" in h.states("alpha")
@@ -309,7 +330,7 @@ def test_leases_count_in_flight_and_last_use(home: Home, tiny_model: Path) -> No
     config(home, tiny_model)
 
     async def scenario(h: Harness, actor: InstanceActor) -> None:
-        view = InstanceView(actor, no_config)
+        view = InstanceView(actor, no_config, h.ctx.scheduler)
         assert view.acquire() is None  # not running
         await start(actor)
         await h.clock.advance(0.05)
@@ -339,8 +360,8 @@ def test_issue10_a_start_asked_for_by_a_person_that_fails_is_not_retried(
         outcome = await up
         assert not outcome.ok and outcome.error is ErrorCode.START_FAILED
         await h.clock.advance(30.0)
-        assert actor.state is State.FATAL and len(h.launcher.spawned) == 1
-        assert "not retried" in (h.store.get("alpha") or {})["last_error"]
+        assert actor.snapshot.state is State.FATAL and len(h.launcher.spawned) == 1
+        assert "not retried" in (h.store.record("alpha").last_error or "")
 
     h = run(home, scenario)
     assert h.states("alpha") == ["starting", "fatal"]
@@ -355,7 +376,7 @@ def test_issue10_a_200_from_another_process_on_the_port_is_not_readiness(
         h.launcher.script.append({"mode": "stranger"})
         up = await start(actor)
         await h.clock.advance(2.0)
-        assert actor.state is State.STARTING and not up.done()
+        assert actor.snapshot.state is State.STARTING and not up.done()
         await h.clock.advance(5.0)  # the start period runs out: a failed start, not "ready"
         outcome = await up
         assert not outcome.ok and "another process answers on the port" in outcome.message
@@ -371,13 +392,13 @@ def test_issue10_an_explicit_up_resets_the_restart_count(home: Home, tiny_model:
         await h.clock.advance(0.05)
         h.launcher.last.die(1)  # an automatic restart counts
         await h.clock.advance(0.1)
-        assert actor.restart_count == 1 and actor.state is State.RUNNING
+        assert actor.snapshot.restart_count == 1 and actor.snapshot.state is State.RUNNING
         down = asyncio.ensure_future(actor.request(m.Stop))
         await h.clock.advance(0.1)
         assert (await down).ok
         await start(actor)
         await h.clock.advance(0.1)
-        assert actor.restart_count == 0
-        assert (h.store.get("alpha") or {})["restart_count"] == 0
+        assert actor.snapshot.restart_count == 0
+        assert h.store.record("alpha").restart_count == 0
 
     run(home, scenario)

@@ -122,15 +122,15 @@ def test_describe_cli_shows_the_recorded_command_of_a_running_server(
         row = store.get("alpha")
     finally:
         store.close()
-    assert row is not None and row["cmdline"]
+    assert row is not None and row.cmdline
     other = {"LLAMA_SERVER": str(fake_binary(tmp_path)), "CUDA_VISIBLE_DEVICES": "3"}
     out = cli("describe", "alpha", "--json", env=other)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["command"] == row["cmdline"]
-    assert data["binary"]["path"] == row["binary"]
+    assert data["command"] == list(row.cmdline)
+    assert data["binary"]["path"] == row.binary
     text = cli("describe", "alpha", env=other).stdout
-    assert f"Command:        {shlex.join(row['cmdline'])}" in text.splitlines()
+    assert f"Command:        {shlex.join(row.cmdline)}" in text.splitlines()
 
 
 def test_issue10_describe_of_a_running_instance_with_an_invalid_config_shows_its_runtime(

@@ -156,6 +156,29 @@ def test_a_slow_subscriber_is_dropped_with_a_final_event() -> None:
     assert b"dropped_total" in chunks[-1] and b"fell 2 events behind" in chunks[-1]
 
 
+def test_hello_names_every_kind_first_and_the_web_page_listens_for_those() -> None:
+    """The web page's listeners come from the stream's first message, not a copy of the
+    kinds (issue 17); without ``hello`` the stream starts with the snapshot, as before."""
+    import llama_orchestrator.web
+
+    async def first_two(hello: bool) -> list[bytes]:
+        snapshot = [{"instance": "alpha", "kind": "snapshot", "state": "stopped"}]
+        body = stream(EventBus(), lambda: snapshot, hello=hello)
+        chunks = [await anext(body), await anext(body)]
+        await body.aclose()
+        return chunks
+
+    hello, snap = asyncio.run(first_two(True))
+    assert hello.startswith(b"event: hello\n") and snap.startswith(b"event: snapshot\n")
+    kinds = json.loads(hello.split(b"data: ", 1)[1])["kinds"]
+    assert {"snapshot", "dropped", "end"} | {k.value for k in EventKind} <= set(kinds)
+    assert asyncio.run(first_two(False))[0].startswith(b"event: snapshot\n")
+    js = (Path(llama_orchestrator.web.__file__).parent / "static" / "app.js").read_text()
+    assert "/v1/events?hello=1" in js
+    named = {k.value for k in EventKind if f'"{k.value}"' in js}
+    assert named <= {"request", "start_refused"}  # the two it treats apart, no list of all
+
+
 def test_cli_events_recorded_and_followed(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     write_config(home, "beta", tiny_model, free_port())

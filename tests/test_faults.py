@@ -48,7 +48,7 @@ def _record(home: Home, name: str) -> dict[str, Any]:
     finally:
         store.close()
     assert row is not None, name
-    return row
+    return row.to_row()
 
 
 def _reasons(home: Home, name: str, kind: str, new: str | None = None) -> list[str]:

@@ -161,7 +161,7 @@ def test_issue3_sqlite_killed_mid_write_stays_correct(tmp_path: Path) -> None:
         def read_until_moved() -> bool:  # read while the writer commits as fast as it can
             row = reader.get("x")
             assert row is not None
-            seen.append(row["restart_count"])
+            seen.append(row.restart_count)
             return len(set(seen)) >= 5
 
         wait_for(read_until_moved, timeout=30, what="the writer's commits to show")
@@ -178,7 +178,7 @@ def test_issue3_sqlite_killed_mid_write_stays_correct(tmp_path: Path) -> None:
         assert row is not None
         last_event = int(store.events("x", 1)[0]["new"])
         # each write is one committed transaction: the row is the last event's or one ahead
-        assert row["restart_count"] - last_event in (0, 1)
+        assert row.restart_count - last_event in (0, 1)
         store.update("x", restart_count=0)  # and it is writable again
     finally:
         store.close()

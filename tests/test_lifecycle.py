@@ -368,7 +368,7 @@ def test_stop_escalates_to_kill_when_sigterm_ignored(
     store = StateStore(home.db_path)
     record = store.get("stubborn")
     store.close()
-    assert record is not None and record["exit_signal"] == signal.SIGKILL
+    assert record is not None and record.exit_signal == signal.SIGKILL
 
 
 def test_describe_shows_command_binary_runtime_and_events(

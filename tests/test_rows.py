@@ -1,4 +1,4 @@
-"""One status shape for every reader (state/rows.py), and ps rows of never-started
+"""One record for every reader (state/records.py), and ps rows of never-started
 instances from their configs through the loader."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from conftest import free_port, write_config
 
 from llama_orchestrator.home import Home
 from llama_orchestrator.state.db import INSTANCE_COLUMNS, StateStore
-from llama_orchestrator.state.rows import STATUS_FIELDS, instance_status
+from llama_orchestrator.state.records import STATUS_FIELDS, InstanceRecord
 from llama_orchestrator.views.rows import instance_rows
 
 
 def test_status_of_an_instance_without_a_row_has_every_field_with_defaults() -> None:
-    s = instance_status("alpha", None)
+    s = InstanceRecord.absent("alpha").status_dict()
     assert list(s) == list(STATUS_FIELDS)
     assert s["name"] == "alpha"
     assert (s["desired"], s["status"], s["health"], s["restart_count"]) == (
@@ -48,12 +48,14 @@ def test_status_of_a_row_keeps_its_values_and_drops_private_columns(home: Home) 
         row = store.get("alpha")
     finally:
         store.close()
-    s = instance_status("alpha", row)
+    assert row is not None
+    s = row.status_dict()
     assert (s["status"], s["health"], s["pid"], s["restart_count"]) == ("running", "healthy", 42, 3)
     assert s["cmdline"] == ["llama-server", "-m", "m.gguf"]
     assert "pid_create_time" not in s and "updated_at" not in s
     # a null column reads as its default, as a missing one does
-    assert instance_status("alpha", {"status": None, "restart_count": None})["status"] == "stopped"
+    nulls = InstanceRecord.from_row({"name": "alpha", "status": None, "restart_count": None})
+    assert (nulls.status, nulls.restart_count) == ("stopped", 0)
 
 
 def test_ps_rows_of_never_started_instances_come_through_the_config_loader(

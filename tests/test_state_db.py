@@ -42,7 +42,7 @@ def test_reopen_keeps_data_and_version(tmp_path: Path) -> None:
     try:
         row = s.get("a")
         assert row is not None
-        assert (row["status"], row["restart_count"]) == ("running", 2)
+        assert (row.status, row.restart_count) == ("running", 2)
     finally:
         s.close()
 
@@ -59,25 +59,25 @@ def test_update_get_round_trip(store: StateStore) -> None:
     store.update("chat", pid=1234, pid_create_time=1.5, cmdline=cmd, port=8001, status="starting")
     row = store.get("chat")
     assert row is not None
-    assert row["name"] == "chat"
-    assert row["cmdline"] == cmd
-    assert (row["pid"], row["pid_create_time"], row["port"]) == (1234, 1.5, 8001)
+    assert row.name == "chat"
+    assert row.cmdline == tuple(cmd)
+    assert (row.pid, row.pid_create_time, row.port) == (1234, 1.5, 8001)
     # defaults of the fields never written
-    assert (row["desired"], row["health"], row["restart_count"]) == ("stopped", "unknown", 0)
-    assert row["updated_at"] is not None
+    assert (row.desired, row.health, row.restart_count) == ("stopped", "unknown", 0)
+    assert row.updated_at is not None
 
     store.update("chat", status="running", pid=None)  # partial update keeps the rest
     row = store.get("chat")
     assert row is not None
-    assert (row["status"], row["pid"], row["port"], row["cmdline"]) == ("running", None, 8001, cmd)
+    assert (row.status, row.pid, row.port, row.cmdline) == ("running", None, 8001, tuple(cmd))
 
 
 def test_all_sorted_by_name(store: StateStore) -> None:
     for name in ("zeta", "alpha", "mid"):
         store.update(name, status="stopped")
-    assert [r["name"] for r in store.all()] == ["alpha", "mid", "zeta"]
+    assert [r.name for r in store.all()] == ["alpha", "mid", "zeta"]
     store.delete("mid")
-    assert [r["name"] for r in store.all()] == ["alpha", "zeta"]
+    assert [r.name for r in store.all()] == ["alpha", "zeta"]
 
 
 def test_unknown_column_raises_keyerror(store: StateStore) -> None:
@@ -172,13 +172,13 @@ def test_reader_not_blocked_by_open_write_transaction(store: StateStore) -> None
         assert holding.wait(30)
         assert errors == []
         row = reader.get("chat")  # would raise "database is locked" without WAL
-        assert row is not None and row["restart_count"] == 0  # uncommitted: invisible
+        assert row is not None and row.restart_count == 0  # uncommitted: invisible
     finally:
         release.set()
         t.join(30)
     assert errors == []
     row = reader.get("chat")
-    assert row is not None and row["restart_count"] == 99
+    assert row is not None and row.restart_count == 99
     reader.close()
 
 
@@ -207,14 +207,14 @@ def test_concurrent_reads_while_writer_thread_writes(store: StateStore) -> None:
         while not done.is_set():
             row = reader.get("chat")
             assert row is not None
-            seen.append(row["restart_count"])
+            seen.append(row.restart_count)
             reader.events("chat", limit=5)
     finally:
         t.join(30)
     assert errors == []
     assert seen == sorted(seen), "a reader must never see the count go backwards"
     final = reader.get("chat")
-    assert final is not None and final["restart_count"] == n
+    assert final is not None and final.restart_count == n
     assert len(reader.events("chat", limit=1000)) == n
     reader.close()
 
@@ -230,7 +230,7 @@ def test_open_for_reading_path_with_uri_characters(tmp_path: Path, folder: str) 
         assert sorted(p.name for p in tmp_path.iterdir()) == before, "created a stray file"
         assert reader is not None
         row = reader.get("chat")
-        assert row is not None and row["status"] == "running"
+        assert row is not None and row.status == "running"
     finally:
         if reader is not None:
             reader.close()

@@ -22,9 +22,10 @@ def on_disk(path: Path, name: str) -> dict[str, Any] | None:
     reader = StateStore.open_for_reading(path)
     assert reader is not None
     try:
-        return reader.get(name)
+        row = reader.get(name)
     finally:
         reader.close()
+    return None if row is None else row.to_row()
 
 
 def events_on_disk(path: Path, name: str) -> list[dict[str, Any]]:
@@ -52,9 +53,9 @@ def test_writes_are_seen_at_once_and_reach_the_disk_in_one_batch(tmp_path: Path)
         store.meta_set("boot_time", "12.5")
         # the daemon's reads see it all; nothing is on disk yet (the writer has not run)
         row = store.get("alpha")
-        assert row is not None and row["status"] == "starting" and row["pid"] == 4242
-        assert row["cmdline"] == ["x", "y"] and row["restart_count"] == 0
-        assert [r["name"] for r in store.all()] == ["alpha"]
+        assert row is not None and row.status == "starting" and row.pid == 4242
+        assert row.cmdline == ("x", "y") and row.restart_count == 0
+        assert [r.name for r in store.all()] == ["alpha"]
         assert store.meta_get("boot_time") == "12.5"
         queued = store.events("alpha")
         assert [(e["kind"], e["new"]) for e in queued] == [("state", "starting")]
@@ -85,7 +86,7 @@ def test_a_delete_then_a_new_row_and_events_keep_their_order(tmp_path: Path) -> 
         assert store.get("alpha") is None and store.events("alpha") == []
         store.update("alpha", desired="running")  # recreated: the old fields are gone
         row = store.get("alpha")
-        assert row is not None and row["restart_count"] == 0 and row["last_error"] is None
+        assert row is not None and row.restart_count == 0 and row.last_error is None
         store.add_event("alpha", "config", reason="added")
         await writer.flushed()
         disk = on_disk(path, "alpha")
@@ -138,7 +139,7 @@ def test_a_failed_batch_is_kept_and_written_once_the_disk_lets_it(
         assert not flushed.done()
         store.update("alpha", health="healthy")  # queued behind the failed batch
         row = store.get("alpha")
-        assert row is not None and (row["status"], row["health"]) == ("running", "healthy")
+        assert row is not None and (row.status, row.health) == ("running", "healthy")
         other.execute("COMMIT")
         other.close()
         await asyncio.wait_for(flushed, 10)

@@ -237,6 +237,6 @@ def _own_pids(home: Home) -> dict[str, int]:
     if store is None:
         return {}
     try:
-        return {r["name"]: int(r["pid"]) for r in store.all() if r.get("pid")}
+        return {r.name: r.pid for r in store.all() if r.pid}
     finally:
         store.close()

@@ -15,23 +15,22 @@ from llama_orchestrator.home import Home
 
 def _from_records(home: Home, name: str) -> dict[str, Any]:
     from llama_orchestrator.state.db import StateStore
-    from llama_orchestrator.state.rows import instance_status
+    from llama_orchestrator.state.records import InstanceRecord
 
     store = StateStore.open_for_reading(home.db_path)
-    row = None
+    record = InstanceRecord.absent(name)
     if store is not None:
         try:
-            row = store.get(name)
+            record = store.record(name)
         finally:
             store.close()
-    status = instance_status(name, row)
     return {
-        "never_started": not status["start_time"],
+        "never_started": not record.start_time,
         "name": name,
-        "status": status["status"],
-        "health": status["health"],
+        "status": record.status,
+        "health": record.health,
         "consecutive_failures": None,
-        "last_health_check": status["last_health_check"],
+        "last_health_check": record.last_health_check,
         "checks": [],
         "live": False,
     }

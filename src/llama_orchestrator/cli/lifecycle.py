@@ -59,7 +59,7 @@ def _recorded(home: Home) -> dict[str, int | None]:
     if store is None:
         return {}
     try:
-        return {r["name"]: r.get("pid") for r in store.all()}
+        return {r.name: r.pid for r in store.all()}
     finally:
         store.close()
 
@@ -287,6 +287,6 @@ def _any_recorded_alive(home: Home, names: list[str]) -> bool:
     if store is None:
         return False
     try:
-        return any((store.get(n) or {}).get("pid") for n in names)
+        return any(store.record(n).pid for n in names)
     finally:
         store.close()

@@ -80,7 +80,7 @@ def _ever_started(home: Home, name: str, paths: dict[str, Path]) -> bool:
         row = store.get(name)
     finally:
         store.close()
-    return bool(row and row.get("start_time"))
+    return bool(row and row.start_time)
 
 
 def _parse_tail(value: str | None) -> int | None:

@@ -61,7 +61,7 @@ def _known(home: Any, names: list[str]) -> None:
     recorded: set[str] = set()
     if store is not None:
         try:
-            recorded = {r["name"] for r in store.all()}
+            recorded = {r.name for r in store.all()}
         finally:
             store.close()
     missing = [n for n in names if n not in recorded]

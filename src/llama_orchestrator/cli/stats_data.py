@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.home import Home
+from llama_orchestrator.state.records import InstanceRecord
 
 MIB = 1024 * 1024
 NVIDIA_SMI_TIMEOUT_S = 5.0
@@ -98,18 +98,17 @@ class _Tree:
         return cpu, rss, pids
 
 
-def _live_process(row: dict[str, Any]) -> psutil.Process | None:
+def _live_process(record: InstanceRecord) -> psutil.Process | None:
     """The recorded server, if it still runs and is the very process recorded."""
     from llama_orchestrator.engine.process import Identity
 
-    pid, created, cmdline = row.get("pid"), row.get("pid_create_time"), row.get("cmdline")
-    if not pid or row.get("status") not in ALIVE:
+    if not record.pid or not record.alive:
         return None
-    argv = [str(a) for a in cmdline or []]
-    if created and argv and not Identity(int(pid), float(created), argv).matches_live():
+    recorded = record.process()
+    if recorded is not None and not Identity(*recorded).matches_live():
         return None  # a reused PID
     try:
-        return psutil.Process(int(pid))
+        return psutil.Process(record.pid)
     except psutil.Error:
         return None
 
@@ -146,14 +145,14 @@ class Sampler:
         self.vram = vram or NvidiaSmi()
         self.trees: dict[str, tuple[int, _Tree]] = {}
 
-    def _records(self) -> dict[str, dict[str, Any]]:
+    def _records(self) -> dict[str, InstanceRecord]:
         from llama_orchestrator.state.db import StateStore
 
         store = StateStore.open_for_reading(self.home.db_path)
         if store is None:
             return {}
         try:
-            rows = {r["name"]: r for r in store.all()}
+            rows = {r.name: r for r in store.all()}
         finally:
             store.close()
         if self.names is not None:
@@ -169,7 +168,7 @@ class Sampler:
         """Find the running servers and start their CPU clocks (the next sample's base)."""
         seen: dict[str, tuple[int, _Tree]] = {}
         for name, row in self._records().items():
-            pid = row.get("pid")
+            pid = row.pid
             held = self.trees.get(name)
             if held is not None and held[0] == pid:
                 seen[name] = held

@@ -72,8 +72,7 @@ class InstanceView:
 
     @property
     def last_error(self) -> str | None:
-        row = self._actor.ctx.store.get(self.name) or {}
-        error = row.get("last_error")
+        error = self._actor.ctx.store.record(self.name).last_error
         return str(error) if error else None
 
     @property

@@ -262,7 +262,7 @@ class ConfigWatcher:
     def _drifted(self, name: str, actor: InstanceActor) -> bool:
         if actor.proc is None or name not in self._hashes:
             return False
-        recorded = (self.store.get(name) or {}).get("config_hash")
+        recorded = self.store.record(name).config_hash
         return bool(recorded) and recorded != self._hashes[name]
 
     def _record_problems(self) -> None:

@@ -95,9 +95,9 @@ class ActorSeats:
         """Its last start to ready, from its record (one read, when it is chosen)."""
         actor = self._actors.get(name)
         row = actor.ctx.store.get(name) if actor is not None else None
-        if not row or not row.get("ready_time") or not row.get("start_time"):
+        if not row or not row.ready_time or not row.start_time:
             return 0.0
-        return max(float(row["ready_time"]) - float(row["start_time"]), 0.0)
+        return max(row.ready_time - row.start_time, 0.0)
 
     def free_mib(self, device: str) -> int | None:
         """Free memory now: host RAM for ``cpu``, a detected GPU's free memory minus the

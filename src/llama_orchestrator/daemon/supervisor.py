@@ -158,9 +158,9 @@ class Supervisor:
         rebooted = self._first_start_since_boot()
         autostart = self._autostart_names() if rebooted else set()
         for row in self.store.all():
-            actor = self._new_actor(row["name"])
+            actor = self._new_actor(row.name)
             actor.adopt_from(row)
-            actor.post(m.Resume(rebooted, row["name"] in autostart))
+            actor.post(m.Resume(rebooted, row.name in autostart))
         for name in sorted(autostart - set(self.actors)):
             self.actor(name).post(m.Autostart())
         self._background.append(asyncio.get_running_loop().create_task(self._housekeeping()))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.errors import OrchestratorError
 
@@ -27,19 +28,9 @@ if TYPE_CHECKING:
     from llama_orchestrator.client.control import Client
 
 READ_TIMEOUT_S = 60.0  # the daemon sends a keep-alive every 15 s
-# Request activity and log rotations change nothing the table shows.
-KINDS = (
-    "state",
-    "health",
-    "spawned",
-    "exit",
-    "adopted",
-    "start_refused",
-    "autostart",
-    "not_restarted",
-    "config",
-    "daemon",
-)
+# Every kind of the bus but request activity and log rotations: they change nothing the
+# table shows.
+KINDS = tuple(k.value for k in EventKind if k not in (EventKind.REQUEST, EventKind.LOG_ROTATED))
 _ALIVE = frozenset(s.value for s in ALIVE)
 
 

@@ -110,9 +110,9 @@ def measured_load_seconds(home: Home) -> dict[str, float]:
         store.close()
     out: dict[str, float] = {}
     for row in rows:
-        start, ready = row.get("start_time"), row.get("ready_time")
-        if isinstance(start, (int, float)) and isinstance(ready, (int, float)) and ready > start:
-            out[str(row["name"])] = float(ready - start)
+        start, ready = row.start_time, row.ready_time
+        if start is not None and ready is not None and ready > start:
+            out[row.name] = float(ready - start)
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from llama_orchestrator.state import sql
 from llama_orchestrator.state.pending import PendingWrites
+from llama_orchestrator.state.records import InstanceRecord
 
 SCHEMA_VERSION = 4
 
@@ -130,7 +131,7 @@ class StateStore:
         self._meta: dict[str, str] = {}
         self._started: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
         if not readonly:
-            self._mirror = {r["name"]: r for r in self.all()}
+            self._mirror = {r.name: r.to_row() for r in self.all()}
             rows = self._db.execute("SELECT key, value FROM meta").fetchall()
             self._meta = {str(k): str(v) for k, v in rows}
             self._started = self.started_configs()
@@ -262,18 +263,24 @@ class StateStore:
         with self._db:
             sql.upsert_row(self._db, name, fields)
 
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, name: str) -> InstanceRecord | None:
+        """The instance's record; None when it has none (it never ran)."""
         found = self._db.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
         row = dict(found) if found else None
         if self._pending is not None:
             row = self._pending.row(name, row)
         return _row(row) if row else None
 
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> list[InstanceRecord]:
+        """Every record, by name."""
         rows = [dict(r) for r in self._db.execute("SELECT * FROM instances ORDER BY name")]
         if self._pending is not None:
             rows = self._pending.rows(rows)
         return [_row(r) for r in rows]
+
+    def record(self, name: str) -> InstanceRecord:
+        """The instance's record, or an absent one's defaults (stopped, never ran)."""
+        return self.get(name) or InstanceRecord.absent(name)
 
     def delete(self, name: str, *, events: bool = False) -> None:
         """Forget instance ``name`` (and its events too, with ``events``)."""
@@ -432,8 +439,5 @@ class StateStore:
         return self._pending
 
 
-def _row(row: Mapping[str, Any]) -> dict[str, Any]:
-    d = dict(row)
-    if d.get("cmdline"):
-        d["cmdline"] = json.loads(d["cmdline"])
-    return d
+def _row(row: Mapping[str, Any]) -> InstanceRecord:
+    return InstanceRecord.from_row(row)

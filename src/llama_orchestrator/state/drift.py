@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.state import configcache
+from llama_orchestrator.state.records import InstanceRecord
 
 Started = Mapping[str, tuple[str, str | None, dict[str, Any]]]
 # The state store's meta key where the daemon lists the configs that are broken now.
@@ -39,22 +39,20 @@ def config_hash(path: Path) -> str | None:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def is_live(row: Mapping[str, Any] | None) -> bool:
-    return bool(row and row.get("pid") and row.get("status") in ALIVE)
+def is_live(record: InstanceRecord | None) -> bool:
+    return bool(record and record.pid and record.alive)
 
 
-def config_changed(path: Path, row: Mapping[str, Any] | None, started: Started) -> bool:
-    """Whether the live server of ``row`` runs a config other than the file's content now.
+def config_changed(path: Path, record: InstanceRecord | None, started: Started) -> bool:
+    """Whether the live server of ``record`` runs a config other than the file's content now.
 
     False when no server runs (a start reads the file anyway), when the file is gone
     (``config_removed`` says that) or when nothing was recorded of its start.
     """
-    if not is_live(row) or not path.is_file():
+    if record is None or not is_live(record) or not path.is_file():
         return False
-    assert row is not None
-    name = str(row.get("name"))
-    recorded = row.get("config_hash")
-    entry = started.get(name)
+    recorded = record.config_hash
+    entry = started.get(record.name)
     if entry is not None and entry[0] == recorded and entry[1] is not None:
         return configcache.content_key(path) != entry[1]
     if not recorded:

@@ -10,18 +10,17 @@ import shlex
 import time
 from typing import TYPE_CHECKING, Any
 
-from llama_orchestrator.engine.states import ALIVE
 from llama_orchestrator.home import Home
 from llama_orchestrator.redact import shown_argv, shown_env
 from llama_orchestrator.state.drift import config_diff, is_live
-from llama_orchestrator.state.rows import instance_status
+from llama_orchestrator.state.records import InstanceRecord
 
 if TYPE_CHECKING:
     from llama_orchestrator.config.loader import LoadedConfig
     from llama_orchestrator.engine.command import LaunchSpec
 
 
-def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
+def _process_env(row: InstanceRecord, keys: list[str]) -> dict[str, str] | None:
     """The values of ``keys`` in the recorded server's own environment, or None.
 
     None when the process is gone, is not the one recorded (a reused PID) or does not let
@@ -31,11 +30,10 @@ def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
 
     from llama_orchestrator.engine.process import Identity
 
-    pid, create_time, cmdline = row.get("pid"), row.get("pid_create_time"), row.get("cmdline")
-    if not (pid and create_time and cmdline):
+    recorded = row.process()
+    if recorded is None or not Identity(*recorded).matches_live():
         return None
-    if not Identity(int(pid), float(create_time), list(cmdline)).matches_live():
-        return None
+    pid = recorded[0]
     try:
         environ = psutil.Process(int(pid)).environ()
     except (psutil.Error, OSError):
@@ -43,7 +41,7 @@ def _process_env(row: dict[str, Any], keys: list[str]) -> dict[str, str] | None:
     return {k: environ[k] for k in keys if k in environ}
 
 
-Records = tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, Any] | None]
+Records = tuple[InstanceRecord | None, list[dict[str, Any]], dict[str, Any] | None]
 
 
 def _records(home: Home, name: str) -> Records:
@@ -57,7 +55,7 @@ def _records(home: Home, name: str) -> Records:
     try:
         row = store.get(name)
         started = store.started_configs([name]).get(name)
-        if started is None or row is None or started[0] != row.get("config_hash"):
+        if started is None or row is None or started[0] != row.config_hash:
             return row, store.events(name, 15), None
         return row, store.events(name, 15), started[2]
     finally:
@@ -65,30 +63,27 @@ def _records(home: Home, name: str) -> Records:
 
 
 def _drift(
-    row: dict[str, Any] | None, now_hash: str | None, was: dict[str, Any] | None, now: Any
+    row: InstanceRecord | None, now_hash: str | None, was: dict[str, Any] | None, now: Any
 ) -> dict[str, Any]:
     """``config_changed`` and ``config_diff`` (issue 11): how the config on disk differs
     from the one the live server started with. The diff is None when it cannot be told
     (the start's config was not recorded, or the file no longer loads)."""
-    recorded = row.get("config_hash") if row else None
+    recorded = row.config_hash if row else None
     if not is_live(row) or not recorded or recorded == now_hash:
         return {"config_changed": False, "config_diff": []}
     diff = config_diff(was, now) if was is not None and isinstance(now, dict) else None
     return {"config_changed": True, "config_diff": diff}
 
 
-def _runtime(
-    name: str, row: dict[str, Any] | None
-) -> tuple[dict[str, Any] | None, list[str] | None]:
-    """The runtime part of a description, and the recorded command line of a live server."""
+def _runtime(row: InstanceRecord | None) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """The runtime part of a description, and the recorded command line of a live server
+    (as shown: a key given on it is ``***``)."""
     if row is None:
         return None, None
-    runtime = instance_status(name, row)
+    runtime = row.status_dict()
     runtime.pop("name")
-    start = runtime["start_time"]
-    alive = runtime["status"] in ALIVE
-    runtime["uptime_s"] = round(time.time() - start, 1) if start and alive else None
-    recorded = [str(a) for a in runtime["cmdline"]] if alive and runtime["cmdline"] else None
+    runtime["uptime_s"] = row.uptime_s(time.time())
+    recorded = list(runtime["cmdline"]) if row.alive and runtime["cmdline"] else None
     return runtime, recorded
 
 
@@ -104,14 +99,14 @@ def _model_info(path: Any) -> dict[str, Any]:
 
 
 def _from_record(
-    home: Home, name: str, row: dict[str, Any], events: list[dict[str, Any]], error: Exception
+    home: Home, name: str, row: InstanceRecord, events: list[dict[str, Any]], error: Exception
 ) -> dict[str, Any]:
     """What the records tell of an instance whose config no longer loads (issue 10): a
     server may still run with the config it started with, and must stay visible."""
     from llama_orchestrator.config.loader import ConfigError
     from llama_orchestrator.config.schema import LogsConfig
 
-    runtime, recorded = _runtime(name, row)
+    runtime, recorded = _runtime(row)
     assert runtime is not None
     path = home.config_path(name)
     removed = not isinstance(error, ConfigError)
@@ -192,7 +187,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     }
     was = _shown_config(started) if started is not None else None
     data.update(_drift(row, loaded.raw_hash, was, data["config"]))
-    runtime, recorded = _runtime(name, row)
+    runtime, recorded = _runtime(row)
     if loaded.remote is not None:  # no model, binary, command or logs here (issue 13)
         from llama_orchestrator.state.remote_view import remote_data
 
@@ -256,7 +251,7 @@ def _command(
 
 
 def _environment(
-    data: dict[str, Any], spec: LaunchSpec, loaded: LoadedConfig, live: dict[str, Any] | None
+    data: dict[str, Any], spec: LaunchSpec, loaded: LoadedConfig, live: InstanceRecord | None
 ) -> None:
     """Fill in the environment overrides: the live server's own (``live``: its record)
     when they can be read, else what a start would set."""

@@ -9,13 +9,14 @@ never-started instance is shown whose config is not in the cache (state/configca
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
-from llama_orchestrator.engine.states import ALIVE, State
+from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 from llama_orchestrator.state import configcache
 from llama_orchestrator.state.drift import Started, config_changed
-from llama_orchestrator.state.rows import instance_status
+from llama_orchestrator.state.records import InstanceRecord
 
 Entries = dict[str, tuple[str, dict[str, Any]]]
 # What a never-started instance's row takes from its config (or its cache entry).
@@ -56,26 +57,48 @@ def _loaded_fields(home: Home, name: str) -> dict[str, Any] | None:
     }
 
 
-def _never_started(home: Home, name: str, cached: Entries, fresh: Entries) -> dict[str, Any] | None:
-    """The status of an instance without a state row, its display fields from its config.
+def _never_started(home: Home, name: str, cached: Entries, fresh: Entries) -> InstanceRecord | None:
+    """The record of an instance without a state row, its display fields from its config.
 
     From ``cached`` when the config file's key matches, else from the loader (the new
     entry goes into ``fresh``, unless the file changed while it was loaded). None when
     the config vanished since the folder was listed.
     """
-    status = instance_status(name, None)
+    absent = InstanceRecord.absent(name)
     key = configcache.content_key(home.config_path(name))
     hit = cached.get(name)
     if key is not None and hit is not None and hit[0] == key:
-        status.update((k, v) for k, v in hit[1].items() if k in _FIELDS)
-        return status
+        return replace(absent, **{k: v for k, v in hit[1].items() if k in _FIELDS})
     fields = _loaded_fields(home, name)
     if fields is None:
         return None
     if key is not None and configcache.content_key(home.config_path(name)) == key:
         fresh[name] = (key, fields)
-    status.update(fields)
-    return status
+    return replace(absent, **fields)
+
+
+def ps_row(record: InstanceRecord, *, now: float, defined: bool, changed: bool) -> dict[str, Any]:
+    """One instance's ps row (``ps --json``'s object) from its record."""
+    model = record.model or ""
+    return {
+        "name": record.name,
+        "pid": record.pid,
+        "port": record.port,
+        "backend": record.backend,
+        "device": record.device,
+        "model": model.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf"),
+        "status": record.status,
+        "health": record.health,
+        "uptime_s": record.uptime_s(now),
+        "restarts": record.restart_count,
+        "desired": record.desired,
+        "defined": defined,
+        # a record whose config folder was removed: it may still run (issue 10)
+        "config_removed": not defined,
+        # a live server started with another config than the file holds now
+        "config_changed": changed,
+        "last_error": record.last_error,
+    }
 
 
 def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
@@ -87,12 +110,12 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
     from llama_orchestrator.state.db import StateStore
 
     store = StateStore.open_for_reading(home.db_path)
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, InstanceRecord] = {}
     cached: Entries = {}
     started: Started = {}
     if store is not None:
         try:
-            records = {r["name"]: r for r in store.all()}
+            records = {r.name: r for r in store.all()}
             started = store.started_configs()
             if stopped:
                 cached = store.config_display()
@@ -104,38 +127,11 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
     fresh: Entries = {}
     for name in sorted(defined | set(records)):
         record = records.get(name)
-        if record is not None:
-            s: dict[str, Any] | None = instance_status(name, record)
-        elif stopped:
-            s = _never_started(home, name, cached, fresh)
-        else:
+        shown = record or (_never_started(home, name, cached, fresh) if stopped else None)
+        if shown is None or (not stopped and shown.status == State.STOPPED):
             continue
-        if s is None or (not stopped and s["status"] == State.STOPPED):
-            continue
-        alive = s["status"] in ALIVE and s["start_time"]
-        model = s["model"] or ""
-        rows.append(
-            {
-                "name": name,
-                "pid": s["pid"],
-                "port": s["port"],
-                "backend": s["backend"],
-                "device": s["device"],
-                "model": model.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf"),
-                "status": s["status"],
-                "health": s["health"],
-                "uptime_s": round(now - s["start_time"], 1) if alive else None,
-                "restarts": s["restart_count"],
-                "desired": s["desired"],
-                "defined": name in defined,
-                # a record whose config folder was removed: it may still run (issue 10)
-                "config_removed": name not in defined,
-                # a live server started with another config than the file holds now
-                "config_changed": name in defined
-                and config_changed(home.config_path(name), record, started),
-                "last_error": s["last_error"],
-            }
-        )
+        changed = name in defined and config_changed(home.config_path(name), record, started)
+        rows.append(ps_row(shown, now=now, defined=name in defined, changed=changed))
     if fresh:
         configcache.remember(home, fresh, keep=defined - set(records))
     return rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 from llama_orchestrator.config.loader import (
     ConfigError,
@@ -18,10 +17,11 @@ from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.command import base_url, log_paths
 from llama_orchestrator.engine.process import ServerProcess
+from llama_orchestrator.state.records import InstanceRecord
 
 
 def adopt_recorded(
-    ctx: ActorContext, name: str, row: dict[str, Any]
+    ctx: ActorContext, name: str, row: InstanceRecord
 ) -> tuple[ServerProcess, LoadedConfig | None, str | None, Path | None] | None:
     """The recorded server if its PID is still that very process, with what is known of it.
 
@@ -31,17 +31,18 @@ def adopt_recorded(
     config, which may have changed or no longer load; the config is only used for the
     health check settings and the log path when it still loads.
     """
-    if not (row.get("pid") and row.get("pid_create_time") and row.get("cmdline")):
+    recorded = row.process()
+    if recorded is None:
         return None
-    proc = ctx.launcher.adopt(int(row["pid"]), float(row["pid_create_time"]), list(row["cmdline"]))
+    proc = ctx.launcher.adopt(*recorded)
     if proc is None:
         return None
     loaded = None
     with contextlib.suppress(ConfigError, UnknownInstance):
         loaded = load_instance(ctx.home, name)
     url = None
-    if row.get("host") and row.get("port"):
-        url = base_url(str(row["host"]), int(row["port"]))
+    if row.host and row.port:
+        url = base_url(row.host, row.port)
     elif loaded is not None:
         url = base_url(loaded.config.server.host, loaded.config.server.port)
     stderr = log_paths(loaded, ctx.home.root)[1] if loaded is not None else None
@@ -49,7 +50,7 @@ def adopt_recorded(
     return proc, loaded, url, stderr
 
 
-def held_claim(name: str, row: dict[str, Any], loaded: LoadedConfig | None) -> Claim:
+def held_claim(name: str, row: InstanceRecord, loaded: LoadedConfig | None) -> Claim:
     """What an adopted server holds: it runs already, so it is admitted past any budget."""
-    where = (str(row["host"]), int(row["port"])) if row.get("port") else None
+    where = (str(row.host), row.port) if row.port else None
     return Claim(name, where, memory_mb(loaded) if loaded else {}, force=True)

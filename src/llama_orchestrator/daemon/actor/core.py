@@ -18,6 +18,7 @@ from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.engine.states import Desired, Health, State, check_transition
 from llama_orchestrator.gateway.backend import Endpoint
+from llama_orchestrator.state.records import InstanceRecord
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
 # last_health_check goes on record at most this often (issue 17): every check is kept in
@@ -40,15 +41,15 @@ class KeyedLeases(Leases):
 
 
 class ActorCore(Mailbox):
-    def __init__(self, name: str, ctx: ActorContext, row: dict[str, Any] | None) -> None:
+    def __init__(self, name: str, ctx: ActorContext, record: InstanceRecord | None) -> None:
         super().__init__(name)
         self.ctx = ctx
-        row = row or {}
+        record = record or InstanceRecord.absent(name)
         # The initial state is read from the record as-is: it is where we left off.
-        self.state = State(row.get("status") or State.STOPPED.value)
-        self.desired = Desired(row.get("desired") or Desired.STOPPED.value)
-        self.health = Health(row.get("health") or Health.UNKNOWN.value)
-        self.restart_count = int(row.get("restart_count") or 0)
+        self.state = State(record.status)
+        self.desired = Desired(record.desired)
+        self.health = Health(record.health)
+        self.restart_count = record.restart_count
         self.failures = 0
         self.proc: ServerProcess | None = None
         self.loaded: LoadedConfig | None = None

@@ -13,7 +13,6 @@ gateway's requests on the running server; the scheduler admits starts (budgets).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.config.schema import HealthcheckConfig, RestartPolicy
@@ -37,6 +36,7 @@ from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.states import ALIVE, Desired, Health, State
 from llama_orchestrator.errors import ErrorCode
+from llama_orchestrator.state.records import InstanceRecord
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
@@ -388,7 +388,7 @@ class InstanceActor(ActorCore):
 
     # -- daemon start ------------------------------------------------------------------
 
-    def adopt_from(self, row: dict[str, Any]) -> None:
+    def adopt_from(self, row: InstanceRecord) -> None:
         """Take back a server that kept running while the daemon was away (actor/adopt.py)."""
         adopted = adopt_recorded(self.ctx, self.name, row)
         if adopted is not None:
@@ -397,7 +397,7 @@ class InstanceActor(ActorCore):
     def _on_resume(self, msg: m.Resume) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
         if self.proc is not None:
-            claim = held_claim(self.name, self.ctx.store.get(self.name) or {}, self.loaded)
+            claim = held_claim(self.name, self.ctx.store.record(self.name), self.loaded)
             self.ctx.scheduler.request(claim, lambda _a: None)  # it holds it
             if self.state is State.STOPPING:  # it was being stopped: finish the stop
                 self._spawn_task("exit", watch.watch_exit(self.proc, self.post))
@@ -413,7 +413,7 @@ class InstanceActor(ActorCore):
             # The server died while no daemon watched it: reconcile the record.
             self.ctx.store.update(self.name, pid=None)
             why = "process ended while the daemon was down"
-            if (self.ctx.store.get(self.name) or {}).get("backend") == "remote":
+            if self.ctx.store.record(self.name).backend == "remote":
                 # nothing ended: the remote server is checked again (a new run's handle)
                 why = "the daemon restarted: the remote server is checked again"
             else:

@@ -33,7 +33,6 @@ from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import name_problem
-from llama_orchestrator.state.rows import instance_status
 from llama_orchestrator.web.auth import HostGuard, WebAuth, authorize
 from llama_orchestrator.web.routes import ui_router
 
@@ -114,11 +113,11 @@ class DaemonInfo(BaseModel):
     instances: int
 
 
-_STATUS_FIELDS = set(InstanceStatus.model_fields)
+_STATUS_FIELDS = set(InstanceStatus.model_fields)  # the record's status fields but cmdline
 
 
 def status_of(sup: Supervisor, name: str) -> InstanceStatus:
-    data = instance_status(name, sup.store.get(name))
+    data = sup.store.record(name).status_dict()
     return InstanceStatus(**{k: v for k, v in data.items() if k in _STATUS_FIELDS})
 
 
@@ -127,7 +126,7 @@ def config_drifted(sup: Supervisor, actor: InstanceActor) -> bool:
     one on disk now (a broken file recreates nothing)."""
     if actor.state is not State.RUNNING or actor.proc is None:
         return False
-    recorded = (sup.store.get(actor.name) or {}).get("config_hash")
+    recorded = sup.store.record(actor.name).config_hash
     try:
         now = load_instance(sup.home, actor.name).raw_hash
     except (ConfigError, UnknownInstance):
@@ -254,7 +253,7 @@ def create_app(
 
     @app.get("/v1/instances", dependencies=auth)
     async def list_instances() -> list[InstanceStatus]:
-        names = sorted(set(sup.home.instance_names()) | {r["name"] for r in sup.store.all()})
+        names = sorted(set(sup.home.instance_names()) | {r.name for r in sup.store.all()})
         return [status_of(sup, n) for n in names]
 
     @app.get("/v1/instances/{name}", dependencies=auth)
@@ -273,7 +272,7 @@ def create_app(
     async def instance_health(name: str) -> HealthReport:
         """The health state, the last checks with their latency, the failure streak."""
         actor = get_actor(name)
-        row = sup.store.get(name) or {}
+        row = sup.store.record(name)
         hc = actor.loaded.config.healthcheck if actor.loaded else None
         return HealthReport(
             name=name,
@@ -283,7 +282,7 @@ def create_app(
             retries=hc.retries if hc else None,
             interval=hc.interval if hc else None,
             probe=hc.probe if hc else None,
-            last_health_check=row.get("last_health_check"),
+            last_health_check=row.last_health_check,
             checks=list(actor.checks),
         )
 

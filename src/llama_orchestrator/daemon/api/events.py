@@ -41,6 +41,10 @@ from llama_orchestrator.home import name_problem
 
 KEEPALIVE_S = 15.0
 STOPPING = "stopping"  # the ``new`` of the DAEMON event published as the daemon stops
+# Every kind a stream's events may have: the snapshot, the bus's, and ``log`` lines; then
+# ``dropped`` or ``end`` closes it. ``?hello=1`` sends the list first (the web page's
+# listeners come from it, not from a copy).
+STREAM_KINDS = ("snapshot", *(k.value for k in EventKind), LOG_KIND, "dropped", "end")
 
 Snapshot = Callable[[], list[dict[str, Any]]]
 
@@ -88,9 +92,11 @@ async def stream(
     keepalive: float = KEEPALIVE_S,
     maxsize: int = SUBSCRIBER_QUEUE,
     logs: LogFeed | None = None,
+    hello: bool = False,
 ) -> AsyncIterator[bytes]:
     """The SSE body: the snapshot, then the bus's events (and ``logs``' lines) until
-    dropped or stopping.
+    dropped or stopping. With ``hello``, a ``hello`` event comes first, naming every kind
+    the stream may send (:data:`STREAM_KINDS`): the web page listens for those.
 
     The subscription takes every event (so the daemon's ``stopping`` is seen whatever the
     filters) and is made before the snapshot is taken, so nothing falls between them."""
@@ -100,6 +106,8 @@ async def stream(
     if logs is not None:
         logs.start()
     try:
+        if hello:
+            yield sse("hello", {"kinds": list(STREAM_KINDS)})
         for row in snapshot():
             if instances is None or row["instance"] in instances:
                 yield sse("snapshot", row)
@@ -184,6 +192,9 @@ def events_router(sup: Supervisor, auth: list[Depends]) -> APIRouter:
         tail: Annotated[
             int, Query(ge=0, le=MAX_TAIL, description="With logs: its last N lines first.")
         ] = 0,
+        hello: Annotated[
+            bool, Query(description="First a `hello` event naming every kind sent.")
+        ] = False,
     ) -> StreamingResponse:
         """Server-Sent Events: a snapshot of every instance, then each event as it
         happens (state, health, spawn, exit, adoption, refusal, config, request...),
@@ -198,7 +209,12 @@ def events_router(sup: Supervisor, auth: list[Depends]) -> APIRouter:
             raise HTTPException(400, "kind 'log' needs ?logs=NAME: whose log lines?")
         feed = _feed(sup, logs, tail) if logs is not None else None
         body = stream(
-            sup.bus, lambda: snapshot_of(sup), instances=names or None, kinds=wanted, logs=feed
+            sup.bus,
+            lambda: snapshot_of(sup),
+            instances=names or None,
+            kinds=wanted,
+            logs=feed,
+            hello=hello,
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)

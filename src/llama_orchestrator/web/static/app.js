@@ -12,24 +12,34 @@ let current = { name: null, cleanup: null };
 
 // -- the event stream ------------------------------------------------------------------
 
-const KINDS = ["snapshot", "state", "health", "spawned", "exit", "adopted", "start_refused",
-  "log_rotated", "autostart", "not_restarted", "config", "request", "daemon"];
+// The stream names every kind it sends in its first message (`hello`, asked for with
+// ?hello=1); all are events for the screens but these: the endings (handled below) and
+// log lines (only an instance's log view asks for them, on a stream of its own).
+const NOT_EVENTS = ["dropped", "end", "log"];
 let source = null;
+
+function listen(src, kind) {
+  src.addEventListener(kind, (msg) => {
+    let ev;
+    try { ev = JSON.parse(msg.data); } catch { return; }
+    for (const fn of listeners) fn(ev);
+    if (kind !== "request") scheduleRefresh();
+    if (kind === "start_refused") showError(`${ev.instance}: start refused: ${ev.reason}`);
+  });
+}
 
 function connect() {
   if (source) source.close();
-  source = new EventSource("/v1/events");
-  source.onopen = () => { setLive(true); refresh(); };
-  for (const kind of KINDS) {
-    source.addEventListener(kind, (msg) => {
-      let ev;
-      try { ev = JSON.parse(msg.data); } catch { return; }
-      for (const fn of listeners) fn(ev);
-      if (kind !== "request") scheduleRefresh();
-      if (kind === "start_refused") showError(`${ev.instance}: start refused: ${ev.reason}`);
-    });
-  }
-  source.addEventListener("dropped", () => { source.close(); setTimeout(connect, 500); });
+  const src = new EventSource("/v1/events?hello=1");
+  source = src;
+  src.onopen = () => { setLive(true); refresh(); };
+  // Listeners added while the first message is handled see every message after it.
+  src.addEventListener("hello", (msg) => {
+    let kinds = [];
+    try { kinds = JSON.parse(msg.data).kinds || []; } catch { return; }
+    for (const kind of kinds) if (!NOT_EVENTS.includes(kind)) listen(src, kind);
+  });
+  src.addEventListener("dropped", () => { source.close(); setTimeout(connect, 500); });
   source.addEventListener("end", () => { source.close(); setLive(false); setTimeout(connect, 1000); });
   source.onerror = () => {
     setLive(false);
