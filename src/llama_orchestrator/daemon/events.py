@@ -2,9 +2,10 @@
 
 Two kinds of consumer:
 
-* **sinks** run inline, in publish order, and must be quick: the SQLite recorder is one,
-  so an event is on record before the reply that caused it goes out (``describe`` right
-  after ``up`` shows it).
+* **sinks** run inline, in publish order, and must be quick: the SQLite recorder is one
+  (it queues the event for the store's writer task, daemon/recorder.py, and the control
+  API answers a command once that is on disk, so ``describe`` right after ``up`` shows
+  it).
 * **subscribers** each get a bounded queue (the event stream, metrics, the dashboard).
   ``publish`` never waits for one: a subscriber whose queue is full is dropped, counted
   in ``dropped_total``, and finds ``dropped`` set when it reads on.
