@@ -115,3 +115,21 @@ def test_ps_all_with_a_warm_cache_does_not_import_pydantic(home: Home, tiny_mode
     write_config(home, "alpha", tiny_model, free_port())  # a changed config: the loader again
     assert _ps_imports(home, "-a") == ["pydantic"]
     assert _ps_imports(home, "-a") == []
+
+
+def test_the_api_answers_the_record_s_status_fields_in_its_order() -> None:
+    """One vocabulary (issue 17): the control API's instance model lists the record's
+    status fields (all but the command line), in the record's order."""
+    from llama_orchestrator.daemon.api.app import InstanceStatus
+
+    assert list(InstanceStatus.model_fields) == [f for f in STATUS_FIELDS if f != "cmdline"]
+
+
+def test_uptime_counts_from_ready_while_the_server_runs() -> None:
+    """One definition of uptime (issue 17): since /health first answered 200."""
+    starting = InstanceRecord("a", status="starting", start_time=100.0)
+    running = InstanceRecord("a", status="running", start_time=100.0, ready_time=104.0)
+    exited = InstanceRecord("a", status="exited", start_time=100.0, ready_time=104.0)
+    assert starting.uptime_s(110.0) is None  # still loading
+    assert running.uptime_s(110.0) == 6.0
+    assert exited.uptime_s(110.0) is None
