@@ -19,6 +19,7 @@ import httpx
 
 from llama_orchestrator.clock import FakeClock
 from llama_orchestrator.daemon.actor.context import ActorContext, Offload
+from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import Event, EventBus
 from llama_orchestrator.daemon.recorder import Recorder
 from llama_orchestrator.daemon.scheduler import Scheduler
@@ -187,6 +188,7 @@ async def harness(home: Home, offload: Offload = inline) -> Harness:
         bus=bus,
         http=httpx.AsyncClient(transport=launcher.transport()),
         scheduler=scheduler,
+        configs=Configs(home, bus),
         launcher=launcher,
         clock=clock,
         offload=offload,

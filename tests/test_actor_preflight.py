@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from actor_fakes import Harness, harness
 from test_actor_histories import config, start
 
+from llama_orchestrator.config.loader import load_instance
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.context import in_thread
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
@@ -75,14 +76,14 @@ def test_down_while_the_checks_run_calls_the_start_off(home: Home, tiny_model: P
     async def scenario(h: Harness, actor: InstanceActor, checks: HeldChecks) -> None:
         up = await start(actor)
         await h.clock.advance(0.0)
-        assert checks.running == 1 and actor.state is State.STOPPED and not up.done()
+        assert checks.running == 1 and actor.snapshot.state is State.STOPPED and not up.done()
         down = await actor.request(m.Stop)
-        assert down.ok and actor.desired is Desired.STOPPED
+        assert down.ok and actor.snapshot.desired is Desired.STOPPED
         outcome = await up
         assert not outcome.ok and outcome.error is ErrorCode.STOPPED
         checks.release()  # the checks were called off with the start: nothing follows
         await h.clock.advance(1.0)
-        assert not h.launcher.spawned and actor.state is State.STOPPED
+        assert not h.launcher.spawned and actor.snapshot.state is State.STOPPED
 
     h = run(home, scenario)
     assert h.states("alpha") == []
@@ -95,11 +96,11 @@ def test_a_late_result_of_checks_called_off_is_ignored(home: Home, tiny_model: P
         up = await start(actor)
         await h.clock.advance(0.0)
         assert (await actor.request(m.Stop)).ok and (await up).error is ErrorCode.STOPPED
-        plan = prepare_start(home, "alpha")
+        plan = prepare_start(home, "alpha", load_instance(home, "alpha"))
         assert isinstance(plan, Plan)
         actor.post(m.Prepared(1, plan))  # the first start's checks, had they finished
         await h.clock.advance(1.0)
-        assert not h.launcher.spawned and actor.state is State.STOPPED
+        assert not h.launcher.spawned and actor.snapshot.state is State.STOPPED
 
     run(home, scenario)
 
@@ -117,7 +118,7 @@ def test_up_while_the_checks_run_joins_the_start(home: Home, tiny_model: Path) -
         await h.clock.advance(0.05)
         outcomes = [await first, await second, await restart]
         assert all(o.ok for o in outcomes), outcomes
-        assert len(h.launcher.spawned) == 1 and actor.state is State.RUNNING
+        assert len(h.launcher.spawned) == 1 and actor.snapshot.state is State.RUNNING
 
     h = run(home, scenario)
     assert h.states("alpha") == ["starting", "running"]
@@ -136,7 +137,7 @@ def test_down_then_up_while_the_first_checks_run_starts_once(home: Home, tiny_mo
         checks.release()
         await h.clock.advance(0.05)
         assert (await first).error is ErrorCode.STOPPED and (await second).ok
-        assert len(h.launcher.spawned) == 1 and actor.state is State.RUNNING
+        assert len(h.launcher.spawned) == 1 and actor.snapshot.state is State.RUNNING
 
     run(home, scenario)
 
@@ -152,11 +153,11 @@ def test_down_while_an_automatic_restart_is_checked(home: Home, tiny_model: Path
         assert (await up).ok
         h.launcher.last.die(1)  # the first failure restarts at once: its checks run
         await h.clock.advance(0.0)
-        assert actor.state is State.BACKOFF and checks.running == 1
+        assert actor.snapshot.state is State.BACKOFF and checks.running == 1
         assert (await actor.request(m.Stop)).ok
         checks.release()
         await h.clock.advance(5.0)
-        assert actor.state is State.STOPPED and len(h.launcher.spawned) == 1
+        assert actor.snapshot.state is State.STOPPED and len(h.launcher.spawned) == 1
 
     h = run(home, scenario)
     assert h.states("alpha")[-2:] == ["backoff", "stopped"]
@@ -174,7 +175,7 @@ def test_a_refusal_found_by_the_checks_reaches_the_caller(home: Home, tiny_model
         await h.clock.advance(0.0)
         outcome = await up
         assert not outcome.ok and outcome.error is ErrorCode.CONFIG_INVALID
-        assert not h.launcher.spawned and actor.state is State.STOPPED
+        assert not h.launcher.spawned and actor.snapshot.state is State.STOPPED
 
     run(home, scenario)
 

@@ -29,7 +29,7 @@ from llama_orchestrator.daemon.budget import (
 )
 from llama_orchestrator.daemon.directory import InstanceView
 from llama_orchestrator.daemon.scheduler import TTL_POLL_S, Admission, Claim, Scheduler
-from llama_orchestrator.daemon.seats import ActorSeats
+from llama_orchestrator.daemon.seats import ActorSeats, GatewayQueues
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 
@@ -358,21 +358,21 @@ def test_a_request_longer_than_the_ttl_is_not_cut_and_the_ttl_counts_from_its_en
         h = await harness(home)
         await h.ctx.scheduler.close()  # the harness's own, on the system clock
         actors: dict[str, InstanceActor] = {}
-        sched = Scheduler(h.clock, ActorSeats(actors))
+        sched = Scheduler(h.clock, ActorSeats(actors, GatewayQueues().demand))
         h.ctx.scheduler = sched
         sched.start()
         actor = actors["alpha"] = InstanceActor("alpha", h.ctx, None)
         actor.start_loop()
-        view = InstanceView(actor, lambda _name: None)
+        view = InstanceView(actor, lambda _name: None, sched)
         try:
             started = asyncio.ensure_future(actor.request(lambda r: m.Start(r, wait_ready=True)))
             while not started.done():  # the health checks answer on the fake clock
                 await h.clock.advance(0.05)
-            assert started.result().ok and actor.state is State.RUNNING
+            assert started.result().ok and actor.snapshot.state is State.RUNNING
             assert view.acquire() is not None  # a request begins
             for _ in range(30):  # 30 s in flight under a ttl of 1 s: never cut
                 await h.clock.advance(1.0)
-            assert actor.state is State.RUNNING and not sched.evicting("alpha")
+            assert actor.snapshot.state is State.RUNNING and not sched.evicting("alpha")
             await h.clock.advance(TTL_POLL_S / 2)  # between sweeps: a ttl counted from the
             view.release()  # request's start would stop it at the next sweep, too soon
             ended = h.clock.monotonic()

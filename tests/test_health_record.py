@@ -36,7 +36,7 @@ def test_last_health_check_is_recorded_every_few_seconds(home: Home, tiny_model:
         try:
             await start(actor)
             await h.clock.advance(0.05)
-            assert actor.state is State.RUNNING
+            assert actor.snapshot.state is State.RUNNING
             ready = h.clock.time()
             seen = [recorded(home)]
             for _ in range(12):  # a check a second

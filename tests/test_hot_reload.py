@@ -6,6 +6,7 @@ deleted by hand stops its server, and nothing unchanged is ever restarted."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Cli, free_port, write_config
-from helpers import events, gone, ps_row, wait_for
+from helpers import events, fake_binary, gone, ps_row, wait_for
 
 from llama_orchestrator.config.loader import load_file
 from llama_orchestrator.daemon.gateway_reload import settle
@@ -248,3 +249,32 @@ def test_rm_then_a_new_folder_of_that_name_routes_again(
     write_config(home, "alpha", tiny_model, free_port())
     assert complete(url, "alpha").status_code == 200  # a new actor, not the removed one
     assert not said(home, "alpha", "was removed")  # `rm`, not a removal by hand
+
+
+def test_a_same_size_edit_within_one_mtime_tick_routes_the_new_alias(
+    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The daemon reads configs by content, not by (mtime, size) (issue 17): an alias
+    changed to one of the same length, twice, with the file's mtime put back each time
+    (as two writes within one tick of the file system's clock leave it), routes by the
+    new name, and the old one no longer does."""
+    url = gateway(home)
+    binary = str(fake_binary(tmp_path))
+    aliases = {"aliases": ["aaaa"]}
+    cfg = write_config(home, "alpha", tiny_model, free_port(), binary=binary, gateway=aliases)
+    assert cli("daemon", "start").returncode == 0
+    assert complete(url, "aaaa").status_code == 200  # the gateway read it: started on demand
+    first = cfg.stat()
+
+    def models() -> set[str]:
+        return {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
+
+    for old, new in (("aaaa", "bbbb"), ("bbbb", "cccc")):
+        cfg.write_text(cfg.read_text().replace(f'"{old}"', f'"{new}"'))
+        os.utime(cfg, ns=(first.st_atime_ns, first.st_mtime_ns))
+        now = cfg.stat()
+        assert (now.st_size, now.st_mtime_ns) == (first.st_size, first.st_mtime_ns)
+        wait_for(lambda new=new: new in models(), what=f"the alias {new!r} routed")
+        assert old not in models()
+        assert complete(url, new).status_code == 200
+        assert complete(url, old).status_code == 404

@@ -42,11 +42,10 @@ def supervisor(
     for name in running + stopped:
         loaded = load_instance(home, name)
         up = name in running
-        actors[name] = SimpleNamespace(
-            loaded=loaded,
-            proc=object() if up else None,
-            state=State.RUNNING if up else State.STOPPED,
+        snapshot = SimpleNamespace(
+            loaded=loaded, attached=up, state=State.RUNNING if up else State.STOPPED
         )
+        actors[name] = SimpleNamespace(snapshot=snapshot)
         if up and loaded.remote is None:  # admitted, as the actor's start has it
             scheduler.holders[name] = Claim(name, memory_mb=memory_mb(loaded))
     return SimpleNamespace(home=home, actors=actors, scheduler=scheduler)

@@ -18,9 +18,12 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llama_orchestrator.config.loader import LoadedConfig
 
 log = logging.getLogger("llama_orchestrator.events")
 
@@ -37,7 +40,7 @@ class EventKind(str, Enum):
     LOG_ROTATED = "log_rotated"
     AUTOSTART = "autostart"
     NOT_RESTARTED = "not_restarted"  # after a reboot, an instance without autostart
-    CONFIG = "config"  # configs reloaded or changed
+    CONFIG = "config"  # configs reloaded or changed (``config``: the parsed one, if any)
     REQUEST = "request"  # a request through the gateway (data holds its figures)
     DAEMON = "daemon"  # the daemon itself: started, stopping, state database recreated
 
@@ -51,11 +54,20 @@ class Event:
     reason: str | None = None
     ts: float = field(default_factory=time.time)
     data: dict[str, Any] | None = None
+    # a ``config`` event's parsed config (daemon/configs.py): for the daemon's own
+    # consumers; neither recorded nor streamed (the file is the user's view of it)
+    config: LoadedConfig | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["kind"] = self.kind.value
-        return d
+        return {
+            "instance": self.instance,
+            "kind": self.kind.value,
+            "old": self.old,
+            "new": self.new,
+            "reason": self.reason,
+            "ts": self.ts,
+            "data": dict(self.data) if self.data is not None else None,
+        }
 
 
 Sink = Callable[[Event], None]
@@ -157,7 +169,8 @@ class EventBus:
         reason: str | None = None,
         *,
         data: dict[str, Any] | None = None,
+        config: LoadedConfig | None = None,
     ) -> Event:
-        event = Event(instance, kind, old, new, reason, data=data)
+        event = Event(instance, kind, old, new, reason, data=data, config=config)
         self.publish(event)
         return event

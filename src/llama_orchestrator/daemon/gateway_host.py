@@ -17,15 +17,12 @@ from typing import Any
 from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.loader import ConfigError
 from llama_orchestrator.daemon.api.metrics import install as install_metrics
+from llama_orchestrator.daemon.api.metrics_watch import Watches
 from llama_orchestrator.daemon.budget import Budget
+from llama_orchestrator.daemon.directory import ActorDirectory
 from llama_orchestrator.daemon.events import Event, EventKind
-from llama_orchestrator.daemon.gateway_reload import (
-    SourceKey,
-    WatchedDirectory,
-    retune,
-    settle,
-    source_key,
-)
+from llama_orchestrator.daemon.gateway_reload import SourceKey, retune, settle, source_key
+from llama_orchestrator.daemon.seats import ActorSeats, GatewayQueues
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.records import RequestRecord
@@ -38,9 +35,14 @@ SPEED_KEPT_S = 60.0  # a decode speed older than this is no longer shown
 
 
 class GatewayHost:
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(
+        self, sup: Supervisor, seats: ActorSeats, queues: GatewayQueues, watches: Watches
+    ) -> None:
         self.sup = sup
-        self.directory = WatchedDirectory(sup)
+        self.directory = ActorDirectory(sup)
+        self._seats = seats  # gateway.json's default ttl applies to them
+        self._queues = queues  # the seats count the queues of the gateway that listens
+        self._watches = watches  # the supervisor's side of /metrics
         sup.bus.add_sink(self._on_event)
         self.gateway: Gateway | None = None
         self.settings: GatewaySettings | None = None
@@ -50,8 +52,6 @@ class GatewayHost:
         # what the settings in force were read from (hot reload, issue 11)
         self._keys_file: Path | None = None
         self._source: SourceKey | None = None
-        sup.watcher.on_gateway = self.reload
-        sup.watcher.on_forget.append(self._forget)
 
     def _settings(self) -> GatewaySettings | None:
         try:
@@ -81,7 +81,7 @@ class GatewayHost:
         not the gateway listens: `up` by hand respects them too)."""
         budget = Budget(cfg.max_running, dict(cfg.memory_budget_mb))
         self.sup.scheduler.configure(budget, float(cfg.load_timeout))
-        self.sup.seats.default_ttl = cfg.default_ttl
+        self._seats.configure(cfg.default_ttl)
 
     async def start(self) -> None:
         self.settings = self._settings()
@@ -92,14 +92,14 @@ class GatewayHost:
     async def _listen(self) -> None:
         if self.settings is not None:
             gateway = Gateway(self.directory, self.settings, on_request=self._on_request)
-            install_metrics(gateway.metrics, self.sup)  # the supervisor's side of /metrics
+            install_metrics(gateway.metrics, self.sup, self._watches)
             try:
                 await gateway.start()
             except (OSError, ValueError) as e:
                 self.reason = gateway.error or str(e)
             else:
                 self.gateway, self.reason = gateway, None
-                self.sup.seats.demand = gateway.router.demand  # drains count its queues
+                self._queues.follow(gateway.router)  # drains count its queues
                 # health checks carry the gateway's mark: a remote instance whose URL is
                 # this gateway answers them 508, so its `up` fails saying why
                 self.sup.ctx.http.headers["X-Llama-Orch-Via"] = gateway.hop.decode()
@@ -138,8 +138,14 @@ class GatewayHost:
         why = "gateway.json applied (api keys, queue limits, load_timeout, budgets)"
         return self._said("applied", "; ".join([why, *notes]))
 
-    def _forget(self, name: str) -> None:
-        """An instance removed: its routes go at once, not when the index next expires."""
+    def forget(self, name: str) -> None:
+        """``rm``: the instance's routes go at once (not when the index next expires),
+        and a folder of that name gets a new view."""
+        self.directory.forget(name)
+        self.routes_changed()
+
+    def routes_changed(self) -> None:
+        """Instances added, changed or removed (daemon/reload.py): new routes now."""
         if self.gateway is not None:
             self.gateway.router.refresh()
 

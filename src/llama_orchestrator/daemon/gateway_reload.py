@@ -13,9 +13,6 @@ import dataclasses
 from pathlib import Path
 
 from llama_orchestrator.config.gateway import is_loopback
-from llama_orchestrator.config.loader import LoadedConfig
-from llama_orchestrator.daemon.directory import ActorDirectory
-from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
 from llama_orchestrator.gateway.settings import GatewaySettings
 from llama_orchestrator.state.drift import config_hash
@@ -23,27 +20,6 @@ from llama_orchestrator.state.drift import config_hash
 RESTART_HINT = "`llama-orch daemon stop`, then any command, starts the daemon again"
 
 SourceKey = tuple[str | None, str | None]
-
-
-class WatchedDirectory(ActorDirectory):
-    """The gateway's instances, where a config broken on disk keeps its last good
-    version (its aliases still route), and an instance removed by ``rm`` gets a new view
-    should a folder of that name come back (its old actor is gone)."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        super().__init__(sup)
-        self._watcher = sup.watcher
-        sup.watcher.on_forget.append(self.forget)
-
-    def config(self, name: str) -> LoadedConfig | None:
-        loaded = super().config(name)
-        if loaded is None and self._sup.home.config_path(name).is_file():
-            return self._watcher.config(name)  # broken now: the last good version
-        return loaded
-
-    def forget(self, name: str) -> None:
-        self._views.pop(name, None)
-        self._configs.pop(name, None)
 
 
 def source_key(path: Path, keys_file: Path | None) -> SourceKey:

@@ -192,9 +192,6 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def attach(self, seats: Seats) -> None:
-        self.seats = seats
-
     def configure(self, budget: Budget, wait_s: float = 120.0) -> None:
         """New budgets (gateway.json loaded or reloaded); they apply from the next decision."""
         self._inbox.put_nowait(_Configure(budget, wait_s))

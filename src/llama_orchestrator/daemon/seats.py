@@ -1,5 +1,6 @@
 """The scheduler's view of the running instances (daemon/scheduler.py ``Seats``), read
-from their actors on the daemon's loop: cheap attribute reads, nothing awaited.
+from their actors' snapshots and leases on the daemon's loop: attribute reads, nothing
+awaited.
 
 An instance is *busy* while it loads, serves a request, or has requests waiting for it
 in the gateway. While it is being drained to make room, only the requests that arrived
@@ -13,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from llama_orchestrator.config.schema import InstanceGateway
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
+from llama_orchestrator.daemon.actor.snapshot import InstanceSnapshot
 from llama_orchestrator.daemon.budget import Seat
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.models.fit import DEFAULT_RESERVE_MB
@@ -32,31 +35,53 @@ EVICT_GRACE_S = 0.0
 _SETTLED = frozenset({State.RUNNING, State.BACKOFF, State.STOPPING})
 
 
-def _no_demand(_name: str, _before: float) -> int:
-    return 0
+class Queues(Protocol):
+    def demand(self, instance: str, before: float = math.inf) -> int: ...
 
 
-def cutoff(actor: InstanceActor, draining: float | None, hold: float = 0.0) -> float:
+class GatewayQueues:
+    """The requests waiting in the gateway, as the seats count them: the queues of the
+    gateway that listens, once one does (it may start listening only on a reload of
+    gateway.json). The gateway host, given this at its construction, says which
+    (daemon/gateway_host.py); until then nothing waits."""
+
+    def __init__(self) -> None:
+        self._queues: Queues | None = None
+
+    def follow(self, queues: Queues) -> None:
+        self._queues = queues
+
+    def demand(self, instance: str, before: float = math.inf) -> int:
+        queues = self._queues
+        return queues.demand(instance, before) if queues is not None else 0
+
+
+def cutoff(snap: InstanceSnapshot, draining: float | None, hold: float = 0.0) -> float:
     """Requests enqueued before this count as the instance's own work (inf: all)."""
-    if draining is None or actor.state is State.STARTING:
+    if draining is None or snap.state is State.STARTING:
         return math.inf
-    return max(draining, actor.ready_mono) + hold
+    return max(draining, snap.ready_mono) + hold
 
 
 class ActorSeats:
-    def __init__(self, actors: Mapping[str, InstanceActor]) -> None:
-        self._actors = actors
-        self.default_ttl = 0  # gateway.json: for instances started on demand without a ttl
-        self.demand: Demand = _no_demand  # the gateway's queues, once it runs
+    def __init__(self, actors: Mapping[str, InstanceActor], demand: Demand) -> None:
+        self._actors = actors  # the supervisor's table: it adds and removes, this reads
+        self._demand = demand  # the gateway's queues (GatewayQueues.demand)
+        self._default_ttl = 0  # gateway.json: for instances started on demand without a ttl
         self._stops: set[asyncio.Task[m.Outcome]] = set()
 
-    def _gateway(self, actor: InstanceActor) -> InstanceGateway:
-        return actor.loaded.config.gateway if actor.loaded else InstanceGateway()
+    def configure(self, default_ttl: int) -> None:
+        """gateway.json (re)loaded: the ttl of instances started on demand without one."""
+        self._default_ttl = default_ttl
+
+    def _gateway(self, snap: InstanceSnapshot) -> InstanceGateway:
+        return snap.loaded.config.gateway if snap.loaded else InstanceGateway()
 
     def _busy(self, actor: InstanceActor, draining: float | None, hold: float = 0.0) -> bool:
-        if actor.state not in _SETTLED or actor.leases.in_flight:
+        snap = actor.snapshot
+        if snap.state not in _SETTLED or actor.leases.in_flight:
             return True  # loading, or admitted and about to spawn
-        return self.demand(actor.name, cutoff(actor, draining, hold)) > 0
+        return self._demand(actor.name, cutoff(snap, draining, hold)) > 0
 
     def seat(
         self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
@@ -64,17 +89,18 @@ class ActorSeats:
         actor = self._actors.get(name)
         if actor is None:
             return Seat(name, memory_mb)
-        gw = self._gateway(actor)
+        gw = self._gateway(actor.snapshot)
         busy = self._busy(actor, draining, hold)
         return Seat(name, memory_mb, gw.pinned, gw.priority, busy, actor.leases.last_used)
 
     def idle(self, name: str) -> tuple[float, int]:
         actor = self._actors.get(name)
-        if actor is None or actor.state is not State.RUNNING or self._busy(actor, None):
+        if actor is None or actor.snapshot.state is not State.RUNNING or self._busy(actor, None):
             return 0.0, 0
-        ttl = self._gateway(actor).ttl
+        snap = actor.snapshot
+        ttl = self._gateway(snap).ttl
         if ttl is None:
-            ttl = self.default_ttl if actor.on_demand else 0
+            ttl = self._default_ttl if snap.on_demand else 0
         return actor.leases.idle_for(), ttl
 
     def evict(self, name: str, reason: str) -> None:
@@ -89,28 +115,29 @@ class ActorSeats:
         task.add_done_callback(self._stops.discard)
 
     def queued(self, name: str) -> int:
-        return self.demand(name, math.inf)
+        return self._demand(name, math.inf)
 
     def load_s(self, name: str) -> float:
-        """Its last start to ready, from its record (one read, when it is chosen)."""
+        """Its last start to ready (its snapshot keeps the record's times)."""
         actor = self._actors.get(name)
-        row = actor.ctx.store.get(name) if actor is not None else None
-        if not row or not row.ready_time or not row.start_time:
-            return 0.0
-        return max(row.ready_time - row.start_time, 0.0)
+        return actor.snapshot.load_s if actor is not None else 0.0
 
     def free_mib(self, device: str) -> int | None:
-        """Free memory now: host RAM for ``cpu``, a detected GPU's free memory minus the
-        reserve ``fit`` keeps (None when it reports none)."""
-        if device == "cpu":
-            import psutil
+        return free_mib(device)
 
-            return int(psutil.virtual_memory().available) // 2**20
-        from llama_orchestrator.gpu.detect import detect
-        from llama_orchestrator.gpu.devices import find_device, parse_device_ref
 
-        backend, index = parse_device_ref(device)
-        found = find_device(detect(None).devices, backend, index)
-        if found is None or found.free_mib is None:
-            return None
-        return max(found.free_mib - DEFAULT_RESERVE_MB, 0)
+def free_mib(device: str) -> int | None:
+    """Free memory now: host RAM for ``cpu``, a detected GPU's free memory minus the
+    reserve ``fit`` keeps (None when it reports none). It may block: call it in a thread."""
+    if device == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available) // 2**20
+    from llama_orchestrator.gpu.detect import detect
+    from llama_orchestrator.gpu.devices import find_device, parse_device_ref
+
+    backend, index = parse_device_ref(device)
+    found = find_device(detect(None).devices, backend, index)
+    if found is None or found.free_mib is None:
+        return None
+    return max(found.free_mib - DEFAULT_RESERVE_MB, 0)

@@ -17,11 +17,26 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.fs import write_atomic
 from llama_orchestrator.home import Home
+
+if TYPE_CHECKING:  # the daemon's parts are imported by build (a second daemon exits first)
+    import httpx
+    from fastapi import FastAPI
+
+    from llama_orchestrator.daemon.actor.context import Launcher
+    from llama_orchestrator.daemon.configs import Configs
+    from llama_orchestrator.daemon.events import EventBus
+    from llama_orchestrator.daemon.gateway_host import GatewayHost
+    from llama_orchestrator.daemon.reload import Reloader, ScanReport
+    from llama_orchestrator.daemon.scheduler import Scheduler
+    from llama_orchestrator.daemon.supervisor import Supervisor
+    from llama_orchestrator.state.db import StateStore
 
 
 def _quiet_server_class() -> Any:
@@ -119,6 +134,116 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         loop.close()
 
 
+@dataclass
+class Daemon:
+    """Everything a daemon is made of, built in order by :func:`build`."""
+
+    home: Home
+    store: StateStore
+    bus: EventBus
+    configs: Configs
+    scheduler: Scheduler
+    supervisor: Supervisor
+    gateway: GatewayHost
+    reloader: Reloader
+    app: FastAPI
+
+    async def start(self) -> None:
+        """Read the configs, take back what runs, then the gateway and the rescans."""
+        self.reloader.prime()
+        await self.supervisor.boot()
+        await self.gateway.start()
+        self.reloader.start()
+
+    async def reload(self) -> ScanReport:
+        """Rescan the configs at once (SIGHUP, `llama-orch daemon reload`; issue 11)."""
+        return await self.reloader.scan(forced=True)
+
+    async def close(self) -> None:
+        """Stop supervising; the servers keep running (instances outlive the daemon)."""
+        self.reloader.close()
+        await self.gateway.close()
+        await self.supervisor.close()
+
+
+def build(
+    home: Home,
+    store: StateStore,
+    token: str,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    allowed_hosts: Iterable[str] = (),
+    http: httpx.AsyncClient | None = None,
+    launcher: Launcher | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    boot_time: float | None = None,
+    log_check_interval: float | None = None,
+    rescan_interval: float | None = None,
+) -> Daemon:
+    """The daemon's composition root: every part made once, in order, each given what it
+    uses through its constructor (tests pass a fake launcher, clock and HTTP transport).
+
+    Two parts need each other, and meet through a seam made first: the scheduler's seats
+    count the requests waiting in the gateway, whose host configures the scheduler
+    (``GatewayQueues``: the gateway that listens, once one does); and the actors table,
+    which the supervisor fills and the seats read."""
+    import httpx
+
+    from llama_orchestrator.daemon.actor.context import ActorContext, ProcessLauncher
+    from llama_orchestrator.daemon.actor.handlers import InstanceActor
+    from llama_orchestrator.daemon.api.app import create_app
+    from llama_orchestrator.daemon.api.metrics_watch import LoadWatch, Watches
+    from llama_orchestrator.daemon.configs import Configs
+    from llama_orchestrator.daemon.events import EventBus
+    from llama_orchestrator.daemon.gateway_host import GatewayHost
+    from llama_orchestrator.daemon.recorder import Recorder, StoreWriter
+    from llama_orchestrator.daemon.reload import RESCAN_S, Reloader
+    from llama_orchestrator.daemon.scheduler import Scheduler
+    from llama_orchestrator.daemon.seats import ActorSeats, GatewayQueues
+    from llama_orchestrator.daemon.supervisor import LOG_CHECK_S, Supervisor
+
+    writer = StoreWriter(store)  # from here on every write is queued (daemon/recorder.py)
+    bus = EventBus()
+    bus.add_sink(Recorder(store))
+    watches = Watches(LoadWatch(clock))  # the metrics counted as things happen
+    bus.add_sink(watches.loads)
+    actors: dict[str, InstanceActor] = {}
+    queues = GatewayQueues()
+    seats = ActorSeats(actors, queues.demand)
+    scheduler = Scheduler(clock, seats)
+    configs = Configs(home, bus)
+    ctx = ActorContext(
+        home=home,
+        store=store,
+        bus=bus,
+        http=http or httpx.AsyncClient(trust_env=False),
+        scheduler=scheduler,
+        configs=configs,
+        launcher=launcher or ProcessLauncher(),
+        clock=clock,
+        on_check=watches.checks.observe,
+    )
+    housekeeping = LOG_CHECK_S if log_check_interval is None else log_check_interval
+    sup = Supervisor(ctx, actors, writer, boot_time=boot_time, log_check_interval=housekeeping)
+    gateway = GatewayHost(sup, seats, queues, watches)
+    reloader = Reloader(
+        sup,
+        on_gateway=gateway.reload,
+        on_routes=gateway.routes_changed,
+        interval=RESCAN_S if rescan_interval is None else rescan_interval,
+    )
+    app = create_app(
+        sup,
+        token,
+        on_shutdown=on_shutdown,
+        gateway_status=gateway.status,
+        gateway_host=gateway,
+        rescan=lambda: reloader.scan(forced=True),
+        allowed_hosts=allowed_hosts,
+    )
+    return Daemon(home, store, bus, configs, scheduler, sup, gateway, reloader, app)
+
+
 class _SignalQueue:
     """Signal handlers only record the signal; the daemon's loop acts on it."""
 
@@ -139,7 +264,7 @@ class _SignalQueue:
 
 
 async def _handle_signals(
-    signals: _SignalQueue, server: Any, sup: Any, log: logging.Logger
+    signals: _SignalQueue, server: Any, daemon: Daemon, log: logging.Logger
 ) -> None:
     """TERM/INT: stop serving, leave the servers running; a second one forces the exit.
     HUP: reload the configs."""
@@ -151,7 +276,7 @@ async def _handle_signals(
         sig = await signals.queue.get()
         if hasattr(signal, "SIGHUP") and sig == signal.SIGHUP:
             log.info("SIGHUP: reloading configs")
-            task = asyncio.get_running_loop().create_task(sup.reload())
+            task = asyncio.get_running_loop().create_task(daemon.reload())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
             continue
@@ -162,7 +287,7 @@ async def _handle_signals(
             continue
         stopping = True
         log.info("%s: stopping the daemon (servers keep running)", name)
-        sup.bus.emit(
+        daemon.bus.emit(
             "", EventKind.DAEMON, None, "stopping", f"{name}: the daemon stops"
         )  # ends /v1/events
         server.should_exit = True
@@ -172,9 +297,6 @@ async def _serve(home: Home, host: str, port: int) -> int:
     import psutil
     import uvicorn
 
-    from llama_orchestrator.daemon.api.app import create_app
-    from llama_orchestrator.daemon.gateway_host import GatewayHost
-    from llama_orchestrator.daemon.supervisor import Supervisor
     from llama_orchestrator.state.db import StateStore
 
     logging.basicConfig(
@@ -183,10 +305,16 @@ async def _serve(home: Home, host: str, port: int) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     token = ensure_token(home)
     store = StateStore(home.db_path)
-    sup = Supervisor(home, store)
-    await sup.boot()
-    gateway = GatewayHost(sup)
-    await gateway.start()
+    signals = _SignalQueue()
+
+    def request_exit() -> None:  # the shutdown endpoint takes the path of SIGTERM
+        signals.queue.put_nowait(signal.SIGTERM)
+
+    from llama_orchestrator.web.auth import ALLOWED_HOSTS_ENV, allowed_hosts_from_env
+
+    allowed = allowed_hosts_from_env(os.environ.get(ALLOWED_HOSTS_ENV))
+    daemon = build(home, store, token, on_shutdown=request_exit, allowed_hosts=allowed)
+    await daemon.start()
 
     # IPPROTO_TCP, not 0: asyncio only turns on TCP_NODELAY for an explicit TCP socket,
     # and without it every second request on a connection stalls ~40 ms (delayed ACK).
@@ -196,26 +324,11 @@ async def _serve(home: Home, host: str, port: int) -> int:
     bound_port = sock.getsockname()[1]
     store.meta_set(PORT_KEY, str(bound_port))
 
-    signals = _SignalQueue()
-
-    def request_exit() -> None:  # the shutdown endpoint takes the path of SIGTERM
-        signals.queue.put_nowait(signal.SIGTERM)
-
-    from llama_orchestrator.web.auth import ALLOWED_HOSTS_ENV, allowed_hosts_from_env
-
-    app = create_app(
-        sup,
-        token,
-        on_shutdown=request_exit,
-        gateway_status=gateway.status,
-        gateway_host=gateway,
-        allowed_hosts=allowed_hosts_from_env(os.environ.get(ALLOWED_HOSTS_ENV)),
-    )
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(daemon.app, log_level="warning", access_log=False, lifespan="off")
     server = _quiet_server_class()(config)
     signals.install(asyncio.get_running_loop())
     log = logging.getLogger("llama_orchestrator")
-    handler = asyncio.get_running_loop().create_task(_handle_signals(signals, server, sup, log))
+    handler = asyncio.get_running_loop().create_task(_handle_signals(signals, server, daemon, log))
     me = psutil.Process()
     from llama_orchestrator.client.control import proc_start_ticks
 
@@ -234,7 +347,6 @@ async def _serve(home: Home, host: str, port: int) -> int:
         await server.serve(sockets=[sock])
     finally:
         handler.cancel()
-        await gateway.close()
-        await sup.close()
+        await daemon.close()
         store.close()
     return 0

@@ -1,9 +1,11 @@
 """The supervisor: owns one actor per instance (daemon/actor/handlers.py) and the daemon-wide work.
 
-It builds the actors' context (state store, event bus, HTTP client, launcher, clock,
-scheduler), creates the actors, re-adopts servers at daemon start (and starts
-``autostart`` instances on the first start since boot), and rotates running servers'
-logs. Every event goes through the bus; the SQLite recorder is its first sink.
+It is given the actors' context (state store, event bus, HTTP client, launcher, clock,
+scheduler, configs) by the composition root (daemon/server.py ``build``), creates the
+actors, re-adopts servers at daemon start (and starts ``autostart`` instances on the
+first start since boot), and every few seconds checks the state database and rotates
+running servers' logs. Every event goes through the bus; the SQLite recorder is its
+first sink.
 """
 
 from __future__ import annotations
@@ -13,22 +15,15 @@ import contextlib
 import logging
 from pathlib import Path
 
-import httpx
-
-from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
-from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
+from llama_orchestrator.config.loader import LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.actor import messages as m
-from llama_orchestrator.daemon.actor.context import ActorContext, Launcher, ProcessLauncher
+from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
-from llama_orchestrator.daemon.events import EventBus, EventKind
-from llama_orchestrator.daemon.recorder import Recorder, StoreWriter
-from llama_orchestrator.daemon.reload import ConfigWatcher, ScanReport
-from llama_orchestrator.daemon.scheduler import Scheduler
-from llama_orchestrator.daemon.seats import ActorSeats
+from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.recorder import StoreWriter
 from llama_orchestrator.engine.command import log_paths
-from llama_orchestrator.home import Home
 from llama_orchestrator.logs.rotate import rotate_live
-from llama_orchestrator.state.db import StateStore
+from llama_orchestrator.state.records import InstanceRecord
 
 log = logging.getLogger("llama_orchestrator.supervisor")
 
@@ -38,37 +33,22 @@ LOG_CHECK_S = 2.0  # how often running servers' log sizes are checked for rotati
 class Supervisor:
     def __init__(
         self,
-        home: Home,
-        store: StateStore,
-        http: httpx.AsyncClient | None = None,
+        ctx: ActorContext,
+        actors: dict[str, InstanceActor],
+        writer: StoreWriter,
         *,
         boot_time: float | None = None,
         log_check_interval: float = LOG_CHECK_S,
-        launcher: Launcher | None = None,
-        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.home = home
-        self.store = store
-        # Every write of the store from here on is queued and written by one task, off the
-        # loop the gateway shares (issue 17); its own reads see the writes at once.
-        self.writer = StoreWriter(store)
-        self.bus = EventBus()
-        self.bus.add_sink(Recorder(store))
-        self.scheduler = Scheduler(clock)
-        self.ctx = ActorContext(
-            home=home,
-            store=store,
-            bus=self.bus,
-            http=http or httpx.AsyncClient(trust_env=False),
-            scheduler=self.scheduler,
-            launcher=launcher or ProcessLauncher(),
-            clock=clock,
-        )
-        self.actors: dict[str, InstanceActor] = {}
-        self.seats = ActorSeats(self.actors)  # what the scheduler reads of them
-        self.scheduler.attach(self.seats)
-        # instances/ and gateway.json, rescanned by the housekeeping (issue 11)
-        self.watcher = ConfigWatcher(home, self.bus, store, self.actors, self.actor)
+        self.ctx = ctx
+        self.home, self.store, self.bus = ctx.home, ctx.store, ctx.bus
+        self.scheduler, self.configs = ctx.scheduler, ctx.configs
+        # Every write of the store goes through the writer's task, off the loop the
+        # gateway shares (issue 17); its own reads see the writes at once.
+        self.writer = writer
+        # The instances' actors by name: added and removed here only; the scheduler's
+        # seats read the same table (daemon/seats.py), everyone else asks ``actor``.
+        self.actors = actors
         self.boot_time = boot_time  # None: ask the OS (tests inject one to simulate a reboot)
         self.log_check_interval = log_check_interval
         self._background: list[asyncio.Task[None]] = []
@@ -78,9 +58,11 @@ class Supervisor:
         (it stays controllable: `down`, `rm`)."""
         actor = self.actors.get(name)
         if actor is None:
-            if not self.home.config_path(name).is_file() and self.store.get(name) is None:
+            # Every record got its actor at boot: a name without one needs a config (read
+            # now, should its folder be new).
+            if name not in self.configs and self.configs.refresh(name) is None:
                 raise UnknownInstance(name, self.home.instance_names())
-            actor = self._new_actor(name)
+            actor = self._new_actor(name, None)
         return actor
 
     def remove(self, name: str, *, logs: bool = False) -> list[str]:
@@ -90,13 +72,11 @@ class Supervisor:
         """
         import shutil
 
-        from llama_orchestrator.engine.command import log_paths
-
         removed: list[str] = []
         actor = self.actors.pop(name, None)
         log_files: list[Path] = []
-        with contextlib.suppress(ConfigError, UnknownInstance):
-            loaded = load_instance(self.home, name)
+        loaded = self.configs.refresh(name)
+        if isinstance(loaded, LoadedConfig):
             log_files = [
                 p
                 for base in log_paths(loaded, self.home.root)
@@ -109,7 +89,7 @@ class Supervisor:
             shutil.rmtree(folder)
             removed.append(str(folder))
         self.store.delete(name, events=True)
-        self.watcher.forget(name)  # after the folder: the gateway's routes are rebuilt
+        self.configs.forget(name)  # after the folder: nothing is known of it any more
         removed.append("its records")
         if logs:
             for path in log_files:
@@ -121,8 +101,8 @@ class Supervisor:
             removed.append("its logs")
         return removed
 
-    def _new_actor(self, name: str) -> InstanceActor:
-        actor = InstanceActor(name, self.ctx, self.store.get(name))
+    def _new_actor(self, name: str, record: InstanceRecord | None) -> InstanceActor:
+        actor = InstanceActor(name, self.ctx, record)
         self.actors[name] = actor
         actor.start_loop()
         return actor
@@ -138,27 +118,27 @@ class Supervisor:
 
     def _autostart_names(self) -> set[str]:
         names = set()
-        for name in self.home.instance_names():
-            with contextlib.suppress(ConfigError, UnknownInstance):
-                if load_instance(self.home, name).config.autostart:
-                    names.add(name)
+        for name in self.configs.names():
+            loaded = self.configs.valid(name)
+            if loaded is not None and loaded.config.autostart:
+                names.add(name)
         return names
 
     async def boot(self) -> None:
         """Re-adopt what still runs and restart what should run but died.
 
         On the first daemon start since the machine booted, the servers of the previous
-        boot are gone: only instances with ``autostart`` are started then.
+        boot are gone: only instances with ``autostart`` are started then. The configs
+        were read already (daemon/reload.py ``prime``).
         """
         self.writer.start()
         self.scheduler.start()
-        self.watcher.prime()
         if not self.store.all():
             self._find_lost_servers()
         rebooted = self._first_start_since_boot()
         autostart = self._autostart_names() if rebooted else set()
         for row in self.store.all():
-            actor = self._new_actor(row.name)
+            actor = self._new_actor(row.name, row)
             actor.adopt_from(row)
             actor.post(m.Resume(rebooted, row.name in autostart))
         for name in sorted(autostart - set(self.actors)):
@@ -188,20 +168,12 @@ class Supervisor:
             why = f"pid {ident.pid} carries this home's marker; the state database had lost it"
             self.bus.emit(name, EventKind.DAEMON, None, str(ident.pid), why)
 
-    async def reload(self) -> ScanReport:
-        """Rescan the configs at once (SIGHUP, `llama-orch daemon reload`; issue 11)."""
-        return await self.watcher.scan(forced=True)
-
     async def _housekeeping(self) -> None:
-        """Every few seconds: the state database still there, the configs (hot reload),
-        running servers' logs."""
+        """Every few seconds: the state database still there, running servers' logs
+        (the configs are the reloader's, daemon/reload.py)."""
         while True:
             await asyncio.sleep(self.log_check_interval)
             self._check_store()
-            try:
-                await self.watcher.scan()
-            except Exception:  # a scan that fails must not end the housekeeping
-                log.exception("scanning the configs failed")
             await self._rotate_logs()
 
     def _check_store(self) -> None:
@@ -220,8 +192,9 @@ class Supervisor:
     async def _rotate_logs(self) -> None:
         """Rotate running servers' logs past ``logs.max_size_mb`` without stopping them."""
         for actor in list(self.actors.values()):
-            loaded = actor.loaded
-            if actor.proc is None or loaded is None or actor.remote:
+            snap = actor.snapshot
+            loaded = snap.loaded
+            if not snap.attached or loaded is None or snap.remote:
                 continue  # a remote instance writes no log here
             limit = loaded.config.logs.max_size_mb * 1024 * 1024
             for path in log_paths(loaded, self.home.root):
@@ -239,7 +212,6 @@ class Supervisor:
         """Stop supervising. The servers keep running: instances outlive the daemon."""
         for task in self._background:
             task.cancel()
-        self.watcher.close()
         for actor in self.actors.values():
             actor.cancel_tasks()
         await self.scheduler.close()

@@ -33,12 +33,17 @@ BUSY_TIMEOUT_S = 0.5
 
 def content_key(path: Path) -> str | None:
     """The cache key of the config file at ``path``; None when it cannot be read."""
-    import zlib  # imported here: plain ``ps`` reads no config
-
     try:
         data = path.read_bytes()
     except OSError:
         return None
+    return key_of(data)
+
+
+def key_of(data: bytes) -> str:
+    """The cache key of a config file's bytes (the daemon's Configs reads them once)."""
+    import zlib  # imported here: plain ``ps`` reads no config
+
     return f"{FORMAT}:{len(data)}:{zlib.crc32(data):08x}"
 
 

@@ -29,12 +29,17 @@ def config_hash(path: Path) -> str | None:
     same digest for every UTF-8 file (``\\r`` and ``\\n`` never occur inside a multi-byte
     character), and a file that is not UTF-8 gets a digest no valid config has.
     """
-    import hashlib  # imported here: ps reaches it only without a content key
-
     try:
         raw = path.read_bytes()
     except OSError:
         return None
+    return hash_of(raw)
+
+
+def hash_of(raw: bytes) -> str:
+    """:func:`config_hash` of a config file's bytes (the daemon's Configs reads them once)."""
+    import hashlib  # imported here: ps reaches it only without a content key
+
     raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     return hashlib.sha256(raw).hexdigest()[:16]
 

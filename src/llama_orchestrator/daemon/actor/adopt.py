@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-from llama_orchestrator.config.loader import (
-    ConfigError,
-    LoadedConfig,
-    UnknownInstance,
-    load_instance,
-)
+from llama_orchestrator.config.loader import LoadedConfig
 from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.preflight import memory_mb
+from llama_orchestrator.daemon.actor.snapshot import InstanceSnapshot
 from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.command import base_url, log_paths
@@ -37,9 +32,7 @@ def adopt_recorded(
     proc = ctx.launcher.adopt(*recorded)
     if proc is None:
         return None
-    loaded = None
-    with contextlib.suppress(ConfigError, UnknownInstance):
-        loaded = load_instance(ctx.home, name)
+    loaded = ctx.configs.valid(name)  # read at daemon start (Configs.prime)
     url = None
     if row.host and row.port:
         url = base_url(row.host, row.port)
@@ -50,7 +43,7 @@ def adopt_recorded(
     return proc, loaded, url, stderr
 
 
-def held_claim(name: str, row: InstanceRecord, loaded: LoadedConfig | None) -> Claim:
+def held_claim(name: str, snap: InstanceSnapshot, loaded: LoadedConfig | None) -> Claim:
     """What an adopted server holds: it runs already, so it is admitted past any budget."""
-    where = (str(row.host), row.port) if row.port else None
+    where = (str(snap.host), snap.port) if snap.port else None
     return Claim(name, where, memory_mb(loaded) if loaded else {}, force=True)

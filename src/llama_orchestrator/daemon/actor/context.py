@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 import httpx
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
+from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import EventBus
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.engine.command import LaunchSpec
@@ -72,6 +73,7 @@ class ActorContext:
     bus: EventBus
     http: httpx.AsyncClient
     scheduler: Scheduler
+    configs: Configs  # the daemon's one reader of instance configs (daemon/configs.py)
     launcher: Launcher = field(default_factory=ProcessLauncher)
     clock: Clock = SYSTEM_CLOCK
     # each health check as it is done: (instance, kind, seconds), for the metrics

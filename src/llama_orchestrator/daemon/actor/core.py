@@ -3,6 +3,7 @@ handlers). Everything here runs on the actor's own loop, like the handlers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from llama_orchestrator.config.loader import LoadedConfig
@@ -12,6 +13,7 @@ from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.leases import CheckLog, Leases
 from llama_orchestrator.daemon.actor.mailbox import Mailbox
 from llama_orchestrator.daemon.actor.preflight import Plan
+from llama_orchestrator.daemon.actor.snapshot import KEPT, from_record
 from llama_orchestrator.daemon.actor.waiters import Waiters
 from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
@@ -43,78 +45,115 @@ class KeyedLeases(Leases):
 class ActorCore(Mailbox):
     def __init__(self, name: str, ctx: ActorContext, record: InstanceRecord | None) -> None:
         super().__init__(name)
-        self.ctx = ctx
+        self._ctx = ctx
         record = record or InstanceRecord.absent(name)
-        # The initial state is read from the record as-is: it is where we left off.
-        self.state = State(record.status)
-        self.desired = Desired(record.desired)
-        self.health = Health(record.health)
-        self.restart_count = record.restart_count
-        self.failures = 0
-        self.proc: ServerProcess | None = None
-        self.loaded: LoadedConfig | None = None
-        self.url: str | None = None
-        self.checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
-        self.misses = 0  # consecutive failed checks
+        # The initial state is read from the record as-is: it is where we left off. Only
+        # this actor reads or changes these; everyone else reads ``snapshot`` (published
+        # by ``_publish``) and ``leases``.
+        self._state = State(record.status)
+        self._desired = Desired(record.desired)
+        self._health = Health(record.health)
+        self._restart_count = record.restart_count
+        self._failures = 0
+        self._proc: ServerProcess | None = None
+        self._loaded: LoadedConfig | None = None
+        self._url: str | None = None
+        self._checks = CheckLog(ctx.clock)  # the last checks, for `llama-orch health`
+        self._misses = 0  # consecutive failed checks
         self.leases = KeyedLeases(ctx.clock)  # the gateway's requests in flight
-        self.waiters = Waiters()
+        self._waiters = Waiters()
         # a start whose checks run (daemon/actor/preflight.py): generation, auto, why, force
         self._preflight: tuple[int, bool, str, bool] | None = None
         self._preflight_gen = 0
         self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
         self._room: tuple[str, ...] = ()  # instances stopped to make room for this start
-        self.on_demand = False  # this run was started by a request (gateway.json default_ttl)
+        self._on_demand = False  # this run was started by a request (gateway.json default_ttl)
         self._failing: tuple[str, bool] | None = None  # a failure stop: reason, was running
         self._backoff_gen = 0
         self._by_person = False  # the start in progress was asked for by a person
-        self.ready_mono = 0.0
+        self._ready_mono = 0.0
+        self._start_mono = 0.0
         self._check_recorded = float("-inf")  # when last_health_check was last written
         self._stderr_path: Any = None
+        self.snapshot = from_record(record)
+        self._publish()
+
+    # -- what readers see ----------------------------------------------------------------
+
+    def _publish(self, **record: Any) -> None:
+        """Replace ``snapshot`` with the actor's state now; ``record``: the record fields
+        the snapshot keeps that changed (the others stay as they were)."""
+        proc, state, health = self._proc, self._state, self._health
+        self.snapshot = replace(
+            self.snapshot,
+            state=state,
+            desired=self._desired,
+            health=health,
+            routable=state is State.RUNNING and health is Health.HEALTHY,
+            attached=proc is not None,
+            pid=(proc.pid or None) if proc is not None else None,
+            remote=self._remote,
+            url=self._url,
+            loaded=self._loaded,
+            restart_count=self._restart_count,
+            failures=self._failures,
+            on_demand=self._on_demand,
+            start_mono=self._start_mono,
+            ready_mono=self._ready_mono,
+            misses=self._misses,
+            checks=self._checks.recent(),
+            **record,
+        )
+
+    def _record(self, **fields: Any) -> None:
+        """Write ``fields`` to the instance's record; the snapshot shows the ones it keeps."""
+        self._ctx.store.update(self.name, **fields)
+        self._publish(**{KEPT[k]: v for k, v in fields.items() if k in KEPT})
 
     @property
-    def remote(self) -> bool:
+    def _remote(self) -> bool:
         """Is the current run a remote instance's (nothing spawned, nothing to signal)?
         Its handle says, when there is one: a server adopted at daemon start whose config
         became remote meanwhile is still a process of ours."""
-        if self.proc is not None:
-            return isinstance(self.proc, RemoteServer)
-        return self.loaded is not None and self.loaded.remote is not None
+        if self._proc is not None:
+            return isinstance(self._proc, RemoteServer)
+        return self._loaded is not None and self._loaded.remote is not None
 
-    def shown_pid(self) -> int | None:
+    def _shown_pid(self) -> int | None:
         """The PID replies carry: None for a remote instance's run."""
-        return self.proc.pid or None if self.proc is not None else None
+        return self._proc.pid or None if self._proc is not None else None
 
     def _set_state(self, new: State, reason: str) -> None:
         """The one place a state changes: validated, recorded, announced."""
-        old = self.state
+        old = self._state
         check_transition(old, new)
-        self.state = new
-        self.ctx.store.update(self.name, status=new.value)
-        self.ctx.bus.emit(self.name, EventKind.STATE, old.value, new.value, reason)
+        self._state = new
+        self._record(status=new.value)
+        self._ctx.bus.emit(self.name, EventKind.STATE, old.value, new.value, reason)
         if new in (State.STOPPED, State.EXITED, State.FATAL):
-            self.ctx.scheduler.release(self.name)  # holds nothing any more
+            self._ctx.scheduler.release(self.name)  # holds nothing any more
 
     def _set_health(self, new: Health, reason: str) -> None:
-        if new is self.health:
+        if new is self._health:
             return
-        old, self.health = self.health, new
-        self.ctx.store.update(self.name, health=new.value)
-        self.ctx.bus.emit(self.name, EventKind.HEALTH, old.value, new.value, reason)
+        old, self._health = self._health, new
+        self._record(health=new.value)
+        self._ctx.bus.emit(self.name, EventKind.HEALTH, old.value, new.value, reason)
 
     def _set_desired(self, desired: Desired) -> None:
-        if desired is not self.desired:
-            self.desired = desired
-            self.ctx.store.update(self.name, desired=desired.value)
+        if desired is not self._desired:
+            self._desired = desired
+            self._record(desired=desired.value)
 
     def _join_start(self, cmd: m.Start | m.Restart) -> None:
-        spawned = self.proc.pid if self.state is State.STARTING and self.proc else None
-        self.waiters.join_start(cmd, spawned)
+        spawned = self._proc.pid if self._state is State.STARTING and self._proc else None
+        self._waiters.join_start(cmd, spawned)
 
     def _grace(self) -> float:
-        return self.loaded.config.server.stop_timeout if self.loaded else STOP_GRACE_S
+        return self._loaded.config.server.stop_timeout if self._loaded else STOP_GRACE_S
 
     def _healthcheck(self) -> HealthcheckConfig:
-        return self.loaded.config.healthcheck if self.loaded else HealthcheckConfig()
+        return self._loaded.config.healthcheck if self._loaded else HealthcheckConfig()
 
     def _stderr_tail(self) -> list[str]:
         return tail_lines(self._stderr_path, 15) if self._stderr_path else []

@@ -26,7 +26,6 @@ from llama_orchestrator.daemon.actor.policy import after_failure
 from llama_orchestrator.daemon.actor.preflight import (
     Plan,
     RemotePlan,
-    load,
     preflight,
     refusal,
     spawn_error,
@@ -42,7 +41,7 @@ log = logging.getLogger("llama_orchestrator.supervisor")
 
 
 class InstanceActor(ActorCore):
-    def dispatch(self, msg: m.Message) -> None:
+    def _dispatch(self, msg: m.Message) -> None:
         match msg:
             case m.Start():
                 self._on_start(msg)
@@ -52,7 +51,7 @@ class InstanceActor(ActorCore):
                 self._on_restart(msg)
             case m.Exited():
                 self._on_exited(msg)
-            case m.Loading() if msg.proc is self.proc and self.state is State.STARTING:
+            case m.Loading() if msg.proc is self._proc and self._state is State.STARTING:
                 self._set_health(Health.LOADING, "/health answered 503 (loading the model)")
             case m.Ready():
                 self._on_ready(msg)
@@ -65,7 +64,7 @@ class InstanceActor(ActorCore):
             case m.BackoffDone():
                 self._on_backoff_done(msg)
             case m.VersionKnown():
-                self.ctx.store.update(self.name, binary_version=msg.version)
+                self._record(binary_version=msg.version)
             case m.Prepared():
                 self._on_prepared(msg)
             case m.Admitted():
@@ -78,38 +77,38 @@ class InstanceActor(ActorCore):
     # -- commands ----------------------------------------------------------------------
 
     def _on_start(self, cmd: m.Start | m.Restart, reason: str = "up requested") -> None:
-        if self.state is State.RUNNING and self.proc is not None:
+        if self._state is State.RUNNING and self._proc is not None:
             self._set_desired(Desired.RUNNING)
             message = "already running"
-            now = load(self.ctx.home, self.name)
-            was = self.loaded.raw_hash if self.loaded else None
+            now = self._ctx.configs.refresh(self.name, self.snapshot)  # the file now
+            was = self._loaded.raw_hash if self._loaded else None
             if isinstance(now, LoadedConfig) and was is not None and now.raw_hash != was:
                 message += f" (its config changed since: `llama-orch restart {self.name}`)"
-            cmd.reply.set_result(Outcome(True, message, pid=self.shown_pid()))
+            cmd.reply.set_result(Outcome(True, message, pid=self._shown_pid()))
             return
-        if self.state is State.STOPPING:
+        if self._state is State.STOPPING:
             self._set_desired(Desired.RUNNING)
-            self.waiters.after_stop.append(cmd)  # starts once the stop has finished
+            self._waiters.after_stop.append(cmd)  # starts once the stop has finished
             return
-        if self.state is State.STARTING or self._admission is not None or self._preflight:
+        if self._state is State.STARTING or self._admission is not None or self._preflight:
             self._join_start(cmd)  # a concurrent `up` joins the start in progress
             return
         self._cancel_task("backoff")
-        self.failures = 0
+        self._failures = 0
         self._join_start(cmd)
-        self.on_demand = isinstance(cmd, m.Start) and cmd.on_demand
+        self._on_demand = isinstance(cmd, m.Start) and cmd.on_demand
         force = isinstance(cmd, m.Start) and cmd.force
         self._begin_start(auto=False, reason=reason, by_person=True, force=force)
 
     def _on_restart(self, cmd: m.Restart) -> None:
-        if self.state in (State.RUNNING, State.STARTING) and self.proc is not None:
+        if self._state in (State.RUNNING, State.STARTING) and self._proc is not None:
             # The callers of a start in progress get the outcome of the restarted one.
-            waiting = self.waiters.restart_queue()
+            waiting = self._waiters.restart_queue()
             self._begin_stop("restart requested")
-            self.waiters.after_stop.extend([*waiting, cmd])
+            self._waiters.after_stop.extend([*waiting, cmd])
             return
-        if self.state is State.STOPPING:
-            self.waiters.after_stop.append(cmd)  # concurrent restarts coalesce into one start
+        if self._state is State.STOPPING:
+            self._waiters.after_stop.append(cmd)  # concurrent restarts coalesce into one start
             return
         self._on_start(cmd, reason="restart requested")
 
@@ -117,63 +116,64 @@ class InstanceActor(ActorCore):
         self._set_desired(Desired.STOPPED)
         self._cancel_task("backoff")
         stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
-        self.waiters.drop_after_stop(stopped)
+        self._waiters.drop_after_stop(stopped)
         if self._preflight is not None:  # still being checked: nothing runs yet
             self._cancel_task("preflight")
             self._preflight = None
-            self.waiters.start_failed(stopped)
+            self._waiters.start_failed(stopped)
         if self._admission is not None:  # still waiting for admission: nothing runs yet
-            self.ctx.scheduler.cancel(self._admission[0])
+            self._ctx.scheduler.cancel(self._admission[0])
             self._admission = None
-            self.waiters.start_failed(stopped)
-        if self.state is State.BACKOFF:
+            self._waiters.start_failed(stopped)
+        if self._state is State.BACKOFF:
             self._set_state(State.STOPPED, "down requested during backoff")  # BACKOFF -> STOPPED
             cmd.reply.set_result(Outcome(True, "stopped"))
-        elif self.state in (State.EXITED, State.FATAL):
+        elif self._state in (State.EXITED, State.FATAL):
             self._set_state(State.STOPPED, "down requested")  # EXITED/FATAL -> STOPPED
             cmd.reply.set_result(Outcome(True, "already stopped"))
-        elif self.state is State.STOPPING:
-            self.waiters.stopped.append(cmd.reply)
-        elif self.proc is None or self.state is State.STOPPED:
+        elif self._state is State.STOPPING:
+            self._waiters.stopped.append(cmd.reply)
+        elif self._proc is None or self._state is State.STOPPED:
             cmd.reply.set_result(Outcome(True, "already stopped"))
         else:
-            if self.state is State.STARTING:
+            if self._state is State.STARTING:
                 answer(
-                    self.waiters.ready,
+                    self._waiters.ready,
                     refusal(ErrorCode.STOPPED, "stopped by `down` while it was still loading"),
                 )
-            self.waiters.stopped.append(cmd.reply)
+            self._waiters.stopped.append(cmd.reply)
             self._begin_stop(cmd.reason, grace=cmd.grace)
 
     def _begin_stop(self, reason: str, *, grace: float | None = None) -> None:
         """STARTING/RUNNING -> STOPPING; a task stops the process and posts Stopped."""
-        assert self.proc is not None
+        assert self._proc is not None
         self._cancel_task("ready")
         self._cancel_task("monitor")
         self._set_state(State.STOPPING, reason)  # STARTING/RUNNING -> STOPPING
         grace = self._grace() if grace is None else grace
-        self._spawn_task("stop", watch.stop_process(self.proc, grace, reason, self.post))
+        self._spawn_task("stop", watch.stop_process(self._proc, grace, reason, self.post))
 
     def _on_stopped(self, msg: m.Stopped) -> None:
-        if msg.proc is not self.proc or self.state is not State.STOPPING:
+        if msg.proc is not self._proc or self._state is not State.STOPPING:
             return
-        self.proc = None
+        self._proc = None
         status = msg.status
-        self.ctx.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
+        self._record(pid=None, exit_code=status.code, exit_signal=status.signal)
         failing, self._failing = self._failing, None
-        if failing is not None and self.desired is Desired.RUNNING and not self.waiters.after_stop:
+        wanted = self._desired is Desired.RUNNING and not self._waiters.after_stop
+        if failing is not None and wanted:
             reason, was_running = failing
-            self.ctx.bus.emit(
+            self._ctx.bus.emit(
                 self.name, EventKind.EXIT, None, None, f"stopped as unhealthy: {status.describe()}"
             )
             self._fail(reason, self._stderr_tail(), was_running=was_running)
             return
         self._set_health(Health.UNKNOWN, "stopped")
         self._set_state(State.STOPPED, f"stopped ({status.describe()})")  # STOPPING -> STOPPED
-        answer(self.waiters.stopped, Outcome(True, "stopped"))
-        queued = self.waiters.take_after_stop()
+        answer(self._waiters.stopped, Outcome(True, "stopped"))
+        queued = self._waiters.take_after_stop()
         if queued:
-            self.failures = 0
+            self._failures = 0
             for cmd in queued:
                 self._join_start(cmd)
             self._set_desired(Desired.RUNNING)
@@ -186,16 +186,19 @@ class InstanceActor(ActorCore):
     ) -> None:
         """Check, then (once admitted by the scheduler) spawn."""
         self._by_person = by_person  # until ready: a failure then is not retried
-        if by_person and self.restart_count:  # RESTARTS counts since the last up/restart
-            self.restart_count = 0
-            self.ctx.store.update(self.name, restart_count=0)
+        if by_person and self._restart_count:  # RESTARTS counts since the last up/restart
+            self._restart_count = 0
+            self._record(restart_count=0)
         # The checks read files, resolve the host and probe the port: a side task runs
         # them off the loop and posts Prepared (issue 17). Until then the start is pending
         # as it is while waiting for admission: joined by another `up`, called off by `down`.
         self._preflight_gen += 1
         gen = self._preflight_gen
         self._preflight = (gen, auto, reason, force)
-        checks = preflight(self.ctx.offload, self.ctx.home, self.name, gen, self.post)
+        # The config is read now (Configs: "up reads the file now"), the rest off the loop.
+        current = self._ctx.configs.refresh(self.name, self.snapshot)
+        home = self._ctx.home
+        checks = preflight(self._ctx.offload, home, self.name, current, gen, self.post)
         self._spawn_task("preflight", checks)
 
     def _on_prepared(self, msg: m.Prepared) -> None:
@@ -209,10 +212,10 @@ class InstanceActor(ActorCore):
             return
         # A restart keeps the admission it had; a remote instance holds nothing here, so
         # the scheduler is never asked (issue 13).
-        if isinstance(plan, RemotePlan) or self.ctx.scheduler.holds(self.name):
+        if isinstance(plan, RemotePlan) or self._ctx.scheduler.holds(self.name):
             self._launch(plan, auto=auto, reason=reason)
             return
-        ticket = self.ctx.scheduler.request(
+        ticket = self._ctx.scheduler.request(
             plan.claim(self.name, force=force),
             lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason, a.victims, a.code)),
         )
@@ -221,7 +224,7 @@ class InstanceActor(ActorCore):
     def _on_admitted(self, msg: m.Admitted) -> None:
         if self._admission is None or self._admission[0] != msg.ticket:
             if msg.granted:  # a start that was called off meanwhile
-                self.ctx.scheduler.release(self.name)
+                self._ctx.scheduler.release(self.name)
             return
         _, plan, auto, reason = self._admission
         self._admission = None
@@ -235,35 +238,36 @@ class InstanceActor(ActorCore):
             self._refused(refusal(ErrorCode.NO_ROOM, msg.reason), auto=auto)
 
     def _refused(self, outcome: Outcome, *, auto: bool) -> None:
-        self.ctx.store.update(self.name, last_error=outcome.message)
-        self.ctx.bus.emit(self.name, EventKind.START_REFUSED, None, None, outcome.message)
-        self.waiters.start_failed(outcome)
+        self._record(last_error=outcome.message)
+        self._ctx.bus.emit(self.name, EventKind.START_REFUSED, None, None, outcome.message)
+        self._waiters.start_failed(outcome)
         if auto:  # a restart that cannot even begin counts as a failed attempt
             self._set_state(State.STARTING, "restart")  # BACKOFF -> STARTING
             self._fail(outcome.message, [], was_running=False)
-        elif self.state is State.BACKOFF:  # `up` during backoff, now refused: stop waiting
+        elif self._state is State.BACKOFF:  # `up` during backoff, now refused: stop waiting
             self._set_state(State.FATAL, f"start refused: {outcome.message}")  # BACKOFF -> FATAL
 
     def _launch(self, plan: AnyPlan, *, auto: bool, reason: str) -> None:
-        self.loaded = loaded = plan.loaded
+        self._loaded = loaded = plan.loaded
         self._set_desired(Desired.RUNNING)
         self._set_state(State.STARTING, "restart" if auto else reason)  # -> STARTING
         try:
-            proc = open_run(self.ctx, plan, self.name)
+            proc = open_run(self._ctx, plan, self.name)
         except OSError as e:
             msg = spawn_error(plan.spec, e) if isinstance(plan, Plan) else str(e)
             failed = refusal(ErrorCode.SPAWN, msg)
-            self.waiters.start_failed(failed)
+            self._waiters.start_failed(failed)
             self._fail(msg, [], was_running=False)
             return
-        self.proc, self.url = proc, plan.url
+        self._proc, self._url = proc, plan.url
+        self._start_mono = self._ctx.clock.monotonic()
         self._stderr_path = plan.spec.stderr if isinstance(plan, Plan) else None
         self.leases.api_key = plan.api_key if isinstance(plan, RemotePlan) else None
         self._set_health(Health.UNKNOWN, "starting")
-        self.ctx.store.update(self.name, **plan.record(proc, self.ctx.clock.time()))
-        announce(self.ctx, plan, proc, self.name)
-        accepted = Outcome(True, "starting", pid=self.shown_pid(), accepted=True)
-        answer(self.waiters.accepted, accepted)
+        self._record(**plan.record(proc, self._ctx.clock.time()))
+        announce(self._ctx, plan, proc, self.name)
+        accepted = Outcome(True, "starting", pid=self._shown_pid(), accepted=True)
+        answer(self._waiters.accepted, accepted)
         self._watch(proc, loaded.config.healthcheck, ready=False)
         if isinstance(plan, Plan):
             self._spawn_task("version", watch.record_version(plan.binary, self.post))
@@ -271,102 +275,102 @@ class InstanceActor(ActorCore):
     def _watch(self, proc: ServerProcess, hc: HealthcheckConfig, *, ready: bool) -> None:
         """The exit watcher, and the readiness poll (starting) or the health monitor."""
         self._spawn_task("exit", watch.watch_exit(proc, self.post))
-        if self.url is None:  # an adopted server with neither a recorded address nor a config
+        if self._url is None:  # an adopted server with neither a recorded address nor a config
             return
-        args = (proc, self.url, hc, self.ctx.http, self.ctx.clock, self.post)
+        args = (proc, self._url, hc, self._ctx.http, self._ctx.clock, self.post)
         if ready:
-            self.misses = 0
+            self._misses = 0
             self._spawn_task("monitor", watch.monitor(*args))
         else:
             self._spawn_task("ready", watch.await_ready(*args))
 
     def _on_ready(self, msg: m.Ready) -> None:
-        if msg.proc is not self.proc or self.state is not State.STARTING:
+        if msg.proc is not self._proc or self._state is not State.STARTING:
             return  # a stale report about a process we already let go
-        self.ready_mono, self._by_person = self.ctx.clock.monotonic(), False
-        now = self.ctx.clock.time()
-        self.ctx.store.update(self.name, ready_time=now, last_health_check=now)
-        self._check_recorded = self.ready_mono
+        self._ready_mono, self._by_person = self._ctx.clock.monotonic(), False
+        now = self._ctx.clock.time()
+        self._record(ready_time=now, last_health_check=now)
+        self._check_recorded = self._ready_mono
         self._set_health(Health.HEALTHY, "/health answered 200")
         self._set_state(State.RUNNING, f"ready in {msg.ready_ms:.0f} ms")  # STARTING -> RUNNING
         room, self._room = self._room, ()
         said = f"ready (stopped {', '.join(room)} to make room)" if room else "ready"
-        answer(self.waiters.ready, Outcome(True, said, ready_ms=msg.ready_ms, pid=self.shown_pid()))
+        ready = Outcome(True, said, ready_ms=msg.ready_ms, pid=self._shown_pid())
+        answer(self._waiters.ready, ready)
         self._watch(msg.proc, self._healthcheck(), ready=True)
 
     def _on_checked(self, msg: m.Checked) -> None:
-        if msg.proc is not self.proc or self.state is not State.RUNNING:
+        if msg.proc is not self._proc or self._state is not State.RUNNING:
             return
-        self.checks.record(msg.kind, msg.probe)
-        if self.ctx.on_check is not None:
-            self.ctx.on_check(self.name, msg.kind, msg.probe.latency_ms / 1000)
-        mono = self.ctx.clock.monotonic()
+        self._checks.record(msg.kind, msg.probe)
+        if self._ctx.on_check is not None:
+            self._ctx.on_check(self.name, msg.kind, msg.probe.latency_ms / 1000)
+        mono, now = self._ctx.clock.monotonic(), self._ctx.clock.time()
         if mono - self._check_recorded >= CHECK_RECORD_S:
             self._check_recorded = mono
-            self.ctx.store.update(self.name, last_health_check=self.ctx.clock.time())
+            self._ctx.store.update(self.name, last_health_check=now)
+        self._publish(last_check=now)  # every check, exact (the record is throttled)
         probe, hc = msg.probe, self._healthcheck()
         if probe.ok:
             if msg.final:
-                self.misses = 0
+                self._misses = 0
                 self._set_health(Health.HEALTHY, probe.detail)
             return
-        self.misses += 1
-        self._set_health(Health.UNHEALTHY, f"{probe.detail} ({self.misses}/{hc.retries})")
+        self._misses += 1
+        self._set_health(Health.UNHEALTHY, f"{probe.detail} ({self._misses}/{hc.retries})")
         # A remote server is not ours to stop: it stays running, out of the routes while
         # unhealthy, and healthy again when it answers (issue 13).
-        if self.misses >= hc.retries and not self.remote:
-            self._fail_stop(f"health check failed {self.misses} times: {probe.detail}")
+        if self._misses >= hc.retries and not self._remote:
+            self._fail_stop(f"health check failed {self._misses} times: {probe.detail}")
 
     # -- failures ----------------------------------------------------------------------
 
     def _on_not_ready(self, msg: m.NotReady) -> None:
-        if msg.proc is self.proc and self.state is State.STARTING:
+        if msg.proc is self._proc and self._state is State.STARTING:
             self._fail_stop(msg.reason)
 
     def _fail_stop(self, reason: str) -> None:
         """Stop a server that failed its checks (presumed hung: it gets as long to honour
         SIGTERM as one check may take, not a requested stop's grace), then fail it."""
-        self._failing = (reason, self.state is State.RUNNING)
+        self._failing = (reason, self._state is State.RUNNING)
         grace = STOP_GRACE_S
-        if self.loaded is not None:
-            cfg = self.loaded.config
+        if self._loaded is not None:
+            cfg = self._loaded.config
             grace = min(cfg.server.stop_timeout, cfg.healthcheck.timeout)
         self._begin_stop(f"unhealthy: {reason}", grace=grace)
 
     def _on_exited(self, msg: m.Exited) -> None:
-        if msg.proc is not self.proc or self.state is State.STOPPING:
+        if msg.proc is not self._proc or self._state is State.STOPPING:
             return  # let go already, or a stop in progress will report it
-        proc, self.proc = msg.proc, None
+        proc, self._proc = msg.proc, None
         proc.kill()  # anything left in its group goes with it
         status = proc.reap()
-        self.ctx.store.update(self.name, pid=None, exit_code=status.code, exit_signal=status.signal)
-        self.ctx.bus.emit(self.name, EventKind.EXIT, None, None, status.describe())
-        when = "during start" if self.state is State.STARTING else "unexpectedly"
+        self._record(pid=None, exit_code=status.code, exit_signal=status.signal)
+        self._ctx.bus.emit(self.name, EventKind.EXIT, None, None, status.describe())
+        when = "during start" if self._state is State.STARTING else "unexpectedly"
         why = f"{when}: {status.describe()}"
-        self._fail(why, self._stderr_tail(), was_running=self.state is State.RUNNING)
+        self._fail(why, self._stderr_tail(), was_running=self._state is State.RUNNING)
 
     def _fail(self, reason: str, tail: list[str], *, was_running: bool) -> None:
         self._cancel_task("ready")
         self._cancel_task("monitor")
-        ran_for = self.ctx.clock.monotonic() - self.ready_mono if was_running else 0.0
+        ran_for = self._ctx.clock.monotonic() - self._ready_mono if was_running else 0.0
         # An adopted server whose config no longer loads gets the default policy: its
         # restart is tried, and refused with the config's error shown (issue 10).
-        policy = self.loaded.config.restart_policy if self.loaded else RestartPolicy()
+        policy = self._loaded.config.restart_policy if self._loaded else RestartPolicy()
         decision = after_failure(
             policy,
-            self.failures,
+            self._failures,
             was_running=was_running,
             ran_for=ran_for,
             reason=reason,
             requested=self._by_person,
         )
-        self.failures = decision.failures
+        self._failures = decision.failures
         self._set_health(Health.UNHEALTHY if was_running else Health.ERROR, reason)
-        self.ctx.store.update(
-            self.name, last_error=decision.reason if decision.state is State.FATAL else reason
-        )
+        self._record(last_error=decision.reason if decision.state is State.FATAL else reason)
         failed = Outcome(False, reason, error=ErrorCode.START_FAILED, stderr_tail=tail)
-        answer(self.waiters.ready, failed)
+        answer(self._waiters.ready, failed)
         self._set_state(decision.state, decision.reason)  # -> BACKOFF / EXITED / FATAL
         if decision.state is State.BACKOFF:
             self._backoff_gen += 1
@@ -374,71 +378,72 @@ class InstanceActor(ActorCore):
                 self._on_backoff_done(m.BackoffDone(self._backoff_gen))
                 return
             timer = watch.backoff_timer(
-                decision.delay, self._backoff_gen, self.ctx.clock, self.post
+                decision.delay, self._backoff_gen, self._ctx.clock, self.post
             )
             self._spawn_task("backoff", timer)
 
     def _on_backoff_done(self, msg: m.BackoffDone) -> None:
         if msg.generation != self._backoff_gen:
             return
-        if self.state is State.BACKOFF and self.desired is Desired.RUNNING:
-            self.restart_count += 1
-            self.ctx.store.update(self.name, restart_count=self.restart_count)
+        if self._state is State.BACKOFF and self._desired is Desired.RUNNING:
+            self._restart_count += 1
+            self._record(restart_count=self._restart_count)
             self._begin_start(auto=True, reason="restart")
 
     # -- daemon start ------------------------------------------------------------------
 
     def adopt_from(self, row: InstanceRecord) -> None:
         """Take back a server that kept running while the daemon was away (actor/adopt.py)."""
-        adopted = adopt_recorded(self.ctx, self.name, row)
+        adopted = adopt_recorded(self._ctx, self.name, row)
         if adopted is not None:
-            self.proc, self.loaded, self.url, self._stderr_path = adopted
+            self._proc, self._loaded, self._url, self._stderr_path = adopted
+            self._publish()
 
     def _on_resume(self, msg: m.Resume) -> None:
         """Converge after a daemon start: watch adopted servers, restart dead ones."""
-        if self.proc is not None:
-            claim = held_claim(self.name, self.ctx.store.record(self.name), self.loaded)
-            self.ctx.scheduler.request(claim, lambda _a: None)  # it holds it
-            if self.state is State.STOPPING:  # it was being stopped: finish the stop
-                self._spawn_task("exit", watch.watch_exit(self.proc, self.post))
+        if self._proc is not None:
+            claim = held_claim(self.name, self.snapshot, self._loaded)
+            self._ctx.scheduler.request(claim, lambda _a: None)  # it holds it
+            if self._state is State.STOPPING:  # it was being stopped: finish the stop
+                self._spawn_task("exit", watch.watch_exit(self._proc, self.post))
                 self._spawn_task(
-                    "stop", watch.stop_process(self.proc, self._grace(), "down", self.post)
+                    "stop", watch.stop_process(self._proc, self._grace(), "down", self.post)
                 )
                 return
-            if self.state is State.RUNNING:
-                self.ready_mono = self.ctx.clock.monotonic()
-            self._watch(self.proc, self._healthcheck(), ready=self.state is State.RUNNING)
+            if self._state is State.RUNNING:
+                self._ready_mono = self._ctx.clock.monotonic()
+            self._watch(self._proc, self._healthcheck(), ready=self._state is State.RUNNING)
             return
-        if self.state in ALIVE:
+        if self._state in ALIVE:
             # The server died while no daemon watched it: reconcile the record.
-            self.ctx.store.update(self.name, pid=None)
+            self._record(pid=None)
             why = "process ended while the daemon was down"
-            if self.ctx.store.record(self.name).backend == "remote":
+            if self.snapshot.backend == "remote":
                 # nothing ended: the remote server is checked again (a new run's handle)
                 why = "the daemon restarted: the remote server is checked again"
             else:
-                self.ctx.bus.emit(
-                    self.name, EventKind.EXIT, self.state.value, State.EXITED.value, why
+                self._ctx.bus.emit(
+                    self.name, EventKind.EXIT, self._state.value, State.EXITED.value, why
                 )
             self._set_health(Health.UNKNOWN, why)
             self._set_state(State.EXITED, why)  # STARTING/RUNNING/STOPPING -> EXITED
         if msg.rebooted:
             if msg.autostart:
                 self._on_autostart()
-            elif self.desired is Desired.RUNNING:
+            elif self._desired is Desired.RUNNING:
                 # After a reboot only `autostart` instances come back (#3).
                 self._set_desired(Desired.STOPPED)
                 why = "the machine rebooted and autostart is off"
-                self.ctx.bus.emit(self.name, EventKind.NOT_RESTARTED, reason=why)
+                self._ctx.bus.emit(self.name, EventKind.NOT_RESTARTED, reason=why)
             return
-        if self.desired is Desired.RUNNING and self.state in (State.EXITED, State.BACKOFF):
+        if self._desired is Desired.RUNNING and self._state in (State.EXITED, State.BACKOFF):
             self._begin_start(auto=False, reason="restarted: desired running")  # -> STARTING
 
     def _on_autostart(self) -> None:
-        if self.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
-            self.ctx.bus.emit(
+        if self._state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
+            self._ctx.bus.emit(
                 self.name, EventKind.AUTOSTART, reason="first daemon start since boot"
             )
             self._cancel_task("backoff")
-            self.failures = 0
+            self._failures = 0
             self._begin_start(auto=False, reason="autostart")  # -> STARTING

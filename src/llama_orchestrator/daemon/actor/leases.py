@@ -15,7 +15,13 @@ CHECK_HISTORY = 20  # health checks kept per instance for `llama-orch health`
 class Leases:
     """Requests in flight on one server, and when the last one ended (monotonic).
 
-    Idle TTL, least-busy routing, drain-before-evict and metrics read these counts.
+    The one mutable object of an actor that others share (everything else of it is read
+    from its frozen ``snapshot``, daemon/actor/snapshot.py): the gateway's ``acquire`` and
+    ``release`` change it, on the daemon's loop, for every request it routes, without a
+    message to the actor (a lease is taken and given back far more often than anything
+    changes state). Everyone else only reads it: idle TTL, least-busy routing,
+    drain-before-evict and metrics. The actor itself only sets ``api_key`` (KeyedLeases)
+    when a run begins. All of them run on the one loop, so no lock is needed.
     """
 
     def __init__(self, clock: Clock) -> None:
@@ -59,6 +65,10 @@ class CheckLog:
                 "detail": probe.detail,
             }
         )
+
+    def recent(self) -> tuple[dict[str, Any], ...]:
+        """The checks kept, oldest first (for the actor's snapshot)."""
+        return tuple(self._checks)
 
     def __iter__(self) -> Any:
         return iter(self._checks)

@@ -25,13 +25,16 @@ MAX_PENDING_COMMANDS = 64
 class Mailbox:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.inbox: asyncio.Queue[m.Message] = asyncio.Queue()
+        self._inbox: asyncio.Queue[m.Message] = asyncio.Queue()
         self._pending_commands = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    def dispatch(self, msg: m.Message) -> None:
+    def _dispatch(self, msg: m.Message) -> None:
         raise NotImplementedError
+
+    def _publish(self, **record: Any) -> None:
+        """Show readers what changed (the subclass's snapshot); after every message."""
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -42,7 +45,7 @@ class Mailbox:
 
     def post(self, report: m.Report) -> None:
         """A report from a side task or the daemon (never refused)."""
-        self.inbox.put_nowait(report)
+        self._inbox.put_nowait(report)
 
     async def request(self, make: Callable[[m.Reply], m.Command]) -> Outcome:
         """Send a command and await its outcome; "busy" when too many are queued.
@@ -54,16 +57,16 @@ class Mailbox:
             return Outcome(False, busy, error=ErrorCode.BUSY)
         reply: m.Reply = asyncio.get_running_loop().create_future()
         self._pending_commands += 1
-        self.inbox.put_nowait(make(reply))
+        self._inbox.put_nowait(make(reply))
         return await reply
 
     async def _run(self) -> None:
         while True:
-            msg = await self.inbox.get()
+            msg = await self._inbox.get()
             if isinstance(msg, m.Start | m.Stop | m.Restart):
                 self._pending_commands -= 1
             try:
-                self.dispatch(msg)
+                self._dispatch(msg)
             except Exception as e:  # keep the actor alive; a caller gets the reason
                 log.exception("%s: error handling %s", self.name, type(msg).__name__)
                 reply = getattr(msg, "reply", None)
@@ -71,6 +74,7 @@ class Mailbox:
                     reply.set_result(
                         Outcome(False, f"internal error: {e}", error=ErrorCode.INTERNAL)
                     )
+            self._publish()
 
     def _spawn_task(self, key: str, coro: Coroutine[Any, Any, None]) -> None:
         self._cancel_task(key)

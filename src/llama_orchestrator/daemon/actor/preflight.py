@@ -14,12 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_orchestrator.config.gateway import device_key
-from llama_orchestrator.config.loader import (
-    ConfigError,
-    LoadedConfig,
-    UnknownInstance,
-    load_instance,
-)
+from llama_orchestrator.config.loader import ConfigError, LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.actor.context import Offload
 from llama_orchestrator.daemon.actor.messages import Outcome, Prepared, Report
 from llama_orchestrator.daemon.scheduler import Claim
@@ -166,17 +161,21 @@ def refusal(code: ErrorCode, message: str, problems: list[dict[str, Any]] | None
     return Outcome(False, message, error=code, problems=problems or [])
 
 
-def load(home: Home, name: str) -> LoadedConfig | Outcome:
-    try:
-        return load_instance(home, name)
-    except UnknownInstance as e:
-        return refusal(ErrorCode.UNKNOWN_INSTANCE, str(e))
-    except ConfigError as e:
+Current = LoadedConfig | ConfigError | None  # daemon/configs.py: what its file holds now
+
+
+def load(home: Home, name: str, current: Current) -> LoadedConfig | Outcome:
+    """The config a start runs with (the daemon's Configs read it), or the refusal."""
+    if current is None:
+        unknown = UnknownInstance(name, home.instance_names())
+        return refusal(ErrorCode.UNKNOWN_INSTANCE, str(unknown))
+    if isinstance(current, ConfigError):
         return refusal(
             ErrorCode.CONFIG_INVALID,
-            f"invalid config:\n{e}",
-            problems=[p.to_dict() for p in e.problems],
+            f"invalid config:\n{current}",
+            problems=[p.to_dict() for p in current.problems],
         )
+    return current
 
 
 def port_problem(loaded: LoadedConfig) -> Outcome | None:
@@ -199,13 +198,13 @@ def port_problem(loaded: LoadedConfig) -> Outcome | None:
     )
 
 
-def prepare(home: Home, name: str) -> Plan | RemotePlan | Outcome:
+def prepare(home: Home, name: str, current: Current) -> Plan | RemotePlan | Outcome:
     """A ``Plan`` to spawn, or the ``Outcome`` that refuses the start.
 
     Another instance of ours on the same port is the scheduler's to refuse (it knows
     which ones hold their port now, daemon/scheduler.py); here the port is only tried.
     """
-    loaded = load(home, name)
+    loaded = load(home, name, current)
     if isinstance(loaded, Outcome):
         return loaded
     if loaded.remote is not None:
@@ -225,21 +224,23 @@ def prepare(home: Home, name: str) -> Plan | RemotePlan | Outcome:
     return Plan(loaded, binary, launch_spec(loaded, binary, home.root))
 
 
-def prepare_start(home: Home, name: str) -> Plan | RemotePlan | Outcome:
+def prepare_start(home: Home, name: str, current: Current) -> Plan | RemotePlan | Outcome:
     """``prepare``, and the memory estimate the scheduler's claim will ask for (it reads
     the GGUF header once per model file; ``memory_mb`` keeps it): all of a start's
     blocking work, for a thread."""
-    plan = prepare(home, name)
+    plan = prepare(home, name, current)
     if isinstance(plan, Plan):
         memory_mb(plan.loaded)
     return plan
 
 
-async def preflight(offload: Offload, home: Home, name: str, generation: int, post: Post) -> None:
+async def preflight(
+    offload: Offload, home: Home, name: str, current: Current, generation: int, post: Post
+) -> None:
     """The actor's side task for a start's checks: they read files, resolve the host,
     probe the port and list the machine's sockets, so they run off the loop, and post
-    their result (issue 17)."""
-    post(Prepared(generation, await offload(lambda: prepare_start(home, name))))
+    their result (issue 17). ``current``: the config, as the daemon's Configs read it."""
+    post(Prepared(generation, await offload(lambda: prepare_start(home, name, current))))
 
 
 def spawn_error(spec: LaunchSpec, e: OSError) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from llama_orchestrator import __version__
-from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
+from llama_orchestrator.config.loader import ConfigError, LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.actor.messages import Outcome
@@ -38,6 +38,7 @@ from llama_orchestrator.web.routes import ui_router
 
 if TYPE_CHECKING:
     from llama_orchestrator.daemon.gateway_host import GatewayHost
+    from llama_orchestrator.daemon.reload import ScanReport
 
 
 class InstanceStatus(BaseModel):
@@ -123,15 +124,12 @@ def status_of(sup: Supervisor, name: str) -> InstanceStatus:
 
 def config_drifted(sup: Supervisor, actor: InstanceActor) -> bool:
     """Whether ``actor``'s running server was started with another config than the valid
-    one on disk now (a broken file recreates nothing)."""
-    if actor.state is not State.RUNNING or actor.proc is None:
+    one on disk now (read now; a broken file recreates nothing)."""
+    snap = actor.snapshot
+    if snap.state is not State.RUNNING or not snap.attached:
         return False
-    recorded = sup.store.record(actor.name).config_hash
-    try:
-        now = load_instance(sup.home, actor.name).raw_hash
-    except (ConfigError, UnknownInstance):
-        return False
-    return bool(recorded) and recorded != now
+    now = sup.configs.refresh(actor.name, snap)
+    return isinstance(now, LoadedConfig) and sup.configs.drifted(actor.name, snap.config_hash)
 
 
 def create_app(
@@ -141,6 +139,7 @@ def create_app(
     gateway_status: Callable[[], dict[str, Any]] | None = None,
     *,
     gateway_host: GatewayHost | None = None,
+    rescan: Callable[[], Awaitable[ScanReport]] | None = None,
     web: WebAuth | None = None,
     allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
@@ -225,7 +224,9 @@ def create_app(
     @app.post("/v1/daemon/reload", dependencies=auth)
     async def reload() -> ReloadReport:
         """Rescan ``instances/`` and ``gateway.json`` now, as SIGHUP does (issue 11)."""
-        return ReloadReport(**(await sup.reload()).to_dict())
+        if rescan is None:
+            raise HTTPException(409, "no config reloads in this daemon")
+        return ReloadReport(**(await rescan()).to_dict())
 
     @app.get("/v1/gateway", dependencies=auth)
     async def gateway() -> dict[str, Any]:
@@ -242,13 +243,13 @@ def create_app(
             problem = name_problem(name)
             if problem:
                 raise HTTPException(400, problem)
-            try:
-                load_instance(sup.home, name)
+            found = sup.configs.refresh(name)  # the file as it is now
+            if found is None:
+                raise HTTPException(404, str(UnknownInstance(name, sup.home.instance_names())))
+            if isinstance(found, ConfigError):
+                report.problems.extend(str(p) for p in found.problems)
+            else:
                 report.valid.append(name)
-            except UnknownInstance as e:
-                raise HTTPException(404, str(e)) from None
-            except ConfigError as e:
-                report.problems.extend(str(p) for p in e.problems)
         return report
 
     @app.get("/v1/instances", dependencies=auth)
@@ -271,19 +272,18 @@ def create_app(
     @app.get("/v1/instances/{name}/health", dependencies=auth)
     async def instance_health(name: str) -> HealthReport:
         """The health state, the last checks with their latency, the failure streak."""
-        actor = get_actor(name)
-        row = sup.store.record(name)
-        hc = actor.loaded.config.healthcheck if actor.loaded else None
+        snap = get_actor(name).snapshot
+        hc = snap.loaded.config.healthcheck if snap.loaded else None
         return HealthReport(
             name=name,
-            status=actor.state.value,
-            health=actor.health.value,
-            consecutive_failures=actor.misses,
+            status=snap.state.value,
+            health=snap.health.value,
+            consecutive_failures=snap.misses,
             retries=hc.retries if hc else None,
             interval=hc.interval if hc else None,
             probe=hc.probe if hc else None,
-            last_health_check=row.last_health_check,
-            checks=list(actor.checks),
+            last_health_check=snap.last_check,
+            checks=list(snap.checks),
         )
 
     @app.post("/v1/instances/{name}/start", dependencies=auth, response_model=CommandResult)
@@ -316,13 +316,14 @@ def create_app(
         A running instance is refused (409) unless ``force``, which stops it first.
         """
         actor = get_actor(name)
-        if actor.state not in (State.STOPPED, State.EXITED, State.FATAL) or actor.proc:
+        snap = actor.snapshot
+        if snap.state not in (State.STOPPED, State.EXITED, State.FATAL) or snap.attached:
             if not force:
                 return result(
                     name,
                     refusal(
                         ErrorCode.RUNNING,
-                        f"{name} is {actor.state.value}; "
+                        f"{name} is {snap.state.value}; "
                         f"`llama-orch down {name}` first, or `llama-orch rm --force {name}`",
                     ),
                 )
@@ -330,6 +331,8 @@ def create_app(
             if not stopped.ok:
                 return result(name, stopped)
         gone = sup.remove(name, logs=logs)
+        if gateway_host is not None:
+            gateway_host.forget(name)  # its routes go now; a new folder gets a new view
         await sup.recorded()
         body = CommandResult(name=name, ok=True, message="removed " + ", ".join(gone))
         return JSONResponse(body.model_dump())

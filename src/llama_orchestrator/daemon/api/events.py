@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.params import Depends
 from fastapi.responses import StreamingResponse
 
-from llama_orchestrator.config.loader import UnknownInstance
+from llama_orchestrator.config.loader import LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.api.log_events import (
     LOG_KIND,
     MAX_TAIL,
@@ -172,9 +172,10 @@ def snapshot_of(sup: Supervisor) -> list[dict[str, Any]]:
             row.update(state=State.STOPPED.value, health=Health.UNKNOWN.value)
             row.update(desired=Desired.STOPPED.value, pid=None, restart_count=0)
         else:
-            row.update(state=actor.state.value, health=actor.health.value)
-            row.update(desired=actor.desired.value, restart_count=actor.restart_count)
-            row["pid"] = actor.shown_pid()
+            snap = actor.snapshot
+            row.update(state=snap.state.value, health=snap.health.value)
+            row.update(desired=snap.desired.value, restart_count=snap.restart_count)
+            row["pid"] = snap.pid
         rows.append(row)
     return rows
 
@@ -224,9 +225,14 @@ def events_router(sup: Supervisor, auth: list[Depends]) -> APIRouter:
 
 def _feed(sup: Supervisor, name: str, tail: int) -> LogFeed:
     actor = sup.actors.get(name)
-    known = actor is not None or sup.store.get(name) is not None
+    current = sup.configs.refresh(name)  # the file as it is now (None: no config)
+    # the config of the server that runs, else the file's (when valid)
+    loaded = actor.snapshot.loaded if actor is not None else None
+    if loaded is None and isinstance(current, LoadedConfig):
+        loaded = current
+    known = actor is not None or current is not None
     try:
-        files = log_files(sup.home, name, actor.loaded if actor else None, known)
+        files = log_files(sup.home, name, loaded, known)
     except UnknownInstance as e:
         raise HTTPException(404, str(e)) from None
     except RemoteLog as e:

@@ -35,25 +35,23 @@ MAX_TAIL = 10_000  # lines a stream may ask to start with (?tail=)
 
 
 def log_files(home: Home, name: str, loaded: Any | None, known: bool) -> dict[str, Path]:
-    """Where the instance's server writes: its config's ``logs``, else the defaults (a
-    config that no longer loads, or was removed while its server runs, may still have a
-    server logging with the old one). ``known``: the daemon has an actor or a record of
-    it. Raises UnknownInstance when there is neither that nor a config."""
-    from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
+    """Where the instance's server writes: ``loaded``'s ``logs`` (the config it runs, or
+    the file's, as the daemon's Configs read it), else the defaults (a config that no
+    longer loads, or was removed while its server runs, may still have a server logging
+    with the old one). ``known``: the daemon has an actor or a config file of it. Raises
+    UnknownInstance when it has neither."""
+    from llama_orchestrator.config.loader import UnknownInstance
     from llama_orchestrator.config.schema import LogsConfig
     from llama_orchestrator.engine.command import log_paths
 
     if loaded is None:
-        try:
-            loaded = load_instance(home, name)
-        except (ConfigError, UnknownInstance):
-            if not known and not home.config_path(name).is_file():
-                raise
-            defaults = LogsConfig()
-            return {
-                stream: home.root / template.replace("{name}", name)
-                for stream, template in (("stdout", defaults.stdout), ("stderr", defaults.stderr))
-            }
+        if not known:
+            raise UnknownInstance(name, home.instance_names())
+        defaults = LogsConfig()
+        return {
+            stream: home.root / template.replace("{name}", name)
+            for stream, template in (("stdout", defaults.stdout), ("stderr", defaults.stderr))
+        }
     if loaded.remote is not None:
         raise RemoteLog(
             f"{name!r} is a remote instance ({loaded.remote.url}): its server writes its log "

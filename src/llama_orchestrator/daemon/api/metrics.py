@@ -13,42 +13,18 @@ against the budgets (its holders), so the exposition shows what decisions are ma
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from weakref import WeakKeyDictionary
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from llama_orchestrator.daemon.api.metrics_watch import CheckWatch, LoadWatch
+from llama_orchestrator.daemon.api.metrics_watch import Watches
 from llama_orchestrator.daemon.supervisor import Supervisor
-from llama_orchestrator.engine.states import Health, State
+from llama_orchestrator.engine.states import State
 from llama_orchestrator.gateway.metrics import GatewayMetrics
 
 MIB = 1024 * 1024
 
 
-@dataclass
-class Watches:
-    """What is counted as it happens, once per supervisor (the gateway, and so
-    :func:`install`, may start more than once in a daemon's life)."""
-
-    loads: LoadWatch
-    checks: CheckWatch = field(default_factory=CheckWatch)
-
-
-_WATCHES: WeakKeyDictionary[Supervisor, Watches] = WeakKeyDictionary()
-
-
-def watches(sup: Supervisor) -> Watches:
-    """The supervisor's watches, made (and the load watch put on its bus) the first time."""
-    found = _WATCHES.get(sup)
-    if found is None:
-        found = _WATCHES[sup] = Watches(LoadWatch(sup.ctx.clock))
-        sup.bus.add_sink(found.loads)
-        sup.ctx.on_check = found.checks.observe
-    return found
-
-
-def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
+def supervisor_families(sup: Supervisor, watches: Watches) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "llama_orch_instance_up",
         "1 when the instance is running and healthy, else 0.",
@@ -70,20 +46,18 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
         labels=["instance", "device"],
     )
     for name in sorted(sup.actors):
-        actor = sup.actors[name]
-        healthy = actor.state is State.RUNNING and actor.health is Health.HEALTHY
-        up.add_metric([name], 1 if healthy else 0)
+        snap = sup.actors[name].snapshot
+        up.add_metric([name], 1 if snap.routable else 0)  # running and healthy
         for s in State:
-            state.add_metric([name, s.value], 1 if actor.state is s else 0)
-        restarts.add_metric([name], actor.restart_count)
+            state.add_metric([name, s.value], 1 if snap.state is s else 0)
+        restarts.add_metric([name], snap.restart_count)
     scheduler = sup.scheduler
     for name, claim in sorted(scheduler.holders.items()):
         for device, mb in sorted(claim.memory_mb.items()):
             memory.add_metric([name, device], mb * MIB)
     yield from (up, state, restarts, memory)
-    w = watches(sup)
-    yield from w.loads.collect()
-    yield from w.checks.collect()
+    yield from watches.loads.collect()
+    yield from watches.checks.collect()
 
     budget = GaugeMetricFamily(
         "llama_orch_memory_budget_bytes",
@@ -109,14 +83,17 @@ def supervisor_families(sup: Supervisor) -> Iterator[Metric]:
 
 def scrape_targets(sup: Supervisor) -> dict[str, tuple[str, str | None]]:
     """Running instances: the URL of their server, and the key a remote one wants."""
-    return {
-        name: (actor.url, actor.leases.api_key)
-        for name, actor in sorted(sup.actors.items())
-        if actor.state is State.RUNNING and actor.proc is not None and actor.url
-    }
+    found = {}
+    for name, actor in sorted(sup.actors.items()):
+        snap = actor.snapshot
+        if snap.state is State.RUNNING and snap.attached and snap.url:
+            found[name] = (snap.url, actor.leases.api_key)
+    return found
 
 
-def install(metrics: GatewayMetrics, sup: Supervisor) -> None:
-    watches(sup)
-    metrics.extra = lambda: supervisor_families(sup)
+def install(metrics: GatewayMetrics, sup: Supervisor, watches: Watches) -> None:
+    """Put the supervisor's families and scrape targets on a gateway's metrics (the
+    gateway, and so this, may start more than once in a daemon's life; ``watches`` are
+    the daemon's, made once by its composition root, daemon/server.py)."""
+    metrics.extra = lambda: supervisor_families(sup, watches)
     metrics.targets = lambda: scrape_targets(sup)

@@ -14,6 +14,7 @@ actors at scrape time (issue 12): loads and their duration, health check latency
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import Metric
@@ -90,3 +91,12 @@ class CheckWatch:
 
     def collect(self) -> Iterator[Metric]:
         yield from self.seconds.collect()
+
+
+@dataclass
+class Watches:
+    """What is counted as it happens, once per daemon: ``loads`` is a sink on its bus and
+    ``checks.observe`` its actors' ``on_check`` (both wired by daemon/server.py)."""
+
+    loads: LoadWatch
+    checks: CheckWatch = field(default_factory=CheckWatch)

@@ -26,8 +26,9 @@ from fastapi.params import Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from llama_orchestrator.config.loader import ConfigError, UnknownInstance, load_instance
+from llama_orchestrator.config.loader import ConfigError, UnknownInstance
 from llama_orchestrator.daemon.events import Event, EventKind
+from llama_orchestrator.daemon.seats import free_mib
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import name_problem
@@ -91,16 +92,15 @@ def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]
         device(key)
     needs: list[tuple[str, str, int, bool]] = []
     for name in sorted(sup.actors):
-        actor = sup.actors[name]
-        try:
-            loaded = actor.loaded or load_instance(sup.home, name)
-        except (ConfigError, UnknownInstance):
+        snap = sup.actors[name].snapshot
+        loaded = snap.loaded or sup.configs.valid(name)
+        if loaded is None:
             continue
-        holds = actor.proc is not None and actor.state is not State.STOPPED
+        holds = snap.attached and snap.state is not State.STOPPED
         for key, mib in sorted(memory_mb(loaded).items()):
             d = device(key)
             d["instances"].append(
-                {"name": name, "mib": mib, "running": holds, "state": actor.state.value}
+                {"name": name, "mib": mib, "running": holds, "state": snap.state.value}
             )
             if holds:
                 d["used_mib"] += mib
@@ -181,7 +181,7 @@ def data_router(sup: Supervisor, host: GatewayHost | None, auth: list[Depends]) 
         keys = [d["device"] for d in view["devices"]]
 
         def probe() -> dict[str, int | None]:
-            return {k: sup.seats.free_mib(k) for k in keys}
+            return {k: free_mib(k) for k in keys}
 
         return devices_view(sup, await run_in_threadpool(probe))
 
