@@ -143,6 +143,52 @@ def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]
     }
 
 
+async def relay_playground(
+    gw: Any, host: GatewayHost | None, body: PlaygroundRequest
+) -> StreamingResponse:
+    """A streamed completion through the daemon's gateway ``gw`` (as a client would)."""
+    import httpx
+
+    url = gw.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    keys = host.settings.api_keys if host is not None and host.settings else ()
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+    payload: dict[str, Any] = {**body.extra, "model": body.model, "stream": True}
+    payload["max_tokens"] = body.max_tokens
+    if body.temperature is not None:
+        payload["temperature"] = body.temperature
+    if body.chat:
+        payload["messages"] = [{"role": "user", "content": body.prompt}]
+    else:
+        payload["prompt"] = body.prompt
+    path = PLAYGROUND_PATHS["chat" if body.chat else "completions"]
+    client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5))
+    try:
+        req = client.build_request("POST", url + path, json=payload, headers=headers)
+        resp = await client.send(req, stream=True)
+    except httpx.HTTPError as e:
+        await client.aclose()
+        raise HTTPException(409, f"the gateway at {url} did not answer: {e}") from None
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as e:
+            error = {"error": {"message": f"the gateway broke off: {e}"}}
+            yield f"data: {json.dumps(error)}\n\n".encode()
+        finally:
+            await resp.aclose()
+            await client.aclose()
+
+    media = resp.headers.get("content-type", "text/event-stream")
+    return StreamingResponse(
+        relay(),
+        status_code=resp.status_code,
+        media_type=media,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def data_router(sup: Supervisor, host: GatewayHost | None, auth: list[Depends]) -> APIRouter:
     router = APIRouter()
     recent = RecentRequests()
@@ -199,46 +245,6 @@ def data_router(sup: Supervisor, host: GatewayHost | None, auth: list[Depends]) 
     @router.post("/v1/playground", dependencies=auth, response_class=StreamingResponse)
     async def playground(body: PlaygroundRequest) -> StreamingResponse:
         """A streamed completion through the daemon's gateway (as a client would)."""
-        import httpx
-
-        gw = gateway()
-        url = gw.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-        keys = host.settings.api_keys if host is not None and host.settings else ()
-        headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
-        payload: dict[str, Any] = {**body.extra, "model": body.model, "stream": True}
-        payload["max_tokens"] = body.max_tokens
-        if body.temperature is not None:
-            payload["temperature"] = body.temperature
-        if body.chat:
-            payload["messages"] = [{"role": "user", "content": body.prompt}]
-        else:
-            payload["prompt"] = body.prompt
-        path = PLAYGROUND_PATHS["chat" if body.chat else "completions"]
-        client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5))
-        try:
-            req = client.build_request("POST", url + path, json=payload, headers=headers)
-            resp = await client.send(req, stream=True)
-        except httpx.HTTPError as e:
-            await client.aclose()
-            raise HTTPException(409, f"the gateway at {url} did not answer: {e}") from None
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in resp.aiter_raw():
-                    yield chunk
-            except httpx.HTTPError as e:
-                error = {"error": {"message": f"the gateway broke off: {e}"}}
-                yield f"data: {json.dumps(error)}\n\n".encode()
-            finally:
-                await resp.aclose()
-                await client.aclose()
-
-        media = resp.headers.get("content-type", "text/event-stream")
-        return StreamingResponse(
-            relay(),
-            status_code=resp.status_code,
-            media_type=media,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return await relay_playground(gateway(), host, body)
 
     return router
