@@ -1,10 +1,12 @@
 """What an instance is, as everything but its actor reads it: one frozen snapshot.
 
 The actor replaces its ``snapshot`` whenever something in it changes (daemon/actor/
-core.py ``_publish``: in ``_set_state``, ``_set_health``, ``_set_desired``, where a run
-begins or ends, and after each message it handles), so a reader on the daemon's loop
-(the gateway's directory, the scheduler's seats, the control API, metrics, the reloader)
-gets a consistent picture with plain attribute reads, and none of them can change it.
+core.py ``_publish``: on every write of its record, ``_record``, which ``_set_state``,
+``_set_health`` and ``_set_desired`` go through, so a change is on the snapshot before
+its event is published; and after each message it handles), so a reader on the daemon's
+loop (the gateway's directory, the scheduler's seats, the control API, metrics, the
+reloader) gets a consistent picture with plain attribute reads, and none of them can
+change it.
 The only other thing of an actor that others touch is its ``Leases`` (daemon/actor/
 leases.py), the one shared mutable object: the gateway's requests in flight.
 
