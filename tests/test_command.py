@@ -69,6 +69,8 @@ def test_argv_order(tmp_path: Path) -> None:
         "3",
         "-ngl",
         "12",
+        "-a",  # answers name the instance, not the model file (issue 20)
+        "chat",
         "--metrics",  # always on (issue 12): the gateway's /metrics re-exports it
     ]
     assert all(isinstance(a, str) for a in argv)
@@ -77,7 +79,9 @@ def test_argv_order(tmp_path: Path) -> None:
 def test_defaults_fill_every_flag(tmp_path: Path) -> None:
     argv = build_argv(loaded(tmp_path), BIN)
     flags = argv[1::2]
-    assert flags == ["-m", "-c", "-b", "-t", "--host", "--port", "-to", "-np", "-ngl", "--metrics"]
+    assert flags == [
+        "-m", "-c", "-b", "-t", "--host", "--port", "-to", "-np", "-ngl", "-a", "--metrics"
+    ]
     assert argv[argv.index("--port") + 1] == "8001"
     assert argv[argv.index("-c") + 1] == "4096"
 
@@ -127,7 +131,7 @@ def test_device_follows_ngl_then_args(tmp_path: Path, backend: str, expected: li
 def test_cpu_has_no_dev_flag(tmp_path: Path) -> None:
     argv = build_argv(full(tmp_path, args=["--slots"]), BIN)
     assert "-dev" not in argv
-    assert argv[-4:] == ["-ngl", "12", "--metrics", "--slots"]
+    assert argv[-6:] == ["-ngl", "12", "-a", "chat", "--metrics", "--slots"]
 
 
 def test_metrics_on_once_whatever_the_args_say(tmp_path: Path) -> None:

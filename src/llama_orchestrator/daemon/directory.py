@@ -12,6 +12,7 @@ already in progress: single-flight comes from the actor, not from here.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,7 @@ ConfigOf = Callable[[str], "LoadedConfig | None"]
 
 class InstanceView:
     def __init__(self, actor: InstanceActor, config_of: ConfigOf, scheduler: Scheduler) -> None:
+        self._unloading = False  # /models/unload: draining, no new leases
         self._actor = actor
         self._config_of = config_of
         self._scheduler = scheduler
@@ -78,7 +80,7 @@ class InstanceView:
     @property
     def cutoff(self) -> float:
         name, scheduler = self._actor.name, self._scheduler
-        if scheduler.evicting(name):  # its stop is on the way: nothing more for it
+        if self._unloading or scheduler.evicting(name):  # its stop is on the way: no more
             return -math.inf
         return cutoff(self._actor.snapshot, scheduler.draining_since(name), scheduler.hold(name))
 
@@ -97,6 +99,19 @@ class InstanceView:
         outcome = await self._actor.request(
             lambda r: m.Start(r, reason="requested through the gateway", on_demand=True)
         )
+        return StartResult(outcome.ok, outcome.message)
+
+    async def unload(self, reason: str) -> StartResult:
+        """``down`` after a drain: no new lease from now on (``cutoff``), the requests in
+        flight finish, then the actor stops the server (issue 20, ``/models/unload``)."""
+        self._unloading = True
+        try:
+            leases = self._actor.leases
+            while leases.in_flight and self._actor.snapshot.routable:
+                await asyncio.sleep(0.05)  # leases are plain counters: poll, on the loop
+            outcome = await self._actor.request(lambda r: m.Stop(r, reason=reason))
+        finally:
+            self._unloading = False
         return StartResult(outcome.ok, outcome.message)
 
 

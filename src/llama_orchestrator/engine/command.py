@@ -183,10 +183,24 @@ def build_argv(
         "-ngl",
         str(c.gpu.layers),
         *_selection(loaded, base_env).args,
+        *_alias_flag(loaded.name, c.args),
         *(flag for flag in AUTO_FLAGS if flag not in c.args),
         *c.args,
     ]
     return argv
+
+
+ALIAS_FLAGS = ("-a", "--alias")
+
+
+def _alias_flag(name: str, args: list[str]) -> list[str]:
+    """``-a NAME``: the server answers ``"model": NAME`` instead of its model file's path
+    (issue 20: answers name the model asked for, and leak no server paths), so the gateway
+    relays the bytes as they are for a request that names the instance. Not added when
+    ``args`` names the server itself."""
+    if any(a in ALIAS_FLAGS or a.startswith("--alias=") for a in args):
+        return []
+    return ["-a", name]
 
 
 def log_paths(loaded: LoadedConfig, home_root: Path) -> tuple[Path, Path]:

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
-from llama_orchestrator.gateway.backend import Directory, Instance
+from llama_orchestrator.gateway.backend import Directory
 from llama_orchestrator.gateway.errors import (
     GatewayError,
     error_headers,
@@ -51,35 +51,27 @@ from llama_orchestrator.gateway.inbound import (
 )
 from llama_orchestrator.gateway.inflight import InFlight
 from llama_orchestrator.gateway.loading import LoadingStream
+from llama_orchestrator.gateway.management import (
+    load,
+    model_body,
+    models_body,
+    requested_model,
+    unload,
+)
 from llama_orchestrator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from llama_orchestrator.gateway.proxy import sse_fail
 from llama_orchestrator.gateway.records import NO_USAGE, RequestRecord, Usage
 from llama_orchestrator.gateway.router import Lease, Router
 from llama_orchestrator.gateway.server import PENDING, HttpConnection, Request
 from llama_orchestrator.gateway.settings import GatewaySettings
-from llama_orchestrator.gateway.starts import COMING_UP
 from llama_orchestrator.gateway.upstream import Upstreams
 
 log = logging.getLogger(__name__)
 
 HEALTH_BODY = b'{"status": "ok"}'
+MANAGE = frozenset({b"/models/load", b"/models/unload"})  # the llama.cpp router's (issue 20)
 
 RequestHook = Callable[[RequestRecord], None]
-
-
-def _state_of(inst: Instance) -> str:
-    """The state /v1/models shows: running, loading, stopped or fatal."""
-    if inst.routable:
-        return "running"
-    state = inst.state
-    if state in COMING_UP:
-        return "loading"
-    if state == "fatal":
-        return "fatal"
-    return "stopped"
-
-
-_STATE_RANK = {"running": 0, "loading": 1, "stopped": 2, "fatal": 3}
 
 
 class Gateway:
@@ -242,7 +234,12 @@ class Gateway:
         if path in ROUTED:
             return self._routed(req, conn)
         if path == b"/v1/models" or path == b"/models":
-            self._models(req, conn)
+            conn.respond(200, models_body(self.router.refresh(), self._created))
+            return None
+        if path in MANAGE:
+            return self._manage(req, conn)
+        if path.startswith(b"/v1/models/") or path.startswith(b"/models/"):
+            self._model(req, conn)
             return None
         if path.startswith(UPSTREAM_PREFIX):
             return self._upstream(req, conn)
@@ -253,27 +250,36 @@ class Gateway:
         body = await self.metrics.exposition()
         conn.respond(200, body, CONTENT_TYPE, head_only=req.method == b"HEAD")
 
-    def _models(self, req: Request, conn: HttpConnection) -> None:
-        index = self.router.refresh()
-        data = []
-        for name in sorted(index):
-            members = index[name]
-            states = [_state_of(m) for m in members]
-            state = min(states, key=_STATE_RANK.__getitem__)
-            ctx = next((m.context_size for m in members if m.context_size), None)
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": self._created,
-                    "owned_by": "llama-orchestrator",
-                    "state": state,
-                    "context_size": ctx,
-                    "instances": [m.name for m in members],
-                }
-            )
-        body = json.dumps({"object": "list", "data": data}).encode()
-        conn.respond(200, body)
+    def _model(self, req: Request, conn: HttpConnection) -> None:
+        """``GET /v1/models/{id}``: one entry (the id may hold slashes: ``org/model``)."""
+        prefix = b"/v1/models/" if req.path.startswith(b"/v1/") else b"/models/"
+        name = unquote(req.path[len(prefix) :].decode(errors="replace"))
+        try:
+            conn.respond(200, model_body(name, self.router.refresh(), self._created))
+        except GatewayError as e:
+            self._fail(req, conn, e, name)
+
+    async def _manage(self, req: Request, conn: HttpConnection) -> None:
+        """``POST /models/load`` and ``/models/unload`` (the llama.cpp router's API)."""
+        name: str | None = None
+        try:
+            if req.method != b"POST":
+                raise GatewayError(405, "method_not_allowed", 'this route takes POST {"model"}')
+            name = requested_model(req.body)
+            members = self.router.members(name)
+            if members is None:
+                raise model_not_found(name, self.router.names())
+            if req.path == b"/models/load":
+                result = await load(members)
+            else:
+                result = await unload(name, members)
+            if not result.ok:
+                raise GatewayError(503, "model_failed", result.message, retry_after=5)
+        except GatewayError as e:
+            self._fail(req, conn, e, name)
+            return
+        conn.respond(200, b'{"success": true}')
+        self.record(req, name, None, 200, None, False, NO_USAGE, None)
 
     # -- errors and records --------------------------------------------------------------
 

@@ -83,6 +83,11 @@ class Instance(Protocol):
         """Start it (as ``up`` does) and return once it is ready or has failed."""
         ...
 
+    async def unload(self, reason: str) -> StartResult:
+        """Stop it as ``down`` does, once the requests in flight on it have finished
+        (no new lease is handed out meanwhile: ``cutoff``); ``/models/unload``."""
+        ...
+
 
 class Directory(Protocol):
     def instances(self) -> Sequence[Instance]:

@@ -28,6 +28,7 @@ from llama_orchestrator.gateway.records import (
     usage_from_json,
     usage_from_sse_tail,
 )
+from llama_orchestrator.gateway.rename import Rename
 from llama_orchestrator.gateway.router import Lease, Router
 from llama_orchestrator.gateway.server import HttpConnection, Request
 from llama_orchestrator.gateway.upstream import Target, UpstreamConnection, UpstreamError, Upstreams
@@ -252,6 +253,7 @@ class Forward:
             capture=gw.recording,
             now=gw.now,
             on_done=self._relay_done,
+            rename=Rename.between(self._lease.instance.name, self._model),
         )
         conn = self._conn
         conn.flow = up

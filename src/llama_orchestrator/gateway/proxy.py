@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from llama_orchestrator.gateway.rename import Rename
 from llama_orchestrator.gateway.server import HttpConnection, Request
 
 HOP_BY_HOP = frozenset(
@@ -78,6 +79,7 @@ class Relay:
         "_keep_alive",
         "_now",
         "_out",
+        "_rename",
         "_wrap",
         "committed",
         "ended",
@@ -99,8 +101,10 @@ class Relay:
         capture: bool,
         now: Callable[[], float],
         on_done: Callable[[], None],
+        rename: Rename | None = None,
     ) -> None:
         self._client = client
+        self._rename = rename  # the name the client asked for, into the answer (issue 20)
         self._head_only = req.method == b"HEAD"
         self._keep_alive = req.keep_alive
         self._http11 = req.http11
@@ -150,6 +154,8 @@ class Relay:
                 if lname == b"content-type":
                     sse = value.startswith(b"text/event-stream")
                 elif lname == b"content-length":
+                    if self._rename is not None:
+                        continue  # the renamed body has another length: sent chunked
                     length = True
                 else:
                     held += (name, b": ", value, b"\r\n")
@@ -193,6 +199,10 @@ class Relay:
             if sum(map(len, self._err)) < ERROR_MAX:
                 self._err.append(data)
             return
+        if self._rename is not None:
+            data = self._rename.feed(data)
+            if not data:
+                return
         self._out.append(chunk(data) if self._chunked else data)
         cap = self._capture
         if cap == CAPTURE_JSON:
@@ -220,6 +230,8 @@ class Relay:
             return
         if self._wrap:
             self._out.append(chunk(sse_error(b"".join(self._err))))
+        elif self._rename is not None and (rest := self._rename.rest()):
+            self._out.append(chunk(rest) if self._chunked else rest)
         if self._chunked:
             self._out.append(b"0\r\n\r\n")
         self.flush()

@@ -80,6 +80,9 @@ class StaticInstance:
     async def ensure_started(self) -> StartResult:
         return StartResult(True, "ready")
 
+    async def unload(self, reason: str) -> StartResult:
+        return StartResult(False, f"{self._name} is not started by the gateway: stop it there")
+
 
 class StaticDirectory:
     def __init__(self, instances: Sequence[StaticInstance]) -> None:

@@ -98,6 +98,7 @@ class ServerInstance:
         self._state = "stopped"
         self.healthy = True
         self._in_flight = 0
+        self._unloading = False
         self._last_error: str | None = None
         self.starts = 0
         self.leases = 0
@@ -144,7 +145,7 @@ class ServerInstance:
 
     @property
     def cutoff(self) -> float:
-        return math.inf
+        return -math.inf if self._unloading else math.inf
 
     @property
     def context_size(self) -> int | None:
@@ -166,6 +167,16 @@ class ServerInstance:
     async def ensure_started(self) -> StartResult:
         self.starts += 1
         return await asyncio.get_running_loop().run_in_executor(None, self.start)
+
+    async def unload(self, reason: str) -> StartResult:
+        self._unloading = True  # no new leases (cutoff) while the ones out finish
+        try:
+            while self._in_flight:
+                await asyncio.sleep(0.01)
+            await asyncio.get_running_loop().run_in_executor(None, self.stop)
+        finally:
+            self._unloading = False
+        return StartResult(True, "stopped")
 
     # -- control -------------------------------------------------------------------------
 
