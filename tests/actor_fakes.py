@@ -52,6 +52,7 @@ class FakeProcess(ServerProcess):
         self.term_delay = term_delay
         self.ignores_term = ignores_term
         self.signals: list[str] = []
+        self.stall = 0.0  # seconds each check blocks the loop in mode "stalled"
         self._status: ExitStatus | None = None
         self._exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -137,6 +138,9 @@ class FakeLauncher:
             if mode == "down":
                 raise httpx.ConnectError("connection refused", request=request)
             if mode == "hang":
+                raise httpx.ReadTimeout("timed out", request=request)
+            if mode == "stalled":  # the daemon's own loop blocked past the check's timeout
+                live[-1].clock.block(live[-1].stall)
                 raise httpx.ReadTimeout("timed out", request=request)
             if mode == "loading":
                 return httpx.Response(503, json={"error": {"message": "Loading model"}})

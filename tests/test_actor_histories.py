@@ -402,3 +402,35 @@ def test_issue10_an_explicit_up_resets_the_restart_count(home: Home, tiny_model:
         assert h.store.record("alpha").restart_count == 0
 
     run(home, scenario)
+
+
+def test_checks_failed_while_the_daemons_loop_stalled_do_not_count(
+    home: Home, tiny_model: Path
+) -> None:
+    """A client that stalls the daemon's loop (issue 19: a 512 MiB header) made every
+    check time out; the supervisor restarted healthy servers. Such a check is the
+    daemon's fault: it is not counted, and the event says so."""
+    config(home, tiny_model, healthcheck={"interval": 1, "retries": 3, "timeout": 1})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        await start(actor)
+        await h.clock.advance(0.05)
+        proc = h.launcher.last
+        proc.mode, proc.stall = "stalled", 2.0  # each check: the loop blocked for 2 s
+        await h.clock.advance(12.0)  # far past interval x retries
+        assert actor.snapshot.misses == 0 and actor.snapshot.health is Health.HEALTHY
+        proc.mode = "ok"
+        await h.clock.advance(1.0)
+        proc.mode = "hang"  # a real hang, the loop running: counted, and restarted
+        for _ in range(40):
+            await h.clock.advance(0.25)
+        assert len(h.launcher.spawned) == 2 and proc.signals[0] == "TERM"
+
+    h = run(home, scenario)
+    assert len(h.launcher.spawned) == 2
+    health = [e.reason or "" for e in h.events if e.kind is EventKind.HEALTH]
+    skipped = [r for r in health if "not counted" in r]
+    assert len(skipped) >= 4, health
+    assert "timed out while the daemon's own event loop was stalled for" in skipped[0]
+    assert "not the server's" in skipped[0]
+    assert "timed out (1/3)" in " ".join(health)  # the real hang is counted

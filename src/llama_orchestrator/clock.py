@@ -73,6 +73,11 @@ class FakeClock:
         for _ in range(rounds):
             await asyncio.sleep(0)
 
+    def block(self, seconds: float) -> None:
+        """Time passes while nothing else runs: a callback that stalls the event loop.
+        Sleepers due meanwhile wake late, at the next ``advance``."""
+        self._now += seconds
+
     async def advance(self, seconds: float) -> None:
         target = self._now + seconds
         await self.settle()
@@ -82,5 +87,5 @@ class FakeClock:
             if not fut.done():
                 fut.set_result(None)
                 await self.settle()
-        self._now = target
+        self._now = max(self._now, target)  # a block() may have gone past it
         await self.settle()

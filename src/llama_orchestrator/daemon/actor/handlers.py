@@ -311,6 +311,14 @@ class InstanceActor(ActorCore):
             self._ctx.store.update(self.name, last_health_check=now)
         self._publish(last_check=now)  # every check, exact (the record is throttled)
         probe, hc = msg.probe, self._healthcheck()
+        if msg.loop_lag:  # the daemon stalled its own loop: the server is not to blame
+            why = (
+                f"{msg.kind} check not counted: {probe.detail} while the daemon's own event "
+                f"loop was stalled for {msg.loop_lag:.1f}s (the daemon's fault, not the server's)"
+            )
+            health = self._health.value
+            self._ctx.bus.emit(self.name, EventKind.HEALTH, health, health, why)
+            return
         if probe.ok:
             if msg.final:
                 self._misses = 0

@@ -110,6 +110,9 @@ class Checked:
     kind: str  # "health" or "completion"
     probe: Probe
     final: bool  # the last check of its round (a completion probe may follow a health one)
+    # seconds the daemon's own loop was stalled during a failed check (0: it was not):
+    # such a check is the daemon's fault and does not count against the server
+    loop_lag: float = 0.0
 
 
 @dataclass

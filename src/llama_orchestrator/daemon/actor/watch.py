@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -25,7 +25,7 @@ from llama_orchestrator.daemon.actor.messages import (
     VersionKnown,
 )
 from llama_orchestrator.engine.binary import ResolvedBinary
-from llama_orchestrator.engine.health import probe_completion, probe_health
+from llama_orchestrator.engine.health import Probe, probe_completion, probe_health
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.states import Health
 
@@ -34,6 +34,7 @@ log = logging.getLogger("llama_orchestrator.supervisor")
 
 READY_POLL_S = 0.005  # /health polling while a server starts (adds half of it to a load)
 MIN_READY_DEADLINE_S = 5.0
+LAG_TICK_S = 0.1  # how often the loop's lag is sampled while a check is in flight
 
 
 async def watch_exit(proc: ServerProcess, post: Post) -> None:
@@ -86,6 +87,47 @@ async def await_ready(
         await clock.sleep(READY_POLL_S)
 
 
+class LoopLag:
+    """How late this event loop ran a timer while one check was in flight.
+
+    A check that fails while the daemon's own loop was stalled (a client that makes the
+    gateway parse a huge request, a blocking call) says nothing about the server: its
+    answer may have arrived in time and been read too late. A ticker that wakes every
+    ``LAG_TICK_S`` adds up how late each wake-up came; ``stop`` includes the tick that is
+    overdue but has not run yet (a stall still going on when the check returned).
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._lag = 0.0
+        self._due = clock.monotonic() + LAG_TICK_S
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await self._clock.sleep(max(0.0, self._due - self._clock.monotonic()))
+            now = self._clock.monotonic()
+            self._lag += max(0.0, now - self._due)
+            self._due = now + LAG_TICK_S
+
+    def stop(self) -> float:
+        self._task.cancel()
+        return self._lag + max(0.0, self._clock.monotonic() - self._due)
+
+
+async def _check(clock: Clock, timeout: float, probe: Awaitable[Probe]) -> tuple[Probe, float]:
+    """Run one probe; a failed one comes with the loop's lag during it when that lag took
+    half of its timeout or more (the daemon's fault, never the server's), else 0."""
+    lag = LoopLag(clock)
+    try:
+        result = await probe
+    finally:
+        stalled = lag.stop()
+    if result.ok or stalled < timeout / 2:
+        stalled = 0.0
+    return result, stalled
+
+
 async def monitor(
     proc: ServerProcess,
     url: str,
@@ -98,7 +140,8 @@ async def monitor(
 
     A check that times out does not push the next one back, so a hang is caught within
     interval x retries + timeout. With ``probe: completion`` every ``probe_every``-th
-    check also asks for a one-token completion.
+    check also asks for a one-token completion. A check that failed while this loop was
+    stalled carries the stall (``loop_lag``): the actor does not count it.
     """
     n = 0
     due = clock.monotonic() + hc.interval
@@ -106,11 +149,12 @@ async def monitor(
         await clock.sleep(max(0.0, due - clock.monotonic()))
         due = max(due + hc.interval, clock.monotonic())
         n += 1
-        probe = await probe_health(http, url, hc.path, hc.timeout)
+        probe, lag = await _check(clock, hc.timeout, probe_health(http, url, hc.path, hc.timeout))
         deeper = probe.ok and hc.probe == "completion" and n % hc.probe_every == 0
-        post(Checked(proc, "health", probe, final=not deeper))
+        post(Checked(proc, "health", probe, final=not deeper, loop_lag=lag))
         if deeper:
-            post(Checked(proc, "completion", await probe_completion(http, url, hc.timeout), True))
+            probe, lag = await _check(clock, hc.timeout, probe_completion(http, url, hc.timeout))
+            post(Checked(proc, "completion", probe, True, loop_lag=lag))
 
 
 async def stop_process(proc: ServerProcess, grace: float, why: str, post: Post) -> None:
