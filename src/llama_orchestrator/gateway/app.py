@@ -59,6 +59,7 @@ from llama_orchestrator.gateway.management import (
     unload,
 )
 from llama_orchestrator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from llama_orchestrator.gateway.ollama import OllamaApi
 from llama_orchestrator.gateway.proxy import sse_fail
 from llama_orchestrator.gateway.records import NO_USAGE, RequestRecord, Usage
 from llama_orchestrator.gateway.router import Lease, Router
@@ -98,6 +99,7 @@ class Gateway:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._created = int(clock.time())
+        self.ollama = OllamaApi(self)  # the /api/* routes (issue 20)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.error: str | None = None  # why the gateway is not listening
         self._bound: tuple[str, int] | None = None
@@ -221,6 +223,9 @@ class Gateway:
         if path == b"/health":
             conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
             return None
+        if path == b"/":  # Ollama clients probe it before anything else
+            conn.respond(200, b"Ollama is running", b"text/plain", head_only=req.method == b"HEAD")
+            return None
         if not self._keys and (why := foreign_page(req)) is not None:
             self._fail(req, conn, foreign_page_refused(why), None)
             return None
@@ -233,6 +238,8 @@ class Gateway:
             return None
         if path in ROUTED:
             return self._routed(req, conn)
+        if path.startswith(b"/api/"):
+            return self.ollama.dispatch(req, conn)
         if path == b"/v1/models" or path == b"/models":
             conn.respond(200, models_body(self.router.refresh(), self._created))
             return None
@@ -421,3 +428,8 @@ class Gateway:
         lease = Lease(inst, endpoint, self.router)
         Forward(self, req, conn, lease, None, url, False, False).begin()
         return PENDING
+
+    @property
+    def created(self) -> int:
+        """When this gateway started (wall clock, seconds): the models' ``created``."""
+        return self._created

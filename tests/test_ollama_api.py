@@ -1,0 +1,165 @@
+"""The Ollama API on the gateway (issue 20), driven by the official ``ollama`` client.
+
+Real servers behind the gateway: llama-server (``chat``, alias ``llama3``), the embedded
+engine (``emb``) and llama-server with ``--embeddings`` (``vectors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+from conftest import free_port
+
+from llama_orchestrator.gateway.testing import (
+    GatewayThread,
+    ListDirectory,
+    ServerInstance,
+    server_argv,
+)
+
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
+
+
+def instance(binary: Path | None, model: Path, name: str, *extra: str, **kw: Any) -> ServerInstance:
+    port = free_port()
+    return ServerInstance(
+        name, server_argv(binary, model, port, extra=["-a", name, *extra]), port, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def servers(llama_server_bin: Path, tiny_model: Path) -> Iterator[dict[str, ServerInstance]]:
+    found = {
+        "chat": instance(llama_server_bin, tiny_model, "chat", aliases=("llama3",)),
+        "emb": instance(None, tiny_model, "emb", on_demand=True),
+        "vectors": instance(
+            llama_server_bin, tiny_model, "vectors", "--embeddings", "--pooling", "mean"
+        ),
+    }
+    for name in ("chat", "vectors"):
+        assert found[name].start().ok
+    yield found
+    for inst in found.values():
+        inst.stop()
+
+
+@pytest.fixture
+def gw(servers: dict[str, ServerInstance]) -> Iterator[GatewayThread]:
+    with GatewayThread(ListDirectory(servers.values())) as g:
+        yield g
+
+
+def client(gw: GatewayThread) -> ollama.Client:
+    return ollama.Client(host=gw.url, timeout=60)
+
+
+def test_version_list_show_and_ps(gw: GatewayThread) -> None:
+    c = client(gw)
+    assert httpx.get(gw.url).text == "Ollama is running"
+    assert httpx.get(f"{gw.url}/api/version").json()["version"]
+    names = [m.model for m in c.list().models]
+    assert names == ["chat", "emb", "llama3", "vectors"]
+    running = {m.model for m in c.ps().models}
+    assert {"chat", "llama3", "vectors"} <= running
+    shown = c.show("llama3")
+    assert shown.modelinfo == {"context_length": 256}
+    with pytest.raises(ollama.ResponseError) as e:
+        c.show("nope")
+    assert e.value.status_code == 404 and "nope" in e.value.error
+
+
+@pytest.mark.parametrize("model", ["chat", "llama3", "emb"])
+def test_chat_streaming_and_not(gw: GatewayThread, model: str) -> None:
+    c = client(gw)
+    whole = c.chat(model=model, messages=MESSAGES, options={"num_predict": 4, "seed": 1})
+    assert whole.done and whole.model == model and whole.message.role == "assistant"
+    assert whole.eval_count == 4 and whole.done_reason == "length"
+    assert whole.prompt_eval_count and whole.total_duration
+    parts = list(
+        c.chat(
+            model=model,
+            messages=MESSAGES,
+            stream=True,
+            options={"num_predict": 4, "temperature": 0},
+        )
+    )
+    assert [p.done for p in parts][-1] is True and not any(p.done for p in parts[:-1])
+    assert {p.model for p in parts} == {model}
+    assert parts[-1].eval_count == 4
+    assert "".join(p.message.content or "" for p in parts)
+
+
+def test_generate(gw: GatewayThread) -> None:
+    c = client(gw)
+    whole = c.generate(model="chat", prompt="a", system="be brief", options={"num_predict": 3})
+    assert whole.done and whole.eval_count == 3 and whole.response is not None
+    parts = list(c.generate(model="chat", prompt="a", stream=True, options={"num_predict": 3}))
+    assert parts[-1].done and parts[-1].done_reason == "length"
+    raw = c.generate(model="chat", prompt="abc", raw=True, options={"num_predict": 2})
+    assert raw.eval_count == 2
+
+
+def test_embed(gw: GatewayThread) -> None:
+    c = client(gw)
+    got = c.embed(model="vectors", input=["one", "two"])
+    assert len(got.embeddings) == 2 and len(got.embeddings[0]) == 64
+    old = c.embeddings(model="vectors", prompt="one")
+    assert len(old.embedding) == 64
+    with pytest.raises(ollama.ResponseError) as e:
+        c.embed(model="chat", input="one")
+    assert "embeddings" in e.value.error
+
+
+def test_keep_alive_zero_unloads_and_an_empty_prompt_loads(
+    gw: GatewayThread, servers: dict[str, ServerInstance]
+) -> None:
+    c = client(gw)
+    loaded = c.generate(model="emb", prompt="")
+    assert loaded.done_reason == "load" and servers["emb"].routable
+    c.chat(model="emb", messages=MESSAGES, options={"num_predict": 1}, keep_alive=0)
+    from helpers import wait_for
+
+    wait_for(lambda: servers["emb"].state == "stopped", 30, "emb stopped after keep_alive 0")
+    assert c.chat(model="emb", messages=MESSAGES, options={"num_predict": 1}).done  # on demand
+    unloaded = c.generate(model="emb", prompt="", keep_alive=0)
+    assert unloaded.done_reason == "unload" and servers["emb"].state == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/api/chat", b"{", 400, "not JSON"),
+        ("/api/chat", b"[]", 400, "JSON object"),
+        ("/api/chat", b"{}", 400, "'model' is required"),
+        ("/api/chat", b'{"model": "nope", "messages": []}', 404, "not found"),
+        ("/api/chat", b'{"model": "chat", "messages": "hi"}', 400, "'messages' must be a list"),
+        ("/api/chat", b'{"model": "chat", "messages": [{}]}', 400, "messages[0] needs a 'role'"),
+        ("/api/chat", b'{"model": "chat", "messages": [], "options": 3}', 400, "'options'"),
+        ("/api/chat", b'{"model": "chat", "messages": [], "format": 3}', 400, "'format'"),
+        ("/api/generate", b'{"model": "chat", "prompt": 3}', 400, "'prompt'"),
+        ("/api/embed", b'{"model": "vectors", "input": 3}', 400, "'input'"),
+        ("/api/embeddings", b'{"model": "vectors"}', 400, "'prompt'"),
+        ("/api/show", b"{}", 400, "'model' is required"),
+        ("/api/pull", b'{"model": "x"}', 501, "model.path"),
+        ("/api/delete", b'{"model": "x"}', 501, "llama-orch create"),
+        ("/api/nothing", b"{}", 404, "no route"),
+    ],
+)
+def test_bad_input_gets_ollamas_error_shape(
+    gw: GatewayThread, path: str, body: bytes, status: int, words: str
+) -> None:
+    r = httpx.post(f"{gw.url}{path}", content=body)
+    assert r.status_code == status, r.text
+    assert list(r.json()) == ["error"] and words in r.json()["error"], r.text
+
+
+def test_requests_are_recorded(gw: GatewayThread) -> None:
+    client(gw).chat(model="chat", messages=MESSAGES, options={"num_predict": 2})
+    rec = gw.records[-1]
+    assert (rec.path, rec.model, rec.instance, rec.status) == ("/api/chat", "chat", "chat", 200)
+    assert rec.completion_tokens == 2
