@@ -210,6 +210,7 @@ class InstanceActor(ActorCore):
         if isinstance(plan, Outcome):
             self._refused(plan, auto=auto)
             return
+        assert isinstance(plan, Plan | RemotePlan), plan
         # A restart keeps the admission it had; a remote instance holds nothing here, so
         # the scheduler is never asked (issue 13).
         if isinstance(plan, RemotePlan) or self._ctx.scheduler.holds(self.name):

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llama_orchestrator.engine.health import Probe
 from llama_orchestrator.engine.process import ExitStatus, ServerProcess
 from llama_orchestrator.errors import ErrorCode
-
-if TYPE_CHECKING:
-    from llama_orchestrator.daemon.actor.preflight import Plan, RemotePlan
 
 
 @dataclass
@@ -152,7 +149,9 @@ class Prepared:
     called off meanwhile (a stop) is not the actor's current one, and is ignored."""
 
     generation: int
-    plan: Plan | RemotePlan | Outcome
+    # a Plan or RemotePlan (daemon/actor/preflight.py, which imports this module, so it is
+    # not named here: the handler narrows it), or the refusal
+    plan: Outcome | object
 
 
 @dataclass
