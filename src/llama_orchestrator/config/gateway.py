@@ -191,6 +191,26 @@ class GatewayConfig(_Strict):
     metrics_public: StrictBool = Field(
         default=False, description="serve /metrics without an API key"
     )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="origins of browser apps of other sites that may call the gateway "
+        "without a key, e.g. 'https://chat.example.com' ('*': any site); pages on this "
+        "machine always may, and with api_keys any origin that sends a key may",
+    )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            scheme, sep, host = origin.partition("://")
+            if origin == "*":
+                continue
+            if scheme not in ("http", "https") or not sep or not host or "/" in host.rstrip("/"):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], "
+                    "e.g. 'https://chat.example.com', with no path"
+                )
+        return v
 
     @field_validator("host")
     @classmethod

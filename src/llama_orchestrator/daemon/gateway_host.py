@@ -74,6 +74,7 @@ class GatewayHost:
             queue_timeout=float(cfg.queue.timeout),
             max_body_bytes=cfg.max_body_mb * 1024 * 1024,
             metrics_public=cfg.metrics_public,
+            allowed_origins=tuple(cfg.allowed_origins),
         )
 
     def apply_budgets(self, cfg: GatewayConfig) -> None:

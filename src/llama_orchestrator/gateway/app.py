@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.gateway.backend import Directory
+from llama_orchestrator.gateway.cors import Cors
 from llama_orchestrator.gateway.errors import (
     GatewayError,
     error_headers,
@@ -42,10 +43,13 @@ from llama_orchestrator.gateway.forward import DROP_KEYS, DROP_REQUEST, VIA, For
 from llama_orchestrator.gateway.inbound import (
     ROUTED,
     UPSTREAM_PREFIX,
+    allowed_hosts,
     authorized,
-    foreign_page,
+    foreign_host,
     is_loopback,
     no_route,
+    refused_by_headers,
+    served_without_key,
     target_model,
     upstream_target,
 )
@@ -92,7 +96,9 @@ class Gateway:
         self.router = Router(directory, settings, clock)
         self.upstreams = Upstreams(settings.connect_timeout)
         self._keys = tuple(k.encode() for k in settings.api_keys)
+        self._hosts = allowed_hosts()  # LLAMA_ORCH_ALLOWED_HOSTS, as the control API
         self.drop = DROP_KEYS if self._keys else DROP_REQUEST
+        self.cors = Cors(settings.allowed_origins, bool(self._keys))
         self.hop = secrets.token_hex(6).encode()  # this gateway's mark in X-Llama-Orch-Via
         self._names = self.router.names  # bound once: the missing-model error lists them
         self._connections: set[HttpConnection] = set()
@@ -115,6 +121,7 @@ class Gateway:
         self.settings = settings
         self._keys = tuple(k.encode() for k in settings.api_keys)
         self.drop = DROP_KEYS if self._keys else DROP_REQUEST
+        self.cors = Cors(settings.allowed_origins, bool(self._keys))
         self.router.reconfigure(settings)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -134,7 +141,9 @@ class Gateway:
         loop = self._loop = asyncio.get_running_loop()
 
         def factory() -> HttpConnection:
-            return HttpConnection(self._dispatch, s.max_body_bytes, self.now, self._connections)
+            return HttpConnection(
+                self._dispatch, s.max_body_bytes, self.now, self._connections, self._gate
+            )
 
         try:
             if sock is not None:
@@ -205,12 +214,15 @@ class Gateway:
         self._sweeper = self._loop.call_later(every, self._sweep)
 
     def _sweep(self) -> None:
-        """Close client connections idle between requests for longer than the timeout."""
-        limit = self.now() - self.settings.keepalive_timeout
+        """Close client connections idle between requests for longer than the timeout;
+        answer 408 to a request that stopped arriving (``HttpConnection.sweep``)."""
+        now, keepalive = self.now(), self.settings.keepalive_timeout
         for conn in list(self._connections):
-            if conn.idle and conn.idle_since < limit:
-                conn.close()
+            conn.sweep(now, keepalive)
         self._schedule_sweep()
+
+    def _gate(self, req: Request) -> bool:
+        return refused_by_headers(req, self._keys, self.settings.metrics_public, self._hosts)
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -220,14 +232,19 @@ class Gateway:
         if via is not None and self.hop in via:
             self._fail(req, conn, loop_detected(), None)
             return None
+        origin = req.header(b"origin")
+        if origin is not None and not self._cors(req, conn, origin):
+            return None
         if path == b"/health":
             conn.respond(200, HEALTH_BODY, head_only=req.method == b"HEAD")
             return None
         if path == b"/":  # Ollama clients probe it before anything else
             conn.respond(200, b"Ollama is running", b"text/plain", head_only=req.method == b"HEAD")
             return None
-        if not self._keys and (why := foreign_page(req)) is not None:
-            self._fail(req, conn, foreign_page_refused(why), None)
+        if served_without_key(req, self._keys, self.settings.metrics_public) and (
+            misdirected := foreign_host(req, self._hosts)
+        ):
+            self._fail(req, conn, misdirected, None)  # DNS rebinding (issue 19)
             return None
         if path == b"/metrics" and (
             self.settings.metrics_public or not self._keys or authorized(req, self._keys)
@@ -252,6 +269,23 @@ class Gateway:
             return self._upstream(req, conn)
         self._fail(req, conn, no_route(path), None)
         return None
+
+    def _cors(self, req: Request, conn: HttpConnection, origin: bytes) -> bool:
+        """A request from a page in a browser: answer its preflight, refuse it (another
+        site's page without keys), or mark its answer with CORS headers (cors.py).
+        False when it has been answered here."""
+        allowed = self.cors.allows(origin)
+        if req.method == b"OPTIONS" and req.header(b"access-control-request-method"):
+            if allowed:
+                asked = req.header(b"access-control-request-headers")
+                conn.write(self.cors.preflight(origin, asked))
+                return False
+        elif allowed:
+            conn.cors = self.cors.headers(origin)
+            return True
+        why = f"it comes from a page of {origin.decode('latin-1')!r}"
+        self._fail(req, conn, foreign_page_refused(why), None)
+        return False
 
     async def _metrics(self, req: Request, conn: HttpConnection) -> None:
         body = await self.metrics.exposition()

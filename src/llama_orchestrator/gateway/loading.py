@@ -13,13 +13,14 @@ from llama_orchestrator.gateway.server import HttpConnection
 LOADING = chunk(b": loading\n\n")
 
 
-def sse_head(instance: str | None, close: bool) -> bytes:
+def sse_head(instance: str | None, close: bool, cors: bytes = b"") -> bytes:
     inst = b"X-Llama-Orch-Instance: %s\r\n" % instance.encode() if instance else b""
     conn = b"Connection: close\r\n" if close else b""
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         + SSE_HEADERS
         + inst
+        + cors
         + b"Transfer-Encoding: chunked\r\n"
         + conn
         + b"\r\n"
@@ -46,6 +47,6 @@ class LoadingStream:
             self.committed = True
             if self._close:
                 self._conn.must_close = True
-            self._conn.write(sse_head(self._instance, self._close) + LOADING)
+            self._conn.write(sse_head(self._instance, self._close, self._conn.cors) + LOADING)
         else:
             self._conn.write(LOADING)

@@ -76,9 +76,9 @@ class OllamaRelay:
         close = b"Connection: close\r\n" if self._client.must_close else b""
         return (
             b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n"
-            b"X-Llama-Orch-Instance: %s\r\n%s\r\n"
+            b"X-Llama-Orch-Instance: %s\r\n%s%s\r\n"
             % (status, b"OK" if status == 200 else b"Error", content_type,
-               self._instance.encode(), close)
+               self._instance.encode(), self._client.cors, close)
         )  # fmt: skip
 
     def on_head(

@@ -27,8 +27,11 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# Not relayed either: llama-server's own CORS answer (it echoes any Origin, or sends an
+# empty one); the gateway decides CORS itself (cors.py, issue 20).
+DROPPED = HOP_BY_HOP | {b"access-control-allow-origin", b"access-control-allow-credentials"}
 # Headers on_head looks at; the rest pass as they are.
-SPECIAL = HOP_BY_HOP | {b"content-type", b"content-length", b"cache-control", b"x-accel-buffering"}
+SPECIAL = DROPPED | {b"content-type", b"content-length", b"cache-control", b"x-accel-buffering"}
 SSE_HEADERS = b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
 # A JSON answer longer than this is not copied for its usage figures.
 CAPTURE_MAX = 1 << 20
@@ -149,7 +152,7 @@ class Relay:
         for name, value in headers:
             lname = name.lower()
             if lname in SPECIAL:
-                if lname in HOP_BY_HOP:
+                if lname in DROPPED:
                     continue
                 if lname == b"content-type":
                     sse = value.startswith(b"text/event-stream")
@@ -164,6 +167,8 @@ class Relay:
         if held and not sse:
             lines += held
         lines.append(self._instance_header)
+        if self._client.cors:
+            lines.append(self._client.cors)
         if sse:
             lines.append(SSE_HEADERS)
             # llama-server closes the connection after a stream: close it first, rather

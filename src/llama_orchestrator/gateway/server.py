@@ -137,6 +137,8 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self.flow: Flow | None = None
         self.idle_since = now()
+        # The current request's CORS headers, in every answer head (issue 20, cors.py).
+        self.cors = b""
         self._reading_paused = False
         self._late_413 = False
         self._reset_message()
@@ -303,6 +305,7 @@ class HttpConnection(asyncio.Protocol):
     def _finish_request(self, req: Request) -> None:
         self._current = None
         self.flow = None
+        self.cors = b""
         self.idle_since = self._now()
         if self._late_413:
             self._late_413 = False
@@ -337,12 +340,13 @@ class HttpConnection(asyncio.Protocol):
         if req is not None and not req.keep_alive:
             self.must_close = True
         close = b"Connection: close\r\n" if self.must_close else b""
-        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s%s\r\n" % (
             status,
             reason(status),
             content_type,
             len(body),
             extra_headers,
+            self.cors,
             close,
         )
         self.write(head if head_only else head + body)

@@ -34,6 +34,9 @@ class GatewaySettings:
     recheck_interval: float = 0.25
     # GET /metrics without a key even when keys are set (a scraper on loopback).
     metrics_public: bool = False
+    # Origins of browser apps of other sites allowed without keys ("*": any); pages on
+    # this machine always are, and with keys any origin is (cors.py).
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
