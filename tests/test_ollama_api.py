@@ -41,7 +41,8 @@ def servers(llama_server_bin: Path, tiny_model: Path) -> Iterator[dict[str, Serv
             llama_server_bin, tiny_model, "vectors", "--embeddings", "--pooling", "mean"
         ),
     }
-    for name in ("chat", "vectors"):
+    found["evectors"] = instance(None, tiny_model, "evectors", "--embeddings", "--pooling", "mean")
+    for name in ("chat", "vectors", "evectors"):
         assert found[name].start().ok
     yield found
     for inst in found.values():
@@ -63,7 +64,7 @@ def test_version_list_show_and_ps(gw: GatewayThread) -> None:
     assert httpx.get(gw.url).text == "Ollama is running"
     assert httpx.get(f"{gw.url}/api/version").json()["version"]
     names = [m.model for m in c.list().models]
-    assert names == ["chat", "emb", "llama3", "vectors"]
+    assert names == ["chat", "emb", "evectors", "llama3", "vectors"]
     running = {m.model for m in c.ps().models}
     assert {"chat", "llama3", "vectors"} <= running
     shown = c.show("llama3")
@@ -104,11 +105,13 @@ def test_generate(gw: GatewayThread) -> None:
     assert raw.eval_count == 2
 
 
-def test_embed(gw: GatewayThread) -> None:
+@pytest.mark.parametrize("model", ["vectors", "evectors"])
+def test_embed(gw: GatewayThread, model: str) -> None:
+    """On llama-server and on the embedded engine (``--embeddings``, issue 20)."""
     c = client(gw)
-    got = c.embed(model="vectors", input=["one", "two"])
+    got = c.embed(model=model, input=["one", "two"])
     assert len(got.embeddings) == 2 and len(got.embeddings[0]) == 64
-    old = c.embeddings(model="vectors", prompt="one")
+    old = c.embeddings(model=model, prompt="one")
     assert len(old.embedding) == 64
     with pytest.raises(ollama.ResponseError) as e:
         c.embed(model="chat", input="one")

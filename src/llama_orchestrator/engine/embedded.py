@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         print(
             f"embedded engine: {message}\n"
             "The embedded engine supports: -m -c -b -t --host --port -to -np -ngl -dev -a "
-            "--metrics --slots --api-key --list-devices --version. "
+            "--embeddings --pooling --metrics --slots --api-key --list-devices --version. "
             "Set the instance's 'binary' to a real llama-server for other flags.",
             file=sys.stderr,
         )
@@ -51,12 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-dev", "--device", default=None)
     p.add_argument("-a", "--alias", default=None)
     p.add_argument("--metrics", action="store_true")
+    # /v1/embeddings (issue 20: a config with --embeddings used to pass lint, then fail
+    # to start here).
+    p.add_argument("--embedding", "--embeddings", dest="embedding", action="store_true")
+    p.add_argument("--pooling", choices=POOLING, default=None)
     p.add_argument("--slots", action="store_true")
     p.add_argument("--no-slots", action="store_true")
     p.add_argument("--api-key", default=None)
     p.add_argument("--list-devices", action="store_true")
     p.add_argument("--version", action="store_true")
     return p
+
+
+POOLING = ("none", "mean", "cls", "last", "rank")
 
 
 def _list_devices() -> int:
@@ -101,6 +108,10 @@ def build_params(args: argparse.Namespace) -> Any:
     params.n_gpu_layers = -1 if args.gpu_layers in ("all", "auto") else int(args.gpu_layers)
     params.endpoint_metrics = args.metrics
     params.endpoint_slots = not args.no_slots
+    params.embedding = args.embedding
+    if args.pooling is not None:
+        pooling = xllamacpp.llama_pooling_type
+        params.pooling_type = getattr(pooling, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     if args.alias:
         # A set of names in current builds: a string given there became its letters
         # (issue 10); older builds took one string.
