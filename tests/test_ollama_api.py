@@ -166,3 +166,16 @@ def test_requests_are_recorded(gw: GatewayThread) -> None:
     rec = gw.records[-1]
     assert (rec.path, rec.model, rec.instance, rec.status) == ("/api/chat", "chat", "chat", 200)
     assert rec.completion_tokens == 2
+
+
+def test_keys_apply_and_a_refusal_has_ollamas_shape(servers: dict[str, ServerInstance]) -> None:
+    from llama_orchestrator.gateway.settings import GatewaySettings
+
+    key = "sk-ollama-test-key-0123456789"
+    settings = GatewaySettings(port=0, api_keys=(key,))
+    with GatewayThread(ListDirectory(servers.values()), settings) as gw:
+        keyed = ollama.Client(host=gw.url, headers={"Authorization": f"Bearer {key}"})
+        assert keyed.chat(model="chat", messages=MESSAGES, options={"num_predict": 1}).done
+        with pytest.raises(ollama.ResponseError) as e:
+            client(gw).list()
+    assert e.value.status_code == 401 and "API key" in e.value.error

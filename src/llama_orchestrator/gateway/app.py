@@ -64,6 +64,7 @@ from llama_orchestrator.gateway.management import (
 )
 from llama_orchestrator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from llama_orchestrator.gateway.ollama import OllamaApi
+from llama_orchestrator.gateway.ollama_relay import ollama_error
 from llama_orchestrator.gateway.proxy import sse_fail
 from llama_orchestrator.gateway.records import NO_USAGE, RequestRecord, Usage
 from llama_orchestrator.gateway.router import Lease, Router
@@ -339,7 +340,9 @@ class Gateway:
         if committed:
             conn.write(sse_fail(err.body()))
         else:
-            conn.respond(err.status, err.body(), extra_headers=error_headers(err))
+            # The Ollama routes' clients read Ollama's shape, a key refused included.
+            body = ollama_error(err.message) if req.path.startswith(b"/api/") else err.body()
+            conn.respond(err.status, body, extra_headers=error_headers(err))
         self.record(req, model, err.instance, err.status, None, stream, NO_USAGE, err.message)
 
     def record(
