@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-real", action="store_true", help="leave out the real-model rows (Gemma 3 270M)"
     )
     ap.add_argument("--json", action="store_true", help="JSON to stdout, tables to stderr")
-    ap.add_argument("--only", choices=["stall"], help="run only this figure")
+    ap.add_argument("--only", choices=["stall", "clients"], help="run only this figure")
     ap.add_argument(
         "--stall-runs", type=int, default=20, help="runs of each kind for the stream stall"
     )
@@ -414,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only == "stall":
         return _stall_only(args, binary)
+    if args.only == "clients":
+        return _clients_only(args, binary)
     if not args.no_litellm:
         from _litellm import ensure_litellm, litellm_version
         from bench_core import BenchError
@@ -432,6 +434,23 @@ def main(argv: list[str] | None = None) -> int:
     report(result, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _clients_only(args: argparse.Namespace, binary: str) -> int:
+    """What the Ollama route and an alias's rename add (issue 20; bench/_clients.py)."""
+    import uvloop
+    from _clients import clients_figures, clients_lines
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    try:
+        model = write_tiny_model(tmp / "models" / "tiny.gguf")
+        found = uvloop.run(clients_figures(binary, model, args.quick))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(clients_lines(found)), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"clients": found}, indent=2))
     return 0
 
 
