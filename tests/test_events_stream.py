@@ -157,8 +157,9 @@ def test_a_slow_subscriber_is_dropped_with_a_final_event() -> None:
 
 
 def test_hello_names_every_kind_first_and_the_web_page_listens_for_those() -> None:
-    """The web page's listeners come from the stream's first message, not a copy of the
-    kinds (issue 17); without ``hello`` the stream starts with the snapshot, as before."""
+    """The web page's listeners and its buttons' state groups come from the stream's first
+    message, not copies (issue 17); without ``hello`` the stream starts with the snapshot,
+    as before."""
     import llama_orchestrator.web
 
     async def first_two(hello: bool) -> list[bytes]:
@@ -177,6 +178,14 @@ def test_hello_names_every_kind_first_and_the_web_page_listens_for_those() -> No
     assert "/v1/events?hello=1" in js
     named = {k.value for k in EventKind if f'"{k.value}"' in js}
     assert named <= {"request", "start_refused"}  # the two it treats apart, no list of all
+    # the groups of states the page's buttons follow come with it, not from a copy
+    states = json.loads(hello.split(b"data: ", 1)[1])["states"]
+    assert states == {
+        "alive": ["starting", "running", "stopping"],
+        "at_rest": ["stopped", "exited", "fatal"],
+    }
+    core = (Path(llama_orchestrator.web.__file__).parent / "static" / "core.js").read_text()
+    assert '"exited"' not in core and '"starting"' not in core
 
 
 def test_cli_events_recorded_and_followed(cli: Cli, home: Home, tiny_model: Path) -> None:

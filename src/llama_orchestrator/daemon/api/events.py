@@ -27,6 +27,7 @@ from fastapi.params import Depends
 from fastapi.responses import StreamingResponse
 
 from llama_orchestrator.config.loader import LoadedConfig, UnknownInstance
+from llama_orchestrator.daemon.actor.snapshot import AT_REST
 from llama_orchestrator.daemon.api.log_events import (
     LOG_KIND,
     MAX_TAIL,
@@ -36,7 +37,7 @@ from llama_orchestrator.daemon.api.log_events import (
 )
 from llama_orchestrator.daemon.events import SUBSCRIBER_QUEUE, Event, EventBus, EventKind
 from llama_orchestrator.daemon.supervisor import Supervisor
-from llama_orchestrator.engine.states import Desired, Health, State
+from llama_orchestrator.engine.states import ALIVE, Desired, Health, State
 from llama_orchestrator.home import name_problem
 
 KEEPALIVE_S = 15.0
@@ -45,6 +46,12 @@ STOPPING = "stopping"  # the ``new`` of the DAEMON event published as the daemon
 # ``dropped`` or ``end`` closes it. ``?hello=1`` sends the list first (the web page's
 # listeners come from it, not from a copy).
 STREAM_KINDS = ("snapshot", *(k.value for k in EventKind), LOG_KIND, "dropped", "end")
+# The groups of states the page's buttons follow (start when not alive, stop when not at
+# rest), sent with the kinds: the page keeps no list of state names either.
+STATE_GROUPS = {
+    "alive": [s.value for s in State if s in ALIVE],
+    "at_rest": [s.value for s in State if s in AT_REST],
+}
 
 Snapshot = Callable[[], list[dict[str, Any]]]
 
@@ -96,7 +103,8 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """The SSE body: the snapshot, then the bus's events (and ``logs``' lines) until
     dropped or stopping. With ``hello``, a ``hello`` event comes first, naming every kind
-    the stream may send (:data:`STREAM_KINDS`): the web page listens for those.
+    the stream may send (:data:`STREAM_KINDS`) and the groups of states
+    (:data:`STATE_GROUPS`): the web page listens for those kinds and follows those groups.
 
     The subscription takes every event (so the daemon's ``stopping`` is seen whatever the
     filters) and is made before the snapshot is taken, so nothing falls between them."""
@@ -107,7 +115,7 @@ async def stream(
         logs.start()
     try:
         if hello:
-            yield sse("hello", {"kinds": list(STREAM_KINDS)})
+            yield sse("hello", {"kinds": list(STREAM_KINDS), "states": STATE_GROUPS})
         for row in snapshot():
             if instances is None or row["instance"] in instances:
                 yield sse("snapshot", row)

@@ -1,6 +1,6 @@
 // llama-orchestrator web page: plain ES modules, fetch and EventSource; no build step.
 import { h, clear, fmtDuration } from "./ui.js";
-import { STATE, ApiError, api, setLive, showError, listeners, scheduleRefresh, refresh, report, onRedraw } from "./core.js";
+import { STATE, STATES, ApiError, api, setLive, showError, listeners, scheduleRefresh, refresh, report, onRedraw } from "./core.js";
 import { instances, instance } from "./instances.js";
 import { activity } from "./activity.js";
 import { devices } from "./devices.js";
@@ -35,9 +35,11 @@ function connect() {
   src.onopen = () => { setLive(true); refresh(); };
   // Listeners added while the first message is handled see every message after it.
   src.addEventListener("hello", (msg) => {
-    let kinds = [];
-    try { kinds = JSON.parse(msg.data).kinds || []; } catch { return; }
-    for (const kind of kinds) if (!NOT_EVENTS.includes(kind)) listen(src, kind);
+    let hello;
+    try { hello = JSON.parse(msg.data); } catch { return; }
+    Object.assign(STATES, hello.states || {});
+    for (const kind of hello.kinds || []) if (!NOT_EVENTS.includes(kind)) listen(src, kind);
+    scheduleRefresh();
   });
   src.addEventListener("dropped", () => { source.close(); setTimeout(connect, 500); });
   source.addEventListener("end", () => { source.close(); setLive(false); setTimeout(connect, 1000); });

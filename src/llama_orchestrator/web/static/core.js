@@ -117,9 +117,13 @@ export async function command(name, verb, button) {
   }
 }
 
+// The daemon's groups of states, from the event stream's first message (app.js); until it
+// comes every action is offered, and the daemon answers one that does not apply.
+export const STATES = { alive: [], at_rest: [] };
+
 const CAN = {
-  start: (s) => !["running", "starting", "stopping"].includes(s),
-  stop: (s) => !["stopped", "exited", "fatal"].includes(s),
+  start: (s) => !STATES.alive.includes(s),
+  stop: (s) => !STATES.at_rest.includes(s),
   restart: (s) => s !== "stopping",
 };
 
