@@ -34,9 +34,9 @@ def test_pipelined_requests_are_answered_in_order() -> None:
     async def test(host: str, port: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
         data = await read_all(reader)
         assert data.count(b"HTTP/1.1 200 OK") == 3
@@ -58,7 +58,7 @@ def test_http10_and_expect_100_continue() -> None:
 
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"
             b"Expect: 100-continue\r\n\r\n"
         )
         line = await asyncio.wait_for(reader.readline(), 5)
@@ -85,7 +85,7 @@ def test_a_malformed_request_is_400_and_closes() -> None:
 def test_idle_keepalive_connections_are_closed() -> None:
     async def test(host: str, port: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), 5)
         t0 = time.monotonic()
         assert await read_all(reader, 10) == b""  # closed by the gateway
@@ -124,7 +124,7 @@ def test_a_reader_that_stops_pauses_the_instance_instead_of_buffering() -> None:
         host, port = gw.url.removeprefix("http://").split(":")
         try:
             reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 16)
-            writer.write(b"GET /upstream/big/file HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /upstream/big/file HTTP/1.1\r\nHost: localhost\r\n\r\n")
             unsent = -1
             while True:  # until the upstream's buffer stops draining
                 await asyncio.sleep(0.2)
@@ -155,7 +155,7 @@ def test_pages_of_other_sites_are_refused_without_keys_and_cookies_never_forward
     async def ask(host: str, port: int, headers: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n"
+            b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + headers + b"Connection: close\r\n\r\n"
         )
         data = await read_all(reader)
         writer.close()
@@ -200,7 +200,7 @@ def test_a_request_that_comes_back_to_its_gateway_is_a_loop() -> None:
             for path, via in ((b"/health", gw.hop), (b"/v1/models", b"other, " + gw.hop)):
                 reader, writer = await asyncio.open_connection(host, int(port))
                 writer.write(
-                    b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nX-Llama-Orch-Via: " + via
+                    b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\nX-Llama-Orch-Via: " + via
                     + b"\r\nConnection: close\r\n\r\n"
                 )  # fmt: skip
                 data = await read_all(reader)
@@ -208,7 +208,7 @@ def test_a_request_that_comes_back_to_its_gateway_is_a_loop() -> None:
                 assert data.startswith(b"HTTP/1.1 508") and b"loop_detected" in data, data
                 assert b"remote.url points at this gateway" in data
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Llama-Orch-Via: abc\r\n\r\n")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Llama-Orch-Via: abc\r\n\r\n")
             assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")  # not ours
             writer.close()
         finally:

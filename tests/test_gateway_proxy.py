@@ -305,7 +305,7 @@ def _send_chat(url: str, body: dict[str, Any]) -> socket.socket:
     s = socket.create_connection((host, int(port)), timeout=30)
     data = json.dumps(body).encode()
     s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
     )
     return s
@@ -534,7 +534,7 @@ def test_a_slow_reader_gets_every_byte_of_a_large_answer(gw: GatewayThread) -> N
     host, port = gw.url.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)), timeout=30)
     s.sendall(
-        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     got = b""

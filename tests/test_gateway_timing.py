@@ -151,7 +151,7 @@ def test_a_queued_request_is_dropped_when_its_client_goes() -> None:
         host, port = gw.url.removeprefix("http://").split(":")
         _, writer = await asyncio.open_connection(host, int(port))
         body = json.dumps({"model": "busy"}).encode()
-        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(body), body))  # fmt: skip
         await until(lambda: gw.router.queue_depths() == {"busy": 1}, what="queued")
         writer.close()

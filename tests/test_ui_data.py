@@ -136,7 +136,7 @@ def test_a_queued_request_granted_after_its_client_went_leaves_no_entry() -> Non
             host, port = gw.url.removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             body = json.dumps({"model": "busy"}).encode()
-            writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
             await until(lambda: gw.router.queue_depths() == {"busy": 1}, "it to queue")
             (row,) = gw.inflight.rows()

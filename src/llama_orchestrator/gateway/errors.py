@@ -52,11 +52,39 @@ def error_headers(err: GatewayError) -> bytes:
 
 
 def too_large(limit: int) -> bytes:
+    mib = limit / (1024 * 1024)
     return error_body(
-        f"request body is larger than the gateway's limit of {limit} bytes "
-        "(gateway.json max_body_bytes)",
+        f"request body is larger than the gateway's limit of {mib:g} MiB ({limit} bytes); "
+        "raise gateway.json max_body_mb to accept it",
         INVALID_REQUEST,
         "request_too_large",
+    )
+
+
+def url_too_long(length: int, limit: int) -> bytes:
+    return error_body(
+        f"the request URL is longer than the gateway's limit of {limit // 1024} KiB "
+        f"({length} bytes so far); send large parameters in a POST body instead",
+        INVALID_REQUEST,
+        "uri_too_long",
+    )
+
+
+def header_too_large(limit: int) -> bytes:
+    return error_body(
+        f"the request headers are larger than the gateway's limit of {limit // 1024} KiB "
+        "(all header lines together); send large data in the body instead",
+        INVALID_REQUEST,
+        "request_header_fields_too_large",
+    )
+
+
+def receive_timed_out(seconds: float) -> bytes:
+    return error_body(
+        f"the request stopped arriving: no byte of it came for {seconds:g} s; send it "
+        "again (a slow upload is never cut while its bytes keep coming)",
+        INVALID_REQUEST,
+        "request_timeout",
     )
 
 
@@ -77,6 +105,17 @@ def foreign_page_refused(why: str) -> GatewayError:
         f"refused: {why}, and the gateway has no API keys, so any web page could use it; "
         "call it from this machine, or set gateway.json api_keys (pages given a key may "
         "then call it)",
+    )
+
+
+def foreign_host_refused(host: str, env: str) -> GatewayError:
+    return GatewayError(
+        421,
+        "misdirected_request",
+        f"Host {host!r} is not this machine's: without API keys the gateway answers only "
+        f"requests addressed to 127.0.0.1 or localhost (a page that rebinds its own name "
+        f"to this address cannot read it); add the name to {env} (comma-separated) in the "
+        "daemon's environment, or set gateway.json api_keys",
     )
 
 

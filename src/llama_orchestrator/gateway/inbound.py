@@ -13,10 +13,11 @@ import binascii
 import hmac
 import ipaddress
 import json
+import os
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs, unquote
 
-from llama_orchestrator.gateway.errors import GatewayError, bad_request
+from llama_orchestrator.gateway.errors import GatewayError, bad_request, foreign_host_refused
 from llama_orchestrator.gateway.server import Request
 
 ROUTED = frozenset(
@@ -31,6 +32,9 @@ ROUTED = frozenset(
     }
 )
 UPSTREAM_PREFIX = b"/upstream/"
+# Host names besides loopback that a request served without a key may be addressed to:
+# the control API's setting, and the same rule.
+ALLOWED_HOSTS_ENV = "LLAMA_ORCH_ALLOWED_HOSTS"
 
 
 def is_loopback(host: str) -> bool:
@@ -48,6 +52,42 @@ def _host_only(value: str) -> str:
     if value.startswith("["):
         return value[1 : value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def allowed_hosts(environ: dict[str, str] | None = None) -> frozenset[str]:
+    value = (os.environ if environ is None else environ).get(ALLOWED_HOSTS_ENV, "")
+    return frozenset(_host_only(h).lower() for h in value.split(",") if h.strip())
+
+
+def foreign_host(req: Request, allowed: frozenset[str]) -> GatewayError | None:
+    """A request addressed to a name that is not this machine's (DNS rebinding: a page of
+    evil.example whose name now resolves to 127.0.0.1 reads the answers of its GETs,
+    which carry no ``Origin``). A request without ``Host`` (HTTP/1.0) is no browser's."""
+    raw = req.header(b"host")
+    if raw is None:
+        return None
+    host = raw.decode("latin-1")
+    name = _host_only(host).lower().rstrip(".")
+    if is_loopback(name) or name.endswith(".localhost") or name in allowed:
+        return None
+    return foreign_host_refused(host, ALLOWED_HOSTS_ENV)
+
+
+def served_without_key(req: Request, keys: tuple[bytes, ...], metrics_public: bool) -> bool:
+    return not keys or (metrics_public and req.path == b"/metrics")
+
+
+def refused_by_headers(
+    req: Request, keys: tuple[bytes, ...], metrics_public: bool, hosts: frozenset[str]
+) -> bool:
+    """Will the gateway refuse this request whatever its body (no key, a foreign Host)?
+    Asked at the end of the headers, so that such a body is never read. The dispatch
+    decides the answer; this only has to agree with it."""
+    if req.path == b"/health" or req.path == b"/":
+        return False
+    if served_without_key(req, keys, metrics_public):
+        return foreign_host(req, hosts) is not None
+    return not authorized(req, keys)
 
 
 def foreign_page(req: Request) -> str | None:
@@ -100,20 +140,48 @@ def target_model(req: Request, names: Callable[[], Iterable[str]]) -> tuple[str,
         if not model:
             raise bad_request("missing_model", "a GET on this route names its model as ?model=NAME")
         return model, False
-    try:
-        doc = json.loads(req.body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request("invalid_json", f"the request body is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise bad_request("invalid_json", "the request body is not a JSON object")
+    doc = parse_body(req.body)
     found = doc.get("model")
     if not isinstance(found, str) or not found:
         listed = ", ".join(names()) or "none"
-        raise bad_request(
-            "missing_model",
-            f"the request body has no 'model'; available models: {listed}",
-        )
+        if "model" not in doc:
+            problem = "the request body has no 'model'"
+        elif isinstance(found, str):
+            problem = "the request body's 'model' is an empty string"
+        else:
+            problem = f"the request body's 'model' is {_json_type(found)}, not a string"
+        raise bad_request("missing_model", f"{problem}; available models: {listed}")
     return found, doc.get("stream") is True
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, int | float):
+        return f"a number ({json.dumps(value)[:40]})"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def parse_body(body: bytes) -> dict[str, object]:
+    """The request body as a JSON object, or a 400 ``invalid_json`` in the API's words
+    (never Python's: a nesting past the parser's recursion limit, a number too long to
+    convert)."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise bad_request(
+            "invalid_json", "the request body is nested too deeply (arrays or objects)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        why = str(e)
+        if "integer string conversion" in why:
+            why = "a number in it has more than 4300 digits"
+        raise bad_request("invalid_json", f"the request body is not JSON: {why}") from None
+    if not isinstance(doc, dict):
+        raise bad_request("invalid_json", "the request body is not a JSON object")
+    return doc
 
 
 def upstream_target(req: Request) -> tuple[str, bytes]:

@@ -1,14 +1,21 @@
 """The client side of the gateway: an asyncio protocol that parses HTTP/1.1 with httptools.
 
 One ``HttpConnection`` per client socket. It parses requests (keep-alive, pipelining,
-chunked bodies, ``Expect: 100-continue``), bounds the body (413), and hands each complete
-request to the handler, one at a time per connection. The handler answers at once (and
-returns None), hands the request to an ``Active`` driven by callbacks (and returns
-``PENDING``: the proxy's fast path, no task), or returns a coroutine, which runs as a task
-(a request that has to wait). A client that disconnects cancels that task and tells the
-``Active``, which is how a queued request is dropped at once and an upstream request closed
-(issue 9, cancellation). Write pressure from a slow client pauses the upstream reader
-(``flow``), so a stream is relayed without buffering it whole.
+chunked bodies, ``Expect: 100-continue``), bounds the URL (414), the headers (431) and the
+body (413), and hands each complete request to the handler, one at a time per connection.
+The handler answers at once (and returns None), hands the request to an ``Active`` driven
+by callbacks (and returns ``PENDING``: the proxy's fast path, no task), or returns a
+coroutine, which runs as a task (a request that has to wait). A client that disconnects
+cancels that task and tells the ``Active``, which is how a queued request is dropped at
+once and an upstream request closed (issue 9, cancellation). Write pressure from a slow
+client pauses the upstream reader (``flow``), so a stream is relayed without buffering it
+whole.
+
+A ``gate`` sees each request at the end of its headers: one it refuses (no key, a foreign
+``Host``) is answered at once, and its body is discarded, never held (issue
+19: a 96 MiB header without a key used to be read whole, then answered 200). A connection
+whose request stops arriving for ``RECEIVE_TIMEOUT_S`` gets 408; one that sends, however
+slowly, is never cut.
 
 No framework sits on this path: a per-request middleware stack costs more than the whole
 proxy budget, and Starlette's ``BaseHTTPMiddleware`` hides client disconnects.
@@ -25,12 +32,34 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from llama_orchestrator.gateway.errors import error_body, too_large
+from llama_orchestrator.gateway.errors import (
+    error_body,
+    header_too_large,
+    receive_timed_out,
+    too_large,
+    url_too_long,
+)
 
 log = logging.getLogger(__name__)
 
 # Pipelined requests held while one is answered; past this, reading pauses.
 MAX_PIPELINED = 8
+# The request target's limit (414): llama-server's own URL parser stops at 64 KiB.
+MAX_URL_BYTES = 64 * 1024
+# All header lines of one request together (431). httptools gathers a header value whole
+# before it calls back, so the bytes of a head still arriving are bounded too.
+MAX_HEADER_BYTES = 64 * 1024
+# A request whose bytes stop arriving for this long is answered 408 and closed.
+RECEIVE_TIMEOUT_S = 60.0
+# After refusing a request still being sent, what it sends is read and dropped this long
+# before the close: closing on unread data resets the connection, which can destroy the
+# answer before the client reads it.
+LINGER_S = 2.0
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; ``HttpConnection._refusal`` holds
+    the answer."""
 
 
 def reason(status: int) -> bytes:
@@ -72,7 +101,10 @@ class Request:
         if url[:1] == b"/" and b"?" not in url and b"%" not in url:
             self.path, self.query = url, None  # the common case, without a parse
         else:
-            parsed = httptools.parse_url(url)
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise ValueError(f"the request target {url[:80]!r} is not a valid URL") from None
             self.path = parsed.path or b"/"
             self.query = parsed.query
         self.headers = headers
@@ -112,6 +144,9 @@ class _Pending:
 PENDING: Any = _Pending()
 
 Handler = Callable[[Request, "HttpConnection"], "Coroutine[Any, Any, Any] | _Pending | None"]
+# Told each request at the end of its headers (its body still empty): True when the
+# handler will refuse it whatever its body, which is then never read.
+Gate = Callable[[Request], bool]
 
 
 class HttpConnection(asyncio.Protocol):
@@ -121,8 +156,10 @@ class HttpConnection(asyncio.Protocol):
         max_body: int,
         now: Callable[[], float],
         registry: set[HttpConnection],
+        gate: Gate | None = None,
     ) -> None:
         self._handler = handler
+        self._gate = gate
         self._max_body = max_body
         self._now = now
         self._registry = registry
@@ -141,12 +178,33 @@ class HttpConnection(asyncio.Protocol):
         self.cors = b""
         self._reading_paused = False
         self._late_413 = False
+        self._receiving = False  # a request's bytes are arriving (headers or body)
+        self._received = 0  # bytes read, for the sweeper to see a slow upload progress
+        self._progress: tuple[int, float] | None = None  # (bytes, when) at the last sweep
+        self._refusal: tuple[int, bytes] | None = None
+        self._chunk = 0  # the length of the data being parsed
         self._reset_message()
 
     @property
     def idle(self) -> bool:
-        """Between requests (nothing being answered, nothing pipelined)."""
-        return self._current is None and not self._pending
+        """Between requests (nothing being answered, nothing pipelined, nothing arriving)."""
+        return self._current is None and not self._pending and not self._receiving
+
+    def sweep(self, now: float, keepalive_timeout: float) -> None:
+        """Called every few seconds: close a connection idle between requests for longer
+        than ``keepalive_timeout``; answer 408 to a request that sent no byte for
+        ``RECEIVE_TIMEOUT_S`` (one that sends, however slowly, goes on)."""
+        if self.idle:
+            if self.idle_since < now - keepalive_timeout:
+                self.close()
+            return
+        if not self._receiving or self._current is not None:
+            self._progress = None
+            return
+        if self._progress is None or self._progress[0] != self._received:
+            self._progress = (self._received, now)
+        elif now - self._progress[1] >= RECEIVE_TIMEOUT_S:
+            self._refuse(408, receive_timed_out(RECEIVE_TIMEOUT_S))
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -156,12 +214,28 @@ class HttpConnection(asyncio.Protocol):
         self._registry.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # refused and lingering: dropped
+        self._received += len(data)
+        self._chunk = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail_parse(b"protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as e:
-            self._fail_parse(str(e).encode(errors="replace"))
+            if self._refusal is not None:
+                self._refuse(*self._refusal)
+            else:
+                self._fail_parse(str(e).encode(errors="replace"))
+            return
+        if self._in_head:
+            # Bytes of a head still arriving: httptools holds a partial header value
+            # itself, so it is bounded here, before the callbacks see it (counted from the
+            # chunk after the one the request began in).
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_URL_BYTES + MAX_HEADER_BYTES:
+                self._refuse(431, header_too_large(MAX_HEADER_BYTES))
 
     def eof_received(self) -> bool | None:
         return None  # a half-closed client is gone: close, which cancels its request
@@ -190,22 +264,46 @@ class HttpConnection(asyncio.Protocol):
     def _reset_message(self) -> None:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._in_head = False
         self._body: list[bytes] = []
         self._body_len = 0
         self._too_large = False
+        self._request: Request | None = None
+        self._gated = False  # refused by its headers: its body is discarded
+        self._answered = False  # answered at the end of its headers
 
     def on_message_begin(self) -> None:
         self._reset_message()
+        self._in_head = self._receiving = True
+        self._head_bytes = -self._chunk
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > MAX_URL_BYTES:
+            self._refusal = (414, url_too_long(len(self._url), MAX_URL_BYTES))
+            raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refusal = (431, header_too_large(MAX_HEADER_BYTES))
+            raise _Refused
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._keep_alive = self._parser.should_keep_alive()
-        self._http11 = self._parser.get_http_version() == "1.1"
+        self._in_head = False
+        keep_alive = self._parser.should_keep_alive()
+        http11 = self._parser.get_http_version() == "1.1"
+        try:
+            req = Request(
+                self._parser.get_method(), self._url, self._headers, b"", keep_alive, http11, 0.0
+            )
+        except ValueError as e:
+            self._refusal = (400, error_body(str(e), "invalid_request_error", "bad_request"))
+            raise _Refused from None
+        self._request = req
         expect = False
         for name, value in self._headers:
             lname = name.lower()
@@ -220,6 +318,14 @@ class HttpConnection(asyncio.Protocol):
         if self._too_large:
             # Answer before the body is sent; the connection closes after it.
             self._reject_too_large()
+        elif self._gate is not None and self._gate(req):
+            self._gated = True
+            if self._current is None and not self._pending:
+                # Answered now, before its body; the body that follows is discarded.
+                self._answered = True
+                req.started = self._now()
+                self._pending.append(req)
+                self._run_next()
         elif expect and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -232,23 +338,21 @@ class HttpConnection(asyncio.Protocol):
             self._body.clear()
             self._reject_too_large()
             return
-        self._body.append(body)
+        if not self._gated:  # a refused request's body is never held
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._too_large:
-            if self.transport is not None and self._current is None:
+        self._receiving = False
+        self._progress = None
+        if self._too_large or self._answered:
+            if self.transport is not None and self._current is None and self.must_close:
                 self.transport.close()
+                self.closed = True
             return
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req = Request(
-            self._parser.get_method(),
-            self._url,
-            self._headers,
-            body,
-            self._keep_alive,
-            self._http11,
-            self._now(),
-        )
+        req = self._request
+        assert req is not None
+        req.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        req.started = self._now()
         self._pending.append(req)
         if self._current is None:
             self._run_next()
@@ -310,7 +414,11 @@ class HttpConnection(asyncio.Protocol):
         if self._late_413:
             self._late_413 = False
             self._reject_too_large()
-        if (self.must_close or not req.keep_alive) and self.transport is not None:
+        if not req.keep_alive:
+            self.must_close = True
+        if self.must_close and self._receiving and self._answered:
+            return  # its body still arriving (refused by its headers): closed once it is in
+        if self.must_close and self.transport is not None:
             self.transport.close()
             self.closed = True
 
@@ -376,6 +484,26 @@ class HttpConnection(asyncio.Protocol):
             b"Connection: close\r\n\r\n" % (reason(413), len(body))
         )
         self.write(head + body)
+
+    def _refuse(self, status: int, body: bytes) -> None:
+        """Answer a request that cannot be read (its URL or head too long, its bytes
+        stopped) and close: nothing after it on this connection can be parsed."""
+        self._refusal = None
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        if self._current is not None:
+            transport.close()
+            return
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, reason(status), len(body))
+        )
+        transport.write(head + body)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def _fail_parse(self, why: bytes) -> None:
         if self.transport is None or self.closed:
