@@ -299,3 +299,10 @@ def test_a_close_before_the_socket_exists_still_ends_the_stream() -> None:
         stop.set()
         stream.close()
         listener.close()
+
+
+def test_the_priority_list_orders_the_ps_columns() -> None:
+    """The narrow-terminal order names each ps column once (views/styles.py)."""
+    from llama_orchestrator.views.styles import PS_COLUMNS, PS_PRIORITY
+
+    assert sorted(PS_PRIORITY) == sorted(PS_COLUMNS) and PS_PRIORITY[0] == "NAME"

@@ -28,12 +28,8 @@ from llama_orchestrator.client.control import DaemonStatus, connect
 from llama_orchestrator.dashboard import data
 from llama_orchestrator.dashboard.stream import EventStream, apply_event
 from llama_orchestrator.home import Home
-from llama_orchestrator.views.styles import PS_COLUMNS, cell_style, ps_cells
+from llama_orchestrator.views.styles import PS_COLUMNS, PS_PRIORITY, cell_style, ps_cells
 
-# When the terminal is narrow, columns are dropped from the end of this list first.
-PRIORITY = (
-    "NAME", "STATUS", "HEALTH", "PORT", "UPTIME", "PID", "RESTARTS", "MODEL", "DEVICE", "BACKEND"
-)  # fmt: skip
 MIN_WIDTH, MIN_HEIGHT = 30, 6
 KEYS = "q quit  r refresh  u up  d down  R restart  l logs  enter describe"
 ACTING = {"up": "starting", "down": "stopping", "restart": "restarting"}
@@ -51,7 +47,7 @@ def fit_columns(cells: list[dict[str, Text]], width: int) -> tuple[str, ...]:
     """The columns that fit in ``width`` cells, by priority, shown in ps order."""
     chosen: set[str] = set()
     used = 0
-    for col in PRIORITY:
+    for col in PS_PRIORITY:
         need = max([len(col)] + [c[col].cell_len for c in cells]) + 2  # DataTable's padding
         if col != "NAME" and used + need > width:
             continue

@@ -25,6 +25,20 @@ PS_COLUMNS = (
     "UPTIME",
     "RESTARTS",
 )
+# The same columns by importance: where the width is short (the dashboard in a narrow
+# terminal), columns are dropped from the end of this list first.
+PS_PRIORITY = (
+    "NAME",
+    "STATUS",
+    "HEALTH",
+    "PORT",
+    "UPTIME",
+    "PID",
+    "RESTARTS",
+    "MODEL",
+    "DEVICE",
+    "BACKEND",
+)
 
 
 def ps_cells(row: Mapping[str, Any]) -> dict[str, str]:
