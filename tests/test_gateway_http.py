@@ -155,7 +155,9 @@ def test_pages_of_other_sites_are_refused_without_keys_and_cookies_never_forward
     async def ask(host: str, port: int, headers: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + headers + b"Connection: close\r\n\r\n"
+            b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n"
+            + headers
+            + b"Connection: close\r\n\r\n"
         )
         data = await read_all(reader)
         writer.close()
@@ -208,7 +210,9 @@ def test_a_request_that_comes_back_to_its_gateway_is_a_loop() -> None:
                 assert data.startswith(b"HTTP/1.1 508") and b"loop_detected" in data, data
                 assert b"remote.url points at this gateway" in data
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Llama-Orch-Via: abc\r\n\r\n")
+            writer.write(
+                b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Llama-Orch-Via: abc\r\n\r\n"
+            )
             assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")  # not ours
             writer.close()
         finally:

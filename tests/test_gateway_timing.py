@@ -151,8 +151,8 @@ def test_a_queued_request_is_dropped_when_its_client_goes() -> None:
         host, port = gw.url.removeprefix("http://").split(":")
         _, writer = await asyncio.open_connection(host, int(port))
         body = json.dumps({"model": "busy"}).encode()
-        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
-                     % (len(body), body))  # fmt: skip
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
         await until(lambda: gw.router.queue_depths() == {"busy": 1}, what="queued")
         writer.close()
         await until(lambda: gw.router.queue_depths() == {}, what="the queue to drop it")

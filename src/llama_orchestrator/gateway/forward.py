@@ -124,6 +124,7 @@ class Forward:
         "_finished",
         "_gw",
         "_lease",
+        "_lost",
         "_model",
         "_relay",
         "_req",
@@ -161,6 +162,7 @@ class Forward:
         self._relay: Relay | None = None
         self._task: asyncio.Task[None] | None = None
         self._reused = False
+        self._lost: str | None = None  # why a reused connection closed under the request
         self._tried: set[str] = set()
 
     def begin(self) -> None:
@@ -189,7 +191,17 @@ class Forward:
         try:
             up = await self._target.connect()
         except UpstreamError as e:
-            if not self._reroute():
+            if self._attempt:
+                # The retry after a reused connection closed under the request: the
+                # instance may have died of this very request (a prompt that crashes
+                # llama-server). It is not replayed elsewhere, where it could do the same.
+                name = self._lease.instance.name
+                self._fail(
+                    f"instance {name!r} closed the connection while it had the request "
+                    f"({self._lost}), and now refuses connections ({e}): it died under the "
+                    "request, which is not sent to another instance"
+                )
+            elif not self._reroute():  # nothing was sent: another replica may take it
                 self._fail(str(e))
             return
         except asyncio.CancelledError:
@@ -236,7 +248,7 @@ class Forward:
         self._begin_again(lease)
 
     def _begin_again(self, lease: Lease) -> None:
-        """Start over on another replica's lease."""
+        """Start over on another replica's lease (nothing was sent to the first)."""
         self._lease = lease
         self._attempt = 0
         self.begin()
@@ -285,14 +297,20 @@ class Forward:
             up.abort()
             name = self._lease.instance.name
             if self._reused and not relay.got_bytes and self._attempt == 0:
-                self._attempt = 1  # a stale keep-alive connection: once more on a fresh one
+                # A stale keep-alive connection: once more on a fresh one, to the same
+                # instance only (_open).
+                self._attempt = 1
+                self._lost = relay.lost
                 self._connect()
                 return
             if relay.head_at is not None:
-                # Mid-response: the client must see a broken message, not a whole one.
-                self._conn.abort()
+                # Mid-response: a stream ends with an error event in its own format; any
+                # other answer is cut, so that the client sees a broken message, not a
+                # whole one. Either way it counts as 502 in the records and /metrics.
                 error = f"instance {name!r} broke the connection mid-response: {relay.lost}"
-                self._finish(relay.status, error, relay.head_at)
+                if not relay.cut(f"the answer was cut off: {error}"):
+                    self._conn.abort()
+                self._finish(502, error, relay.head_at)
                 return
             self._fail(f"instance {name!r} closed the connection without answering: {relay.lost}")
         except Exception as e:
@@ -322,7 +340,7 @@ class Forward:
     def _answer_error(self, err: GatewayError, extra_headers: bytes) -> None:
         """An error answer, or an error event inside the stream the client already has."""
         if self._committed:
-            self._conn.write(sse_fail(err.body()))
+            self._conn.write(sse_fail(err.body(), self._req.path))
         else:
             self._conn.respond(err.status, err.body(), extra_headers=extra_headers)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from llama_orchestrator.gateway.errors import SERVER_ERROR, error_body
 from llama_orchestrator.gateway.rename import Rename
 from llama_orchestrator.gateway.server import HttpConnection, Request
 
@@ -47,22 +48,32 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def sse_error(body: bytes) -> bytes:
-    """An error inside an SSE stream, as OpenAI clients read one: a ``data:`` event whose
-    JSON has an ``error`` object."""
+def sse_error(body: bytes, path: bytes = b"") -> bytes:
+    """An error inside an SSE stream, in the stream's own format (issue 19): Anthropic's
+    ``event: error`` on ``/v1/messages``, the Responses API's ``event: error`` on
+    ``/v1/responses``, else OpenAI's ``data:`` event whose JSON has an ``error`` object.
+    ``body`` is an error answer (ours or the instance's)."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     if not (isinstance(doc, dict) and isinstance(doc.get("error"), dict)):
         message = body.decode(errors="replace") if not isinstance(doc, dict) else json.dumps(doc)
         doc = {"error": {"message": message, "type": "server_error", "code": "upstream_error"}}
+    if path.startswith(b"/v1/messages"):
+        err = doc["error"]
+        anthropic = {"type": "error", "error": {"type": "api_error", "message": err.get("message")}}
+        return b"event: error\ndata: " + json.dumps(anthropic).encode() + b"\n\n"
+    if path == b"/v1/responses":
+        err = doc["error"]
+        event = {"type": "error", "code": err.get("code"), "message": err.get("message")}
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
-def sse_fail(body: bytes) -> bytes:
+def sse_fail(body: bytes, path: bytes = b"") -> bytes:
     """An error event that ends a chunked event stream whose 200 head is already out."""
-    return chunk(sse_error(body)) + b"0\r\n\r\n"
+    return chunk(sse_error(body, path)) + b"0\r\n\r\n"
 
 
 class Relay:
@@ -82,7 +93,9 @@ class Relay:
         "_keep_alive",
         "_now",
         "_out",
+        "_path",
         "_rename",
+        "_tail",
         "_wrap",
         "committed",
         "ended",
@@ -90,6 +103,7 @@ class Relay:
         "head_at",
         "lost",
         "on_done",
+        "sse",
         "status",
         "upstream_reusable",
     )
@@ -109,6 +123,7 @@ class Relay:
         self._client = client
         self._rename = rename  # the name the client asked for, into the answer (issue 20)
         self._head_only = req.method == b"HEAD"
+        self._path = req.path
         self._keep_alive = req.keep_alive
         self._http11 = req.http11
         self._instance_header = b"X-Llama-Orch-Instance: " + instance.encode() + b"\r\n"
@@ -118,6 +133,8 @@ class Relay:
         self._captured_len = 0
         self._out: list[bytes] = []
         self._chunked = committed
+        self.sse = committed  # the answer is an event stream
+        self._tail = b""  # the last piece written of an event stream
         self._wrap = False
         self._err: list[bytes] = []
         self._now = now
@@ -170,6 +187,7 @@ class Relay:
         if self._client.cors:
             lines.append(self._client.cors)
         if sse:
+            self.sse = True
             lines.append(SSE_HEADERS)
             # llama-server closes the connection after a stream: close it first, rather
             # than pool it and meet the close under the next request.
@@ -209,6 +227,7 @@ class Relay:
             if not data:
                 return
         self._out.append(chunk(data) if self._chunked else data)
+        self._tail = data
         cap = self._capture
         if cap == CAPTURE_JSON:
             self._captured_len += len(data)
@@ -234,7 +253,7 @@ class Relay:
         if self.ended:
             return
         if self._wrap:
-            self._out.append(chunk(sse_error(b"".join(self._err))))
+            self._out.append(chunk(sse_error(b"".join(self._err), self._path)))
         elif self._rename is not None and (rest := self._rename.rest()):
             self._out.append(chunk(rest) if self._chunked else rest)
         if self._chunked:
@@ -249,6 +268,21 @@ class Relay:
         self.lost = str(exc) if exc else "the instance closed the connection"
         self.flush()
         self._end()
+
+    def cut(self, message: str) -> bool:
+        """End an event stream whose instance broke off mid-way with an error event in
+        the stream's own format, so that the client sees it failed, never a stream that
+        merely stopped (issue 19). False when the answer is no event stream: the client
+        must then see a broken message (``HttpConnection.abort``)."""
+        if not self.sse or self._wrap:
+            return False
+        event = sse_error(error_body(message, SERVER_ERROR, "upstream_error"), self._path)
+        tail = self._tail
+        if tail and not tail.endswith((b"\n\n", b"\r\n\r\n")):
+            event = b"\n\n" + event  # the event the instance was writing ends, broken
+        self._client.must_close = True
+        self._client.write(chunk(event) + b"0\r\n\r\n" if self._chunked else event)
+        return True
 
     def _end(self) -> None:
         self.ended = True

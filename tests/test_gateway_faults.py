@@ -1,0 +1,169 @@
+"""Faults under a request, on real llama-servers (issue 19): a stream whose instance dies
+mid-way ends with an error event in its own format and counts as 502 in /metrics; a
+request whose server died under it is answered 502 saying so, and never replayed on
+another replica (a prompt that crashes llama-server must not crash every replica)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import free_port
+from helpers import wait_for
+
+from llama_orchestrator.gateway.testing import (
+    GatewayThread,
+    ListDirectory,
+    ServerInstance,
+    server_argv,
+)
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+LONG = {"max_tokens": 15000, "ignore_eos": True}
+
+
+def instance(binary: Path, model: Path, name: str, **kw: Any) -> ServerInstance:
+    port = free_port()
+    argv = server_argv(binary, model, port, parallel=1, ctx=16384)
+    return ServerInstance(name, argv, port, **kw)
+
+
+def slot_busy(port: int) -> bool:
+    r = httpx.get(f"http://127.0.0.1:{port}/slots", trust_env=False, timeout=5)
+    return any(slot["is_processing"] for slot in r.json())
+
+
+def stream_until_cut(url: str, path: str, body: dict[str, Any], victim: ServerInstance) -> bytes:
+    """A raw streaming request; once its first event is in, ``victim`` is killed. What the
+    client got, to the gateway's close."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    data = json.dumps(body).encode()
+    s.sendall(
+        b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+    )
+    got = b""
+    while b"data: " not in got:
+        piece = s.recv(65536)
+        assert piece, got
+        got += piece
+    victim.kill()
+    s.settimeout(10)
+    while piece := s.recv(65536):
+        got += piece
+    s.close()
+    return got
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The body of a chunked answer (after its head)."""
+    rest, body = raw.split(b"\r\n\r\n", 1)[1], b""
+    while rest:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        body, rest = body + rest[:size], rest[size + 2 :]
+    return body
+
+
+def requests_total(g: GatewayThread, model: str, code: str) -> float:
+    text = httpx.get(f"{g.url}/metrics", trust_env=False, timeout=10).text
+    for line in text.splitlines():
+        labels = f'model="{model}"' in line and f'code="{code}"' in line
+        if line.startswith("llama_orch_requests_total{") and labels:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_cut_stream_ends_with_an_error_event_and_counts_as_502(
+    llama_server_bin: Path, tiny_model: Path
+) -> None:
+    victim = instance(llama_server_bin, tiny_model, "victim")
+    assert victim.start().ok
+    try:
+        with GatewayThread(ListDirectory([victim])) as g:
+            # OpenAI's format: the client raises, it does not see a finished stream
+            c = openai.OpenAI(base_url=f"{g.url}/v1", api_key="x", max_retries=0, timeout=30)
+            stream = c.chat.completions.create(
+                model="victim", messages=MESSAGES, stream=True, extra_body=LONG
+            )
+            first = next(iter(stream))
+            assert first.choices
+            wait_for(lambda: slot_busy(victim.port), what="generation to start")
+            victim.kill()
+            with pytest.raises(openai.APIError, match=r"cut off.*mid-response"):
+                for _ in stream:
+                    pass
+            wait_for(lambda: victim.in_flight == 0, timeout=5, what="the lease to end")
+            assert requests_total(g, "victim", "502") == 1
+            assert g.records[-1].status == 502 and "mid-response" in (g.records[-1].error or "")
+
+            # Anthropic's format on /v1/messages: `event: error`, then the chunked end
+            assert victim.start().ok
+            body = {"model": "victim", "messages": MESSAGES, "stream": True, "max_tokens": 15000}
+            raw = stream_until_cut(g.url, "/v1/messages", body, victim)
+            assert raw.endswith(b"\r\n0\r\n\r\n")
+            event = dechunk(raw).rstrip(b"\n").rsplit(b"\n\n", 1)[1]
+            assert event.startswith(b"event: error\ndata: "), event
+            doc = json.loads(event.split(b"data: ", 1)[1])
+            assert doc["type"] == "error" and doc["error"]["type"] == "api_error"
+            assert "cut off" in doc["error"]["message"]
+            wait_for(lambda: requests_total(g, "victim", "502") == 2, what="the second 502")
+    finally:
+        victim.stop()
+
+
+def test_a_request_whose_server_died_under_it_is_502_never_replayed(
+    llama_server_bin: Path, tiny_model: Path
+) -> None:
+    """Sent on a reused pooled connection (the stale keep-alive retry used to hand it to
+    the other replica): a replica killed under it answers 502, and the other replica
+    never sees it."""
+    a = instance(llama_server_bin, tiny_model, "rep-a", aliases=("pool",))
+    b = instance(llama_server_bin, tiny_model, "rep-b", aliases=("pool",))
+    for rep in (a, b):
+        assert rep.start().ok
+        rep.track_exit = False  # the daemon has not noticed the death yet
+    try:
+        with GatewayThread(ListDirectory([a, b])) as g:
+            for _ in range(4):  # pooled keep-alive connections to both replicas
+                r = httpx.post(
+                    f"{g.url}/v1/completions",
+                    json={"model": "pool", "prompt": "x", "max_tokens": 1},
+                    trust_env=False,
+                    timeout=30,
+                )
+                assert r.status_code == 200
+            served_before = {rep.name: rep.leases for rep in (a, b)}
+            result: dict[str, httpx.Response] = {}
+
+            def long() -> None:
+                body = {"model": "pool", "messages": MESSAGES, **LONG}
+                result["r"] = httpx.post(
+                    f"{g.url}/v1/chat/completions", json=body, trust_env=False, timeout=30
+                )
+
+            t = threading.Thread(target=long)
+            t.start()
+            busy = wait_for(
+                lambda: next((r for r in (a, b) if slot_busy(r.port)), None), what="a busy slot"
+            )
+            other = b if busy is a else a
+            busy.kill()
+            t.join(15)
+            assert not t.is_alive()
+            r = result["r"]
+            assert r.status_code == 502, r.text
+            assert r.headers["x-llama-orch-instance"] == busy.name
+            message = r.json()["error"]["message"]
+            assert busy.name in message and "closed the connection" in message, message
+            assert other.leases == served_before[other.name]  # never replayed there
+    finally:
+        a.stop()
+        b.stop()
