@@ -31,16 +31,18 @@ from llama_orchestrator.gateway.testing import (
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
-def instance(binary: Path | None, model: Path, name: str, **kw: Any) -> ServerInstance:
+def instance(
+    binary: Path | None, model: Path, name: str, ctx: int = 256, **kw: Any
+) -> ServerInstance:
     port = free_port()
-    argv = server_argv(binary, model, port, extra=["-a", name])
+    argv = server_argv(binary, model, port, ctx=ctx, extra=["-a", name])
     return ServerInstance(name, argv, port, **kw)
 
 
 @pytest.fixture(scope="module")
 def servers(llama_server_bin: Path, tiny_model: Path) -> Iterator[dict[str, ServerInstance]]:
     found = {
-        "chat": instance(llama_server_bin, tiny_model, "chat", aliases=("org/gpt",)),
+        "chat": instance(llama_server_bin, tiny_model, "chat", 4096, aliases=("org/gpt",)),
         "emb": instance(None, tiny_model, "emb", aliases=("small",)),
     }
     for inst in found.values():
@@ -122,7 +124,11 @@ def test_unload_waits_for_the_request_in_flight(
 
     def ask() -> None:
         stream = client.chat.completions.create(
-            model="chat", messages=MESSAGES, max_tokens=200, stream=True
+            model="chat",
+            messages=MESSAGES,
+            max_tokens=3000,  # long enough to be seen in flight
+            stream=True,
+            extra_body={"ignore_eos": True},
         )
         out["chunks"] = [c for c in stream]
 

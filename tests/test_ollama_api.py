@@ -179,3 +179,31 @@ def test_keys_apply_and_a_refusal_has_ollamas_shape(servers: dict[str, ServerIns
         with pytest.raises(ollama.ResponseError) as e:
             client(gw).list()
     assert e.value.status_code == 401 and "API key" in e.value.error
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (0, 0), ("0", 0), ("0s", 0), (300, 300), ("5m", 300), ("1h30m", 5400),
+     ("1.5s", 2), ("250ms", 1), (-1, -1), ("-1m", -1), ("45", 45)],
+)  # fmt: skip
+def test_keep_alive_durations(value: Any, seconds: int | None) -> None:
+    from llama_orchestrator.gateway.ollama_translate import keep_alive
+
+    assert keep_alive(value) == seconds
+
+
+def test_keep_alive_reaches_the_instance(
+    gw: GatewayThread, servers: dict[str, ServerInstance]
+) -> None:
+    """A duration becomes the instance's idle ttl (the daemon's seats), -1 never."""
+    c = client(gw)
+    c.chat(model="llama3", messages=MESSAGES, options={"num_predict": 1}, keep_alive="5m")
+    from helpers import wait_for
+
+    wait_for(lambda: servers["chat"].kept_alive == 300, 10, "keep_alive 5m")
+    c.generate(model="chat", prompt="a", options={"num_predict": 1}, keep_alive=-1)
+    wait_for(lambda: servers["chat"].kept_alive == 0, 10, "keep_alive -1")
+    r = httpx.post(
+        f"{gw.url}/api/chat", json={"model": "chat", "messages": MESSAGES, "keep_alive": "soon"}
+    )
+    assert r.status_code == 400 and "'keep_alive' 'soon' is not a duration" in r.json()["error"]

@@ -12,7 +12,6 @@ already in progress: single-flight comes from the actor, not from here.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Sequence
 
@@ -20,7 +19,7 @@ from llama_orchestrator.config.loader import LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.scheduler import Scheduler
-from llama_orchestrator.daemon.seats import cutoff
+from llama_orchestrator.daemon.seats import ActorSeats, cutoff
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
 
@@ -101,6 +100,11 @@ class InstanceView:
         )
         return StartResult(outcome.ok, outcome.message)
 
+    def keep_alive(self, seconds: int) -> None:
+        seats = self._scheduler.seats
+        if isinstance(seats, ActorSeats):
+            seats.keep_alive(self._actor.name, seconds)
+
     async def unload(self, reason: str) -> StartResult:
         """``down`` after a drain: no new lease from now on (``cutoff``), the requests in
         flight finish, then the actor stops the server (issue 20, ``/models/unload``)."""
@@ -108,7 +112,7 @@ class InstanceView:
         try:
             leases = self._actor.leases
             while leases.in_flight and self._actor.snapshot.routable:
-                await asyncio.sleep(0.05)  # leases are plain counters: poll, on the loop
+                await self._scheduler.clock.sleep(0.05)  # leases are plain counters: poll
             outcome = await self._actor.request(lambda r: m.Stop(r, reason=reason))
         finally:
             self._unloading = False

@@ -69,6 +69,9 @@ class ActorSeats:
         self._demand = demand  # the gateway's queues (GatewayQueues.demand)
         self._default_ttl = 0  # gateway.json: for instances started on demand without a ttl
         self._stops: set[asyncio.Task[m.Outcome]] = set()
+        # An Ollama client's keep_alive: the idle ttl until the instance stops (issue 20),
+        # with the time that run became ready (a later run has its config's ttl again).
+        self._keep_alive: dict[str, tuple[int, float]] = {}
 
     def configure(self, default_ttl: int) -> None:
         """gateway.json (re)loaded: the ttl of instances started on demand without one."""
@@ -93,12 +96,22 @@ class ActorSeats:
         busy = self._busy(actor, draining, hold)
         return Seat(name, memory_mb, gw.pinned, gw.priority, busy, actor.leases.last_used)
 
+    def keep_alive(self, name: str, ttl: int) -> None:
+        """The idle ttl of ``name`` from now until it stops (0: never stopped for being
+        idle), as the last request's ``keep_alive`` asked (issue 20, the Ollama API)."""
+        actor = self._actors.get(name)
+        if actor is not None:
+            self._keep_alive[name] = (ttl, actor.snapshot.ready_mono)
+
     def idle(self, name: str) -> tuple[float, int]:
         actor = self._actors.get(name)
         if actor is None or actor.snapshot.state is not State.RUNNING or self._busy(actor, None):
             return 0.0, 0
         snap = actor.snapshot
         ttl = self._gateway(snap).ttl
+        kept = self._keep_alive.get(name)
+        if kept is not None and kept[1] == snap.ready_mono:
+            ttl = kept[0]
         if ttl is None:
             ttl = self._default_ttl if snap.on_demand else 0
         return actor.leases.idle_for(), ttl

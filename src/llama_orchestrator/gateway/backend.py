@@ -83,6 +83,11 @@ class Instance(Protocol):
         """Start it (as ``up`` does) and return once it is ready or has failed."""
         ...
 
+    def keep_alive(self, seconds: int) -> None:
+        """Stop it once idle for ``seconds`` (0: never), instead of its config's ``ttl``,
+        until it stops: an Ollama client's ``keep_alive``."""
+        ...
+
     async def unload(self, reason: str) -> StartResult:
         """Stop it as ``down`` does, once the requests in flight on it have finished
         (no new lease is handed out meanwhile: ``cutoff``); ``/models/unload``."""

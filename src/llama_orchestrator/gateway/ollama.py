@@ -8,10 +8,10 @@ queues, on-demand starts, metrics and request records as the OpenAI routes:
 * ``/api/chat``, ``/api/generate`` (NDJSON streams, or one answer with ``stream:
   false``), ``/api/embed``, ``/api/embeddings``: translated (``ollama_translate``) and sent
   over the proxy path's pooled connections (``ollama_relay``);
-* ``keep_alive``: ``0`` stops the instance once the answer is out (and a ``/api/generate``
-  or ``/api/chat`` with no prompt and ``keep_alive: 0`` unloads it, as in Ollama); an
-  empty prompt otherwise loads it. A duration is accepted, and the instance's own
-  ``ttl`` decides when it stops;
+* ``keep_alive``: ``0`` stops the instance once the answer is out; a duration (``"5m"``,
+  seconds) stops it once idle that long, and a negative one never, instead of its
+  config's ``ttl`` until it stops; a ``/api/generate`` or ``/api/chat`` with no prompt
+  loads the instance, or unloads it with ``keep_alive: 0``, as in Ollama;
 * ``/api/pull``, ``/api/push``, ``/api/create``, ``/api/copy``, ``/api/delete``: models are
   files an instance config names, so these answer 501 saying so.
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.gateway import ollama_translate as t
 from llama_orchestrator.gateway.errors import GatewayError
-from llama_orchestrator.gateway.management import state_of
+from llama_orchestrator.gateway.management import load, state_of, unload
 from llama_orchestrator.gateway.ollama_relay import OllamaForward, ollama_error
 from llama_orchestrator.gateway.records import NO_USAGE
 from llama_orchestrator.gateway.router import Lease
@@ -58,10 +58,6 @@ _DETAILS = {
     "parameter_size": "",
     "quantization_level": "",
 }
-
-
-def _keep_alive_zero(value: Any) -> bool:
-    return value in (0, "0", "0s", "0m", "0h")
 
 
 class OllamaApi:
@@ -178,16 +174,16 @@ class OllamaApi:
         members = gw.router.members(model)
         if members is None:
             raise GatewayError(404, "model_not_found", f"model '{model}' not found")
-        unload = _keep_alive_zero(doc.get("keep_alive"))
+        keep = t.keep_alive(doc.get("keep_alive"))
         if empty:  # Ollama's load / unload request
-            return self._load_or_unload(req, conn, model, kind, unload)
+            return self._load_or_unload(req, conn, model, kind, keep)
         req.body = json.dumps(upstream).encode()
         gw.inflight.add(req, conn, model, stream)
         lease = gw.router.try_acquire(model, members)
         if lease is not None:
-            self._forward(req, conn, lease, model, url, stream, kind, unload)
+            self._forward(req, conn, lease, model, url, stream, kind, keep)
             return PENDING
-        return self._wait(req, conn, model, url, stream, kind, unload)
+        return self._wait(req, conn, model, url, stream, kind, keep)
 
     def _forward(
         self,
@@ -198,11 +194,11 @@ class OllamaApi:
         url: bytes,
         stream: bool,
         kind: int,
-        unload: bool,
+        keep: int | None,
     ) -> None:
         self._gw.inflight.assign(req, lease.instance.name)
         fwd = OllamaForward(
-            self._gw, req, conn, lease, model, url, stream, kind, unload, self._unloads
+            self._gw, req, conn, lease, model, url, stream, kind, keep, self._unloads
         )
         fwd.begin()
 
@@ -214,7 +210,7 @@ class OllamaApi:
         url: bytes,
         stream: bool,
         kind: int,
-        unload: bool,
+        keep: int | None,
     ) -> Any:
         gw = self._gw
         try:
@@ -231,25 +227,25 @@ class OllamaApi:
             lease.release()
             gw.record(req, model, None, 499, None, stream, NO_USAGE, "client disconnected")
             return None
-        self._forward(req, conn, lease, model, url, stream, kind, unload)
+        self._forward(req, conn, lease, model, url, stream, kind, keep)
         return PENDING
 
     async def _load_or_unload(
-        self, req: Request, conn: HttpConnection, model: str, kind: int, unload: bool
+        self, req: Request, conn: HttpConnection, model: str, kind: int, keep: int | None
     ) -> None:
-        from llama_orchestrator.gateway.management import load
-        from llama_orchestrator.gateway.management import unload as stop
-
         members = self._gw.router.members(model) or ()
         try:
-            if unload:
+            if keep == 0:
                 if any(m.routable or m.state != "stopped" for m in members):
-                    await stop(model, members)
+                    await unload(model, members)
                 reason = "unload"
             else:
                 result = await load(members)
                 if not result.ok:
                     raise GatewayError(503, "model_failed", result.message)
+                if keep is not None:
+                    for m in members:
+                        m.keep_alive(max(0, keep))
                 reason = "load"
         except GatewayError as e:
             self._answer(req, conn, e.status, e.message, model)

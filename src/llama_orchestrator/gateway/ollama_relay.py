@@ -198,7 +198,7 @@ class OllamaRelay:
 class OllamaForward(Forward):
     """``Forward`` for an ``/api/*`` request: the Ollama sink, Ollama's error shape."""
 
-    __slots__ = ("_kind", "_unload_after", "_unloads")
+    __slots__ = ("_keep", "_kind", "_unloads")
 
     def __init__(
         self,
@@ -210,12 +210,12 @@ class OllamaForward(Forward):
         url: bytes,
         stream: bool,
         kind: int,
-        unload_after: bool,
+        keep: int | None,
         unloads: set[asyncio.Task[Any]],
     ) -> None:
         super().__init__(gw, req, conn, lease, model, url, stream, False)
         self._kind = kind
-        self._unload_after = unload_after
+        self._keep = keep  # keep_alive in seconds (0: unload; negative: forever)
         self._unloads = unloads
 
     def _send(self, up: UpstreamConnection, reused: bool) -> None:
@@ -252,9 +252,14 @@ class OllamaForward(Forward):
             super()._finish(status, error, ttfb)
         else:
             super()._finish(status, error, ttfb, usage)
-        if not finished and self._unload_after:
+        keep = self._keep
+        if finished or keep is None:
+            return
+        inst = self._lease.instance
+        if keep:
+            inst.keep_alive(max(0, keep))  # idle ttl from now; 0 there: never idle-stopped
+        else:
             # keep_alive 0: stopped once the answer is out, as Ollama unloads it.
-            inst = self._lease.instance
             task = asyncio.get_running_loop().create_task(inst.unload("keep_alive 0"))
             self._unloads.add(task)
             task.add_done_callback(self._unloads.discard)

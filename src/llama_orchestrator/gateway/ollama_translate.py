@@ -13,6 +13,8 @@ llama-server sends give Ollama's counts and durations (nanoseconds).
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from typing import Any
 
@@ -112,6 +114,40 @@ def _message(msg: Any, i: int) -> dict[str, Any]:
             if isinstance(c, dict)
         ]
     return out
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive(value: Any) -> int | None:
+    """Ollama's ``keep_alive`` in whole seconds: None when absent, 0 to unload, -1 to keep
+    it loaded for ever. A number is seconds; a string a Go duration (``"5m"``, ``"1h30m"``)
+    or a number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest("'keep_alive' is a duration such as \"5m\" or a number of seconds")
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        text = text.lstrip("+-")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise BadRequest(
+                    f'\'keep_alive\' {value!r} is not a duration: write e.g. "5m", "1h", '
+                    '"30s", 0 (unload after the answer) or -1 (keep it loaded)'
+                ) from None
+            seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+        seconds *= sign
+    else:
+        seconds = float(value)
+    if seconds < 0:
+        return -1
+    return 0 if seconds == 0 else max(1, math.ceil(seconds))
 
 
 def model_of(doc: Any) -> str:

@@ -80,6 +80,9 @@ class StaticInstance:
     async def ensure_started(self) -> StartResult:
         return StartResult(True, "ready")
 
+    def keep_alive(self, seconds: int) -> None:
+        pass  # never started nor stopped here
+
     async def unload(self, reason: str) -> StartResult:
         return StartResult(False, f"{self._name} is not started by the gateway: stop it there")
 

@@ -99,6 +99,7 @@ class ServerInstance:
         self.healthy = True
         self._in_flight = 0
         self._unloading = False
+        self.kept_alive: int | None = None
         self._last_error: str | None = None
         self.starts = 0
         self.leases = 0
@@ -167,6 +168,9 @@ class ServerInstance:
     async def ensure_started(self) -> StartResult:
         self.starts += 1
         return await asyncio.get_running_loop().run_in_executor(None, self.start)
+
+    def keep_alive(self, seconds: int) -> None:
+        self.kept_alive = seconds  # what the last request asked for (no idle stop here)
 
     async def unload(self, reason: str) -> StartResult:
         self._unloading = True  # no new leases (cutoff) while the ones out finish
