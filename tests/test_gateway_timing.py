@@ -136,6 +136,7 @@ def test_queue_timeout_is_503_with_the_reason() -> None:
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
         err = r.json()["error"]
         assert err["code"] == "queue_timeout" and "within 30 s (queue.timeout)" in err["message"]
+        assert err["message"].endswith("; 1 request waiting")  # not "1 requests"
         assert gw.router.queue_depths() == {} and busy.in_flight == 1
         busy.release()
 

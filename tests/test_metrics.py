@@ -241,3 +241,18 @@ def test_check_watch_counts_every_check_once() -> None:
     assert abs(got[("llama_orch_health_check_seconds_sum", "alpha", "health")] - 0.060) < 1e-9
     assert got[("llama_orch_health_check_seconds_count", "alpha", "completion")] == 1
     assert counted() == got  # a scrape counts nothing again
+
+
+def test_upstream_calls_are_counted_apart_not_as_a_model_named_nothing() -> None:
+    """Polling /upstream/NAME/slots added "requests" of model "" (issue 19)."""
+    from llama_orchestrator.gateway.records import RequestRecord
+
+    metrics = GatewayMetrics(dict, dict)
+    metrics.observe(RequestRecord(None, "alpha", "GET", "/upstream/alpha/slots", 200, 0.01, 0.02))
+    metrics.observe(RequestRecord("alpha", "alpha", "POST", "/v1/completions", 200, 0.1, 0.2))
+    metrics.observe(RequestRecord(None, None, "POST", "/v1/completions", 400, None, 0.001))
+    got = samples(asyncio.run(metrics.exposition()).decode())
+    upstream = got["llama_orch_upstream_requests_total"]
+    assert upstream == [({"instance": "alpha", "code": "200"}, 1.0)]
+    requests = {(s["model"], s["code"]): v for s, v in got["llama_orch_requests_total"]}
+    assert requests == {("alpha", "200"): 1.0, ("", "400"): 1.0}  # a refused body is still one

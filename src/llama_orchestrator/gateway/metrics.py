@@ -63,6 +63,14 @@ class GatewayMetrics:
             (*labels, "code"),
             registry=None,
         )
+        # /upstream/NAME/... calls (a dashboard polling /slots) name no model: counted
+        # apart, so that they are not "requests" of a model "" (issue 19)
+        self._upstream = Counter(
+            "llama_orch_upstream_requests_total",
+            "Requests through /upstream/INSTANCE/..., by instance and HTTP status code.",
+            ("instance", "code"),
+            registry=None,
+        )
         self._duration = Histogram(
             "llama_orch_request_duration_seconds",
             "Time from a request's arrival to the end of its answer.",
@@ -80,6 +88,9 @@ class GatewayMetrics:
 
     def observe(self, record: RequestRecord) -> None:
         model, instance = record.model or "", record.instance or ""
+        if record.model is None and record.path.startswith("/upstream/"):
+            self._upstream.labels(instance, str(record.status)).inc()
+            return
         self._requests.labels(model, instance, str(record.status)).inc()
         self._duration.labels(model, instance).observe(record.duration_s)
         if record.ttfb_s is not None:
@@ -87,6 +98,7 @@ class GatewayMetrics:
 
     def _own(self) -> Iterator[Metric]:
         yield from self._requests.collect()
+        yield from self._upstream.collect()
         yield from self._duration.collect()
         yield from self._ttfb.collect()
         queued = GaugeMetricFamily(

@@ -368,7 +368,7 @@ class Router:
             503,
             "queue_timeout",
             f"no free slot on {route.name!r} within {s.queue_timeout:g} s (queue.timeout); "
-            f"{len(route.queue)} requests waiting",
+            f"{len(route.queue)} request{'' if len(route.queue) == 1 else 's'} waiting",
             retry_after=5,
         )
 
