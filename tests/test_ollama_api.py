@@ -6,6 +6,7 @@ engine (``emb``) and llama-server with ``--embeddings`` (``vectors``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,64 @@ def test_keep_alive_reaches_the_instance(
         f"{gw.url}/api/chat", json={"model": "chat", "messages": MESSAGES, "keep_alive": "soon"}
     )
     assert r.status_code == 400 and "'keep_alive' 'soon' is not a duration" in r.json()["error"]
+
+
+def test_fuzzed_bodies_get_an_answer_or_ollamas_error(gw: GatewayThread) -> None:
+    """Random bodies on every Ollama model route: an answer, or ``{"error": str}`` with a
+    4xx, never a traceback or a 5xx."""
+    import contextlib
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from llama_orchestrator.gateway.ollama_translate import keep_alive
+
+    scalars = (
+        st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-2, 2) | st.text(max_size=5)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=6,
+    )
+    keys = ["messages", "prompt", "options", "format", "keep_alive", "stream", "input",
+            "images", "tools", "raw", "system"]  # fmt: skip
+    good_message = st.fixed_dictionaries({"role": st.just("user"), "content": st.text(max_size=5)})
+    bodies = st.fixed_dictionaries(
+        {"model": st.sampled_from(["chat", "vectors", "nope", 3])},
+        optional={
+            **{k: values for k in keys},
+            "messages": st.lists(good_message | values, max_size=2) | values,
+            "options": st.fixed_dictionaries(
+                {},
+                optional={"num_predict": st.integers(-2, 3), "temperature": values, "stop": values},
+            )
+            | values,
+            "keep_alive": st.sampled_from(["5m", -1, "x"]) | values,
+        },
+    )
+    routes = ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"]
+    failures: list[str] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(routes), bodies)
+    def check(route: str, body: dict[str, Any]) -> None:
+        with contextlib.suppress(ValueError):
+            if keep_alive(body.get("keep_alive")) == 0:
+                body["keep_alive"] = "5m"  # 0 would stop the shared instances
+        r = httpx.post(f"{gw.url}{route}", json=body, timeout=60)
+        if r.status_code == 200:
+            return
+        try:
+            doc = r.json()
+            shaped = list(doc) == ["error"] and isinstance(doc["error"], str)
+        except ValueError:
+            shaped = False
+        if r.status_code >= 500 or not shaped:
+            failures.append(f"{route} {json.dumps(body)} -> {r.status_code} {r.text[:200]}")
+
+    check()
+    assert not failures, "\n".join(failures[:10])
+    assert gw.records and all(r.status < 500 for r in gw.records)
