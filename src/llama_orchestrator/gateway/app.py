@@ -30,7 +30,7 @@ from urllib.parse import unquote
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.gateway.backend import Directory
-from llama_orchestrator.gateway.cors import Cors
+from llama_orchestrator.gateway.cors import Cors, is_preflight
 from llama_orchestrator.gateway.errors import (
     GatewayError,
     error_headers,
@@ -276,7 +276,7 @@ class Gateway:
         site's page without keys), or mark its answer with CORS headers (cors.py).
         False when it has been answered here."""
         allowed = self.cors.allows(origin)
-        if req.method == b"OPTIONS" and req.header(b"access-control-request-method"):
+        if is_preflight(req):
             if allowed:
                 asked = req.header(b"access-control-request-headers")
                 conn.write(self.cors.preflight(origin, asked))

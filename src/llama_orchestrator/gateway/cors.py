@@ -18,6 +18,7 @@ gateway's headers (``X-Llama-Orch-Instance``, ``Retry-After``) to the page's scr
 from __future__ import annotations
 
 from llama_orchestrator.gateway.inbound import is_loopback
+from llama_orchestrator.gateway.server import Request
 
 # A preflight's answer is cached by the browser this long (Chrome caps it at 2 hours).
 MAX_AGE_S = 7200
@@ -26,6 +27,12 @@ METHODS = b"GET, POST, HEAD, OPTIONS"
 # x-stainless-* and anthropic-* headers, which a preflight then names).
 HEADERS = b"Authorization, Content-Type, X-Api-Key, Anthropic-Version, OpenAI-Organization"
 EXPOSED = b"X-Llama-Orch-Instance, Retry-After"
+
+
+def is_preflight(req: Request) -> bool:
+    """A browser's question before a cross-origin request: answered without a key (it
+    never carries one), by ``Gateway._cors``."""
+    return req.method == b"OPTIONS" and req.header(b"access-control-request-method") is not None
 
 
 def _host_of(origin: str) -> str:
