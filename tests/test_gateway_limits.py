@@ -267,3 +267,20 @@ def test_a_slow_upload_is_never_cut_while_its_bytes_come() -> None:
         writer.close()
 
     run(test)
+
+
+def test_a_refused_request_whose_body_never_comes_is_closed_without_a_second_answer() -> None:
+    async def test(gw: Gateway, port: int) -> None:
+        clock = gw.now.__self__  # type: ignore[attr-defined]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99\r\n\r\n"
+        )
+        assert (await read_response(reader))[0] == 401
+        for seconds in (0, RECEIVE_TIMEOUT_S + 1):
+            clock.block(seconds)
+            gw._sweep()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no 408 after the 401
+        writer.close()
+
+    run(test, api_keys=(KEY,))

@@ -147,7 +147,10 @@ class HttpConnection(asyncio.Protocol):
         if self._progress is None or self._progress[0] != self._received:
             self._progress = (self._received, now)
         elif now - self._progress[1] >= RECEIVE_TIMEOUT_S:
-            self._refuse(408, receive_timed_out(RECEIVE_TIMEOUT_S))
+            if self._answered:  # refused at its headers; the body it owes never came
+                self.close()
+            else:
+                self._refuse(408, receive_timed_out(RECEIVE_TIMEOUT_S))
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
