@@ -54,6 +54,10 @@ def _host_only(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+# The names nearly every request has, answered without parsing an address (per request).
+_USUAL = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def allowed_hosts(environ: dict[str, str] | None = None) -> frozenset[str]:
     value = (os.environ if environ is None else environ).get(ALLOWED_HOSTS_ENV, "")
     return frozenset(_host_only(h).lower() for h in value.split(",") if h.strip())
@@ -68,7 +72,7 @@ def foreign_host(req: Request, allowed: frozenset[str]) -> GatewayError | None:
         return None
     host = raw.decode("latin-1")
     name = _host_only(host).lower().rstrip(".")
-    if is_loopback(name) or name.endswith(".localhost") or name in allowed:
+    if name in _USUAL or name in allowed or name.endswith(".localhost") or is_loopback(name):
         return None
     return foreign_host_refused(host, ALLOWED_HOSTS_ENV)
 
