@@ -84,11 +84,22 @@ def status(
 def run(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Control API port (0 = any free port).")] = 0,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
-    """Run the daemon in the foreground (what the OS service runs)."""
-    from llama_orchestrator.daemon.server import run_daemon
+    """Run the daemon in the foreground (what the OS service runs), under a small
+    keeper process that starts it again within a second if it dies."""
+    home = home_of(ctx)
+    if worker:
+        from llama_orchestrator.daemon.server import run_daemon
 
-    raise typer.Exit(run_daemon(home_of(ctx), port=port))
+        raise typer.Exit(run_daemon(home, port=port))
+    import sys
+
+    from llama_orchestrator.daemon.keeper import run_keeper
+
+    argv = [sys.executable, "-m", "llama_orchestrator", "--home", str(home.root)]
+    argv += ["daemon", "run", "--worker", "--port", str(port)]
+    raise typer.Exit(run_keeper(home, argv))
 
 
 def _say_reload(body: dict[str, Any]) -> None:

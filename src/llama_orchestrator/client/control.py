@@ -251,13 +251,59 @@ def _answers(client: Client, home: Home) -> bool:
     return reply.ok
 
 
-def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
-    """Ask the daemon to exit (its servers keep running). True if one was stopped."""
+def _keeper(home: Home) -> Any:
+    """The daemon's keeper (daemon/keeper.py) as a psutil.Process, or None when none runs."""
     import psutil
 
+    from llama_orchestrator.daemon.keeper import keeper_path
+
+    info = _read_json(keeper_path(home))
+    if info is None:
+        return None
+    pid, ctime = info.get("pid"), info.get("create_time")
+    if not isinstance(pid, int) or not isinstance(ctime, (int, float)) or pid <= 0:
+        return None
+    if not _alive(pid, ctime):
+        return None
+    return psutil.Process(pid)
+
+
+def _process(pid: int | None) -> Any:
+    import psutil
+
+    try:
+        return psutil.Process(pid) if pid is not None else None
+    except psutil.Error:
+        return None
+
+
+def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
+    """Stop the daemon and its keeper (its servers keep running). True if one was stopped.
+
+    The keeper is told first, so it does not start the daemon again: on POSIX its SIGTERM
+    reaches the daemon too (the daemon's own SIGTERM path, as the shutdown request takes).
+    """
     status = daemon_status(home)
-    if not status.running or status.pid is None:
+    keeper = _keeper(home)
+    worker = _process(status.pid) if status.running else None
+    if worker is None and keeper is None:
         return False
+    if keeper is not None:
+        keeper.terminate()
+    if worker is not None:
+        if keeper is None or os.name == "nt":  # Windows: terminate() is a hard kill
+            _ask_to_exit(home, worker)
+        if not _wait_exited(worker, timeout):
+            worker.kill()
+            _wait_exited(worker, 5)
+    if keeper is not None and not _wait_exited(keeper, 5):
+        keeper.kill()
+        _wait_exited(keeper, 5)
+    return True
+
+
+def _ask_to_exit(home: Home, worker: Any) -> None:
+    """The shutdown request, or SIGTERM when the daemon cannot be asked."""
     try:
         client = connect(home)
     except TokenError:
@@ -268,13 +314,8 @@ def stop_daemon(home: Home, timeout: float = 15.0) -> bool:
             asked = client.post("/v1/daemon/shutdown", timeout=5).ok
         except OSError:
             asked = False
-    proc = psutil.Process(status.pid)
     if not asked:
-        proc.terminate()
-    if not _wait_exited(proc, timeout):
-        proc.kill()
-        _wait_exited(proc, 5)
-    return True
+        worker.terminate()
 
 
 def _wait_exited(proc: Any, timeout: float) -> bool:

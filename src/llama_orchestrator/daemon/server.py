@@ -94,8 +94,13 @@ def _bind(sock: socket.socket, host: str, port: int, store: Any) -> None:
 
 
 def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT or a shutdown request."""
+    """Run the daemon in the foreground until SIGTERM/SIGINT or a shutdown request.
+
+    ``llama-orch daemon run`` runs this under its keeper (daemon/keeper.py), which starts
+    it again when it dies; ``EXIT_LOCKED`` tells the keeper not to."""
     from filelock import FileLock, Timeout
+
+    from llama_orchestrator.daemon.keeper import EXIT_LOCKED
 
     home.ensure()
     lock = FileLock(str(home.daemon_lock_path))
@@ -103,7 +108,7 @@ def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
         lock.acquire(timeout=0)
     except Timeout:
         print(f"error: a daemon is already running for {home.root}", file=sys.stderr)
-        return 1
+        return EXIT_LOCKED
     try:
         return _run(_serve(home, host, port))
     finally:
@@ -196,6 +201,7 @@ def build(
     from llama_orchestrator.daemon.configs import Configs
     from llama_orchestrator.daemon.events import EventBus
     from llama_orchestrator.daemon.gateway_host import GatewayHost
+    from llama_orchestrator.daemon.overheads import Overheads
     from llama_orchestrator.daemon.recorder import Recorder, StoreWriter
     from llama_orchestrator.daemon.reload import RESCAN_S, Reloader
     from llama_orchestrator.daemon.scheduler import Scheduler
@@ -210,7 +216,8 @@ def build(
     actors: dict[str, InstanceActor] = {}
     queues = GatewayQueues()
     seats = ActorSeats(actors, queues.demand)
-    scheduler = Scheduler(clock, seats)
+    overheads = Overheads(store)  # learnt per device, kept in the state database
+    scheduler = Scheduler(clock, seats, overheads.mib)
     configs = Configs(home, bus)
     ctx = ActorContext(
         home=home,
@@ -222,6 +229,7 @@ def build(
         launcher=launcher or ProcessLauncher(),
         clock=clock,
         on_check=watches.checks.observe,
+        overheads=overheads,
     )
     housekeeping = LOG_CHECK_S if log_check_interval is None else log_check_interval
     sup = Supervisor(ctx, actors, writer, boot_time=boot_time, log_check_interval=housekeeping)

@@ -1,0 +1,146 @@
+"""The daemon's keeper: a tiny parent that restarts the daemon process when it dies.
+
+``llama-orch daemon run`` runs this; it starts the real daemon (``daemon run --worker``)
+as its child and starts it again when it dies of anything but a clean stop, as
+gunicorn's master does for a worker (issue 19, item 3: after ``kill -9`` of the daemon
+the gateway must serve again within 2 s, with no command). Servers already survive a
+daemon crash and are re-adopted; this brings back the endpoint in front of them.
+
+Why a parent and not the OS service manager: systemd, launchd and the Windows services
+restart only what they installed, and most homes never run ``service install``; a parent
+works wherever the daemon runs, and under a service manager it is still the one process
+the manager watches (``KillMode=process`` signals the keeper, which passes the signal on).
+
+The keeper must never die of its child's faults, so it imports nothing of the daemon
+(no event loop, no sockets, no SQLite): it only spawns, waits, forwards signals and
+writes its identity beside the daemon's. A clean stop (exit 0: SIGTERM, SIGINT, the
+shutdown request) ends the keeper too; ``EXIT_LOCKED`` (another daemon holds the home)
+ends it at once; a crash loop is slowed by backoff and given up after ``GIVE_UP`` fast
+failures in a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from llama_orchestrator.home import Home
+
+EXIT_LOCKED = 3  # the worker found the home's daemon lock taken: another daemon runs
+KEEPER_ENV = "LLAMA_ORCH_KEEPER_PID"  # tells the worker who restarts it
+FIRST_DELAY_S = 0.05  # a crash after a long run is restarted at once
+MAX_DELAY_S = 10.0
+STABLE_S = 10.0  # a run this long resets the backoff
+GIVE_UP = 8  # fast failures in a row (each shorter than STABLE_S) before the keeper stops
+
+
+def keeper_path(home: Home) -> Path:
+    return home.daemon_pid_path.with_name("keeper.json")
+
+
+def _log(msg: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} INFO llama_orchestrator.keeper: {msg}", file=sys.stderr, flush=True)
+
+
+def _describe(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited with code {rc}"
+
+
+class Keeper:
+    """Runs the worker until it stops cleanly; see the module docstring."""
+
+    def __init__(self, home: Home, worker_argv: list[str]) -> None:
+        self.home = home
+        self.argv = worker_argv
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
+        # The keeper has no loop to hand the signal to, and the child must get it now:
+        # forwarding is the one thing this handler does besides recording the stop.
+        if sig != getattr(signal, "SIGHUP", None):
+            self.stopping = True
+        if self.child is not None:
+            with contextlib.suppress(OSError):
+                self.child.send_signal(sig)  # a no-op once the child is reaped
+
+    def install(self) -> None:
+        wanted = [signal.SIGTERM, signal.SIGINT]
+        if hasattr(signal, "SIGHUP"):
+            wanted.append(signal.SIGHUP)
+        for sig in wanted:
+            signal.signal(sig, self._on_signal)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, **{KEEPER_ENV: str(os.getpid())})
+        # POSIX: a session of its own, so a terminal's Ctrl+C reaches the keeper only and
+        # the daemon gets it once, forwarded (twice would force its exit).
+        return subprocess.Popen(
+            self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=os.name != "nt"
+        )
+
+    def run(self) -> int:
+        delay, fast_failures = FIRST_DELAY_S, 0
+        while True:
+            started = time.monotonic()
+            self.child = self._spawn()
+            rc = self.child.wait()  # PEP 475: a signal handler does not break the wait
+            ran = time.monotonic() - started
+            if self.stopping or rc == 0:
+                return rc
+            if rc == EXIT_LOCKED:
+                return 1
+            if ran >= STABLE_S:
+                delay, fast_failures = FIRST_DELAY_S, 0
+            else:
+                fast_failures += 1
+                if fast_failures >= GIVE_UP:
+                    _log(f"the daemon failed {fast_failures} times in a row; giving up")
+                    return rc if rc > 0 else 1
+            _log(f"the daemon {_describe(rc)} after {ran:.1f}s; starting it again")
+            time.sleep(delay)
+            if self.stopping:
+                return 0
+            delay = min(MAX_DELAY_S, delay * 4)
+
+
+def run_keeper(home: Home, worker_argv: list[str]) -> int:
+    """Keep the daemon running for ``home`` (``llama-orch daemon run``)."""
+    from filelock import FileLock, Timeout
+
+    home.ensure()
+    path = keeper_path(home)
+    lock = FileLock(str(path.with_suffix(".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"error: a daemon is already running for {home.root}", file=sys.stderr)
+        return 1
+    keeper = Keeper(home, worker_argv)
+    keeper.install()
+    try:
+        import psutil
+
+        ident = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
+        path.write_text(json.dumps(ident))
+        return keeper.run()
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+        lock.release()
