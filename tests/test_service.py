@@ -88,6 +88,13 @@ def test_systemd_unit_quotes_spaces_percent_dollar_quotes_backslashes() -> None:
     assert "WantedBy=default.target" in unit
 
 
+def test_systemd_unit_documents_this_project_not_llama_cpp() -> None:
+    """Issue 19, item 13: `Documentation=` pointed at llama.cpp."""
+    unit = units.systemd_unit(ServiceSpec(python=sys.executable, home="/h"))
+    docs = [line for line in unit.splitlines() if line.startswith("Documentation=")]
+    assert docs == ["Documentation=https://pypi.org/project/llama-orchestrator/"]
+
+
 def test_spec_refuses_line_breaks() -> None:
     with pytest.raises(ServiceError):
         ServiceSpec(python=sys.executable, home="/a\nExecStartPre=/bin/evil")
