@@ -360,3 +360,12 @@ def test_describe_says_metrics(metrics: dict[str, Any], shown: str) -> None:
         "events": [],
     }
     assert f"Metrics:        {shown}" in render_describe(data).splitlines()
+
+
+def test_answers_name_the_instance_unless_args_name_them(tmp_path: Path) -> None:
+    """-a NAME: llama-server answers "model": NAME, not the model file's path (issue 20)."""
+    argv = build_argv(full(tmp_path), BIN)
+    assert argv[argv.index("-a") + 1] == "chat"
+    own = build_argv(full(tmp_path, args=["--alias", "mine"]), BIN)
+    assert "-a" not in own and own[-2:] == ["--alias", "mine"]
+    assert build_argv(full(tmp_path, args=["--alias=mine"]), BIN).count("-a") == 0

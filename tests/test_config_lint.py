@@ -480,14 +480,14 @@ def test_issue10_lint_args_overriding_managed_flags_are_errors(
 def test_issue10_managed_flags_cover_what_the_engine_passes(home: Home, tiny_model: Path) -> None:
     from llama_orchestrator.doctor.argscheck import MANAGED
     from llama_orchestrator.engine.binary import ResolvedBinary
-    from llama_orchestrator.engine.command import AUTO_FLAGS, build_argv
+    from llama_orchestrator.engine.command import ALIAS_FLAGS, AUTO_FLAGS, build_argv
 
     for backend in ("cpu", "vulkan", "cuda", "metal"):
         path = write_config(home, "alpha", tiny_model, 8001, gpu={"backend": backend})
         argv = build_argv(load_file(path), ResolvedBinary("binary", "PATH", Path("srv")))
-        # AUTO_FLAGS (--metrics) carry no config value: args may repeat them, and the
-        # engine then leaves its own out
-        flags = {a for a in argv[1:] if a.startswith("-")} - set(AUTO_FLAGS)
+        # AUTO_FLAGS (--metrics) carry no config value, and -a NAME only names the answers
+        # (issue 20): args may say them, and the engine then leaves its own out
+        flags = {a for a in argv[1:] if a.startswith("-")} - set(AUTO_FLAGS) - set(ALIAS_FLAGS)
         assert flags <= set(MANAGED), flags - set(MANAGED)
 
 
