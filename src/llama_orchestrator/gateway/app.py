@@ -1,10 +1,13 @@
 """The gateway: one OpenAI-compatible address in front of every instance (issue 9).
 
 ``Gateway`` serves HTTP/1.1 on its own asyncio protocol (``server.HttpConnection``) and
-answers each request from one of four kinds of route:
+answers each request from one of these kinds of route:
 
 * ``/health``: the gateway itself, no key needed;
-* ``/v1/models``: every routable name (instances and aliases) with state and context size;
+* ``/v1/models`` (and ``/models``, ``/v1/models/{id}``): every routable name (instances
+  and aliases) with its state, and ``/models/load`` / ``/models/unload``, the llama.cpp
+  router's model control (``management``);
+* ``/api/*``: the Ollama API on the same routing (``ollama``);
 * the model routes (``ROUTED``): the target is the JSON body's ``model`` (GET:
   ``?model=``); the request takes a lease through the ``Router`` (waiting, starting on
   demand) and is relayed to that instance;
@@ -13,8 +16,9 @@ answers each request from one of four kinds of route:
 The body is read once, ``model`` is found with ``json.loads`` (``inbound``) and the
 original bytes are forwarded (``forward``); the answer is relayed as it arrives over a
 pooled keep-alive connection (``proxy``). A streaming request that has to wait gets a
-``: loading`` event stream meanwhile (``loading``). This module holds the ``Gateway``
-itself: listening and closing, its status, and which route answers a request.
+``: loading`` event stream meanwhile (``loading``). A page in a browser gets CORS
+answers (``cors``). This module holds the ``Gateway`` itself: listening and closing, its
+status, and which route answers a request.
 """
 
 from __future__ import annotations
@@ -55,13 +59,7 @@ from llama_orchestrator.gateway.inbound import (
 )
 from llama_orchestrator.gateway.inflight import InFlight
 from llama_orchestrator.gateway.loading import LoadingStream
-from llama_orchestrator.gateway.management import (
-    load,
-    model_body,
-    models_body,
-    requested_model,
-    unload,
-)
+from llama_orchestrator.gateway.management import ManageError, manage, model_body, models_body
 from llama_orchestrator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from llama_orchestrator.gateway.ollama import OllamaApi
 from llama_orchestrator.gateway.ollama_relay import ollama_error
@@ -303,22 +301,10 @@ class Gateway:
 
     async def _manage(self, req: Request, conn: HttpConnection) -> None:
         """``POST /models/load`` and ``/models/unload`` (the llama.cpp router's API)."""
-        name: str | None = None
         try:
-            if req.method != b"POST":
-                raise GatewayError(405, "method_not_allowed", 'this route takes POST {"model"}')
-            name = requested_model(req.body)
-            members = self.router.members(name)
-            if members is None:
-                raise model_not_found(name, self.router.names())
-            if req.path == b"/models/load":
-                result = await load(members)
-            else:
-                result = await unload(name, members)
-            if not result.ok:
-                raise GatewayError(503, "model_failed", result.message, retry_after=5)
-        except GatewayError as e:
-            self._fail(req, conn, e, name)
+            name = await manage(self.router, req.method, req.path, req.body)
+        except ManageError as e:
+            self._fail(req, conn, e.error, e.name)
             return
         conn.respond(200, b'{"success": true}')
         self.record(req, name, None, 200, None, False, NO_USAGE, None)

@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.gateway.backend import Instance, StartResult
 from llama_orchestrator.gateway.errors import GatewayError, bad_request, model_not_found
 from llama_orchestrator.gateway.starts import COMING_UP
+
+if TYPE_CHECKING:
+    from llama_orchestrator.gateway.router import Router
 
 OWNER = "llama-orchestrator"
 
@@ -97,6 +100,36 @@ def requested_model(body: bytes) -> str:
     if not isinstance(model, str) or not model:
         raise bad_request("missing_model", 'the body names the model to act on: {"model": "NAME"}')
     return model
+
+
+class ManageError(Exception):
+    """A refused ``/models/load`` or ``/models/unload``, with the name it named (if any)."""
+
+    def __init__(self, error: GatewayError, name: str | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.name = name
+
+
+async def manage(router: Router, method: bytes, path: bytes, body: bytes) -> str:
+    """``POST /models/load`` or ``/models/unload {"model"}``: the name it acted on."""
+    name: str | None = None
+    try:
+        if method != b"POST":
+            raise GatewayError(405, "method_not_allowed", 'this route takes POST {"model"}')
+        name = requested_model(body)
+        members = router.members(name)
+        if members is None:
+            raise model_not_found(name, router.names())
+        if path == b"/models/load":
+            result = await load(members)
+        else:
+            result = await unload(name, members)
+        if not result.ok:
+            raise GatewayError(503, "model_failed", result.message, retry_after=5)
+    except GatewayError as e:
+        raise ManageError(e, name) from None
+    return name
 
 
 async def load(members: tuple[Instance, ...]) -> StartResult:
