@@ -159,9 +159,17 @@ class _Pending:
 
 
 class Scheduler:
-    def __init__(self, clock: Clock = SYSTEM_CLOCK, seats: Seats | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock = SYSTEM_CLOCK,
+        seats: Seats | None = None,
+        overhead: Callable[[str], int] | None = None,
+    ) -> None:
         self.clock = clock
         self.seats: Seats = seats or NoSeats()
+        # MiB one more server process uses on a device beyond its estimate (issue 18:
+        # daemon/overheads.py learns it); None: nothing beyond the estimate
+        self.overhead = overhead
         self.budget = Budget()
         self.wait_s = 120.0  # gateway.json load_timeout: how long a start waits for room
         self.holders: dict[str, Claim] = {}  # instances admitted and holding resources
@@ -281,7 +289,7 @@ class Scheduler:
                 continue
             free = await asyncio.to_thread(self.seats.free_mib, device)
             if free is not None:
-                held = sum(c.memory_mb.get(device, 0) for c in self.holders.values())
+                held = sum(self.counted(c).get(device, 0) for c in self.holders.values())
                 self._defaults[device] = free + held
 
     def effective_budget(self) -> Budget:
@@ -293,6 +301,15 @@ class Scheduler:
         if not self._defaults:
             return self.budget
         return Budget(self.budget.max_running, {**self._defaults, **self.budget.memory_mb})
+
+    def counted(self, claim: Claim) -> dict[str, int]:
+        """What a claim counts for until its server is measured: its estimate plus the
+        device's per-process overhead (issue 18). Seats replace it with the measured
+        peak once there is one (daemon/seats.py)."""
+        over = self.overhead
+        if over is None:
+            return dict(claim.memory_mb)
+        return {d: need + over(d) for d, need in claim.memory_mb.items() if need > 0}
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -341,12 +358,11 @@ class Scheduler:
                 self._grant(p.req, p.evicted)
                 continue
             seats = [
-                self.seats.seat(n, c.memory_mb, self._draining.get(n), self.hold(n))
+                self.seats.seat(n, self.counted(c), self._draining.get(n), self.hold(n))
                 for n, c in self.holders.items()
             ]
-            choice = choose(
-                claim.instance, claim.memory_mb, [*seats, *ahead], budget, frozenset(promised)
-            )
+            need = self.counted(claim)
+            choice = choose(claim.instance, need, [*seats, *ahead], budget, frozenset(promised))
             match choice:
                 case Fits():
                     del self._pending[ticket]
@@ -366,7 +382,7 @@ class Scheduler:
                 del self._pending[ticket]
                 self._deliver(p.req, self._drain_timeout(p, seats, now))
                 continue
-            ahead.append(Seat(claim.instance, claim.memory_mb, busy=True))
+            ahead.append(Seat(claim.instance, need, busy=True))
             promised.add(claim.instance)
         self._draining = draining
         self._holds = {n: h for n, h in self._holds.items() if n in draining}

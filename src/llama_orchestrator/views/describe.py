@@ -134,6 +134,7 @@ def _from_record(
         data["logs"][stream] = {"path": str(p), "bytes": p.stat().st_size if p.exists() else None}
     data["metrics"] = _metrics(data.get("command"), [])
     data["runtime"] = runtime
+    data["memory"] = memory_of(home, name, row)
     data["events"] = events
     data["model_info"] = (
         _model_info(runtime["model"]) if runtime["model"] else {"error": "no model recorded"}
@@ -206,9 +207,27 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     }
     data["metrics"] = _metrics(data.get("command"), list(loaded.config.args))
     data["runtime"] = runtime
+    data["memory"] = memory_of(home, name, row)
     data["events"] = events
     data["model_info"] = _model_info(loaded.model_path)
     return data
+
+
+def memory_of(home: Home, name: str, row: InstanceRecord | None) -> dict[str, Any]:
+    """Its run's estimate, last reading and peak per device, as its actor recorded them
+    (issue 18; empty when it does not run or has not been measured yet)."""
+    from llama_orchestrator.state import memory as recorded_memory
+    from llama_orchestrator.state.db import StateStore
+
+    if row is None or row.pid is None:
+        return {}
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return {}
+    try:
+        return recorded_memory.recorded(store, name, row.pid) or {}
+    finally:
+        store.close()
 
 
 def _command(

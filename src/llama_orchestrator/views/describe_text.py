@@ -73,6 +73,7 @@ def render_describe(data: dict[str, Any]) -> str:
         if rt.get("start_time"):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rt["start_time"]))
             out.append(f"  {'started:':16}{started}")
+    out.extend(memory_lines(data.get("memory") or {}))
     if data.get("config_changed"):
         out.extend(_drift_lines(data))
     for stream, info in (data.get("logs") or {}).items():
@@ -86,6 +87,22 @@ def render_describe(data: dict[str, Any]) -> str:
         out.append("Events:")
         out.extend(f"  {event_line(e)}" for e in data["events"])
     return "\n".join(out)
+
+
+def memory_lines(memory: dict[str, Any]) -> list[str]:
+    """Estimate and measured side by side, per device (issue 18); a failed source says
+    that the estimate holds, and why."""
+    if not memory:
+        return []
+    out = ["Memory:         estimate   measured   peak (MiB)"]
+    for device, m in memory.items():
+        shown = [m.get(k) for k in ("estimate_mb", "measured_mb", "peak_mb")]
+        cells = "".join(f"{'-' if v is None else v:>11}" for v in shown)
+        note = f"  (by {m['source']})" if m.get("source") and not m.get("unavailable") else ""
+        if m.get("unavailable"):
+            note = f"  (estimate in force: {m['source']} unavailable: {m['unavailable']})"
+        out.append(f"  {device + ':':12}{cells}{note}")
+    return out
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:

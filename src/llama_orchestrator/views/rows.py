@@ -15,6 +15,7 @@ from typing import Any
 from llama_orchestrator.engine.states import State
 from llama_orchestrator.home import Home
 from llama_orchestrator.state import configcache
+from llama_orchestrator.state import memory as recorded_memory
 from llama_orchestrator.state.drift import Started, config_changed
 from llama_orchestrator.state.records import InstanceRecord
 
@@ -77,8 +78,16 @@ def _never_started(home: Home, name: str, cached: Entries, fresh: Entries) -> In
     return replace(absent, **fields)
 
 
-def ps_row(record: InstanceRecord, *, now: float, defined: bool, changed: bool) -> dict[str, Any]:
-    """One instance's ps row (``ps --json``'s object) from its record."""
+def ps_row(
+    record: InstanceRecord,
+    *,
+    now: float,
+    defined: bool,
+    changed: bool,
+    memory: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One instance's ps row (``ps --json``'s object) from its record; ``memory``: its
+    run's estimate and measurements per device (state/memory.py; issue 18)."""
     model = record.model or ""
     return {
         "name": record.name,
@@ -98,6 +107,7 @@ def ps_row(record: InstanceRecord, *, now: float, defined: bool, changed: bool) 
         # a live server started with another config than the file holds now
         "config_changed": changed,
         "last_error": record.last_error,
+        "memory": memory or {},
     }
 
 
@@ -111,11 +121,13 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
 
     store = StateStore.open_for_reading(home.db_path)
     records: dict[str, InstanceRecord] = {}
+    memory: dict[str, dict[str, Any] | None] = {}
     cached: Entries = {}
     started: Started = {}
     if store is not None:
         try:
             records = {r.name: r for r in store.all()}
+            memory = {n: recorded_memory.recorded(store, n, r.pid) for n, r in records.items()}
             started = store.started_configs()
             if stopped:
                 cached = store.config_display()
@@ -131,7 +143,10 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
         if shown is None or (not stopped and shown.status == State.STOPPED):
             continue
         changed = name in defined and config_changed(home.config_path(name), record, started)
-        rows.append(ps_row(shown, now=now, defined=name in defined, changed=changed))
+        mem = memory.get(name) if record is not None else None
+        rows.append(
+            ps_row(shown, now=now, defined=name in defined, changed=changed, memory=mem)
+        )
     if fresh:
         configcache.remember(home, fresh, keep=defined - set(records))
     return rows
