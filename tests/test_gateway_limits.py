@@ -167,9 +167,11 @@ def test_with_keys_the_key_is_the_guard_whatever_the_host() -> None:
         assert (await read_response(reader))[0] == 200
         writer.write(b"GET /v1/models HTTP/1.1\r\nHost: box.example\r\n\r\n")
         assert (await read_response(reader))[0] == 401
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: box.example\r\n\r\n")  # a LAN scraper
+        assert (await read_response(reader))[0] == 200
         writer.close()
 
-    run(test, api_keys=(KEY,), host="127.0.0.1")
+    run(test, api_keys=(KEY,), host="127.0.0.1", metrics_public=True)
 
 
 def test_the_413_names_the_setting() -> None:

@@ -53,7 +53,6 @@ from llama_orchestrator.gateway.inbound import (
     is_loopback,
     no_route,
     refused_by_headers,
-    served_without_key,
     target_model,
     upstream_target,
 )
@@ -240,9 +239,7 @@ class Gateway:
         if path == b"/":  # Ollama clients probe it before anything else
             conn.respond(200, b"Ollama is running", b"text/plain", head_only=req.method == b"HEAD")
             return None
-        if served_without_key(req, self._keys, self.settings.metrics_public) and (
-            misdirected := foreign_host(req, self._hosts)
-        ):
+        if not self._keys and (misdirected := foreign_host(req, self._hosts)):
             self._fail(req, conn, misdirected, None)  # DNS rebinding (issue 19)
             return None
         if path == b"/metrics" and (

@@ -77,21 +77,19 @@ def foreign_host(req: Request, allowed: frozenset[str]) -> GatewayError | None:
     return foreign_host_refused(host, ALLOWED_HOSTS_ENV)
 
 
-def served_without_key(req: Request, keys: tuple[bytes, ...], metrics_public: bool) -> bool:
-    return not keys or (metrics_public and req.path == b"/metrics")
-
-
 def refused_by_headers(
     req: Request, keys: tuple[bytes, ...], metrics_public: bool, hosts: frozenset[str]
 ) -> bool:
     """Will the gateway refuse this request whatever its body (no key, a foreign Host)?
     Asked at the end of the headers, so that such a body is never read. The dispatch
-    decides the answer; this only has to agree with it."""
+    decides the answer; this only has to agree with it. ``Host`` is checked without keys
+    (the gateway is then on loopback); with keys, the key is the guard, and a gateway on
+    the network is called by names of its own."""
     if req.path == b"/health" or req.path == b"/":
         return False
-    if served_without_key(req, keys, metrics_public):
+    if not keys:
         return foreign_host(req, hosts) is not None
-    return not authorized(req, keys)
+    return not (metrics_public and req.path == b"/metrics") and not authorized(req, keys)
 
 
 def foreign_page(req: Request) -> str | None:
