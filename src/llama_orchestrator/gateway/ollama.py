@@ -22,18 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from llama_orchestrator.gateway import ollama_translate as t
 from llama_orchestrator.gateway.errors import GatewayError
+from llama_orchestrator.gateway.forward import ForwardHost
+from llama_orchestrator.gateway.inflight import InFlight
 from llama_orchestrator.gateway.management import load, state_of, unload
 from llama_orchestrator.gateway.ollama_relay import OllamaForward, ollama_error
 from llama_orchestrator.gateway.records import NO_USAGE
 from llama_orchestrator.gateway.router import Lease
 from llama_orchestrator.gateway.server import PENDING, HttpConnection, Request
 
-if TYPE_CHECKING:
-    from llama_orchestrator.gateway.app import Gateway
+
+class OllamaHost(ForwardHost, Protocol):
+    """What the Ollama routes use of the gateway (``app.Gateway``)."""
+
+    inflight: InFlight
+
+    @property
+    def created(self) -> int: ...
+
 
 # What /api/version reports: an Ollama release whose API these routes follow.
 OLLAMA_VERSION = "0.12.0"
@@ -61,7 +70,7 @@ _DETAILS = {
 
 
 class OllamaApi:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: OllamaHost) -> None:
         self._gw = gw
         self._unloads: set[asyncio.Task[Any]] = set()
 
