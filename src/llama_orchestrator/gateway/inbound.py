@@ -200,5 +200,6 @@ def no_route(path: bytes) -> GatewayError:
         "not_found",
         f"no route {path.decode(errors='replace')}; the gateway serves "
         + ", ".join(sorted(p.decode() for p in ROUTED))
-        + ", /v1/models, /health and /upstream/INSTANCE/PATH",
+        + ", /v1/models[/NAME], /models/load, /models/unload, the Ollama API (/api/chat, "
+        "/api/generate, /api/embed, /api/tags, ...), /health and /upstream/INSTANCE/PATH",
     )
