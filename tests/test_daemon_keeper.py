@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import Cli, free_port, write_config
-from helpers import gone, health, ps_row, wait_for
+from helpers import LETTERS, events, gone, health, ps_row, wait_for
 
 from llama_orchestrator.daemon.keeper import keeper_path
 from llama_orchestrator.home import Home
@@ -25,11 +27,27 @@ def _pid(path: Path) -> int:
     return int(json.loads(path.read_text())["pid"])
 
 
+def _stream(port: int, first_chunk: threading.Event) -> None:
+    body = {"model": "alpha", "prompt": "a", "max_tokens": 100000, "stream": True, **LETTERS}
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    try:
+        with httpx.stream("POST", url, json=body, timeout=60, trust_env=False) as r:
+            for _ in r.iter_bytes():
+                if r.status_code == 200:
+                    first_chunk.set()
+    except httpx.HTTPError:
+        pass  # cut by the kill, as expected
+
+
 def test_a_killed_daemon_is_back_serving_with_no_command(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
-    write_config(home, "alpha", tiny_model, free_port())
+    # a long context: the stream below is still going when the daemon is killed
+    path = write_config(home, "alpha", tiny_model, free_port())
+    cfg = json.loads(path.read_text())
+    cfg["model"]["context_size"] = 32768
+    path.write_text(json.dumps(cfg))
     (home.root / "gateway.json").write_text(json.dumps({"port": port}))
     assert cli("up", "alpha").returncode == 0
     server = ps_row(cli, "alpha")["pid"]
@@ -37,6 +55,10 @@ def test_a_killed_daemon_is_back_serving_with_no_command(
     worker = _pid(home.daemon_pid_path)
     keeper = _pid(keeper_path(home))
     assert keeper != worker
+    first_chunk = threading.Event()
+    stream = threading.Thread(target=_stream, args=(port, first_chunk), daemon=True)
+    stream.start()
+    assert first_chunk.wait(30), "no stream chunk"
 
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
@@ -50,6 +72,14 @@ def test_a_killed_daemon_is_back_serving_with_no_command(
     assert _pid(keeper_path(home)) == keeper  # the same keeper, a new daemon
     row = ps_row(cli, "alpha")
     assert row["pid"] == server and row["status"] == "running"  # re-adopted, not restarted
+    stream.join(30)
+    # the stream cut by the kill is counted by the daemon that followed
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
+    assert "llama_orch_requests_lost_total 1.0" in metrics
+    lost = [
+        e for e in events(home, "") if "lost when the previous daemon died" in (e["reason"] or "")
+    ]
+    assert lost and lost[0]["reason"].startswith("1 request(s)")
 
     new_worker = _pid(home.daemon_pid_path)
     assert cli("daemon", "stop").returncode == 0
@@ -66,3 +96,22 @@ def test_a_second_daemon_run_refuses_and_leaves_the_first(cli: Cli, home: Home) 
     assert second.returncode == 1 and "already running" in second.stderr
     assert not gone(worker)
     assert cli("daemon", "status").returncode == 0
+
+
+def test_the_ledger_hands_what_a_dead_daemon_had_in_flight_to_the_next(tmp_path: Path) -> None:
+    from llama_orchestrator.daemon.ledger import InFlightLedger
+
+    path = tmp_path / "in_flight"
+    first = InFlightLedger(path)
+    assert first.lost == 0
+    for _ in range(3):
+        first.add(1)
+    first.add(-1)  # one finished; two in flight when the process "dies" (no close)
+    second = InFlightLedger(path)
+    assert second.lost == 2 and second.count == 0
+    second.add(1)
+    second.add(-1)
+    second.close()  # a clean stop leaves nothing to count
+    assert InFlightLedger(path).lost == 0
+    path.write_bytes(b"garbage, not a count")
+    assert InFlightLedger(path).lost == 0  # a file not ours starts from zero

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from llama_orchestrator.config.loader import LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
+from llama_orchestrator.daemon.ledger import InFlightLedger
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.daemon.seats import ActorSeats, cutoff
 from llama_orchestrator.daemon.supervisor import Supervisor
@@ -27,11 +28,18 @@ ConfigOf = Callable[[str], "LoadedConfig | None"]
 
 
 class InstanceView:
-    def __init__(self, actor: InstanceActor, config_of: ConfigOf, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        actor: InstanceActor,
+        config_of: ConfigOf,
+        scheduler: Scheduler,
+        ledger: InFlightLedger | None = None,
+    ) -> None:
         self._unloading = False  # /models/unload: draining, no new leases
         self._actor = actor
         self._config_of = config_of
         self._scheduler = scheduler
+        self._ledger = ledger or InFlightLedger()  # what a crash would lose (daemon/ledger.py)
 
     def _config(self) -> LoadedConfig | None:
         return self._config_of(self._actor.name)
@@ -86,11 +94,15 @@ class InstanceView:
     def acquire(self) -> Endpoint | None:
         """A lease on the running server, or None when it cannot take a request now."""
         snap = self._actor.snapshot
-        return self._actor.leases.acquire(self.name, snap.url if snap.routable else None)
+        lease = self._actor.leases.acquire(self.name, snap.url if snap.routable else None)
+        if lease is not None:
+            self._ledger.add(1)
+        return lease
 
     def release(self) -> None:
         leases = self._actor.leases
         leases.release()
+        self._ledger.add(-1)
         if not leases.in_flight:
             self._scheduler.poke()  # a start waiting for it to drain goes on now
 
@@ -123,10 +135,11 @@ class ActorDirectory:
     """Every configured instance, as a stable ``InstanceView`` per name (a new one after
     ``rm``: ``forget``)."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, ledger: InFlightLedger | None = None) -> None:
         self._sup = sup
         self._configs = sup.configs
         self._views: dict[str, InstanceView] = {}
+        self._ledger = ledger or InFlightLedger()
 
     def config(self, name: str) -> LoadedConfig | None:
         """The config the gateway routes by: the last good version (None: none yet)."""
@@ -139,7 +152,7 @@ class ActorDirectory:
                 actor = self._sup.actor(name)
             except UnknownInstance:
                 return None
-            view = InstanceView(actor, self.config, self._sup.scheduler)
+            view = InstanceView(actor, self.config, self._sup.scheduler, self._ledger)
             self._views[name] = view
         return view
 

@@ -22,6 +22,7 @@ from llama_orchestrator.daemon.budget import Budget
 from llama_orchestrator.daemon.directory import ActorDirectory
 from llama_orchestrator.daemon.events import Event, EventKind
 from llama_orchestrator.daemon.gateway_reload import SourceKey, retune, settle, source_key
+from llama_orchestrator.daemon.ledger import InFlightLedger
 from llama_orchestrator.daemon.seats import ActorSeats, GatewayQueues
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.gateway.app import Gateway
@@ -36,10 +37,15 @@ SPEED_KEPT_S = 60.0  # a decode speed older than this is no longer shown
 
 class GatewayHost:
     def __init__(
-        self, sup: Supervisor, seats: ActorSeats, queues: GatewayQueues, watches: Watches
+        self,
+        sup: Supervisor,
+        seats: ActorSeats,
+        queues: GatewayQueues,
+        watches: Watches,
+        ledger: InFlightLedger | None = None,
     ) -> None:
         self.sup = sup
-        self.directory = ActorDirectory(sup)
+        self.directory = ActorDirectory(sup, ledger)
         self._seats = seats  # gateway.json's default ttl applies to them
         self._queues = queues  # the seats count the queues of the gateway that listens
         self._watches = watches  # the supervisor's side of /metrics

@@ -53,9 +53,9 @@ def _log(msg: str) -> None:
 def _describe(rc: int) -> str:
     if rc < 0:
         try:
-            return f"killed by {signal.Signals(-rc).name}"
+            return f"was killed by {signal.Signals(-rc).name}"
         except ValueError:
-            return f"killed by signal {-rc}"
+            return f"was killed by signal {-rc}"
     return f"exited with code {rc}"
 
 

@@ -30,9 +30,11 @@ if TYPE_CHECKING:  # the daemon's parts are imported by build (a second daemon e
     from fastapi import FastAPI
 
     from llama_orchestrator.daemon.actor.context import Launcher
+    from llama_orchestrator.daemon.api.metrics_watch import Watches
     from llama_orchestrator.daemon.configs import Configs
     from llama_orchestrator.daemon.events import EventBus
     from llama_orchestrator.daemon.gateway_host import GatewayHost
+    from llama_orchestrator.daemon.ledger import InFlightLedger
     from llama_orchestrator.daemon.reload import Reloader, ScanReport
     from llama_orchestrator.daemon.scheduler import Scheduler
     from llama_orchestrator.daemon.supervisor import Supervisor
@@ -77,6 +79,8 @@ def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
 
 
 PORT_KEY = "daemon_port"  # the port the last daemon of this home listened on
+LOST_KEY = "requests_lost"  # requests in flight when a daemon of this home died, in all
+log = logging.getLogger("llama_orchestrator")
 
 
 def _bind(sock: socket.socket, host: str, port: int, store: Any) -> None:
@@ -152,11 +156,14 @@ class Daemon:
     gateway: GatewayHost
     reloader: Reloader
     app: FastAPI
+    watches: Watches
+    ledger: InFlightLedger
 
     async def start(self) -> None:
         """Read the configs, take back what runs, then the gateway and the rescans."""
         self.reloader.prime()
         await self.supervisor.boot()
+        self._count_lost()  # the ledger was read when built, before any new lease
         await self.gateway.start()
         self.reloader.start()
 
@@ -168,7 +175,26 @@ class Daemon:
         """Stop supervising; the servers keep running (instances outlive the daemon)."""
         self.reloader.close()
         await self.gateway.close()
+        self.ledger.close()
         await self.supervisor.close()
+
+    def _count_lost(self) -> None:
+        """Requests the previous daemon had in flight when it died never got an answer:
+        count them (issue 19, item 3), in /metrics and as an event."""
+        from llama_orchestrator.daemon.events import EventKind
+
+        before = self.store.meta_get(LOST_KEY) or "0"
+        total = (int(before) if before.isdigit() else 0) + self.ledger.lost
+        self.watches.lost_requests = total
+        if not self.ledger.lost:
+            return
+        self.store.meta_set(LOST_KEY, str(total))
+        why = (
+            f"{self.ledger.lost} request(s) in flight were lost when the previous daemon "
+            "died; their clients got no answer"
+        )
+        log.warning("%s", why)
+        self.bus.emit("", EventKind.DAEMON, None, "started", why)
 
 
 def build(
@@ -201,6 +227,7 @@ def build(
     from llama_orchestrator.daemon.configs import Configs
     from llama_orchestrator.daemon.events import EventBus
     from llama_orchestrator.daemon.gateway_host import GatewayHost
+    from llama_orchestrator.daemon.ledger import InFlightLedger
     from llama_orchestrator.daemon.overheads import Overheads
     from llama_orchestrator.daemon.recorder import Recorder, StoreWriter
     from llama_orchestrator.daemon.reload import RESCAN_S, Reloader
@@ -233,7 +260,8 @@ def build(
     )
     housekeeping = LOG_CHECK_S if log_check_interval is None else log_check_interval
     sup = Supervisor(ctx, actors, writer, boot_time=boot_time, log_check_interval=housekeeping)
-    gateway = GatewayHost(sup, seats, queues, watches)
+    ledger = InFlightLedger(home.state_dir / "in_flight")
+    gateway = GatewayHost(sup, seats, queues, watches, ledger)
     reloader = Reloader(
         sup,
         on_gateway=gateway.reload,
@@ -249,7 +277,9 @@ def build(
         rescan=lambda: reloader.scan(forced=True),
         allowed_hosts=allowed_hosts,
     )
-    return Daemon(home, store, bus, configs, scheduler, sup, gateway, reloader, app)
+    return Daemon(
+        home, store, bus, configs, scheduler, sup, gateway, reloader, app, watches, ledger
+    )
 
 
 class _SignalQueue:
@@ -335,7 +365,6 @@ async def _serve(home: Home, host: str, port: int) -> int:
     config = uvicorn.Config(daemon.app, log_level="warning", access_log=False, lifespan="off")
     server = _quiet_server_class()(config)
     signals.install(asyncio.get_running_loop())
-    log = logging.getLogger("llama_orchestrator")
     handler = asyncio.get_running_loop().create_task(_handle_signals(signals, server, daemon, log))
     me = psutil.Process()
     from llama_orchestrator.client.control import proc_start_ticks

@@ -55,7 +55,13 @@ def supervisor_families(sup: Supervisor, watches: Watches) -> Iterator[Metric]:
     for name, claim in sorted(scheduler.holders.items()):
         for device, mb in sorted(claim.memory_mb.items()):
             memory.add_metric([name, device], mb * MIB)
-    yield from (up, state, restarts, memory)
+    lost = CounterMetricFamily(
+        "llama_orch_requests_lost",
+        "Requests in flight when a daemon of this home died (killed, crashed), which never "
+        "got an answer; counted by the daemon started after it.",
+    )
+    lost.add_metric([], watches.lost_requests)
+    yield from (up, state, restarts, memory, lost)
     yield from watches.loads.collect()
     yield from watches.checks.collect()
 

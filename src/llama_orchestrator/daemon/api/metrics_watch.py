@@ -100,3 +100,5 @@ class Watches:
 
     loads: LoadWatch
     checks: CheckWatch = field(default_factory=CheckWatch)
+    # requests in flight when a daemon of this home died, counted by the next one
+    lost_requests: int = 0
