@@ -21,6 +21,7 @@ import typer
 from llama_orchestrator.cli.common import EXIT_USAGE, check_names, fail, home_of, say
 
 if TYPE_CHECKING:
+    from llama_orchestrator.config.loader import LoadedConfig
     from llama_orchestrator.home import Home
     from llama_orchestrator.models.fit import FitParams, FitResult
     from llama_orchestrator.models.header import ModelInfo
@@ -156,12 +157,55 @@ def fit(
         result, where = _estimate(home, target, info, params, memory_mb, reserve_mb)
     except GGUFError as e:
         fail(str(e))
+    configured = _configured(home, name, target) if name is not None else None
     if as_json:
         out = {"model": str(target.model_path), "device": where, "params": params.__dict__}
         out.update(result.to_dict())
+        if configured is not None:
+            out["configured"] = configured
         print(json.dumps(out, indent=2))
     else:
+        if configured is not None:
+            from llama_orchestrator.doctor.estimate import configured_lines
+
+            print("\n".join(configured_lines(configured)))
         print(_report(result, where, str(target.model_path)))
+
+
+def _configured(home: Home, name: str, target: _Target) -> dict[str, Any] | None:
+    """``configured`` (issue 18): the instance as written, with the per-process overhead
+    learnt on its device and, when it runs, its measured peak per device (as the daemon
+    recorded them in the state database). None when ``--device`` moved the fit elsewhere
+    or no config was loaded."""
+    from llama_orchestrator.daemon.overheads import Overheads
+    from llama_orchestrator.doctor.estimate import configured_fit
+    from llama_orchestrator.gpu.overhead import MiB
+    from llama_orchestrator.state import memory as recorded_memory
+    from llama_orchestrator.state.db import StateStore
+
+    loaded = target.loaded
+    if loaded is None:
+        return None
+    gpu = loaded.config.gpu
+    device = f"{gpu.backend}:{gpu.device_id}"
+    overheads, measured = Overheads(), {}
+    store = StateStore.open_for_reading(home.db_path)
+    if store is not None:
+        try:
+            overheads = Overheads(store)
+            row = store.get(name)
+            seen = recorded_memory.recorded(store, name, row.pid if row else None) or {}
+            measured = {d: v["peak_mb"] * MiB for d, v in seen.items() if v.get("peak_mb")}
+        except Exception:  # an older database: the defaults, nothing measured
+            pass
+        finally:
+            store.close()
+    return configured_fit(
+        loaded,
+        overheads.bytes(device),
+        measured,
+        host_overhead=overheads.bytes("cpu"),
+    )
 
 
 @dataclass
@@ -174,6 +218,7 @@ class _Target:
     backend: str = "cpu"
     index: int = 0
     binary: str | None = None
+    loaded: LoadedConfig | None = None  # fit NAME: the instance's config
 
 
 def _instance_target(home: Home, name: str) -> _Target:
@@ -196,7 +241,9 @@ def _instance_target(home: Home, name: str) -> _Target:
         "parallel": c.server.parallel,
         "batch_size": c.model.batch_size,
     }
-    return _Target(loaded.model_path, base, c.args, c.gpu.backend, c.gpu.device_id, c.binary)
+    return _Target(
+        loaded.model_path, base, c.args, c.gpu.backend, c.gpu.device_id, c.binary, loaded
+    )
 
 
 def _device_ref(device: str) -> tuple[str, int]:

@@ -74,9 +74,7 @@ def _parse(text: str | None) -> dict[str, list[int]]:
     try:
         found = json.loads(text)
         return {
-            str(k): [int(x) for x in v][-WINDOW:]
-            for k, v in found.items()
-            if isinstance(v, list)
+            str(k): [int(x) for x in v][-WINDOW:] for k, v in found.items() if isinstance(v, list)
         }
     except (ValueError, TypeError, AttributeError):
         log.warning("the state database's %s is not readable; using the defaults", KEY)
