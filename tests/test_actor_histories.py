@@ -434,3 +434,24 @@ def test_checks_failed_while_the_daemons_loop_stalled_do_not_count(
     assert "timed out while the daemon's own event loop was stalled for" in skipped[0]
     assert "not the server's" in skipped[0]
     assert "timed out (1/3)" in " ".join(health)  # the real hang is counted
+
+
+def test_a_start_is_not_failed_for_the_time_the_daemons_loop_was_stalled(
+    home: Home, tiny_model: Path
+) -> None:
+    config(home, tiny_model, healthcheck={"start_period": 5})
+
+    async def scenario(h: Harness, actor: InstanceActor) -> None:
+        h.launcher.script.append({"mode": "stalled"})
+        task = await start(actor)
+        await h.clock.settle()
+        h.launcher.last.stall = 3.0
+        for _ in range(20):  # 4 probes of 3 s stall each: past start_period, the loop's fault
+            await h.clock.advance(0.5)
+        assert actor.snapshot.state is State.STARTING
+        h.launcher.last.mode = "ok"
+        await h.clock.advance(0.05)
+        outcome = await task
+        assert outcome.ok and actor.snapshot.state is State.RUNNING
+
+    run(home, scenario)

@@ -57,7 +57,25 @@ async def await_ready(
     clock: Clock,
     post: Post,
 ) -> None:
-    """Poll /health until 200 (Ready), the deadline (NotReady) or the process exits."""
+    """Poll /health until 200 (Ready), the deadline (NotReady) or the process exits. The
+    deadline moves on by as long as the daemon's own loop was stalled meanwhile: that
+    time was not the server's to use."""
+    lag = LoopLag(clock)
+    try:
+        await _await_ready(proc, url, hc, http, clock, post, lag)
+    finally:
+        lag.stop()
+
+
+async def _await_ready(
+    proc: ServerProcess,
+    url: str,
+    hc: HealthcheckConfig,
+    http: httpx.AsyncClient,
+    clock: Clock,
+    post: Post,
+    lag: LoopLag,
+) -> None:
     t0 = clock.monotonic()
     wait = max(hc.start_period, MIN_READY_DEADLINE_S)
     deadline = t0 + wait
@@ -80,7 +98,7 @@ async def await_ready(
         if probe.health is Health.LOADING and not loading_seen:
             loading_seen = True
             post(Loading(proc))
-        if clock.monotonic() > deadline:
+        if clock.monotonic() > deadline + lag.value():
             last = "another process answers on the port" if stranger else probe.detail
             post(NotReady(proc, f"not ready after {wait:g}s (last check: {last})"))
             return
@@ -110,9 +128,12 @@ class LoopLag:
             self._lag += max(0.0, now - self._due)
             self._due = now + LAG_TICK_S
 
+    def value(self) -> float:
+        return self._lag + max(0.0, self._clock.monotonic() - self._due)
+
     def stop(self) -> float:
         self._task.cancel()
-        return self._lag + max(0.0, self._clock.monotonic() - self._due)
+        return self.value()
 
 
 async def _check(clock: Clock, timeout: float, probe: Awaitable[Probe]) -> tuple[Probe, float]:
