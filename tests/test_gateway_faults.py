@@ -167,3 +167,26 @@ def test_a_request_whose_server_died_under_it_is_502_never_replayed(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_stream_whose_instance_is_stopped_under_it_says_so(
+    llama_server_bin: Path, tiny_model: Path
+) -> None:
+    """`down` (SIGTERM) under a stream: llama-server closes the connection as it exits;
+    the client gets the error event, not a stream that merely stops."""
+    victim = instance(llama_server_bin, tiny_model, "victim")
+    assert victim.start().ok
+    try:
+        with GatewayThread(ListDirectory([victim])) as g:
+            c = openai.OpenAI(base_url=f"{g.url}/v1", api_key="x", max_retries=0, timeout=30)
+            stream = c.completions.create(model="victim", prompt="x", stream=True, extra_body=LONG)
+            assert next(iter(stream)).choices
+            stopping = threading.Thread(target=victim.stop)
+            stopping.start()
+            with pytest.raises(openai.APIError, match=r"cut off"):
+                for _ in stream:
+                    pass
+            stopping.join(15)
+            wait_for(lambda: requests_total(g, "victim", "502") == 1, what="the 502")
+    finally:
+        victim.stop()
