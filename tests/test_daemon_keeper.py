@@ -15,7 +15,7 @@ import pytest
 from conftest import Cli, free_port, write_config
 from helpers import LETTERS, events, gone, health, ps_row, wait_for
 
-from llama_orchestrator.daemon.keeper import keeper_path
+from llama_orchestrator.client.control import keeper_path
 from llama_orchestrator.home import Home
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")

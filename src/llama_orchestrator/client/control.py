@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.errors import OrchestratorError
@@ -251,11 +252,14 @@ def _answers(client: Client, home: Home) -> bool:
     return reply.ok
 
 
-def _keeper(home: Home) -> Any:
-    """The daemon's keeper (daemon/keeper.py) as a psutil.Process, or None when none runs."""
-    import psutil
+def keeper_path(home: Home) -> Path:
+    """Where the daemon's keeper (daemon/keeper.py) writes its identity."""
+    return home.daemon_pid_path.with_name("keeper.json")
 
-    from llama_orchestrator.daemon.keeper import keeper_path
+
+def _keeper(home: Home) -> Any:
+    """The daemon's keeper as a psutil.Process, or None when none runs."""
+    import psutil
 
     info = _read_json(keeper_path(home))
     if info is None:

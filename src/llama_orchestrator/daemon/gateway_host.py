@@ -45,7 +45,8 @@ class GatewayHost:
         ledger: InFlightLedger | None = None,
     ) -> None:
         self.sup = sup
-        self.directory = ActorDirectory(sup, ledger)
+        self.ledger = ledger or InFlightLedger()  # requests in flight, for a crash's count
+        self.directory = ActorDirectory(sup, self.ledger)
         self._seats = seats  # gateway.json's default ttl applies to them
         self._queues = queues  # the seats count the queues of the gateway that listens
         self._watches = watches  # the supervisor's side of /metrics

@@ -28,9 +28,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
+from llama_orchestrator.client.control import keeper_path
 from llama_orchestrator.home import Home
 
 EXIT_LOCKED = 3  # the worker found the home's daemon lock taken: another daemon runs
@@ -39,10 +39,6 @@ FIRST_DELAY_S = 0.05  # a crash after a long run is restarted at once
 MAX_DELAY_S = 10.0
 STABLE_S = 10.0  # a run this long resets the backoff
 GIVE_UP = 8  # fast failures in a row (each shorter than STABLE_S) before the keeper stops
-
-
-def keeper_path(home: Home) -> Path:
-    return home.daemon_pid_path.with_name("keeper.json")
 
 
 def _log(msg: str) -> None:

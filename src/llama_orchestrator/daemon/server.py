@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the daemon's parts are imported by build (a second daemon e
     from llama_orchestrator.daemon.configs import Configs
     from llama_orchestrator.daemon.events import EventBus
     from llama_orchestrator.daemon.gateway_host import GatewayHost
-    from llama_orchestrator.daemon.ledger import InFlightLedger
     from llama_orchestrator.daemon.reload import Reloader, ScanReport
     from llama_orchestrator.daemon.scheduler import Scheduler
     from llama_orchestrator.daemon.supervisor import Supervisor
@@ -157,7 +156,6 @@ class Daemon:
     reloader: Reloader
     app: FastAPI
     watches: Watches
-    ledger: InFlightLedger
 
     async def start(self) -> None:
         """Read the configs, take back what runs, then the gateway and the rescans."""
@@ -175,7 +173,7 @@ class Daemon:
         """Stop supervising; the servers keep running (instances outlive the daemon)."""
         self.reloader.close()
         await self.gateway.close()
-        self.ledger.close()
+        self.gateway.ledger.close()
         await self.supervisor.close()
 
     def _count_lost(self) -> None:
@@ -183,14 +181,15 @@ class Daemon:
         count them (issue 19, item 3), in /metrics and as an event."""
         from llama_orchestrator.daemon.events import EventKind
 
+        lost = self.gateway.ledger.lost
         before = self.store.meta_get(LOST_KEY) or "0"
-        total = (int(before) if before.isdigit() else 0) + self.ledger.lost
+        total = (int(before) if before.isdigit() else 0) + lost
         self.watches.lost_requests = total
-        if not self.ledger.lost:
+        if not lost:
             return
         self.store.meta_set(LOST_KEY, str(total))
         why = (
-            f"{self.ledger.lost} request(s) in flight were lost when the previous daemon "
+            f"{lost} request(s) in flight were lost when the previous daemon "
             "died; their clients got no answer"
         )
         log.warning("%s", why)
@@ -260,8 +259,7 @@ def build(
     )
     housekeeping = LOG_CHECK_S if log_check_interval is None else log_check_interval
     sup = Supervisor(ctx, actors, writer, boot_time=boot_time, log_check_interval=housekeeping)
-    ledger = InFlightLedger(home.state_dir / "in_flight")
-    gateway = GatewayHost(sup, seats, queues, watches, ledger)
+    gateway = GatewayHost(sup, seats, queues, watches, InFlightLedger(home.state_dir / "in_flight"))
     reloader = Reloader(
         sup,
         on_gateway=gateway.reload,
@@ -277,9 +275,7 @@ def build(
         rescan=lambda: reloader.scan(forced=True),
         allowed_hosts=allowed_hosts,
     )
-    return Daemon(
-        home, store, bus, configs, scheduler, sup, gateway, reloader, app, watches, ledger
-    )
+    return Daemon(home, store, bus, configs, scheduler, sup, gateway, reloader, app, watches)
 
 
 class _SignalQueue:
