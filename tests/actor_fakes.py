@@ -121,6 +121,11 @@ class FakeLauncher:
         self.spawned.append(proc)
         return proc
 
+    def open(self, spec: LaunchSpec, name: str) -> Callable[[], ServerProcess]:
+        if self.fail_spawn is not None:
+            raise self.fail_spawn
+        return lambda: self.spawn(spec, name)
+
     def adopt(self, pid: int, create_time: float, cmdline: list[str]) -> ServerProcess | None:
         return None
 

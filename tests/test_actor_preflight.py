@@ -26,24 +26,31 @@ T = TypeVar("T")
 
 
 class HeldChecks:
-    """Blocking work that waits for ``release`` (the checks of a start still running)."""
+    """Blocking work that waits for ``release`` (the checks of a start still running);
+    after ``release`` it runs at once (the spawn that follows) until ``hold`` again."""
 
     def __init__(self) -> None:
         self.asked = 0
+        self.holding = True
         self._gates: list[asyncio.Future[None]] = []
 
     async def __call__(self, work: Callable[[], T]) -> T:
         self.asked += 1
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._gates.append(gate)
-        await gate
+        if self.holding:
+            gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._gates.append(gate)
+            await gate
         return work()
+
+    def hold(self) -> None:
+        self.holding = True
 
     @property
     def running(self) -> int:
         return sum(1 for g in self._gates if not g.done())
 
     def release(self) -> None:
+        self.holding = False
         for gate in self._gates:
             if not gate.done():
                 gate.set_result(None)
@@ -151,6 +158,7 @@ def test_down_while_an_automatic_restart_is_checked(home: Home, tiny_model: Path
         checks.release()
         await h.clock.advance(0.05)
         assert (await up).ok
+        checks.hold()
         h.launcher.last.die(1)  # the first failure restarts at once: its checks run
         await h.clock.advance(0.0)
         assert actor.snapshot.state is State.BACKOFF and checks.running == 1

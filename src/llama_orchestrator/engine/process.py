@@ -342,6 +342,22 @@ def spawn(
     list, never through a shell: a path with spaces or a drive letter stays one element
     (on Windows ``Popen`` quotes each element with ``subprocess.list2cmdline``).
     """
+    return ChildProcess(*open_server(spec, name, platform=platform, popen=popen))
+
+
+Opened = tuple[subprocess.Popen[bytes], Identity, Platform]
+
+
+def open_server(
+    spec: LaunchSpec,
+    name: str,
+    *,
+    platform: Platform | None = None,
+    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+) -> Opened:
+    """``spawn``'s blocking part (logs opened, ``Popen``, the identity read back): it
+    needs no event loop, so the daemon runs it in a thread (issue 17); ``ChildProcess``
+    of what it returns is the part that needs the loop."""
     plat = platform or current_platform()
     spec.stdout.parent.mkdir(parents=True, exist_ok=True)
     spec.stderr.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +382,7 @@ def spawn(
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         create_time = time.time()
-    return ChildProcess(proc, Identity(proc.pid, create_time, list(spec.argv)), plat)
+    return proc, Identity(proc.pid, create_time, list(spec.argv)), plat
 
 
 def find_marked(home_root: Path) -> dict[str, Identity]:

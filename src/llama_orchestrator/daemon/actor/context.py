@@ -20,7 +20,13 @@ from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import EventBus
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.engine.command import LaunchSpec
-from llama_orchestrator.engine.process import ServerProcess, adopt, spawn
+from llama_orchestrator.engine.process import (
+    ChildProcess,
+    ServerProcess,
+    adopt,
+    open_server,
+    spawn,
+)
 from llama_orchestrator.home import Home
 from llama_orchestrator.logs.rotate import rotate_if_needed
 from llama_orchestrator.state.db import StateStore
@@ -30,6 +36,12 @@ class Launcher(Protocol):
     """Creates and re-finds server processes."""
 
     def spawn(self, spec: LaunchSpec, name: str) -> ServerProcess: ...
+
+    def open(self, spec: LaunchSpec, name: str) -> Callable[[], ServerProcess]:
+        """``spawn`` in two parts: this one blocks (logs opened, the process created) and
+        needs no event loop, so it runs in a thread; what it returns makes the handle,
+        on the loop (issue 17)."""
+        ...
 
     def adopt(self, pid: int, create_time: float, cmdline: list[str]) -> ServerProcess | None: ...
 
@@ -43,6 +55,10 @@ class ProcessLauncher:
 
     def spawn(self, spec: LaunchSpec, name: str) -> ServerProcess:
         return spawn(spec, name)
+
+    def open(self, spec: LaunchSpec, name: str) -> Callable[[], ServerProcess]:
+        opened = open_server(spec, name)
+        return lambda: ChildProcess(*opened)
 
     def adopt(self, pid: int, create_time: float, cmdline: list[str]) -> ServerProcess | None:
         return adopt(pid, create_time, cmdline)

@@ -65,6 +65,9 @@ class ActorCore(Mailbox):
         # a start whose checks run (daemon/actor/preflight.py): generation, auto, why, force
         self._preflight: tuple[int, bool, str, bool] | None = None
         self._preflight_gen = 0
+        self._spawning: tuple[int, Plan] | None = None  # a spawn off the loop: generation, plan
+        self._spawn_gen = 0
+        self._stops_waiting: list[m.Stop] = []  # downs that came while it was spawned
         self._admission: tuple[int, Plan, bool, str] | None = None  # ticket, plan, auto, why
         self._room: tuple[str, ...] = ()  # instances stopped to make room for this start
         self._on_demand = False  # this run was started by a request (gateway.json default_ttl)

@@ -20,7 +20,7 @@ from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor import watch
 from llama_orchestrator.daemon.actor.adopt import adopt_recorded, held_claim
 from llama_orchestrator.daemon.actor.core import CHECK_RECORD_S, STOP_GRACE_S, ActorCore
-from llama_orchestrator.daemon.actor.launch import AnyPlan, announce, open_run
+from llama_orchestrator.daemon.actor.launch import AnyPlan, announce, open_run, spawn_off_loop
 from llama_orchestrator.daemon.actor.messages import Outcome
 from llama_orchestrator.daemon.actor.policy import after_failure
 from llama_orchestrator.daemon.actor.preflight import (
@@ -67,6 +67,8 @@ class InstanceActor(ActorCore):
                 self._record(binary_version=msg.version)
             case m.Prepared():
                 self._on_prepared(msg)
+            case m.Spawned():
+                self._on_spawned(msg)
             case m.Admitted():
                 self._on_admitted(msg)
             case m.Resume():
@@ -113,6 +115,9 @@ class InstanceActor(ActorCore):
         self._on_start(cmd, reason="restart requested")
 
     def _on_stop(self, cmd: m.Stop) -> None:
+        if self._spawning is not None:  # handled once the process exists (milliseconds)
+            self._stops_waiting.append(cmd)
+            return
         self._set_desired(Desired.STOPPED)
         self._cancel_task("backoff")
         stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
@@ -249,17 +254,39 @@ class InstanceActor(ActorCore):
             self._set_state(State.FATAL, f"start refused: {outcome.message}")  # BACKOFF -> FATAL
 
     def _launch(self, plan: AnyPlan, *, auto: bool, reason: str) -> None:
-        self._loaded = loaded = plan.loaded
+        self._loaded = plan.loaded
         self._set_desired(Desired.RUNNING)
         self._set_state(State.STARTING, "restart" if auto else reason)  # -> STARTING
-        try:
-            proc = open_run(self._ctx, plan, self.name)
-        except OSError as e:
-            msg = spawn_error(plan.spec, e) if isinstance(plan, Plan) else str(e)
-            failed = refusal(ErrorCode.SPAWN, msg)
-            self._waiters.start_failed(failed)
-            self._fail(msg, [], was_running=False)
+        if isinstance(plan, RemotePlan):
+            self._begun(plan, open_run(self._ctx, plan, self.name))  # nothing to spawn
             return
+        # Opening the logs and Popen block for milliseconds: a side task does it off the
+        # loop and posts Spawned (issue 17). A stop meanwhile waits for it (_on_stop).
+        self._spawn_gen += 1
+        self._spawning = (self._spawn_gen, plan)
+        task = spawn_off_loop(self._ctx, plan, self.name, self._spawn_gen, self.post)
+        self._spawn_task("spawn", task)
+
+    def _on_spawned(self, msg: m.Spawned) -> None:
+        if self._spawning is None or self._spawning[0] != msg.generation:
+            if not isinstance(msg.handle, OSError):  # a spawn nobody waits for: not to run
+                msg.handle().kill()
+            return
+        _, plan = self._spawning
+        self._spawning = None
+        if isinstance(msg.handle, OSError):
+            why = spawn_error(plan.spec, msg.handle)
+            self._waiters.start_failed(refusal(ErrorCode.SPAWN, why))
+            self._fail(why, [], was_running=False)
+        else:
+            self._begun(plan, msg.handle())
+        stops, self._stops_waiting = self._stops_waiting, []
+        for cmd in stops:  # the downs that came while it was being spawned
+            self._on_stop(cmd)
+
+    def _begun(self, plan: AnyPlan, proc: ServerProcess) -> None:
+        """A run's handle is open: record, announce, accept, watch."""
+        loaded = plan.loaded
         self._proc, self._url = proc, plan.url
         self._start_mono = self._ctx.clock.monotonic()
         self._stderr_path = plan.spec.stderr if isinstance(plan, Plan) else None

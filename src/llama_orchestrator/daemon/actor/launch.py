@@ -7,7 +7,10 @@ what is announced, and whether a failing health check stops it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llama_orchestrator.daemon.actor.context import ActorContext
+from llama_orchestrator.daemon.actor.messages import Report, Spawned
 from llama_orchestrator.daemon.actor.preflight import Plan, RemotePlan
 from llama_orchestrator.daemon.events import EventKind
 from llama_orchestrator.engine.process import ServerProcess
@@ -27,6 +30,15 @@ def open_run(ctx: ActorContext, plan: AnyPlan, name: str) -> ServerProcess:
     return ctx.launcher.spawn(plan.spec, name)
 
 
+def open_spawned(ctx: ActorContext, plan: Plan, name: str) -> Callable[[], ServerProcess]:
+    """A spawn's blocking part, for a thread (issue 17): the logs rotated, the process
+    created; it returns what makes the handle on the loop. OSError when it cannot be."""
+    logs = plan.loaded.config.logs
+    for path in (plan.spec.stdout, plan.spec.stderr):
+        ctx.launcher.rotate(path, logs.max_size_mb * 1024 * 1024, logs.rotation)
+    return ctx.launcher.open(plan.spec, name)
+
+
 def announce(ctx: ActorContext, plan: AnyPlan, proc: ServerProcess, name: str) -> None:
     """The event of a run begun: the PID and command line, or the remote's address."""
     if isinstance(plan, RemotePlan):
@@ -36,3 +48,17 @@ def announce(ctx: ActorContext, plan: AnyPlan, proc: ServerProcess, name: str) -
     else:
         shown = " ".join(shown_argv(plan.spec.argv))
         ctx.bus.emit(name, EventKind.SPAWNED, None, str(proc.pid), shown)
+
+
+async def spawn_off_loop(
+    ctx: ActorContext, plan: Plan, name: str, generation: int, post: Callable[[Report], None]
+) -> None:
+    """The actor's side task for a spawn: its blocking part in ``ctx.offload``, then
+    Spawned with what makes the handle, or the OSError."""
+    try:
+        handle: Callable[[], ServerProcess] | OSError = await ctx.offload(
+            lambda: open_spawned(ctx, plan, name)
+        )
+    except OSError as e:
+        handle = e
+    post(Spawned(generation, handle))

@@ -9,6 +9,7 @@ Side tasks never change the actor's state themselves: they post one of these.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,16 @@ class Prepared:
 
 
 @dataclass
+class Spawned:
+    """A spawn's blocking part, done off the loop: what makes the run's handle, or why
+    it failed. ``generation`` names the spawn it answers (one called off by a stop that
+    came meanwhile is the actor's to stop at once)."""
+
+    generation: int
+    handle: Callable[[], ServerProcess] | OSError
+
+
+@dataclass
 class Admitted:
     """The scheduler's answer to a start that asked for admission."""
 
@@ -177,6 +188,7 @@ Report = (
     | Resume
     | Autostart
     | Prepared
+    | Spawned
     | Admitted
 )
 Message = Command | Report
