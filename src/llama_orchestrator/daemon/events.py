@@ -43,6 +43,7 @@ class EventKind(str, Enum):
     CONFIG = "config"  # configs reloaded or changed (``config``: the parsed one, if any)
     REQUEST = "request"  # a request through the gateway (data holds its figures)
     DAEMON = "daemon"  # the daemon itself: started, stopping, state database recreated
+    MEMORY = "memory"  # a run's first memory reading (new = MiB measured, reason = detail)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from typing import Protocol
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.daemon.budget import Budget, Evict, Fits, Never, Seat, Wait, choose
+from llama_orchestrator.daemon.release import await_room
 from llama_orchestrator.doctor.portcheck import hosts_overlap
 
 DRAIN_POLL_S = 0.02  # how often victims are looked at while a start waits for them
@@ -63,6 +64,7 @@ class Admission:
 
 
 Deliver = Callable[[Admission], None]
+Need = dict[str, int]  # device key -> MiB
 
 
 class Seats(Protocol):
@@ -185,6 +187,7 @@ class Scheduler:
         self._evicting: set[str] = set()  # asked to stop, not yet released
         self._defaults: dict[str, int] = {}  # device -> default budget (MiB)
         self._tasks: list[asyncio.Task[None]] = []
+        self._releasing: set[asyncio.Task[None]] = set()  # grants waiting for a GPU
 
     def start(self) -> None:
         if not self._tasks:
@@ -195,9 +198,9 @@ class Scheduler:
             ]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._releasing):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._releasing, return_exceptions=True)
         self._tasks = []
 
     def configure(self, budget: Budget, wait_s: float = 120.0) -> None:
@@ -338,7 +341,19 @@ class Scheduler:
 
     def _grant(self, req: _Request, victims: tuple[str, ...] = ()) -> None:
         self.holders[req.claim.instance] = req.claim
-        self._deliver(req, Admission(req.ticket, True, victims=victims))
+        gpus = {d: mb for d, mb in self.counted(req.claim).items() if d != "cpu"}
+        if not victims or not gpus:
+            self._deliver(req, Admission(req.ticket, True, victims=victims))
+            return
+        task = asyncio.get_running_loop().create_task(self._after_release(req, victims, gpus))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _after_release(self, req: _Request, victims: tuple[str, ...], gpus: Need) -> None:
+        """Its room is held from now; its load waits for the GPUs to show it (release.py)."""
+        limit = self.wait_s if req.claim.wait_s is None else req.claim.wait_s
+        said = await await_room(self.seats.free_mib, self.clock, gpus, limit, victims)
+        self._deliver(req, Admission(req.ticket, True, said, victims=victims))
 
     def _deliver(self, req: _Request, admission: Admission) -> None:
         self.decisions += 1

@@ -22,6 +22,7 @@ from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.actor.snapshot import InstanceSnapshot
 from llama_orchestrator.daemon.budget import Seat
 from llama_orchestrator.engine.states import State
+from llama_orchestrator.gpu.overhead import counted_bytes
 from llama_orchestrator.models.fit import DEFAULT_RESERVE_MB
 
 # (instance, cutoff) -> requests waiting in the gateway for it, enqueued before the cutoff
@@ -92,9 +93,11 @@ class ActorSeats:
         actor = self._actors.get(name)
         if actor is None:
             return Seat(name, memory_mb)
-        gw = self._gateway(actor.snapshot)
+        snap = actor.snapshot
+        gw = self._gateway(snap)
         busy = self._busy(actor, draining, hold)
-        return Seat(name, memory_mb, gw.pinned, gw.priority, busy, actor.leases.last_used)
+        counted = measured_count(snap, memory_mb)
+        return Seat(name, counted, gw.pinned, gw.priority, busy, actor.leases.last_used)
 
     def keep_alive(self, name: str, ttl: int) -> None:
         """The idle ttl of ``name`` from now until it stops (0: never stopped for being
@@ -137,6 +140,20 @@ class ActorSeats:
 
     def free_mib(self, device: str) -> int | None:
         return free_mib(device)
+
+
+def measured_count(snap: InstanceSnapshot, guess: Mapping[str, int]) -> dict[str, int]:
+    """What a holder counts for per device (issue 18): ``guess`` (its estimate plus the
+    device's per-process overhead) until it is measured there, then its measured peak
+    (``gpu/overhead.py:counted_bytes``; while loading, never less than the guess).
+    A device measured beyond the claim (a split model) counts too."""
+    loading = snap.state is not State.RUNNING
+    counted = dict(guess)
+    for device, seen in snap.memory.items():
+        if seen.peak_mb is not None and (device in guess or seen.peak_mb > 0):
+            est = guess.get(device, 0)
+            counted[device] = counted_bytes(est, seen.peak_mb, 0, loading=loading)
+    return counted
 
 
 def free_mib(device: str) -> int | None:

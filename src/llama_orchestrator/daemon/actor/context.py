@@ -8,7 +8,7 @@ milliseconds; the daemon builds it with the real ones.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -18,6 +18,7 @@ import httpx
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import EventBus
+from llama_orchestrator.daemon.overheads import Overheads
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.engine.command import LaunchSpec
 from llama_orchestrator.engine.process import (
@@ -27,6 +28,7 @@ from llama_orchestrator.engine.process import (
     open_server,
     spawn,
 )
+from llama_orchestrator.gpu.usage import Reading, measure
 from llama_orchestrator.home import Home
 from llama_orchestrator.logs.rotate import rotate_if_needed
 from llama_orchestrator.state.db import StateStore
@@ -95,3 +97,7 @@ class ActorContext:
     # each health check as it is done: (instance, kind, seconds), for the metrics
     on_check: Callable[[str, str, float], None] | None = None
     offload: Offload = in_thread  # tests run it inline, or hold it to interleave commands
+    # a running server's memory per device (pid, backend, device id; issue 18): blocking,
+    # run through ``offload``; tests inject a scripted reader
+    measure: Callable[[int, str, int], Mapping[str, Reading]] = measure
+    overheads: Overheads = field(default_factory=Overheads)  # learnt per device

@@ -12,6 +12,7 @@ from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.leases import CheckLog, Leases
 from llama_orchestrator.daemon.actor.mailbox import Mailbox
+from llama_orchestrator.daemon.actor.memory import MemoryBook, describe_first, watch_memory
 from llama_orchestrator.daemon.actor.preflight import Plan
 from llama_orchestrator.daemon.actor.snapshot import KEPT, from_record
 from llama_orchestrator.daemon.actor.waiters import Waiters
@@ -20,6 +21,8 @@ from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.engine.states import Desired, Health, State, check_transition
 from llama_orchestrator.gateway.backend import Endpoint
+from llama_orchestrator.gpu.overhead import MiB
+from llama_orchestrator.state import memory as recorded_memory
 from llama_orchestrator.state.records import InstanceRecord
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL when no config says otherwise (server.stop_timeout)
@@ -78,6 +81,7 @@ class ActorCore(Mailbox):
         self._start_mono = 0.0
         self._check_recorded = float("-inf")  # when last_health_check was last written
         self._stderr_path: Any = None
+        self._memory = MemoryBook()  # the run's readings (daemon/actor/memory.py)
         self.snapshot = from_record(record)
         self._publish()
 
@@ -105,6 +109,7 @@ class ActorCore(Mailbox):
             ready_mono=self._ready_mono,
             misses=self._misses,
             checks=self._checks.recent(),
+            memory=self._memory.view(proc.pid if proc is not None else None),
             **record,
         )
 
@@ -147,6 +152,34 @@ class ActorCore(Mailbox):
         if desired is not self._desired:
             self._desired = desired
             self._record(desired=desired.value)
+
+    # -- memory (issue 18) ----------------------------------------------------------------
+
+    def _watch_memory(self, proc: ServerProcess) -> None:
+        """Read a ready run's memory now and every few seconds, off the loop."""
+        if not proc.pid or self._remote:
+            return
+        held = self._ctx.scheduler.holders.get(self.name)
+        self._memory.begin(proc.pid, held.memory_mb if held is not None else {})
+        gpu = self._loaded.config.gpu if self._loaded is not None else None
+        device = (gpu.backend, gpu.device_id) if gpu and gpu.layers > 0 else ("cpu", 0)
+        ctx = self._ctx
+        task = watch_memory(ctx.measure, ctx.offload, ctx.clock, proc.pid, device, self.post)
+        self._spawn_task("memory", task)
+
+    def _on_memory(self, msg: m.MemoryRead) -> None:
+        """A reading: kept; a device's first one of the run teaches its overhead."""
+        for device in self._memory.read(msg.pid, msg.readings):
+            seen = self._memory.devices[device]
+            if seen.estimate_mb is not None and seen.measured_mb is not None:
+                self._ctx.overheads.learn(device, seen.estimate_mb * MiB, seen.measured_mb * MiB)
+            said = describe_first(device, seen, self._ctx.overheads.mib(device))
+            self._ctx.bus.emit(self.name, EventKind.MEMORY, None, str(seen.measured_mb), said)
+        shown = {d: v.to_dict() for d, v in self._memory.devices.items()}
+        if shown != self._memory.written and msg.pid == self._memory.pid:
+            self._memory.written = shown  # for ps and describe (state/memory.py)
+            text = recorded_memory.encode(msg.pid, shown)
+            self._ctx.store.meta_set(recorded_memory.key(self.name), text)
 
     def _join_start(self, cmd: m.Start | m.Restart) -> None:
         spawned = self._proc.pid if self._state is State.STARTING and self._proc else None

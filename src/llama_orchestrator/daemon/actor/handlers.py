@@ -75,6 +75,8 @@ class InstanceActor(ActorCore):
                 self._on_resume(msg)
             case m.Autostart():
                 self._on_autostart()
+            case m.MemoryRead():
+                self._on_memory(msg)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -89,6 +91,11 @@ class InstanceActor(ActorCore):
             cmd.reply.set_result(Outcome(True, message, pid=self._shown_pid()))
             return
         if self._state is State.STOPPING:
+            if isinstance(cmd, m.Start) and cmd.on_demand and self._desired is Desired.STOPPED:
+                # A request that waited must not undo a `down` (issue 19, item 4).
+                why = f"stopped by `down`; `llama-orch up {self.name}` starts it again"
+                cmd.reply.set_result(refusal(ErrorCode.STOPPED, why))
+                return
             self._set_desired(Desired.RUNNING)
             self._waiters.after_stop.append(cmd)  # starts once the stop has finished
             return
@@ -234,9 +241,10 @@ class InstanceActor(ActorCore):
             return
         _, plan, auto, reason = self._admission
         self._admission = None
-        if msg.granted:
+        if msg.granted:  # the reason: what its load waited for (daemon/release.py)
             self._room = msg.victims
-            self._launch(plan, auto=auto, reason=reason)
+            said = f"{reason}; {msg.reason}" if msg.reason else reason
+            self._launch(plan, auto=auto, reason=said)
         elif msg.code == "port":
             why = f"{plan.loaded.path}: server.port: {msg.reason}; choose another server.port"
             self._refused(refusal(ErrorCode.PORT_IN_USE, why), auto=auto)
@@ -309,6 +317,7 @@ class InstanceActor(ActorCore):
         if ready:
             self._misses = 0
             self._spawn_task("monitor", watch.monitor(*args))
+            self._watch_memory(proc)
         else:
             self._spawn_task("ready", watch.await_ready(*args))
 

@@ -166,6 +166,15 @@ class Spawned:
 
 
 @dataclass
+class MemoryRead:
+    """One reading of a run's memory per device (daemon/actor/memory.py): ``pid`` names
+    the run it is about; ``readings`` are ``gpu/usage.py`` Measured or Unavailable."""
+
+    pid: int
+    readings: dict[str, Any]
+
+
+@dataclass
 class Admitted:
     """The scheduler's answer to a start that asked for admission."""
 
@@ -190,5 +199,6 @@ Report = (
     | Prepared
     | Spawned
     | Admitted
+    | MemoryRead
 )
 Message = Command | Report

@@ -127,9 +127,12 @@ def remote_plan(loaded: LoadedConfig, env: dict[str, str] | None = None) -> Remo
 
 
 def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
-    """``{device key: MiB}`` an instance counts for against the budgets: ``fit``'s
-    estimate (weights of the offloaded layers + KV cache + compute buffer) on its GPU, or
-    all of it against ``cpu`` for a CPU instance. Empty when the model cannot be read."""
+    """``{device key: MiB}`` an instance is estimated to use: ``fit``'s estimate
+    (weights of the offloaded layers + KV cache + compute buffer) on its GPU, and what
+    stays on the host (the layers left on the CPU, host buffers) against ``cpu``, so a
+    host budget means something for a mixed offload (issue 18); all of it against
+    ``cpu`` for a CPU instance. The scheduler adds each device's per-process overhead
+    (daemon/overheads.py). Empty when the model cannot be read."""
     from llama_orchestrator.doctor.estimate import config_estimate
 
     try:
@@ -147,7 +150,10 @@ def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
         if gpu.backend == "cpu" or est.gpu_layers == 0:
             found = {"cpu": -(-est.total // 2**20)}
         else:
-            found = {device_key(gpu.backend, gpu.device_id): -(-est.device_total // 2**20)}
+            found = {
+                device_key(gpu.backend, gpu.device_id): -(-est.device_total // 2**20),
+                "cpu": -(-est.host_total // 2**20),
+            }
         if len(_ESTIMATES) > 256:
             _ESTIMATES.clear()
         _ESTIMATES[key] = found

@@ -17,10 +17,12 @@ own rows back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from llama_orchestrator.config.loader import LoadedConfig
+from llama_orchestrator.daemon.actor.memory import DeviceMemory
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.state.records import InstanceRecord
 
@@ -54,6 +56,9 @@ class InstanceSnapshot:
     misses: int = 0  # consecutive failed health checks
     checks: tuple[dict[str, Any], ...] = ()  # the last health checks, oldest first
     last_check: float | None = None  # wall clock of the last check (or of ready)
+    # the run's memory per device key: estimate, last reading, peak (issue 18; empty
+    # until it is ready, and once it is let go)
+    memory: Mapping[str, DeviceMemory] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:

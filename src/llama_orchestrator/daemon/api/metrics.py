@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from llama_orchestrator.daemon.api.metrics_memory import memory_families
 from llama_orchestrator.daemon.api.metrics_watch import Watches
 from llama_orchestrator.daemon.supervisor import Supervisor
 from llama_orchestrator.engine.states import State
@@ -85,6 +86,7 @@ def supervisor_families(sup: Supervisor, watches: Watches) -> Iterator[Metric]:
         "Idle instances stopped to make room for another under the budgets.",
         value=scheduler.evictions,
     )
+    yield from memory_families(sup)
 
 
 def scrape_targets(sup: Supervisor) -> dict[str, tuple[str, str | None]]:
