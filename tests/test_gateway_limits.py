@@ -8,6 +8,7 @@ are used, so no server is needed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 
@@ -117,7 +118,7 @@ def test_the_key_is_checked_at_the_end_of_the_headers() -> None:
 
     async def test(gw: Gateway, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        size = 4 * 1024 * 1024
+        size = 512 * 1024
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
@@ -133,7 +134,22 @@ def test_the_key_is_checked_at_the_end_of_the_headers() -> None:
         assert status == 200 and json.loads(body)["object"] == "list"
         writer.close()
 
-    run(test, api_keys=(KEY,))
+        # chunked, past max_body_bytes: closed, never a 413 after the 401
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        assert (await read_response(reader))[0] == 401
+        piece = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):  # 4 MiB, over the 1 MiB limit
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+    run(test, api_keys=(KEY,), max_body_bytes=1024 * 1024)
 
 
 def test_a_foreign_host_gets_421_when_no_key_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:

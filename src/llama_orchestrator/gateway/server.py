@@ -282,7 +282,11 @@ class HttpConnection(asyncio.Protocol):
         if self._body_len > self._max_body:
             self._too_large = True
             self._body.clear()
-            self._reject_too_large()
+            if self._answered:  # refused at its headers, answered: nothing more to say
+                self.must_close = True
+                self._linger()
+            else:
+                self._reject_too_large()
             return
         if not self._gated:  # a refused request's body is never held
             self._body.append(body)
@@ -447,6 +451,15 @@ class HttpConnection(asyncio.Protocol):
             b"Connection: close\r\n\r\n" % (status, reason(status), len(body))
         )
         transport.write(head + body)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close once the client has read what it was sent: end our side now, drop what
+        it still sends (``closed``), and close after ``LINGER_S``."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.closed = True
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(LINGER_S, transport.close)
