@@ -1,10 +1,23 @@
-"""One parsed client request, as the gateway's handlers see it (``server`` builds it)."""
+"""One parsed client request, as the gateway's handlers see it (``server`` builds it),
+and the limits on what a client may send (issue 19)."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
 import httptools
+
+# The request target's limit (414): llama-server's own URL parser stops at 64 KiB.
+MAX_URL_BYTES = 64 * 1024
+# All header lines of one request together (431). httptools gathers a header value whole
+# before it calls back, so the bytes of a head still arriving are bounded too.
+MAX_HEADER_BYTES = 64 * 1024
+# A request whose bytes stop arriving for this long is answered 408 and closed.
+RECEIVE_TIMEOUT_S = 60.0
+# After refusing a request still being sent, what it sends is read and dropped this long
+# before the close: closing on unread data resets the connection, which can destroy the
+# answer before the client reads it.
+LINGER_S = 2.0
 
 
 def reason(status: int) -> bytes:

@@ -38,24 +38,19 @@ from llama_orchestrator.gateway.errors import (
     too_large,
     url_too_long,
 )
+from llama_orchestrator.gateway.request import (
+    LINGER_S,
+    MAX_HEADER_BYTES,
+    MAX_URL_BYTES,
+    RECEIVE_TIMEOUT_S,
+    reason,
+)
 from llama_orchestrator.gateway.request import Request as Request
-from llama_orchestrator.gateway.request import reason
 
 log = logging.getLogger(__name__)
 
 # Pipelined requests held while one is answered; past this, reading pauses.
 MAX_PIPELINED = 8
-# The request target's limit (414): llama-server's own URL parser stops at 64 KiB.
-MAX_URL_BYTES = 64 * 1024
-# All header lines of one request together (431). httptools gathers a header value whole
-# before it calls back, so the bytes of a head still arriving are bounded too.
-MAX_HEADER_BYTES = 64 * 1024
-# A request whose bytes stop arriving for this long is answered 408 and closed.
-RECEIVE_TIMEOUT_S = 60.0
-# After refusing a request still being sent, what it sends is read and dropped this long
-# before the close: closing on unread data resets the connection, which can destroy the
-# answer before the client reads it.
-LINGER_S = 2.0
 
 
 class _Refused(Exception):
@@ -465,18 +460,5 @@ class HttpConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def _fail_parse(self, why: bytes) -> None:
-        if self.transport is None or self.closed:
-            return
-        body = error_body(
-            "malformed HTTP request: " + why.decode(errors="replace"),
-            "invalid_request_error",
-            "bad_request",
-        )
-        if self._current is None:
-            head = (
-                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            )
-            self.transport.write(head + body)
-        self.transport.close()
-        self.closed = True
+        message = "malformed HTTP request: " + why.decode(errors="replace")
+        self._refuse(400, error_body(message, "invalid_request_error", "bad_request"))
