@@ -41,6 +41,8 @@ log = logging.getLogger("llama_orchestrator.supervisor")
 
 
 class InstanceActor(ActorCore):
+    _downing = False  # stopping for a person's `down` (a waiting request must not undo it)
+
     def _dispatch(self, msg: m.Message) -> None:
         match msg:
             case m.Start():
@@ -91,12 +93,14 @@ class InstanceActor(ActorCore):
             cmd.reply.set_result(Outcome(True, message, pid=self._shown_pid()))
             return
         if self._state is State.STOPPING:
-            if isinstance(cmd, m.Start) and cmd.on_demand and self._desired is Desired.STOPPED:
-                # A request that waited must not undo a `down` (issue 19, item 4).
+            if isinstance(cmd, m.Start) and cmd.on_demand and self._downing:
+                # A request that waited must not undo a `down` (issue 19, item 4); an
+                # eviction's or idle stop's is followed by the start a request asks for.
                 why = f"stopped by `down`; `llama-orch up {self.name}` starts it again"
                 cmd.reply.set_result(refusal(ErrorCode.STOPPED, why))
                 return
             self._set_desired(Desired.RUNNING)
+            self._downing = False
             self._waiters.after_stop.append(cmd)  # starts once the stop has finished
             return
         if self._state is State.STARTING or self._admission is not None or self._preflight:
@@ -126,6 +130,7 @@ class InstanceActor(ActorCore):
             self._stops_waiting.append(cmd)
             return
         self._set_desired(Desired.STOPPED)
+        self._downing = cmd.reason == m.DOWN_REASON  # a person's `down`, not an eviction
         self._cancel_task("backoff")
         stopped = refusal(ErrorCode.STOPPED, "stopped by `down` before it was ready")
         self._waiters.drop_after_stop(stopped)

@@ -59,10 +59,13 @@ class Start:
     on_demand: bool = False  # asked for by a request through the gateway
 
 
+DOWN_REASON = "down requested"
+
+
 @dataclass
 class Stop:
     reply: Reply
-    reason: str = "down requested"  # or why it was evicted / stopped for being idle
+    reason: str = DOWN_REASON  # or why it was evicted / stopped for being idle
     grace: float | None = None  # seconds from SIGTERM to SIGKILL (None: server.stop_timeout)
 
 
