@@ -25,6 +25,7 @@ from llama_orchestrator.daemon.budget import Budget
 from llama_orchestrator.daemon.overheads import Overheads
 from llama_orchestrator.daemon.scheduler import Admission, Claim, NoSeats, Scheduler
 from llama_orchestrator.daemon.seats import ActorSeats, GatewayQueues
+from llama_orchestrator.engine.states import State
 from llama_orchestrator.gpu.overhead import MiB, default_overhead
 from llama_orchestrator.gpu.usage import Measured, Reading, Unavailable
 from llama_orchestrator.home import Home
@@ -214,3 +215,39 @@ def test_a_swap_loads_only_when_the_gpu_shows_the_victims_memory_free() -> None:
             await sched.close()
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_the_devices_screen_counts_a_measured_instance_for_its_peak(
+    home: Home, tiny_model: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from llama_orchestrator.daemon.actor.memory import DeviceMemory
+    from llama_orchestrator.daemon.api.webdata import devices_view
+
+    for name in ("alpha", "beta"):
+        write_config(home, name, tiny_model, free_port())
+    est = memory_mb(load_instance(home, "alpha"))["cpu"]
+    sched = Scheduler(overhead=lambda device: CPU_OVERHEAD_MB)
+    sched.holders["alpha"] = Claim("alpha", memory_mb={"cpu": est})
+    seen = {"cpu": DeviceMemory(est, est + 300, est + 320, "host")}
+    actors = {
+        name: SimpleNamespace(
+            snapshot=SimpleNamespace(
+                loaded=load_instance(home, name),
+                attached=name == "alpha",
+                state=State.RUNNING if name == "alpha" else State.STOPPED,
+                memory=seen if name == "alpha" else {},
+            )
+        )
+        for name in ("alpha", "beta")
+    }
+    view = devices_view(SimpleNamespace(actors=actors, scheduler=sched), {"cpu": 10**6})
+    alpha, beta = view["devices"][0]["instances"]
+    assert (alpha["mib"], alpha["estimate_mib"], alpha["measured_mib"], alpha["peak_mib"]) == (
+        est + 320, est, est + 300, est + 320,
+    )  # fmt: skip
+    assert (beta["mib"], beta["estimate_mib"], beta["measured_mib"]) == (
+        est + CPU_OVERHEAD_MB, est, None,
+    )  # fmt: skip
+    assert view["devices"][0]["used_mib"] == est + 320

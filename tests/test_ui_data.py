@@ -43,7 +43,7 @@ def supervisor(
         loaded = load_instance(home, name)
         up = name in running
         snapshot = SimpleNamespace(
-            loaded=loaded, attached=up, state=State.RUNNING if up else State.STOPPED
+            loaded=loaded, attached=up, state=State.RUNNING if up else State.STOPPED, memory={}
         )
         actors[name] = SimpleNamespace(snapshot=snapshot)
         if up and loaded.remote is None:  # admitted, as the actor's start has it

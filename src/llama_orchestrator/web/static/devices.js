@@ -4,6 +4,12 @@ import { STATE, refreshDevices } from "./core.js";
 
 const COLORS = ["#3b82f6", "#10b981", "#f59e0b", "#8b5cf6", "#ef4444", "#06b6d4", "#ec4899", "#84cc16"];
 
+// What the count is made of: the estimate, and the measured figure once there is one
+// (issue 18: a measured instance counts for its peak).
+const truth = (i) => i.estimate_mib == null ? "" : i.peak_mib != null
+  ? `; estimate ${fmtBytes(i.estimate_mib)}, measured ${fmtBytes(i.measured_mib ?? i.peak_mib)}, peak ${fmtBytes(i.peak_mib)}`
+  : `; estimate ${fmtBytes(i.estimate_mib)} + per-process overhead`;
+
 export const devices = {
   enter() {
     refreshDevices();
@@ -31,7 +37,7 @@ export const devices = {
         h("div", { class: "device-head" }, h("h2", {}, dev.device), h("span", { class: "figures" }, figures)),
         h("div", { class: "bar", role: "img", "aria-label": `${dev.device}: ${figures}` }, segs),
         h("div", { class: "legend" }, dev.instances.map((i) => h("span", {}, h("span", { class: "sw", style: `background:${color(i.name)}` }),
-          `${i.name} ${fmtBytes(i.mib)} (${i.running ? "holds it" : i.state})`))));
+          `${i.name} ${fmtBytes(i.mib)} (${i.running ? "holds it" : i.state}${truth(i)})`))));
     });
     const fit = d.fit.length ? h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "Instance"), h("th", {}, "Device"), h("th", { class: "num" }, "Needs"), h("th", {}, "Verdict"), h("th", {}, "Why"))),
