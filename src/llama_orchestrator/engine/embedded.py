@@ -13,10 +13,11 @@ It runs until SIGTERM/SIGINT (Windows: CTRL_BREAK), then releases the server and
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 
 def engine_version() -> str:
@@ -156,8 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     while not stop.wait(0.5):
         pass
-    del server
-    return 0
+    _exit_now(server)
+
+
+def _exit_now(_server: object) -> NoReturn:
+    """End the process without releasing the server.
+
+    xllamacpp's release waits, holding the GIL, until the answer being generated is
+    complete, so a stop during a stream waited the whole ``stop_timeout`` and ended in
+    SIGKILL (issue 19, item 11), where the real llama-server cuts the stream and exits
+    within a second. Nothing the release does outlives the process (memory, sockets and
+    GPU contexts are the OS's and the driver's to free), so the process exits at once,
+    with code 0 as the real server's does; the streams in flight are cut.
+    """
+    print("embedded engine: stopping", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
