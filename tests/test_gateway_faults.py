@@ -39,7 +39,9 @@ def slot_busy(port: int) -> bool:
     return any(slot["is_processing"] for slot in r.json())
 
 
-def stream_until_cut(url: str, path: str, body: dict[str, Any], victim: ServerInstance) -> bytes:
+def stream_until_cut(
+    url: str, path: str, body: dict[str, Any], victim: ServerInstance, first: bytes = b"data: "
+) -> bytes:
     """A raw streaming request; once its first event is in, ``victim`` is killed. What the
     client got, to the gateway's close."""
     host, port = url.removeprefix("http://").split(":")
@@ -50,7 +52,7 @@ def stream_until_cut(url: str, path: str, body: dict[str, Any], victim: ServerIn
         b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
     )
     got = b""
-    while b"data: " not in got:
+    while first not in got:
         piece = s.recv(65536)
         assert piece, got
         got += piece
@@ -115,6 +117,14 @@ def test_a_cut_stream_ends_with_an_error_event_and_counts_as_502(
             assert doc["type"] == "error" and doc["error"]["type"] == "api_error"
             assert "cut off" in doc["error"]["message"]
             wait_for(lambda: requests_total(g, "victim", "502") == 2, what="the second 502")
+
+            # Ollama's format on /api/chat: a last line with "error"
+            assert victim.start().ok
+            body = {"model": "victim", "messages": MESSAGES, "options": {"num_predict": 15000}}
+            raw = stream_until_cut(g.url, "/api/chat", body, victim, first=b'"message"')
+            assert raw.endswith(b"\r\n0\r\n\r\n")
+            last = json.loads(dechunk(raw).strip().rsplit(b"\n", 1)[1])
+            assert "cut off" in last["error"], last
     finally:
         victim.stop()
 

@@ -185,6 +185,15 @@ class OllamaRelay:
         self.lost = str(exc) if exc else "the instance closed the connection"
         self._end()
 
+    def cut(self, message: str) -> bool:
+        """A stream whose instance broke off mid-way ends with Ollama's error line
+        (``Forward`` asks; issue 19). False when no stream was started."""
+        if not (self._sse and self.committed):
+            return False
+        self._client.must_close = True
+        self._client.write(chunk(_line({"error": message})) + b"0\r\n\r\n")
+        return True
+
     def _end(self) -> None:
         self.ended = True
         self.on_done()
