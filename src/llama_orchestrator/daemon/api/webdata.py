@@ -70,16 +70,41 @@ def _check(sup: Supervisor, name: str) -> None:
         raise HTTPException(404, str(e)) from None
 
 
-def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]:
-    """Budgets, holdings and fit verdicts. ``free`` is each device's free MiB now.
-
-    An instance's ``mib`` is what the scheduler counts it for (issue 18): its measured
-    peak once it has one, else its estimate plus the device's per-process overhead;
-    ``estimate_mib``, ``measured_mib`` and ``peak_mib`` are shown beside it."""
+def _holdings(
+    sup: Supervisor, name: str, snap: Any, loaded: Any, holds: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(device, entry)`` per device of one instance. ``mib`` is what the scheduler
+    counts it for (issue 18): its measured peak once it has one, else its estimate plus
+    the device's per-process overhead; ``estimate_mib``, ``measured_mib`` and
+    ``peak_mib`` are shown beside it."""
     from llama_orchestrator.daemon.actor.preflight import memory_mb
     from llama_orchestrator.daemon.scheduler import Claim
     from llama_orchestrator.daemon.seats import measured_count
 
+    estimate = memory_mb(loaded)
+    counted = sup.scheduler.counted(Claim(name, memory_mb=estimate))
+    if holds:
+        counted = measured_count(snap, counted)
+    out = []
+    for key, mib in sorted(counted.items()):
+        seen = snap.memory.get(key) if holds else None
+        entry = {
+            "name": name,
+            "mib": mib,
+            "estimate_mib": estimate.get(key),
+            "measured_mib": seen.measured_mb if seen else None,
+            "peak_mib": seen.peak_mb if seen else None,
+            "running": holds,
+            "state": snap.state.value,
+        }
+        out.append((key, entry))
+    return out
+
+
+def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]:
+    """Budgets, holdings and fit verdicts. ``free`` is each device's free MiB now.
+
+    An instance's ``mib`` is what the scheduler counts it for (:func:`_holdings`)."""
     budget = sup.scheduler.effective_budget()
     devices: dict[str, dict[str, Any]] = {}
 
@@ -103,27 +128,11 @@ def devices_view(sup: Supervisor, free: dict[str, int | None]) -> dict[str, Any]
         if loaded is None:
             continue
         holds = snap.attached and snap.state is not State.STOPPED
-        estimate = memory_mb(loaded)
-        counted = sup.scheduler.counted(Claim(name, memory_mb=estimate))
-        if holds:
-            counted = measured_count(snap, counted)
-        for key, mib in sorted(counted.items()):
-            d = device(key)
-            seen = snap.memory.get(key) if holds else None
-            d["instances"].append(
-                {
-                    "name": name,
-                    "mib": mib,
-                    "estimate_mib": estimate.get(key),
-                    "measured_mib": seen.measured_mb if seen else None,
-                    "peak_mib": seen.peak_mb if seen else None,
-                    "running": holds,
-                    "state": snap.state.value,
-                }
-            )
+        for key, entry in _holdings(sup, name, snap, loaded, holds):
+            device(key)["instances"].append(entry)
             if holds:
-                d["used_mib"] += mib
-            needs.append((name, key, mib, holds))
+                device(key)["used_mib"] += entry["mib"]
+            needs.append((name, key, entry["mib"], holds))
     verdicts = []
     for name, key, mib, holds in needs:
         d = devices[key]
