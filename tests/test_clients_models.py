@@ -45,6 +45,11 @@ def servers(llama_server_bin: Path, tiny_model: Path) -> Iterator[dict[str, Serv
         "chat": instance(llama_server_bin, tiny_model, "chat", 4096, aliases=("org/gpt",)),
         "emb": instance(None, tiny_model, "emb", aliases=("small",)),
     }
+    # A server not started with -a (a remote one): it answers its model file's path
+    port = free_port()
+    bare = ServerInstance("bare", server_argv(llama_server_bin, tiny_model, port), port)
+    bare.answers_name = None
+    found["bare"] = bare
     for inst in found.values():
         assert inst.start().ok
     yield found
@@ -62,7 +67,7 @@ def oai(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
 
 
-@pytest.mark.parametrize("asked", ["chat", "org/gpt", "emb", "small"])
+@pytest.mark.parametrize("asked", ["chat", "org/gpt", "emb", "small", "bare"])
 def test_every_answer_names_the_model_asked_for(gw: GatewayThread, asked: str) -> None:
     client = oai(gw.url)
     done = client.chat.completions.create(model=asked, messages=MESSAGES, max_tokens=3)
@@ -92,7 +97,7 @@ def test_models_retrieve(gw: GatewayThread) -> None:
     assert got.model_extra is not None and got.model_extra["status"] == {"value": "loaded"}
     with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("nope")
-    assert "available models: chat, emb, org/gpt, small" in str(e.value)
+    assert "available models: bare, chat, emb, org/gpt, small" in str(e.value)
 
 
 def test_load_and_unload(gw: GatewayThread, servers: dict[str, ServerInstance]) -> None:

@@ -369,3 +369,16 @@ def test_answers_name_the_instance_unless_args_name_them(tmp_path: Path) -> None
     own = build_argv(full(tmp_path, args=["--alias", "mine"]), BIN)
     assert "-a" not in own and own[-2:] == ["--alias", "mine"]
     assert build_argv(full(tmp_path, args=["--alias=mine"]), BIN).count("-a") == 0
+
+
+def test_the_answered_name_is_known_unless_args_or_remote_set_it(tmp_path: Path) -> None:
+    from llama_orchestrator.engine.command import answered_name
+
+    assert answered_name(full(tmp_path)) == "chat"
+    assert answered_name(full(tmp_path, args=["-a", "mine"])) is None
+    path = tmp_path / "home" / "instances" / "far" / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"name": "far", "remote": {"url": "http://10.0.0.2:8080"}})
+    path.write_text(text)
+    remote = parse_config(text, path, "far")
+    assert answered_name(remote) is None

@@ -146,6 +146,13 @@ def test_keep_alive_zero_unloads_and_an_empty_prompt_loads(
         ("/api/chat", b'{"model": "chat", "messages": [], "options": 3}', 400, "'options'"),
         ("/api/chat", b'{"model": "chat", "messages": [], "format": 3}', 400, "'format'"),
         ("/api/generate", b'{"model": "chat", "prompt": 3}', 400, "'prompt'"),
+        ("/api/chat", b'{"model": "chat", "messages": [], "tools": [1]}', 400, "'tools'"),
+        (
+            "/api/chat",
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}',
+            400,
+            '"function": {"name"',
+        ),
         ("/api/embed", b'{"model": "vectors", "input": 3}', 400, "'input'"),
         ("/api/embeddings", b'{"model": "vectors"}', 400, "'prompt'"),
         ("/api/show", b"{}", 400, "'model' is required"),

@@ -22,6 +22,7 @@ from llama_orchestrator.daemon.ledger import InFlightLedger
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.daemon.seats import ActorSeats, cutoff
 from llama_orchestrator.daemon.supervisor import Supervisor
+from llama_orchestrator.engine.command import answered_name
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
 
 ConfigOf = Callable[[str], "LoadedConfig | None"]
@@ -36,6 +37,8 @@ class InstanceView:
         ledger: InFlightLedger | None = None,
     ) -> None:
         self._unloading = False  # /models/unload: draining, no new leases
+        self._answers_for: LoadedConfig | None = None
+        self._answers_as: str | None = None
         self._actor = actor
         self._config_of = config_of
         self._scheduler = scheduler
@@ -47,6 +50,14 @@ class InstanceView:
     @property
     def name(self) -> str:
         return self._actor.name
+
+    @property
+    def answers_as(self) -> str | None:
+        loaded = self._actor.snapshot.loaded or self._config()
+        if loaded is not self._answers_for:  # once per config, not per request
+            self._answers_for = loaded
+            self._answers_as = None if loaded is None else answered_name(loaded)
+        return self._answers_as
 
     @property
     def aliases(self) -> tuple[str, ...]:

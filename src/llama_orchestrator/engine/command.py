@@ -193,12 +193,25 @@ def build_argv(
 ALIAS_FLAGS = ("-a", "--alias")
 
 
+def _sets_alias(args: list[str]) -> bool:
+    return any(a in ALIAS_FLAGS or a.startswith("--alias=") for a in args)
+
+
+def answered_name(loaded: LoadedConfig) -> str | None:
+    """The ``model`` a server started from ``loaded`` answers with: its name (``-a
+    NAME``), or None when not known (a remote server, or ``-a`` in its own ``args``)."""
+    c = loaded.config
+    if c.remote is not None or _sets_alias(c.args):
+        return None
+    return loaded.name
+
+
 def _alias_flag(name: str, args: list[str]) -> list[str]:
     """``-a NAME``: the server answers ``"model": NAME`` instead of its model file's path
     (issue 20: answers name the model asked for, and leak no server paths), so the gateway
     relays the bytes as they are for a request that names the instance. Not added when
     ``args`` names the server itself."""
-    if any(a in ALIAS_FLAGS or a.startswith("--alias=") for a in args):
+    if _sets_alias(args):
         return []
     return ["-a", name]
 

@@ -42,6 +42,13 @@ class Instance(Protocol):
     def on_demand(self) -> bool: ...
 
     @property
+    def answers_as(self) -> str | None:
+        """The ``model`` its answers carry: its name for a server started here (``-a
+        NAME``), None when not known (a remote server; ``-a`` in its own ``args``), in
+        which case the gateway replaces whatever they say (gateway/rename.py)."""
+        ...
+
+    @property
     def slots(self) -> int:
         """``server.parallel``: requests the gateway lets through at once."""
         ...

@@ -265,7 +265,7 @@ class Forward:
             capture=gw.recording,
             now=gw.now,
             on_done=self._relay_done,
-            rename=Rename.between(self._lease.instance.name, self._model),
+            rename=Rename.of(self._lease.instance, self._model),
         )
         conn = self._conn
         conn.flow = up

@@ -159,6 +159,17 @@ def model_of(doc: Any) -> str:
     return model
 
 
+def _is_tool(tool: Any) -> bool:
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    return (
+        isinstance(tool, dict)
+        and tool.get("type", "function") == "function"
+        and isinstance(fn, dict)
+        and isinstance(fn.get("name"), str)
+        and isinstance(fn.get("parameters", {}), dict)
+    )
+
+
 def chat_request(doc: dict[str, Any], stream: bool) -> dict[str, Any]:
     messages = doc.get("messages") or []
     if not isinstance(messages, list):
@@ -170,8 +181,12 @@ def chat_request(doc: dict[str, Any], stream: bool) -> dict[str, Any]:
     }
     tools = doc.get("tools")
     if tools:
-        if not isinstance(tools, list):
-            raise BadRequest('\'tools\' must be a list of {"type": "function", ...} objects')
+        # llama-server answers 500 to a malformed tool: refuse it here, naming the shape.
+        if not isinstance(tools, list) or not all(_is_tool(x) for x in tools):
+            raise BadRequest(
+                '\'tools\' must be a list of {"type": "function", "function": {"name": ..., '
+                '"parameters": {...}}} objects'
+            )
         out["tools"] = tools
     _options(doc, out)
     _format(doc, out)

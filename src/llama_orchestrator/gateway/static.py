@@ -77,6 +77,10 @@ class StaticInstance:
     def release(self) -> None:
         self._in_flight -= 1
 
+    @property
+    def answers_as(self) -> str:
+        return self._name  # servers given by address are expected to run with -a NAME
+
     async def ensure_started(self) -> StartResult:
         return StartResult(True, "ready")
 

@@ -100,6 +100,8 @@ class ServerInstance:
         self._in_flight = 0
         self._unloading = False
         self.kept_alive: int | None = None
+        # What its answers' "model" says (None: not known, the gateway renames them all).
+        self.answers_name: str | None = name
         self._last_error: str | None = None
         self.starts = 0
         self.leases = 0
@@ -164,6 +166,10 @@ class ServerInstance:
         with self._lock:
             self._in_flight -= 1
             assert self._in_flight >= 0, f"{self._name}: a lease released twice"
+
+    @property
+    def answers_as(self) -> str | None:
+        return self.answers_name
 
     async def ensure_started(self) -> StartResult:
         self.starts += 1
