@@ -302,3 +302,21 @@ def test_a_refused_request_whose_body_never_comes_is_closed_without_a_second_ans
         writer.close()
 
     run(test, api_keys=(KEY,))
+
+
+def test_deep_nesting_on_the_ollama_and_router_routes_is_a_400_too() -> None:
+    nested = b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    async def test(gw: Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for path in (b"/api/chat", b"/api/generate", b"/models/load"):
+            writer.write(
+                b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
+                % (path, len(nested), nested)
+            )
+            status, _, body = await read_response(reader)
+            assert status == 400, (path, body)
+            assert b"nested too deeply" in body, (path, body)
+        writer.close()
+
+    run(test)

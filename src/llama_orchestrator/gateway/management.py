@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.gateway.backend import Instance, StartResult
 from llama_orchestrator.gateway.errors import GatewayError, bad_request, model_not_found
+from llama_orchestrator.gateway.inbound import parse_body
 from llama_orchestrator.gateway.starts import COMING_UP
 
 if TYPE_CHECKING:
@@ -92,10 +93,7 @@ def model_body(name: str, index: Mapping[str, tuple[Instance, ...]], created: in
 
 def requested_model(body: bytes) -> str:
     """``{"model": NAME}``, the body of ``/models/load`` and ``/models/unload``."""
-    try:
-        doc = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request("invalid_json", f"the request body is not JSON: {e}") from None
+    doc = parse_body(body) if body else None  # 400 invalid_json in the API's words
     model = doc.get("model") if isinstance(doc, dict) else None
     if not isinstance(model, str) or not model:
         raise bad_request("missing_model", 'the body names the model to act on: {"model": "NAME"}')

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from llama_orchestrator.gateway import ollama_translate as t
 from llama_orchestrator.gateway.errors import GatewayError
 from llama_orchestrator.gateway.forward import ForwardHost
+from llama_orchestrator.gateway.inbound import parse_body
 from llama_orchestrator.gateway.inflight import InFlight
 from llama_orchestrator.gateway.management import load, state_of, unload
 from llama_orchestrator.gateway.ollama_relay import OllamaForward, ollama_error
@@ -274,6 +275,6 @@ def _iso(created: int) -> str:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError) as e:
-        raise t.BadRequest(f"the request body is not JSON: {e}") from None
+        return parse_body(body) if body else {}
+    except GatewayError as e:
+        raise t.BadRequest(e.message) from None
