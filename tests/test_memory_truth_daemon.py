@@ -1,6 +1,6 @@
 """Memory truth with a real server behind the daemon (issue 18): a running CPU instance
-is measured (its process tree's PSS), and ps --json, describe (JSON and text), the events
-and /metrics show the estimate and the measurement side by side."""
+is measured (its process tree's PSS), and ps --json, describe (JSON and text), stats, the
+events and /metrics show the estimate and the measurement side by side."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def test_a_running_instance_is_measured_and_shown_beside_its_estimate(
     assert any(line.strip().startswith("cpu:") for line in text.splitlines())
     first = [e for e in events(home, "alpha") if e["kind"] == "memory"]
     assert len(first) == 1 and first[0]["reason"].startswith("cpu: measured ")
+    (stats,) = json.loads(cli("stats", "--no-stream", "--json").stdout)
+    assert stats["estimate_host_bytes"] == cpu["estimate_mb"] * 2**20
+    assert stats["estimate_vram_bytes"] is None  # a CPU instance
+    assert "EST RAM" in cli("stats", "--no-stream").stdout
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False)
     for line in (
         'llama_orch_instance_memory_bytes{device="cpu",instance="alpha",kind="measured"}',

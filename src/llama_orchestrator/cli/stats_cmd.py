@@ -21,7 +21,7 @@ from llama_orchestrator.cli.common import check_names, home_of, quiet_exit, say
 
 REFRESH_S = 2.0  # as docker stats
 FIRST_SAMPLE_S = 1.0  # the window of the first CPU figure
-COLUMNS = ("NAME", "PID", "CPU %", "RSS", "VRAM", "IN FLIGHT", "TOK/S")
+COLUMNS = ("NAME", "PID", "CPU %", "RSS", "EST RAM", "VRAM", "EST VRAM", "IN FLIGHT", "TOK/S")
 
 
 def _size(n: int | None) -> str:
@@ -39,7 +39,9 @@ def render(rows: list[dict[str, Any]]) -> str:
             str(r["pid"]),
             f"{r['cpu_percent']:.1f}%",
             _size(r["rss_bytes"]),
+            _size(r.get("estimate_host_bytes")),
             _size(r["vram_bytes"]),
+            _size(r.get("estimate_vram_bytes")),
             "-" if r["in_flight"] is None else str(r["in_flight"]),
             "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}",
         ]

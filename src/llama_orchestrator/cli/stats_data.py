@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from llama_orchestrator.home import Home
+from llama_orchestrator.state import memory as recorded_memory
 from llama_orchestrator.state.records import InstanceRecord
 
 MIB = 1024 * 1024
@@ -130,6 +131,16 @@ def gateway_of(home: Home) -> Gateway:
     return read
 
 
+def _estimate(memory: dict[str, Any] | None, *, gpu: bool) -> int | None:
+    """The estimate the daemon recorded for the host (``cpu``) or its GPUs, in bytes."""
+    found = [
+        m["estimate_mb"]
+        for device, m in (memory or {}).items()
+        if (device != "cpu") == gpu and isinstance(m, dict) and m.get("estimate_mb") is not None
+    ]
+    return sum(found) * MIB if found else None
+
+
 class Sampler:
     def __init__(
         self,
@@ -144,6 +155,7 @@ class Sampler:
         self.gateway = gateway or gateway_of(home)
         self.vram = vram or NvidiaSmi()
         self.trees: dict[str, tuple[int, _Tree]] = {}
+        self.memory: dict[str, dict[str, Any]] = {}  # name -> the daemon's memory record
 
     def _records(self) -> dict[str, InstanceRecord]:
         from llama_orchestrator.state.db import StateStore
@@ -153,6 +165,9 @@ class Sampler:
             return {}
         try:
             rows = {r.name: r for r in store.all()}
+            self.memory = {
+                n: recorded_memory.recorded(store, n, r.pid) or {} for n, r in rows.items()
+            }
         finally:
             store.close()
         if self.names is not None:
@@ -202,6 +217,9 @@ class Sampler:
                     "cpu_percent": round(cpu, 1),
                     "rss_bytes": rss,
                     "vram_bytes": sum(used) if used else None,
+                    # the estimates the budgets start from, beside what is measured here
+                    "estimate_host_bytes": _estimate(self.memory.get(name), gpu=False),
+                    "estimate_vram_bytes": _estimate(self.memory.get(name), gpu=True),
                     "in_flight": in_flight.get(name),
                     "tokens_per_s": speeds.get(name),
                 }
