@@ -90,6 +90,7 @@ def test_issue2_lint_clean_config_reports_every_check(
         "args",
         "secrets",
         "port-unique",
+        "aliases",
         "port-free",
         "gpu-device",
         "gpu-memory",

@@ -29,6 +29,7 @@ from typing import Any
 from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, Problem
 from llama_orchestrator.config.schema import RemoteConfig
+from llama_orchestrator.doctor.aliascheck import alias_problems, alias_verdict
 from llama_orchestrator.doctor.argscheck import args_verdict, secrets_verdict
 from llama_orchestrator.doctor.filecheck import (
     binary_verdict,
@@ -92,12 +93,14 @@ def validate(home: Home, targets: Sequence[Target], *, gateway: bool = False) ->
     """
     entries, clashes = _read(home, targets)
     gw = effective_gateway(home)
+    pools = home_configs(home)
     problems: list[Problem] = []
     for entry in entries:
         problems += entry.problems
         cfg = entry.loaded
         if cfg is None or cfg.remote is not None:  # a remote one has no file or port here
             continue
+        problems += alias_problems(cfg, pools)
         file = str(cfg.path)
         reason = model_file_problem(cfg.model_path)
         if reason:
@@ -191,6 +194,7 @@ class Linter:
             ("args", args_verdict(cfg)),
             ("secrets", secrets_verdict(cfg)),
             ("port-unique", port_unique(cfg, clashes, self.gateway, self.home)),
+            ("aliases", alias_verdict(cfg, self.home_configs)),
             ("port-free", self.ports.instance_free(cfg)),
             ("gpu-device", self.gpu.device(cfg)),
             ("gpu-memory", self.gpu.memory(cfg)),
@@ -200,6 +204,11 @@ class Linter:
     def gateway_rows(self) -> list[LintResult]:
         """``gateway.json``: JSON, schema, keys, its port against instances, port free."""
         return _rows(GATEWAY_LABEL, self.home.gateway_path, gateway_checks(self.home, self.ports))
+
+    @cached_property
+    def home_configs(self) -> list[LoadedConfig]:
+        """The home's instances that load, read once: the pools a config joins."""
+        return home_configs(self.home)
 
     @cached_property
     def gateway(self) -> GatewayConfig | None:
