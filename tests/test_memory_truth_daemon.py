@@ -33,7 +33,7 @@ def test_a_running_instance_is_measured_and_shown_beside_its_estimate(
     described = json.loads(cli("describe", "alpha", "--json").stdout)
     assert described["memory"]["cpu"]["peak_mb"] >= cpu["peak_mb"]
     text = cli("describe", "alpha").stdout
-    assert "Memory:         estimate   measured   peak (MiB)" in text
+    assert "Memory (MiB):    estimate   measured       peak" in text
     assert any(line.strip().startswith("cpu:") for line in text.splitlines())
     first = [e for e in events(home, "alpha") if e["kind"] == "memory"]
     assert len(first) == 1 and first[0]["reason"].startswith("cpu: measured ")

@@ -94,13 +94,14 @@ def memory_lines(memory: dict[str, Any]) -> list[str]:
     that the estimate holds, and why."""
     if not memory:
         return []
-    out = ["Memory:         estimate   measured   peak (MiB)"]
+    out = [f"{'Memory (MiB):':14}" + "".join(f"{h:>11}" for h in ("estimate", "measured", "peak"))]
     for device, m in memory.items():
         shown = [m.get(k) for k in ("estimate_mb", "measured_mb", "peak_mb")]
         cells = "".join(f"{'-' if v is None else v:>11}" for v in shown)
         note = f"  (by {m['source']})" if m.get("source") and not m.get("unavailable") else ""
         if m.get("unavailable"):
-            note = f"  (estimate in force: {m['source']} unavailable: {m['unavailable']})"
+            held = "the peak counts" if m.get("peak_mb") is not None else "the estimate holds"
+            note = f"  ({m['source']} unavailable: {m['unavailable']}; {held})"
         out.append(f"  {device + ':':12}{cells}{note}")
     return out
 
