@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import free_port
+from conftest import Cli, free_port, write_config
 from helpers import wait_for
 
 from llama_orchestrator.gateway.testing import (
@@ -23,6 +23,7 @@ from llama_orchestrator.gateway.testing import (
     ServerInstance,
     server_argv,
 )
+from llama_orchestrator.home import Home
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 LONG = {"max_tokens": 15000, "ignore_eos": True}
@@ -200,3 +201,21 @@ def test_a_stream_whose_instance_is_stopped_under_it_says_so(
             wait_for(lambda: requests_total(g, "victim", "502") == 1, what="the 502")
     finally:
         victim.stop()
+
+
+def test_a_gateway_port_held_by_an_instance_names_it(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    """Not "another program has the port": the home's own instance, by name."""
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "gateway.json").write_text(json.dumps({"port": free_port()}))
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    assert cli("daemon", "stop").returncode == 0  # alpha runs on, re-adopted below
+    (home.root / "gateway.json").write_text(json.dumps({"port": port}))
+    assert cli("daemon", "start").returncode == 0
+    out = cli("gateway", "status")
+    assert out.returncode == 1
+    assert f"127.0.0.1:{port}: it is instance 'alpha''s server.port" in out.stdout, out.stdout
+    assert "another program" not in out.stdout

@@ -105,6 +105,14 @@ class GatewayHost:
                 await gateway.start()
             except (OSError, ValueError) as e:
                 self.reason = gateway.error or str(e)
+                holder = self._port_of_instance(self.settings.port)
+                if isinstance(e, OSError) and e.errno in (98, 48, 10048) and holder:
+                    # not "another program": the home's own instance (issue 19)
+                    self.reason = (
+                        f"cannot listen on {self.settings.host}:{self.settings.port}: it is "
+                        f"instance {holder!r}'s server.port; give that instance another port, "
+                        "or set gateway.json 'port'"
+                    )
             else:
                 self.gateway, self.reason = gateway, None
                 self._queues.follow(gateway.router)  # drains count its queues
@@ -114,6 +122,14 @@ class GatewayHost:
                 log.info("gateway listening on %s", gateway.url)
         if self.reason is not None:
             log.warning("gateway not listening: %s", self.reason)
+
+    def _port_of_instance(self, port: int) -> str | None:
+        """The instance of this home configured on ``port``, if any."""
+        for view in self.directory.instances():
+            loaded = self.directory.config(view.name)
+            if loaded is not None and loaded.config.server.port == port:
+                return view.name
+        return None
 
     async def reload(self) -> str | None:
         """``gateway.json`` (or its keys file) changed: apply it, keeping the listener
