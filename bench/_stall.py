@@ -116,8 +116,9 @@ async def _ask(port: int, model: str) -> tuple[int, float]:
         writer.close()
 
 
-async def _one(port: int, starting: bool) -> tuple[float, float | None]:
-    """One run: (largest gap in s, seconds b took to answer when it was started)."""
+async def _one(port: int, starting: bool) -> tuple[float | None, float | None]:
+    """One run: (largest gap in s, seconds b took to answer when it was started); the
+    gap is None when a's stream ended inside the window (the run is to be made again)."""
     from bench_gateway import log
 
     loop = asyncio.get_running_loop()
@@ -130,8 +131,7 @@ async def _one(port: int, starting: bool) -> tuple[float, float | None]:
         ask = loop.create_task(_ask(port, "ondemand-b")) if starting else None
         await asyncio.sleep(WINDOW_S)
         t1 = time.perf_counter()
-        if stream.ended.done():
-            raise RuntimeError("a's stream ended inside the window: raise CONTEXT")
+        short = stream.ended.done()  # a machine fast enough to finish 2048 tokens before
         answered = None
         if ask is not None:
             status, at = await asyncio.wait_for(ask, 60)
@@ -142,6 +142,9 @@ async def _one(port: int, starting: bool) -> tuple[float, float | None]:
                 raise RuntimeError(f"the on-demand request to b answered {status}")
     finally:
         stream.transport.abort()
+    if short:
+        log("  a's stream ended inside the window: the run is made again")
+        return None, answered
     gap = largest_gap(stream.times, t0, t1)
     if gap is None:
         raise RuntimeError("a's stream sent nothing inside the window")
@@ -189,11 +192,17 @@ async def stall(engine_path: str, model: Path, tmp: Path, runs: int) -> dict[str
         await loop.run_in_executor(None, home.cli, "down", "ondemand-b")
         for k in range(runs):
             for starting in (k % 2 == 0, k % 2 != 0):
-                gap, took = await _one(gport, starting)
+                for _attempt in range(5):
+                    gap, took = await _one(gport, starting)
+                    if took is not None:
+                        await loop.run_in_executor(None, home.cli, "down", "ondemand-b")
+                    if gap is not None:
+                        break
+                else:
+                    raise RuntimeError("a's stream keeps ending inside the window")
                 (start if starting else quiet).append(gap * 1000)
                 if took is not None:
                     answered.append(took * 1000)
-                    await loop.run_in_executor(None, home.cli, "down", "ondemand-b")
             log(f"  stall run {k + 1}/{runs}: quiet {quiet[-1]:.2f} ms, start {start[-1]:.2f} ms")
     finally:
         await loop.run_in_executor(None, home.close)
@@ -204,7 +213,7 @@ async def stall(engine_path: str, model: Path, tmp: Path, runs: int) -> dict[str
         "start_ms": _summary(start),
         "added_ms": statistics.median(start) - statistics.median(quiet),
         "b_answered_ms": statistics.median(answered),
-        "first_start_ms": first * 1000,
+        "first_start_ms": None if first is None else first * 1000,
     }
 
 
@@ -225,6 +234,6 @@ def stall_lines(s: dict[str, Any]) -> list[str]:
         f"(it answered in {s['b_answered_ms']:.0f} ms)",
         f"  added at the median: {s['added_ms']:+.2f} ms (target <= "
         f"{TARGET_STALL_ADDED_MS:g} ms: {verdict})",
-        f"  the daemon's first on-demand start (one run, not in the figures): "
-        f"{s['first_start_ms']:.2f} ms",
+        "  the daemon's first on-demand start (one run, not in the figures): "
+        + ("n/a" if s["first_start_ms"] is None else f"{s['first_start_ms']:.2f} ms"),
     ]
