@@ -13,7 +13,7 @@ from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.leases import CheckLog, Leases
 from llama_orchestrator.daemon.actor.mailbox import Mailbox
 from llama_orchestrator.daemon.actor.memory import MemoryBook, describe_first, watch_memory
-from llama_orchestrator.daemon.actor.preflight import Plan
+from llama_orchestrator.daemon.actor.preflight import Plan, memory_mb
 from llama_orchestrator.daemon.actor.snapshot import KEPT, from_record
 from llama_orchestrator.daemon.actor.waiters import Waiters
 from llama_orchestrator.daemon.events import EventKind
@@ -160,7 +160,11 @@ class ActorCore(Mailbox):
         if not proc.pid or self._remote:
             return
         held = self._ctx.scheduler.holders.get(self.name)
-        self._memory.begin(proc.pid, held.memory_mb if held is not None else {})
+        if held is not None:
+            estimate = held.memory_mb
+        else:  # adopted: its claim is on its way to the scheduler; the estimate is cached
+            estimate = memory_mb(self._loaded) if self._loaded is not None else {}
+        self._memory.begin(proc.pid, estimate)
         gpu = self._loaded.config.gpu if self._loaded is not None else None
         device = (gpu.backend, gpu.device_id) if gpu and gpu.layers > 0 else ("cpu", 0)
         ctx = self._ctx
