@@ -108,7 +108,7 @@ def _say_reload(body: dict[str, Any]) -> None:
         if body.get(key):
             say(f"  {label}: {', '.join(body[key])}")
     for name, problem in (body.get("invalid") or {}).items():
-        say(f"  invalid: {name}: {problem} (the last good version stays in force)")
+        say(f"  invalid: {name}: {problem}")  # it says whether a last good one is in force
     for name in body.get("drifted") or []:
         say(f"  {name}: runs an older config; `llama-orch up {name}` recreates it")
     outcome = body.get("gateway")

@@ -81,7 +81,7 @@ def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[
             print(f"note: the gateway is not listening: {why}", file=sys.stderr)
         for name, problem in sorted(problems.items()):
             print(
-                f"note: {name}: invalid config (the last good one stays in force): {problem}",
+                f"note: {name}: invalid config: {problem}",
                 file=sys.stderr,
             )
     if quiet:

@@ -194,11 +194,11 @@ class Configs:
         more = len(e.problems) - 1
         if more > 0:
             problem += f" (and {more} more: `llama-orch config validate {name}`)"
-        self.problems[name] = problem
         if name in self._good:
             kept = "the last good version stays in force"
-        else:
+        else:  # never valid: nothing to keep (issue 19, item 9)
             kept = "it cannot start until this is fixed"
+        self.problems[name] = f"{problem}; {kept}"  # ps, reload and the gateway say which
         self._emit(name, f"invalid config: {problem}; {kept}", None)
         log.warning("%s: invalid config: %s; %s", name, problem, kept)
 

@@ -168,14 +168,24 @@ class ActorDirectory:
         return view
 
     def instances(self) -> Sequence[InstanceView]:
+        """The instances whose config has been valid once: one never valid has no
+        model, aliases or on_demand to route by (issue 19, item 9; ``broken``)."""
         configs, found = self._configs, []
         for name in self._sup.home.instance_names():
             if name not in configs:
                 configs.refresh(name)  # a folder created since the last rescan
+            if configs.last_good(name) is None:
+                continue
             view = self.get(name)
             if view is not None:
                 found.append(view)
         return found
+
+    def broken(self, name: str) -> str | None:
+        """Why the instance ``name`` is not routable when its config was never valid."""
+        if name not in self._configs or self._configs.last_good(name) is not None:
+            return None
+        return self._configs.problems.get(name)
 
     def forget(self, name: str) -> None:
         """``rm``: the instance's actor is gone; a folder of that name gets a new view."""

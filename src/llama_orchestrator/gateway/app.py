@@ -40,6 +40,7 @@ from llama_orchestrator.gateway.errors import (
     error_headers,
     foreign_page_refused,
     invalid_api_key,
+    invalid_config,
     loop_detected,
     model_not_found,
 )
@@ -308,6 +309,12 @@ class Gateway:
 
     # -- errors and records --------------------------------------------------------------
 
+    def _not_found(self, model: str) -> GatewayError:
+        problem = self._directory.broken(model)
+        if problem is not None:
+            return invalid_config(model, problem)
+        return model_not_found(model, self.router.names())
+
     def _fail(
         self,
         req: Request,
@@ -378,7 +385,7 @@ class Gateway:
             return None
         members = self.router.members(model)
         if members is None:
-            self._fail(req, conn, model_not_found(model, self.router.names()), model)
+            self._fail(req, conn, self._not_found(model), model)
             return None
         self.inflight.add(req, conn, model, stream)
         lease = self.router.try_acquire(model, members)

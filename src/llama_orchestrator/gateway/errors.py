@@ -136,5 +136,16 @@ def model_not_found(name: str, available: Iterable[str]) -> GatewayError:
     )
 
 
+def invalid_config(name: str, problem: str) -> GatewayError:
+    """An instance whose config was never valid: not routable, and not a missing model
+    either (issue 19, item 9)."""
+    return GatewayError(
+        503,
+        "invalid_config",
+        f"instance {name!r} has an invalid config: {problem} "
+        f"(`llama-orch config validate {name}` lists the problems)",
+    )
+
+
 def bad_request(code: str, message: str) -> GatewayError:
     return GatewayError(400, code, message)

@@ -101,3 +101,6 @@ class StaticDirectory:
 
     def get(self, name: str) -> StaticInstance | None:
         return self._by_name.get(name)
+
+    def broken(self, name: str) -> str | None:
+        return None  # upstreams given on the command line have no config

@@ -252,6 +252,9 @@ class ListDirectory:
     def get(self, name: str) -> Any:
         return next((i for i in self.items if i.name == name), None)
 
+    def broken(self, name: str) -> str | None:
+        return None
+
 
 class GatewayThread:
     """A ``Gateway`` on its own event loop in a background thread, for synchronous
