@@ -64,6 +64,13 @@ def unknown_instance_message(unknown: list[str], known: list[str]) -> str:
     return f"no instance named {', '.join(map(repr, unknown))} (known: {listing})"
 
 
+def has_config(folder: Path) -> bool:
+    """``folder`` holds a ``config.json`` of any kind: a folder or a dangling link in its
+    place is a broken config to report, never an instance that is not there (issue 19)."""
+    path = folder / "config.json"
+    return path.is_symlink() or path.exists()
+
+
 @dataclass(frozen=True)
 class Home:
     root: Path
@@ -128,7 +135,7 @@ class Home:
         """Names of the folders under ``instances/`` that hold a ``config.json``."""
         if not self.instances_dir.is_dir():
             return []
-        return sorted(p.name for p in self.instances_dir.iterdir() if (p / "config.json").is_file())
+        return sorted(p.name for p in self.instances_dir.iterdir() if has_config(p))
 
     def ensure(self) -> None:
         """Create the home's folders; state, logs and the token readable by the user only.

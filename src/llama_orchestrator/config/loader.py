@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from llama_orchestrator.config.schema import (
     local_only_message,
 )
 from llama_orchestrator.errors import OrchestratorError
-from llama_orchestrator.home import Home, unknown_instance_message
+from llama_orchestrator.home import Home, has_config, unknown_instance_message
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,21 @@ def json_object(text: str, file: str) -> dict[str, Any]:
 
 def read_text(path: Path) -> str:
     """A config file's text; ConfigError when it is missing, unreadable or too large."""
+    if path.is_dir():
+        why = (
+            "is a folder, not a file: a config is one JSON file (move the folder aside and "
+            "write the config in its place)"
+        )
+        raise ConfigError([Problem(str(path), "(file)", why)])
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         text = raw.decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError([Problem(str(path), "(file)", "no such file")]) from None
+        why = "no such file"
+        if path.is_symlink():
+            why = f"is a link to {os.readlink(path)}, which does not exist (fix or remove the link)"
+        raise ConfigError([Problem(str(path), "(file)", why)]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(str(path), "(file)", f"cannot read: {e}")]) from None
     if len(raw) > MAX_CONFIG_BYTES:
@@ -265,6 +275,6 @@ class UnknownInstance(OrchestratorError, LookupError):
 
 def load_instance(home: Home, name: str) -> LoadedConfig:
     path = home.config_path(name)
-    if not path.is_file():
+    if not has_config(path.parent):
         raise UnknownInstance(name, home.instance_names())
     return load_file(path)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, load_file
 from llama_orchestrator.daemon.actor.snapshot import InstanceSnapshot
 from llama_orchestrator.daemon.events import EventBus, EventKind
-from llama_orchestrator.home import Home, is_valid_name
+from llama_orchestrator.home import Home, has_config, is_valid_name
 from llama_orchestrator.state.configcache import key_of
 from llama_orchestrator.state.drift import hash_of
 
@@ -125,7 +125,7 @@ class Configs:
         if name not in self._hashes and not is_valid_name(name):
             return None  # never a path out of instances/ (a name from a request)
         path = self.home.config_path(name)
-        if not path.is_file():
+        if not has_config(path.parent):
             return None  # a removal is the rescan's to decide (after its grace)
         self._read(name, lambda _n: running, None)
         return self._current.get(name)
@@ -142,7 +142,7 @@ class Configs:
         for name in gone:
             if name not in self._hashes:  # forgotten meanwhile: `rm` took it
                 continue
-            if not self.home.config_path(name).is_file():  # else: back already
+            if not has_config(self.home.config_path(name).parent):  # else: back already
                 self._removed(name, running(name))
                 found.removed.append(name)
         return found
@@ -151,6 +151,8 @@ class Configs:
         path = self.home.config_path(name)
         try:
             data = path.read_bytes()
+        except (IsADirectoryError, PermissionError) as e:  # broken, and said once (issue 19)
+            data = f"{type(e).__name__}: {e.strerror}".encode()
         except OSError:
             return  # gone (the rescan decides) or unreadable for now: as it was
         digest = hash_of(data)
