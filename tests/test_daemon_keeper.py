@@ -115,3 +115,27 @@ def test_the_ledger_hands_what_a_dead_daemon_had_in_flight_to_the_next(tmp_path:
     assert InFlightLedger(path).lost == 0
     path.write_bytes(b"garbage, not a count")
     assert InFlightLedger(path).lost == 0  # a file not ours starts from zero
+
+
+def test_a_garbage_state_database_is_moved_aside_and_servers_re_adopted(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    """Issue 19: a garbage state database stopped the daemon at start, silently (the CLI
+    waited 20 s) and orphaned the running servers."""
+    write_config(home, "alpha", tiny_model, free_port())
+    assert cli("up", "alpha").returncode == 0
+    server = ps_row(cli, "alpha")["pid"]
+    assert cli("daemon", "stop").returncode == 0
+    for suffix in ("-wal", "-shm"):
+        Path(f"{home.db_path}{suffix}").unlink(missing_ok=True)
+    home.db_path.write_bytes(b"this is not a database " * 100)
+
+    out = cli("daemon", "start")
+    assert out.returncode == 0, out.stderr
+    assert f"note: the state database {home.db_path} was not usable" in out.stderr
+    kept = list(home.db_path.parent.glob("state.sqlite.broken-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a database")
+    assert str(kept[0]) in out.stderr and "re-adopting running servers" in out.stderr
+    row = wait_for(lambda: (r := ps_row(cli, "alpha"))["status"] == "running" and r)
+    assert row["pid"] == server  # re-adopted by its home marker, not restarted
+    assert "was not usable" in home.daemon_log_path.read_text()

@@ -18,6 +18,7 @@ import pytest
 from conftest import Cli, free_port, write_config
 from helpers import chat, fake_binary, gone, health, ps_row, wait_for
 
+from llama_orchestrator.client.control import keeper_path
 from llama_orchestrator.home import Home
 
 
@@ -128,6 +129,8 @@ def test_instances_outlive_the_daemon_and_are_readopted(
     assert engine_cli("up", "alpha").returncode == 0
     pid = ps_row(engine_cli, "alpha")["pid"]
     daemon = _daemon_pid(home)
+    # its keeper first, or it would start the daemon again (test_daemon_keeper.py)
+    os.kill(int(json.loads(keeper_path(home).read_text())["pid"]), signal.SIGKILL)
     os.kill(daemon, signal.SIGKILL)
     wait_for(
         lambda: (

@@ -27,6 +27,12 @@ def start(ctx: typer.Context) -> None:
         fail(str(e))
     st = daemon_status(home)
     say(f"daemon {'started' if started else 'already running'} (pid {st.pid}, {st.url})")
+    if started:
+        from llama_orchestrator.state.recover import recovery_notice
+
+        notice = recovery_notice(home.db_path, st.pid)
+        if notice:
+            say(f"note: {notice}")
 
 
 @app.command()

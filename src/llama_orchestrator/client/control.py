@@ -233,9 +233,15 @@ def ensure_daemon(home: Home, timeout: float = START_TIMEOUT_S) -> tuple[Client,
     while time.monotonic() < deadline:
         client = connect(home)
         if client is not None and _answers(client, home):
-            return client, daemon_status(home).pid == spawned
+            return client, _started_by(home, spawned)
         time.sleep(0.02)
     raise DaemonError(f"the daemon did not start within {timeout:.0f}s; see {home.daemon_log_path}")
+
+
+def _started_by(home: Home, spawned: int) -> bool:
+    """The daemon that answers runs under the keeper this CLI spawned (or is it)."""
+    keeper = _read_json(keeper_path(home)) or {}
+    return spawned in (keeper.get("pid"), daemon_status(home).pid)
 
 
 def _answers(client: Client, home: Home) -> bool:

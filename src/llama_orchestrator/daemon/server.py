@@ -331,14 +331,14 @@ async def _serve(home: Home, host: str, port: int) -> int:
     import psutil
     import uvicorn
 
-    from llama_orchestrator.state.db import StateStore
+    from llama_orchestrator.state.recover import open_state
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     token = ensure_token(home)
-    store = StateStore(home.db_path)
+    store, recovered = open_state(home.db_path)  # a garbage file is moved aside (issue 19)
     signals = _SignalQueue()
 
     def request_exit() -> None:  # the shutdown endpoint takes the path of SIGTERM
@@ -348,6 +348,11 @@ async def _serve(home: Home, host: str, port: int) -> int:
 
     allowed = allowed_hosts_from_env(os.environ.get(ALLOWED_HOSTS_ENV))
     daemon = build(home, store, token, on_shutdown=request_exit, allowed_hosts=allowed)
+    if recovered:
+        from llama_orchestrator.daemon.events import EventKind
+
+        log.warning("%s", recovered)
+        daemon.bus.emit("", EventKind.DAEMON, None, "started", recovered)
     await daemon.start()
 
     # IPPROTO_TCP, not 0: asyncio only turns on TCP_NODELAY for an explicit TCP socket,
