@@ -139,3 +139,16 @@ def test_a_garbage_state_database_is_moved_aside_and_servers_re_adopted(
     row = wait_for(lambda: (r := ps_row(cli, "alpha"))["status"] == "running" and r)
     assert row["pid"] == server  # re-adopted by its home marker, not restarted
     assert "was not usable" in home.daemon_log_path.read_text()
+
+
+def test_a_daemon_that_cannot_start_fails_the_command_at_once(cli: Cli, home: Home) -> None:
+    """Not a 20 s wait for a daemon that died: the keeper does not retry a daemon that
+    never listened, and `daemon start` shows the end of its log."""
+    home.ensure()
+    home.token_path.mkdir()  # a folder where the token file goes
+    out = cli("daemon", "start")
+    assert out.returncode == 1
+    assert "did not start within" not in out.stderr  # told at once, not after the timeout
+    assert f"cannot read the control API's token file {home.token_path}" in out.stderr
+    assert "move it aside or remove it" in out.stderr and "Traceback" not in out.stderr
+    assert not keeper_path(home).exists()

@@ -18,9 +18,12 @@ from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.home import Home
 
 if TYPE_CHECKING:
+    import subprocess
+
     from llama_orchestrator.engine.platform import Platform
 
 START_TIMEOUT_S = 20.0
+EXIT_BOOT_FAILED = 4  # the keeper's code when its first daemon died before it listened
 
 
 class DaemonError(OrchestratorError, RuntimeError):
@@ -194,9 +197,9 @@ def connect(home: Home) -> Client | None:
     return Client(status.url, read_token(home, status))
 
 
-def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> int:
-    """Start a daemon in the background; returns its PID (it may lose the race for the
-    lock to another one and exit)."""
+def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> subprocess.Popen[bytes]:
+    """Start a daemon (its keeper) in the background (it may lose the race for the lock
+    to another one and exit)."""
     import subprocess
 
     from llama_orchestrator.engine.platform import current_platform
@@ -214,7 +217,7 @@ def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> int:
             close_fds=True,
             **kwargs,
         )
-    return proc.pid
+    return proc
 
 
 def ensure_daemon(home: Home, timeout: float = START_TIMEOUT_S) -> tuple[Client, bool]:
@@ -228,14 +231,27 @@ def ensure_daemon(home: Home, timeout: float = START_TIMEOUT_S) -> tuple[Client,
     client = connect(home)
     if client is not None and _answers(client, home):
         return client, False
-    spawned = _spawn_daemon(home)
+    proc = _spawn_daemon(home)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         client = connect(home)
         if client is not None and _answers(client, home):
-            return client, _started_by(home, spawned)
+            return client, _started_by(home, proc.pid)
+        if proc.poll() == EXIT_BOOT_FAILED:  # not a 20 s wait for a daemon that died
+            raise DaemonError(f"the daemon failed to start:\n{_log_tail(home)}")
         time.sleep(0.02)
     raise DaemonError(f"the daemon did not start within {timeout:.0f}s; see {home.daemon_log_path}")
+
+
+def _log_tail(home: Home, lines: int = 15) -> str:
+    try:
+        with open(home.daemon_log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError as e:
+        return f"(cannot read {home.daemon_log_path}: {e})"
+    return "\n".join(tail) + f"\n(the end of {home.daemon_log_path})"
 
 
 def _started_by(home: Home, spawned: int) -> bool:

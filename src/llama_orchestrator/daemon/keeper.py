@@ -30,10 +30,12 @@ import sys
 import time
 from types import FrameType
 
+from llama_orchestrator.client import control
 from llama_orchestrator.client.control import keeper_path
 from llama_orchestrator.home import Home
 
 EXIT_LOCKED = 3  # the worker found the home's daemon lock taken: another daemon runs
+EXIT_BOOT_FAILED = control.EXIT_BOOT_FAILED  # the first daemon died before it listened
 KEEPER_ENV = "LLAMA_ORCH_KEEPER_PID"  # tells the worker who restarts it
 FIRST_DELAY_S = 0.05  # a crash after a long run is restarted at once
 MAX_DELAY_S = 10.0
@@ -88,8 +90,15 @@ class Keeper:
             self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=os.name != "nt"
         )
 
+    def _listened(self, pid: int) -> bool:
+        """The daemon ``pid`` got as far as writing its endpoint (it served)."""
+        try:
+            return bool(json.loads(self.home.daemon_endpoint_path.read_text())["pid"] == pid)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def run(self) -> int:
-        delay, fast_failures = FIRST_DELAY_S, 0
+        delay, fast_failures, booted = FIRST_DELAY_S, 0, False
         while True:
             started = time.monotonic()
             self.child = self._spawn()
@@ -99,6 +108,10 @@ class Keeper:
                 return rc
             if rc == EXIT_LOCKED:
                 return 1
+            booted = booted or self._listened(self.child.pid)
+            if not booted:  # as gunicorn's master when a worker fails to boot: say so now
+                _log(f"the daemon {_describe(rc)} before it listened; not starting it again")
+                return EXIT_BOOT_FAILED
             if ran >= STABLE_S:
                 delay, fast_failures = FIRST_DELAY_S, 0
             else:

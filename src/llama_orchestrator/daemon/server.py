@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.fs import write_atomic
 from llama_orchestrator.home import Home
 
@@ -68,6 +69,12 @@ def ensure_token(home: Home) -> str:
             return token
     except FileNotFoundError:
         pass
+    except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, garbage (issue 19)
+        why = getattr(e, "strerror", None) or e
+        raise OrchestratorError(
+            f"cannot read the control API's token file {home.token_path} ({why}); move it "
+            "aside or remove it, and the daemon writes a new one"
+        ) from None
     token = secrets.token_urlsafe(32)
     write_atomic(home.token_path, token, mode=0o600)
     return token
@@ -114,6 +121,9 @@ def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
         return EXIT_LOCKED
     try:
         return _run(_serve(home, host, port))
+    except OrchestratorError as e:  # a file of the home the daemon cannot use: say which
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         for p in (home.daemon_endpoint_path, home.daemon_pid_path):
             try:
