@@ -141,3 +141,10 @@ def test_an_exit_while_the_daemon_was_down_reads_naturally() -> None:
     assert "pid 4242" in event_line(spawned)
     state = dict(exited, kind="state", old="starting", new="running", reason="ready")
     assert "starting -> running" in event_line(state)
+
+
+def test_top_points_to_stats_not_stop(cli: Cli) -> None:
+    """Issue 19, item 13: `top` got "Did you mean 'stop'?"."""
+    out = cli("top")
+    assert out.returncode == 2
+    assert "llama-orch stats" in out.stderr and "'stop'" not in out.stderr

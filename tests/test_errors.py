@@ -144,3 +144,4 @@ def test_removing_a_running_instance_answers_running(
     assert home.config_path("alpha").exists()
     out = cli("rm", "alpha")  # the CLI says so and fails
     assert out.returncode == 1 and "rm --force alpha" in out.stderr
+    assert "error: alpha: it is running;" in out.stderr  # the name once (issue 19, item 13)

@@ -102,5 +102,18 @@ for _info in app.registered_groups:  # click suggests already; both printed it t
         _info.typer_instance.suggest_commands = False
 
 
+@app.command("top", hidden=True)
+def _top() -> None:
+    """`top` is `stats` here; click would suggest `stop` for it (issue 19, item 13)."""
+    import sys
+
+    print(
+        "error: there is no `top` command; `llama-orch stats` shows the CPU, memory, "
+        "requests in flight and tokens/s of running instances, live",
+        file=sys.stderr,
+    )
+    raise typer.Exit(2)
+
+
 def main() -> None:
     app()

@@ -212,7 +212,7 @@ def commands_router(
                     name,
                     refusal(
                         ErrorCode.RUNNING,
-                        f"{name} is {snap.state.value}; "
+                        f"it is {snap.state.value}; "  # the CLI prints the name before it
                         f"`llama-orch down {name}` first, or `llama-orch rm --force {name}`",
                     ),
                 )
