@@ -306,3 +306,25 @@ def test_the_priority_list_orders_the_ps_columns() -> None:
     from llama_orchestrator.views.styles import PS_COLUMNS, PS_PRIORITY
 
     assert sorted(PS_PRIORITY) == sorted(PS_COLUMNS) and PS_PRIORITY[0] == "NAME"
+
+
+def test_the_first_frame_does_not_say_no_instances_before_reading(
+    home: Home, tiny_model: Path
+) -> None:
+    """Issue 19, item 13: the first frame said "no instances defined" on a home with four,
+    until the first reading arrived."""
+    write_config(home, "alpha", tiny_model, free_port())
+
+    class NeverRead(DashboardApp):
+        def poll(self, records: bool = False) -> None:
+            return  # the first reading has not arrived yet
+
+    async def scenario() -> None:
+        app = NeverRead(home, interval=60)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            note = str(app.query_one("#note", Static).content)
+            assert "reading the instances" in note and "no instances" not in note
+            await pilot.press("q")
+
+    asyncio.run(scenario())

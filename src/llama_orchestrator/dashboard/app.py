@@ -166,6 +166,7 @@ class DashboardApp(App[None]):
         self.home = home
         self.interval = interval
         self.rows: list[dict[str, Any]] = []
+        self.read = False  # the instances have been read once (until then: none known)
         self.daemon: DaemonStatus | None = None
         self.error: str | None = None
         self.show_logs = False  # the l key; the pane also hides while the terminal is tiny
@@ -220,7 +221,7 @@ class DashboardApp(App[None]):
                 for row in snap.rows:  # the uptime goes on counting between readings
                     up = row.get("uptime_s")
                     row["since"] = None if up is None else now - up
-                self.rows = snap.rows
+                self.rows, self.read = snap.rows, True
             if snap.daemon.running and self._stream is None:
                 self._follow()
         self._tick_uptimes()
@@ -299,6 +300,8 @@ class DashboardApp(App[None]):
         small = width < MIN_WIDTH or height < MIN_HEIGHT
         if small:
             note.update(f"terminal too small ({width}x{height}), need {MIN_WIDTH}x{MIN_HEIGHT}")
+        elif not self.read:  # the first frame comes before the first reading (issue 19)
+            note.update("reading the instances ...")
         elif not self.rows:
             note.update("no instances defined; create one with `llama-orch create NAME --model F`")
         table.display = not small and bool(self.rows)
