@@ -141,8 +141,14 @@ def authorize(request: Request, token: str, web: WebAuth) -> None:
     if request.method in SAFE_METHODS:
         return
     given = request.headers.get(CSRF_HEADER, "")
-    if not given or not hmac.compare_digest(given.encode(), session.csrf.encode()):
+    if not given:
         raise HTTPException(403, f"a change from the web page needs its {CSRF_HEADER} header")
+    if not hmac.compare_digest(given.encode(), session.csrf.encode()):
+        raise HTTPException(  # issue 19, item 13: it said the header was missing
+            403,
+            f"the {CSRF_HEADER} header does not match this session's token (another "
+            "session's, or an old one); reload the web page",
+        )
     if not same_origin(request):
         raise HTTPException(403, "cross-site request refused")
 
