@@ -26,6 +26,7 @@ from llama_orchestrator.engine.command import answered_name
 from llama_orchestrator.gateway.backend import Endpoint, StartResult
 
 ConfigOf = Callable[[str], "LoadedConfig | None"]
+STDERR_LINES = 3  # of a failed on-demand start's stderr, in the gateway's 503
 
 
 class InstanceView:
@@ -121,7 +122,11 @@ class InstanceView:
         outcome = await self._actor.request(
             lambda r: m.Start(r, reason="requested through the gateway", on_demand=True)
         )
-        return StartResult(outcome.ok, outcome.message)
+        message = outcome.message
+        last = [line.strip() for line in outcome.stderr_tail if line.strip()][-STDERR_LINES:]
+        if not outcome.ok and last:  # what `up` shows too (issue 19, item 13)
+            message += f" (the end of its stderr: {' | '.join(last)})"
+        return StartResult(outcome.ok, message)
 
     def keep_alive(self, seconds: int) -> None:
         seats = self._scheduler.seats
