@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from llama_orchestrator.engine.command import (
     device_selection,
     launch_spec,
     log_paths,
+    slot_save_dir,
 )
 
 BIN = ResolvedBinary("binary", "config", Path("/opt/llama/llama-server"))
@@ -203,10 +205,23 @@ def test_launch_spec(tmp_path: Path) -> None:
     lc = full(tmp_path, env={"GGML_VK_VISIBLE_DEVICES": "1", "PATH": "/custom/bin"})
     home = tmp_path / "home"
     spec = launch_spec(lc, BIN, home)
-    assert spec.argv == build_argv(lc, BIN)
+    folder = str(home / "kv" / lc.name) + os.sep  # each its own slot save folder (issue 21)
+    assert spec.argv == [*build_argv(lc, BIN), "--slot-save-path", folder]
     assert (spec.stdout, spec.stderr) == log_paths(lc, home)
     assert spec.cwd == lc.path.parent
     assert spec.env_overrides == {"GGML_VK_VISIBLE_DEVICES": "1", "PATH": "/custom/bin"}
+
+
+def test_the_slot_save_folder_is_the_users_when_args_name_one(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    given = loaded(tmp_path, args=["--slot-save-path", "/data/kv/"])
+    assert launch_spec(given, BIN, home).argv.count("--slot-save-path") == 1
+    assert slot_save_dir(given, home) == Path("/data/kv/")
+    relative = loaded(tmp_path, args=["--slot-save-path=kv"])
+    assert slot_save_dir(relative, home) == relative.path.parent / "kv"  # the server's cwd
+    no_slots = loaded(tmp_path, args=["--no-slots"])
+    assert slot_save_dir(no_slots, home) is None
+    assert "--slot-save-path" not in launch_spec(no_slots, BIN, home).argv
 
 
 def test_env_overrides_merge_over_base(tmp_path: Path) -> None:

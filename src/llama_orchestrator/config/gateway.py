@@ -138,6 +138,24 @@ class QueueConfig(_Strict):
     )
 
 
+class KvCacheConfig(_Strict):
+    """The saved slots of every instance together (issue 21; daemon/kvcache.py)."""
+
+    max_mb: int = Field(
+        default=2048,
+        ge=0,
+        le=10_000_000,
+        description="MiB the saved KV cache files may take together; the oldest go first "
+        "(0: none are kept)",
+    )
+    ttl_s: float = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        le=_SECONDS_MAX,
+        description="seconds a saved KV cache file is kept after it was written",
+    )
+
+
 class GatewayConfig(_Strict):
     """``<home>/gateway.json``: one OpenAI-compatible endpoint in front of the instances."""
 
@@ -188,6 +206,7 @@ class GatewayConfig(_Strict):
         description="seconds idle before an instance started on demand is stopped "
         "(0: never), for instances whose gateway.ttl is null",
     )
+    kv_cache: KvCacheConfig = Field(default_factory=KvCacheConfig)
     metrics_public: StrictBool = Field(
         default=False, description="serve /metrics without an API key"
     )

@@ -145,6 +145,11 @@ class InstanceGateway(_Strict):
     priority: int = Field(
         default=0, ge=-100, le=100, description="eviction order: lower is evicted first"
     )
+    kv_cache: StrictBool = Field(
+        default=True,
+        description="save its slots' KV cache before a stop (eviction, idle, down) and "
+        "restore it when it starts again; false: a swap loses its conversations",
+    )
 
     @field_validator("aliases")
     @classmethod

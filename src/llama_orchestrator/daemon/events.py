@@ -44,6 +44,8 @@ class EventKind(str, Enum):
     REQUEST = "request"  # a request through the gateway (data holds its figures)
     DAEMON = "daemon"  # the daemon itself: started, stopping, state database recreated
     MEMORY = "memory"  # a run's first memory reading (new = MiB measured, reason = detail)
+    KV_SAVE = "kv_save"  # slots saved before a stop (new = files written, data = figures)
+    KV_RESTORE = "kv_restore"  # a saved slot restored, or not (new = result; data: expected, seen)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ class GatewayHost:
         budget = Budget(cfg.max_running, dict(cfg.memory_budget_mb))
         self.sup.scheduler.configure(budget, float(cfg.load_timeout))
         self._seats.configure(cfg.default_ttl)
+        if self.sup.ctx.kv is not None:
+            self.sup.ctx.kv.configure(cfg.kv_cache.max_mb, cfg.kv_cache.ttl_s)
 
     async def start(self) -> None:
         self.settings = self._settings()

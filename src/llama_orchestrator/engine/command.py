@@ -233,17 +233,53 @@ def log_paths(loaded: LoadedConfig, home_root: Path) -> tuple[Path, Path]:
     return resolve(c.logs.stdout), resolve(c.logs.stderr)
 
 
+SLOT_SAVE_FLAG = "--slot-save-path"
+KV_DIR = "kv"  # under the home: one folder of saved slots per instance (issue 21)
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value ``args`` give ``flag`` (``--flag V`` or ``--flag=V``), or None."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a[len(flag) + 1 :]
+    return None
+
+
+def slot_save_dir(loaded: LoadedConfig, home_root: Path) -> Path | None:
+    """Where the server saves and restores its slots: the one its ``args`` name, else
+    ``<home>/kv/<name>/``; None for a remote server or one started with ``--no-slots``."""
+    c = loaded.config
+    if c.remote is not None or "--no-slots" in c.args:
+        return None
+    given = flag_value(c.args, SLOT_SAVE_FLAG)
+    if given is not None:
+        p = Path(given).expanduser()
+        return p if p.is_absolute() else loaded.path.parent / p  # the server's cwd
+    return home_root / KV_DIR / loaded.name
+
+
+def _slot_save_flag(loaded: LoadedConfig, home_root: Path) -> list[str]:
+    path = slot_save_dir(loaded, home_root)
+    if path is None or flag_value(loaded.config.args, SLOT_SAVE_FLAG) is not None:
+        return []
+    # the trailing separator: llama-server joins the file names straight onto it
+    return [SLOT_SAVE_FLAG, str(path) + os.sep]
+
+
 def launch_spec(
     loaded: LoadedConfig,
     binary: ResolvedBinary,
     home_root: Path,
     base_env: Mapping[str, str] | None = None,
 ) -> LaunchSpec:
-    """Everything needed to start the server; ``base_env`` is the daemon's environment."""
+    """Everything needed to start the server; ``base_env`` is the daemon's environment.
+    Beyond :func:`build_argv`: the slot save folder (issue 21), which is the home's."""
     out, err = log_paths(loaded, home_root)
     generated = _selection(loaded, base_env).env
     return LaunchSpec(
-        argv=build_argv(loaded, binary, base_env),
+        argv=[*build_argv(loaded, binary, base_env), *_slot_save_flag(loaded, home_root)],
         env_overrides={**generated, **loaded.config.env},  # the config's env wins
         stdout=out,
         stderr=err,

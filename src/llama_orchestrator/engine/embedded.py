@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
         print(
             f"embedded engine: {message}\n"
             "The embedded engine supports: -m -c -b -t --host --port -to -np -ngl -dev -a "
-            "--embeddings --pooling --metrics --slots --api-key --list-devices --version. "
+            "--embeddings --pooling --metrics --slots --slot-save-path --swa-full --api-key "
+            "--list-devices --version. "
             "Set the instance's 'binary' to a real llama-server for other flags.",
             file=sys.stderr,
         )
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=POOLING, default=None)
     p.add_argument("--slots", action="store_true")
     p.add_argument("--no-slots", action="store_true")
+    p.add_argument("--slot-save-path", default=None)
+    p.add_argument("--swa-full", action="store_true")
     p.add_argument("--api-key", default=None)
     p.add_argument("--list-devices", action="store_true")
     p.add_argument("--version", action="store_true")
@@ -109,6 +112,9 @@ def build_params(args: argparse.Namespace) -> Any:
     params.n_gpu_layers = -1 if args.gpu_layers in ("all", "auto") else int(args.gpu_layers)
     params.endpoint_metrics = args.metrics
     params.endpoint_slots = not args.no_slots
+    if args.slot_save_path:
+        params.slot_save_path = args.slot_save_path
+    params.swa_full = args.swa_full
     params.embedding = args.embedding
     if args.pooling is not None:
         pooling = xllamacpp.llama_pooling_type

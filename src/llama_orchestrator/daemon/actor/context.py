@@ -18,9 +18,10 @@ import httpx
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import EventBus
+from llama_orchestrator.daemon.kvcache import KvCache
 from llama_orchestrator.daemon.overheads import Overheads
 from llama_orchestrator.daemon.scheduler import Scheduler
-from llama_orchestrator.engine.command import LaunchSpec
+from llama_orchestrator.engine.command import KV_DIR, LaunchSpec
 from llama_orchestrator.engine.process import (
     ChildProcess,
     ServerProcess,
@@ -101,3 +102,9 @@ class ActorContext:
     # run through ``offload``; tests inject a scripted reader
     measure: Callable[[int, str, int], Mapping[str, Reading]] = measure
     overheads: Overheads = field(default_factory=Overheads)  # learnt per device
+    kv: KvCache | None = None  # saved slots (issue 21); made here unless given
+
+    def __post_init__(self) -> None:
+        if self.kv is None:
+            root = self.home.root / KV_DIR
+            self.kv = KvCache(root, self.http, self.bus, offload=self.offload, now=self.clock.time)

@@ -20,6 +20,7 @@ from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor import watch
 from llama_orchestrator.daemon.actor.adopt import adopt_recorded, held_claim
 from llama_orchestrator.daemon.actor.core import CHECK_RECORD_S, STOP_GRACE_S
+from llama_orchestrator.daemon.actor.kvhooks import kv_for, save_then_stop
 from llama_orchestrator.daemon.actor.messages import Outcome
 from llama_orchestrator.daemon.actor.policy import after_failure
 from llama_orchestrator.daemon.actor.preflight import refusal
@@ -110,7 +111,7 @@ class InstanceActor(ActorStarting):
         if self._state in (State.RUNNING, State.STARTING) and self._proc is not None:
             # The callers of a start in progress get the outcome of the restarted one.
             waiting = self._waiters.restart_queue()
-            self._begin_stop("restart requested")
+            self._begin_stop("restart requested", save=True)
             self._waiters.after_stop.extend([*waiting, cmd])
             return
         if self._state is State.STOPPING:
@@ -152,15 +153,23 @@ class InstanceActor(ActorStarting):
                     refusal(ErrorCode.STOPPED, "stopped by `down` while it was still loading"),
                 )
             self._waiters.stopped.append(cmd.reply)
-            self._begin_stop(cmd.reason, grace=cmd.grace)
+            self._begin_stop(cmd.reason, grace=cmd.grace, save=True)
 
-    def _begin_stop(self, reason: str, *, grace: float | None = None) -> None:
-        """STARTING/RUNNING -> STOPPING; a task stops the process and posts Stopped."""
+    def _begin_stop(self, reason: str, *, grace: float | None = None, save: bool = False) -> None:
+        """STARTING/RUNNING -> STOPPING; a task stops the process and posts Stopped. With
+        ``save`` (a stop that is not a failure) a running server's slots are saved first."""
         assert self._proc is not None
         self._cancel_task("ready")
         self._cancel_task("monitor")
+        running = self._state is State.RUNNING
         self._set_state(State.STOPPING, reason)  # STARTING/RUNNING -> STOPPING
         grace = self._grace() if grace is None else grace
+        kv = kv_for(self._ctx, self._loaded) if save and running else None
+        if kv is not None and self._loaded is not None and self._url is not None:
+            home, proc = self._ctx.home.root, self._proc
+            task = save_then_stop(kv, self._loaded, self._url, home, proc, grace, reason, self.post)
+            self._spawn_task("stop", task)
+            return
         self._spawn_task("stop", watch.stop_process(self._proc, grace, reason, self.post))
 
     def _on_stopped(self, msg: m.Stopped) -> None:

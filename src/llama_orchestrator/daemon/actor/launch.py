@@ -13,6 +13,7 @@ from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.messages import Report, Spawned
 from llama_orchestrator.daemon.actor.preflight import Plan, RemotePlan
 from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.engine.command import slot_save_dir
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.redact import shown_argv
@@ -27,6 +28,7 @@ def open_run(ctx: ActorContext, plan: AnyPlan, name: str) -> ServerProcess:
     logs = plan.loaded.config.logs
     for path in (plan.spec.stdout, plan.spec.stderr):
         ctx.launcher.rotate(path, logs.max_size_mb * 1024 * 1024, logs.rotation)
+    _slot_folder(ctx, plan)
     return ctx.launcher.spawn(plan.spec, name)
 
 
@@ -36,7 +38,16 @@ def open_spawned(ctx: ActorContext, plan: Plan, name: str) -> Callable[[], Serve
     logs = plan.loaded.config.logs
     for path in (plan.spec.stdout, plan.spec.stderr):
         ctx.launcher.rotate(path, logs.max_size_mb * 1024 * 1024, logs.rotation)
+    _slot_folder(ctx, plan)
     return ctx.launcher.open(plan.spec, name)
+
+
+def _slot_folder(ctx: ActorContext, plan: Plan) -> None:
+    """The slot save folder exists before the server starts: llama-server refuses to
+    start with one that does not (issue 21). OSError when it cannot be made."""
+    folder = slot_save_dir(plan.loaded, ctx.home.root)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def announce(ctx: ActorContext, plan: AnyPlan, proc: ServerProcess, name: str) -> None:

@@ -10,6 +10,7 @@ from llama_orchestrator.config.schema import HealthcheckConfig
 from llama_orchestrator.daemon.actor import messages as m
 from llama_orchestrator.daemon.actor import watch
 from llama_orchestrator.daemon.actor.core import ActorCore
+from llama_orchestrator.daemon.actor.kvhooks import restorer
 from llama_orchestrator.daemon.actor.launch import AnyPlan, announce, open_run, spawn_off_loop
 from llama_orchestrator.daemon.actor.messages import Outcome
 from llama_orchestrator.daemon.actor.preflight import (
@@ -161,4 +162,5 @@ class ActorStarting(ActorCore):
             self._spawn_task("monitor", watch.monitor(*args))
             self._watch_memory(proc)
         else:
-            self._spawn_task("ready", watch.await_ready(*args))
+            restore = restorer(self._ctx, self._loaded, self._url)
+            self._spawn_task("ready", watch.await_ready(*args, before_ready=restore))

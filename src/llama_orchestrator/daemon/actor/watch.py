@@ -56,13 +56,15 @@ async def await_ready(
     http: httpx.AsyncClient,
     clock: Clock,
     post: Post,
+    before_ready: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Poll /health until 200 (Ready), the deadline (NotReady) or the process exits. The
     deadline moves on by as long as the daemon's own loop was stalled meanwhile: that
-    time was not the server's to use."""
+    time was not the server's to use. ``before_ready`` runs between the first 200 and
+    Ready (saved slots restored, issue 21), so no request reaches the server before it."""
     lag = LoopLag(clock)
     try:
-        await _await_ready(proc, url, hc, http, clock, post, lag)
+        await _await_ready(proc, url, hc, http, clock, post, lag, before_ready)
     finally:
         lag.stop()
 
@@ -75,6 +77,7 @@ async def _await_ready(
     clock: Clock,
     post: Post,
     lag: LoopLag,
+    before_ready: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     t0 = clock.monotonic()
     wait = max(hc.start_period, MIN_READY_DEADLINE_S)
@@ -87,7 +90,10 @@ async def _await_ready(
         # A 200 proves readiness only from our own server: another process on the port
         # (an instance configured with the same one) answers too (issue 10).
         if probe.ok and proc.listens_on(port) is not False:
-            post(Ready(proc, (clock.monotonic() - t0) * 1000.0))
+            ready_ms = (clock.monotonic() - t0) * 1000.0
+            if before_ready is not None:
+                await before_ready()
+            post(Ready(proc, ready_ms))
             return
         if probe.ok and not stranger:
             stranger = True
