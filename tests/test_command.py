@@ -206,7 +206,9 @@ def test_launch_spec(tmp_path: Path) -> None:
     home = tmp_path / "home"
     spec = launch_spec(lc, BIN, home)
     folder = str(home / "kv" / lc.name) + os.sep  # each its own slot save folder (issue 21)
-    assert spec.argv == [*build_argv(lc, BIN), "--slot-save-path", folder]
+    plain = build_argv(lc, BIN)  # the config's args last, the slot save folder before them
+    at = len(plain) - len(lc.config.args)
+    assert spec.argv == [*plain[:at], "--slot-save-path", folder, *plain[at:]]
     assert (spec.stdout, spec.stderr) == log_paths(lc, home)
     assert spec.cwd == lc.path.parent
     assert spec.env_overrides == {"GGML_VK_VISIBLE_DEVICES": "1", "PATH": "/custom/bin"}

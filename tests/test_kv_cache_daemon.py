@@ -102,8 +102,15 @@ def test_down_then_up_and_idle_stops_save_and_restore(
     restored_turn(url, home, "alpha")
     assert cli("down", "alpha").returncode == 0
     assert len(kinds(home, "alpha", "kv_save")) == 2
+    (entry,) = index(home)
+    shown = cli("describe", "alpha").stdout
+    assert f"KV cache:       1 saved slot(s), {entry['tokens']} tokens" in shown, shown
     assert cli("up", "alpha").returncode == 0
     assert kinds(home, "alpha", "kv_restore")[-1]["new"] == "restored"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "llama_orch_kv_saves_total 2.0" in metrics
+    assert 'llama_orch_kv_restores_total{result="restored"} 2.0' in metrics
+    assert f"llama_orch_kv_cache_bytes {float(entry['bytes'])}" in metrics
 
 
 def ps_row(cli: Cli, name: str) -> dict[str, Any]:

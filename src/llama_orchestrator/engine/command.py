@@ -159,8 +159,13 @@ def _selection(loaded: LoadedConfig, base_env: Mapping[str, str] | None) -> Devi
 
 
 def build_argv(
-    loaded: LoadedConfig, binary: ResolvedBinary, base_env: Mapping[str, str] | None = None
+    loaded: LoadedConfig,
+    binary: ResolvedBinary,
+    base_env: Mapping[str, str] | None = None,
+    home_root: Path | None = None,
 ) -> list[str]:
+    """The server's argv; with ``home_root``, its slot save folder too (issue 21), before
+    the config's own ``args``, which always come last."""
     c = loaded.config
     argv = [
         *binary.argv_prefix,
@@ -185,6 +190,7 @@ def build_argv(
         *_selection(loaded, base_env).args,
         *_alias_flag(loaded.name, c.args),
         *(flag for flag in AUTO_FLAGS if flag not in c.args),
+        *(_slot_save_flag(loaded, home_root) if home_root is not None else []),
         *c.args,
     ]
     return argv
@@ -274,12 +280,11 @@ def launch_spec(
     home_root: Path,
     base_env: Mapping[str, str] | None = None,
 ) -> LaunchSpec:
-    """Everything needed to start the server; ``base_env`` is the daemon's environment.
-    Beyond :func:`build_argv`: the slot save folder (issue 21), which is the home's."""
+    """Everything needed to start the server; ``base_env`` is the daemon's environment."""
     out, err = log_paths(loaded, home_root)
     generated = _selection(loaded, base_env).env
     return LaunchSpec(
-        argv=[*build_argv(loaded, binary, base_env), *_slot_save_flag(loaded, home_root)],
+        argv=build_argv(loaded, binary, base_env, home_root),
         env_overrides={**generated, **loaded.config.env},  # the config's env wins
         stdout=out,
         stderr=err,

@@ -14,6 +14,7 @@ from llama_orchestrator.home import Home
 from llama_orchestrator.redact import shown_argv, shown_env
 from llama_orchestrator.state.drift import config_diff, is_live
 from llama_orchestrator.state.records import InstanceRecord
+from llama_orchestrator.views.kvcache_view import kv_cache_of
 
 if TYPE_CHECKING:
     from llama_orchestrator.config.loader import LoadedConfig
@@ -135,6 +136,7 @@ def _from_record(
     data["metrics"] = _metrics(data.get("command"), [])
     data["runtime"] = runtime
     data["memory"] = memory_of(home, name, row)
+    data["kv_cache"] = kv_cache_of(home, name)
     data["events"] = events
     data["model_info"] = (
         _model_info(runtime["model"]) if runtime["model"] else {"error": "no model recorded"}
@@ -208,6 +210,7 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     data["metrics"] = _metrics(data.get("command"), list(loaded.config.args))
     data["runtime"] = runtime
     data["memory"] = memory_of(home, name, row)
+    data["kv_cache"] = kv_cache_of(home, name)
     data["events"] = events
     data["model_info"] = _model_info(loaded.model_path)
     return data

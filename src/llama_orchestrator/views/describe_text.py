@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llama_orchestrator.views.kvcache_view import kv_cache_lines
+
 
 def render_describe(data: dict[str, Any]) -> str:
     """``describe``'s human-readable form (the CLI and the dashboard show the same)."""
@@ -74,6 +76,7 @@ def render_describe(data: dict[str, Any]) -> str:
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rt["start_time"]))
             out.append(f"  {'started:':16}{started}")
     out.extend(memory_lines(data.get("memory") or {}))
+    out.extend(kv_cache_lines(data.get("kv_cache")))
     if data.get("config_changed"):
         out.extend(_drift_lines(data))
     for stream, info in (data.get("logs") or {}).items():

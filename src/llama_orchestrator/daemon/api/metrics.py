@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from llama_orchestrator.daemon.api.metrics_kv import kv_families
 from llama_orchestrator.daemon.api.metrics_memory import memory_families
 from llama_orchestrator.daemon.api.metrics_watch import Watches
 from llama_orchestrator.daemon.supervisor import Supervisor
@@ -87,6 +88,8 @@ def supervisor_families(sup: Supervisor, watches: Watches) -> Iterator[Metric]:
         value=scheduler.evictions,
     )
     yield from memory_families(sup)
+    if sup.ctx.kv is not None:
+        yield from kv_families(sup.ctx.kv)
 
 
 def scrape_targets(sup: Supervisor) -> dict[str, tuple[str, str | None]]:
