@@ -129,6 +129,8 @@ def test_a_garbage_state_database_is_moved_aside_and_servers_re_adopted(
     for suffix in ("-wal", "-shm"):
         Path(f"{home.db_path}{suffix}").unlink(missing_ok=True)
     home.db_path.write_bytes(b"this is not a database " * 100)
+    ps = cli("ps", "-a")  # the daemon is down: ps says what the next start will do
+    assert f"note: {home.db_path} is not a database; the next daemon start" in ps.stderr
 
     out = cli("daemon", "start")
     assert out.returncode == 0, out.stderr

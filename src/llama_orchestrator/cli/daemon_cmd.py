@@ -74,13 +74,15 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show whether the daemon runs. Exit 0 when it does, 1 when it does not."""
-    from llama_orchestrator.client.control import daemon_status
+    from llama_orchestrator.client.control import daemon_status, keeper_alive
 
     st = daemon_status(home_of(ctx))
     if as_json:
         print(json.dumps(st.to_dict()))
     elif st.running:
         print(f"running (pid {st.pid}, {st.url})")
+    elif keeper_alive(home_of(ctx)):  # between a crash and the restart (daemon/keeper.py)
+        print("not running: its keeper is starting it again")
     else:
         print("not running" + (" (stale pid file)" if st.stale_pid_file else ""))
     raise typer.Exit(0 if st.running else 1)

@@ -58,6 +58,17 @@ def config_problems(home: Home) -> dict[str, str]:
     return {str(k): str(v) for k, v in _meta(home, PROBLEMS_KEY).items()}
 
 
+def rows_readable(home: Home) -> bool:
+    """The state database opens (a garbage file or a folder does not; issue 19)."""
+    from llama_orchestrator.state.db import StateStore
+
+    store = StateStore.open_for_reading(home.db_path)
+    if store is None:
+        return False
+    store.close()
+    return True
+
+
 def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[str]) -> int:
     """The whole command; returns its exit code."""
     from llama_orchestrator.client.control import daemon_status
@@ -75,6 +86,12 @@ def run_ps(home: Home, *, all_: bool, as_json: bool, quiet: bool, filters: list[
         row["config_error"] = problems.get(row["name"])
     if not running:
         print("note: the daemon is not running; showing the last recorded state", file=sys.stderr)
+        if home.db_path.exists() and not rows_readable(home):
+            print(
+                f"note: {home.db_path} is not a database; the next daemon start keeps it "
+                "aside as a dated copy and starts a fresh one (its servers are re-adopted)",
+                file=sys.stderr,
+            )
     elif not quiet:
         why = gateway_problem(home)
         if why:

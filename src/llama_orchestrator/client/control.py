@@ -281,8 +281,6 @@ def keeper_path(home: Home) -> Path:
 
 def _keeper(home: Home) -> Any:
     """The daemon's keeper as a psutil.Process, or None when none runs."""
-    import psutil
-
     info = _read_json(keeper_path(home))
     if info is None:
         return None
@@ -291,7 +289,11 @@ def _keeper(home: Home) -> Any:
         return None
     if not _alive(pid, ctime):
         return None
-    return psutil.Process(pid)
+    return _process(pid)
+
+
+def keeper_alive(home: Home) -> bool:
+    return _keeper(home) is not None
 
 
 def _process(pid: int | None) -> Any:
