@@ -154,3 +154,38 @@ def test_a_daemon_that_cannot_start_fails_the_command_at_once(cli: Cli, home: Ho
     assert f"cannot read the control API's token file {home.token_path}" in out.stderr
     assert "move it aside or remove it" in out.stderr and "Traceback" not in out.stderr
     assert not keeper_path(home).exists()
+
+
+WORKER = """
+import json, os, sys, time
+from pathlib import Path
+endpoint, runs, listen = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "listen"
+n = int(runs.read_text()) if runs.exists() else 0
+runs.write_text(str(n + 1))
+if n == 0:
+    if listen:  # serves a moment, then dies of an error, removing its endpoint file
+        endpoint.write_text(json.dumps({"pid": os.getpid()}))
+        time.sleep(0.5)
+        endpoint.unlink()
+    sys.exit(1)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize(("listen", "code", "runs"), [("listen", 0, 2), ("no", 4, 1)])
+def test_the_keeper_restarts_a_daemon_that_served_not_one_that_never_did(
+    tmp_path: Path, listen: str, code: int, runs: int
+) -> None:
+    import sys
+
+    from llama_orchestrator.daemon.keeper import EXIT_BOOT_FAILED, Keeper
+
+    home = Home(tmp_path / "home")
+    home.ensure()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    counter = tmp_path / "runs"
+    argv = [sys.executable, str(script), str(home.daemon_endpoint_path), str(counter), listen]
+    assert Keeper(home, argv).run() == code
+    assert int(counter.read_text()) == runs
+    assert EXIT_BOOT_FAILED == 4

@@ -36,10 +36,10 @@ from llama_orchestrator.home import Home
 
 EXIT_LOCKED = 3  # the worker found the home's daemon lock taken: another daemon runs
 EXIT_BOOT_FAILED = control.EXIT_BOOT_FAILED  # the first daemon died before it listened
-KEEPER_ENV = "LLAMA_ORCH_KEEPER_PID"  # tells the worker who restarts it
 FIRST_DELAY_S = 0.05  # a crash after a long run is restarted at once
 MAX_DELAY_S = 10.0
 STABLE_S = 10.0  # a run this long resets the backoff
+BOOT_POLL_S = 0.1  # how often the endpoint file is looked for until the daemon listens
 GIVE_UP = 8  # fast failures in a row (each shorter than STABLE_S) before the keeper stops
 
 
@@ -83,11 +83,10 @@ class Keeper:
             signal.signal(sig, self._on_signal)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, **{KEEPER_ENV: str(os.getpid())})
         # POSIX: a session of its own, so a terminal's Ctrl+C reaches the keeper only and
         # the daemon gets it once, forwarded (twice would force its exit).
         return subprocess.Popen(
-            self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=os.name != "nt"
+            self.argv, stdin=subprocess.DEVNULL, start_new_session=os.name != "nt"
         )
 
     def _listened(self, pid: int) -> bool:
@@ -97,18 +96,28 @@ class Keeper:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
+    def _wait(self, child: subprocess.Popen[bytes], booted: bool) -> tuple[int, bool]:
+        """The child's exit code, and whether it (or one before it) ever listened: until
+        it does, the endpoint file is looked at while waiting (the daemon removes it when
+        it exits of an error, so after the exit is too late)."""
+        while not booted:
+            try:
+                return child.wait(BOOT_POLL_S), self._listened(child.pid)
+            except subprocess.TimeoutExpired:
+                booted = self._listened(child.pid)
+        return child.wait(), True  # PEP 475: a signal handler does not break the wait
+
     def run(self) -> int:
         delay, fast_failures, booted = FIRST_DELAY_S, 0, False
         while True:
             started = time.monotonic()
             self.child = self._spawn()
-            rc = self.child.wait()  # PEP 475: a signal handler does not break the wait
+            rc, booted = self._wait(self.child, booted)
             ran = time.monotonic() - started
             if self.stopping or rc == 0:
                 return rc
             if rc == EXIT_LOCKED:
                 return 1
-            booted = booted or self._listened(self.child.pid)
             if not booted:  # as gunicorn's master when a worker fails to boot: say so now
                 _log(f"the daemon {_describe(rc)} before it listened; not starting it again")
                 return EXIT_BOOT_FAILED
