@@ -95,6 +95,7 @@ def test_issue2_lint_clean_config_reports_every_check(
         "gpu-device",
         "gpu-memory",
         "logs-writable",
+        "kv-cache",
     ]
     assert {r["level"] for r in rows} == {"ok"}
     assert all(r["file"] == str(home.config_path("alpha")) for r in rows)

@@ -145,10 +145,11 @@ class InstanceGateway(_Strict):
     priority: int = Field(
         default=0, ge=-100, le=100, description="eviction order: lower is evicted first"
     )
-    kv_cache: StrictBool = Field(
-        default=True,
+    kv_cache: StrictBool | None = Field(
+        default=None,
         description="save its slots' KV cache before a stop (eviction, idle, down) and "
-        "restore it when it starts again; false: a swap loses its conversations",
+        "restore it when it starts again; null: on for a local server with slots; "
+        "false: a swap loses its conversations",
     )
 
     @field_validator("aliases")
@@ -306,7 +307,17 @@ class InstanceConfig(_Strict):
         # shows host:port read the server it routes to.
         r = self.remote
         if r is None:
+            if self.gateway.kv_cache is True and "--no-slots" in self.args:
+                raise ValueError(
+                    "gateway.kv_cache: true needs the server's slots, and args has "
+                    "'--no-slots': remove one of them"
+                )
             return self
+        if self.gateway.kv_cache is True:
+            raise ValueError(
+                "gateway.kv_cache: true is not available for a remote instance (its slots "
+                "are its own server's to save): remove it, or set it to false"
+            )
         if r.api_key_env is not None and self.healthcheck.probe == "completion":
             raise ValueError(
                 "healthcheck.probe 'completion' is not available for a remote instance with "

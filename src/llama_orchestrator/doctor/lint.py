@@ -40,6 +40,7 @@ from llama_orchestrator.doctor.filecheck import (
 from llama_orchestrator.doctor.gatewaycheck import gateway_checks
 from llama_orchestrator.doctor.gpucheck import GpuChecks, Runner, run_tool, tool_devices
 from llama_orchestrator.doctor.homecheck import HOME_LABEL, home_checks
+from llama_orchestrator.doctor.kvcheck import kv_verdict
 from llama_orchestrator.doctor.modelfile import model_file_problem
 from llama_orchestrator.doctor.portcheck import (
     HolderFinder,
@@ -199,6 +200,7 @@ class Linter:
             ("gpu-device", self.gpu.device(cfg)),
             ("gpu-memory", self.gpu.memory(cfg)),
             ("logs-writable", self.check_logs(cfg)),
+            ("kv-cache", kv_verdict(cfg, self.home)),
         ]
 
     def gateway_rows(self) -> list[LintResult]:

@@ -21,7 +21,7 @@ def kv_for(ctx: ActorContext, loaded: LoadedConfig | None) -> KvCache | None:
         return None
     if slot_save_dir(loaded, ctx.home.root) is None:
         return None
-    return ctx.kv if loaded.config.gateway.kv_cache else None
+    return ctx.kv if loaded.config.gateway.kv_cache is not False else None
 
 
 async def save_then_stop(
