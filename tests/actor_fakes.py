@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 import httpx
 
 from llama_orchestrator.clock import FakeClock
-from llama_orchestrator.daemon.actor.context import ActorContext, Offload
+from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import Event, EventBus
+from llama_orchestrator.daemon.offload import Offload
 from llama_orchestrator.daemon.recorder import Recorder
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.engine.command import LaunchSpec
@@ -189,7 +190,7 @@ async def harness(home: Home, offload: Offload = inline) -> Harness:
     seen: list[Event] = []
     bus.add_sink(Recorder(store))
     bus.add_sink(seen.append)
-    scheduler = Scheduler()
+    scheduler = Scheduler(offload=offload)
     scheduler.start()
     ctx = ActorContext(
         home=home,

@@ -15,9 +15,9 @@ from test_actor_histories import config, start
 
 from llama_orchestrator.config.loader import load_instance
 from llama_orchestrator.daemon.actor import messages as m
-from llama_orchestrator.daemon.actor.context import in_thread
 from llama_orchestrator.daemon.actor.handlers import InstanceActor
 from llama_orchestrator.daemon.actor.preflight import Plan, prepare_start
+from llama_orchestrator.daemon.offload import in_thread
 from llama_orchestrator.engine.states import Desired, State
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import Home

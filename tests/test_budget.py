@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from actor_fakes import harness
+from actor_fakes import harness, inline
 from conftest import free_port, write_config
 
 from llama_orchestrator.clock import FakeClock
@@ -131,7 +131,7 @@ def run(scenario: Scenario, budget: Budget, wait_s: float = 30.0) -> None:
     async def main() -> None:
         clock = FakeClock()
         seats = FakeSeats()
-        sched = Scheduler(clock, seats)
+        sched = Scheduler(clock, seats, offload=inline)
         seats.scheduler = sched
         sched.configure(budget, wait_s)
         sched.start()
@@ -358,7 +358,7 @@ def test_a_request_longer_than_the_ttl_is_not_cut_and_the_ttl_counts_from_its_en
         h = await harness(home)
         await h.ctx.scheduler.close()  # the harness's own, on the system clock
         actors: dict[str, InstanceActor] = {}
-        sched = Scheduler(h.clock, ActorSeats(actors, GatewayQueues().demand))
+        sched = Scheduler(h.clock, ActorSeats(actors, GatewayQueues().demand), offload=inline)
         h.ctx.scheduler = sched
         sched.start()
         actor = actors["alpha"] = InstanceActor("alpha", h.ctx, None)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from actor_fakes import harness
+from actor_fakes import harness, inline
 from conftest import Cli, free_port, write_config, write_instance
 
 from llama_orchestrator.clock import FakeClock
@@ -57,7 +57,9 @@ def swap(home: Home, tiny_model: Path, extra_mb: int | None) -> tuple[list[str],
         actors: dict[str, InstanceActor] = {}
         h.ctx.measure = reader
         h.ctx.overheads = Overheads(h.store)
-        sched = Scheduler(h.clock, ActorSeats(actors, GatewayQueues().demand), h.ctx.overheads.mib)
+        sched = Scheduler(
+            h.clock, ActorSeats(actors, GatewayQueues().demand), h.ctx.overheads.mib, inline
+        )
         sched.configure(Budget(memory_mb={"cpu": 2 * (est + CPU_OVERHEAD_MB) + 50}))
         h.ctx.scheduler = sched
         sched.start()
@@ -195,7 +197,7 @@ def test_a_swap_loads_only_when_the_gpu_shows_the_victims_memory_free() -> None:
     async def main() -> None:
         clock = FakeClock()
         seats = GpuSeats([400, 400, 900, 2600])
-        sched = Scheduler(clock, seats)
+        sched = Scheduler(clock, seats, offload=inline)
         seats.scheduler = sched
         sched.configure(Budget(memory_mb={"cuda:0": 3000}))
         sched.start()

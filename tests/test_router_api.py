@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from actor_fakes import harness
+from actor_fakes import harness, inline
 from conftest import free_port, write_config
 
 from llama_orchestrator.daemon.actor import messages as m
@@ -27,7 +27,7 @@ def _run(home: Home, body: object) -> None:
         h = await harness(home)
         await h.ctx.scheduler.close()
         actors: dict[str, InstanceActor] = {}
-        sched = Scheduler(h.clock, ActorSeats(actors, GatewayQueues().demand))
+        sched = Scheduler(h.clock, ActorSeats(actors, GatewayQueues().demand), offload=inline)
         h.ctx.scheduler = sched
         sched.start()
         actor = actors["alpha"] = InstanceActor("alpha", h.ctx, None)

@@ -13,10 +13,11 @@ kernel frees an exited process's pages before its parent can reap it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from llama_orchestrator.clock import Clock
+from llama_orchestrator.daemon.offload import Offload, in_thread
 
 POLL_S = 0.025
 
@@ -27,16 +28,17 @@ async def await_room(
     need_mb: Mapping[str, int],
     limit_s: float,
     victims: tuple[str, ...],
+    offload: Offload = in_thread,
 ) -> str:
-    """Poll each GPU of ``need_mb`` until its free memory (``free_mib``, blocking: run in
-    a thread) holds the need; returns what was waited for, in words ("" when nothing)."""
+    """Poll each GPU of ``need_mb`` until its free memory (``free_mib``, blocking: run through
+    ``offload``) holds the need; returns what was waited for, in words ("" when nothing)."""
     start = clock.monotonic()
     said: list[str] = []
     for device, need in sorted(need_mb.items()):
         if device == "cpu" or need <= 0:
             continue
         while True:
-            free = await asyncio.to_thread(free_mib, device)
+            free = await offload(partial(free_mib, device))
             waited = clock.monotonic() - start
             if free is None:
                 said.append(f"{device} reports no free memory: not waited for")

@@ -32,12 +32,14 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.daemon.budget import Budget, Evict, Fits, Never, Seat, Wait, choose
+from llama_orchestrator.daemon.offload import Offload, in_thread
 from llama_orchestrator.daemon.release import await_room
-from llama_orchestrator.doctor.portcheck import hosts_overlap
+from llama_orchestrator.doctor.portcheck import endpoint_taken
 
 DRAIN_POLL_S = 0.02  # how often victims are looked at while a start waits for them
 TTL_POLL_S = 1.0  # how often idle instances are looked at
@@ -166,8 +168,10 @@ class Scheduler:
         clock: Clock = SYSTEM_CLOCK,
         seats: Seats | None = None,
         overhead: Callable[[str], int] | None = None,
+        offload: Offload = in_thread,
     ) -> None:
         self.clock = clock
+        self.offload = offload  # device queries (free memory) run off the loop
         self.seats: Seats = seats or NoSeats()
         # MiB one more server process uses on a device beyond its estimate (issue 18:
         # daemon/overheads.py learns it); None: nothing beyond the estimate
@@ -290,7 +294,7 @@ class Scheduler:
         for device in claim.memory_mb:
             if device in self.budget.memory_mb or device in self._defaults:
                 continue
-            free = await asyncio.to_thread(self.seats.free_mib, device)
+            free = await self.offload(partial(self.seats.free_mib, device))
             if free is not None:
                 held = sum(self.counted(c).get(device, 0) for c in self.holders.values())
                 self._defaults[device] = free + held
@@ -317,7 +321,8 @@ class Scheduler:
     # -- decisions -----------------------------------------------------------------------
 
     def _admit(self, req: _Request) -> None:
-        refused = self._port_taken(req.claim)
+        held = {name: c.endpoint for name, c in self.holders.items()}
+        refused = endpoint_taken(req.claim.endpoint, held, req.claim.instance)
         if refused:
             self._deliver(req, Admission(req.ticket, False, refused, code="port"))
         elif req.claim.force or req.claim.instance in self.holders:
@@ -326,18 +331,6 @@ class Scheduler:
             if not self._pending:
                 self._hurry()
             self._pending[req.ticket] = _Pending(req, self.clock.monotonic())
-
-    def _port_taken(self, claim: Claim) -> str:
-        want = claim.endpoint
-        for name, held in self.holders.items():
-            if name == claim.instance or want is None or held.endpoint is None:
-                continue
-            if held.endpoint[1] == want[1] and hosts_overlap(held.endpoint[0], want[0]):
-                return (
-                    f"port {want[1]} is already in use by instance {name!r} "
-                    f"({held.endpoint[0]}:{held.endpoint[1]} is also used by instance {name!r})"
-                )
-        return ""
 
     def _grant(self, req: _Request, victims: tuple[str, ...] = ()) -> None:
         self.holders[req.claim.instance] = req.claim
@@ -352,7 +345,7 @@ class Scheduler:
     async def _after_release(self, req: _Request, victims: tuple[str, ...], gpus: Need) -> None:
         """Its room is held from now; its load waits for the GPUs to show it (release.py)."""
         limit = self.wait_s if req.claim.wait_s is None else req.claim.wait_s
-        said = await await_room(self.seats.free_mib, self.clock, gpus, limit, victims)
+        said = await await_room(self.seats.free_mib, self.clock, gpus, limit, victims, self.offload)
         self._deliver(req, Admission(req.ticket, True, said, victims=victims))
 
     def _deliver(self, req: _Request, admission: Admission) -> None:

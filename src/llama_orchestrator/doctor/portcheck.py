@@ -38,6 +38,23 @@ def hosts_overlap(a: str, b: str) -> bool:
     return a == b or a in _WILDCARD_HOSTS or b in _WILDCARD_HOSTS
 
 
+Endpoint = tuple[str, int]
+
+
+def endpoint_taken(want: Endpoint | None, held: Mapping[str, Endpoint | None], me: str) -> str:
+    """Why ``want`` (host, port) collides with an endpoint another instance holds ("" when
+    free): the scheduler's port rule, between instances it admitted."""
+    for name, endpoint in held.items():
+        if name == me or want is None or endpoint is None:
+            continue
+        if endpoint[1] == want[1] and hosts_overlap(endpoint[0], want[0]):
+            return (
+                f"port {want[1]} is already in use by instance {name!r} "
+                f"({endpoint[0]}:{endpoint[1]} is also used by instance {name!r})"
+            )
+    return ""
+
+
 def _same_endpoint(a: LoadedConfig, b: LoadedConfig) -> bool:
     sa, sb = a.config.server, b.config.server
     return sa.port == sb.port and hosts_overlap(sa.host, sb.host)

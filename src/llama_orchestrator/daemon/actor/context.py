@@ -7,11 +7,10 @@ milliseconds; the daemon builds it with the real ones.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import httpx
 
@@ -19,6 +18,7 @@ from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
 from llama_orchestrator.daemon.configs import Configs
 from llama_orchestrator.daemon.events import EventBus
 from llama_orchestrator.daemon.kvcache import KvCache
+from llama_orchestrator.daemon.offload import Offload, in_thread
 from llama_orchestrator.daemon.overheads import Overheads
 from llama_orchestrator.daemon.scheduler import Scheduler
 from llama_orchestrator.engine.command import KV_DIR, LaunchSpec
@@ -68,21 +68,6 @@ class ProcessLauncher:
 
     def rotate(self, path: Path, max_bytes: int, keep: int) -> None:
         rotate_if_needed(path, max_bytes, keep)
-
-
-T = TypeVar("T")
-
-
-class Offload(Protocol):
-    """Runs blocking work (file, DNS, socket probes, GGUF reads) away from the event loop
-    the gateway shares (issue 17), and returns its result."""
-
-    def __call__(self, work: Callable[[], T], /) -> Awaitable[T]: ...
-
-
-def in_thread(work: Callable[[], T]) -> Awaitable[T]:
-    """The real thing: the loop's default thread pool."""
-    return asyncio.to_thread(work)
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Any
 
 from llama_orchestrator.config.gateway import device_key
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, UnknownInstance
-from llama_orchestrator.daemon.actor.context import Offload
 from llama_orchestrator.daemon.actor.messages import Outcome, Prepared, Report
+from llama_orchestrator.daemon.offload import Offload
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.doctor.modelfile import model_file_problem
 from llama_orchestrator.doctor.ports import port_holder
