@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.gateway.backend import Instance, StartResult
 from llama_orchestrator.gateway.errors import GatewayError, bad_request, model_not_found
 from llama_orchestrator.gateway.inbound import parse_body
@@ -100,7 +101,7 @@ def requested_model(body: bytes) -> str:
     return model
 
 
-class ManageError(Exception):
+class ManageError(OrchestratorError):
     """A refused ``/models/load`` or ``/models/unload``, with the name it named (if any)."""
 
     def __init__(self, error: GatewayError, name: str | None) -> None:

@@ -18,6 +18,8 @@ import re
 import time
 from typing import Any
 
+from llama_orchestrator.errors import OrchestratorError
+
 # Ollama option -> llama-server request field.
 OPTIONS = {
     "temperature": "temperature",
@@ -45,7 +47,7 @@ LOAD_TIME = frozenset(
 CHAT, GENERATE, COMPLETE, EMBED, EMBEDDINGS = range(5)
 
 
-class BadRequest(ValueError):
+class BadRequest(OrchestratorError, ValueError):
     """Bad input: answered 400 ``{"error": message}``."""
 
 

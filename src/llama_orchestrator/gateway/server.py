@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+from llama_orchestrator.errors import OrchestratorError
 from llama_orchestrator.gateway.errors import (
     error_body,
     header_too_large,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 MAX_PIPELINED = 8
 
 
-class _Refused(Exception):
+class _Refused(OrchestratorError):
     """Raised from a parser callback to stop parsing; ``HttpConnection._refusal`` holds
     the answer."""
 
