@@ -197,13 +197,14 @@ def test_issue2_ten_concurrent_up_start_exactly_one_server(
         and str(ps_row(cli, "alpha")["port"]) in (p.info["cmdline"] or [])
     ]
     assert [p.pid for p in servers] == [pid]
-    # exactly one daemon too
+    # exactly one daemon too, under one keeper (daemon/keeper.py)
     daemons = [
         p
         for p in psutil.process_iter(["cmdline"])
         if "daemon" in (p.info["cmdline"] or []) and str(home.root) in (p.info["cmdline"] or [])
     ]
-    assert len(daemons) == 1
+    workers = [p for p in daemons if "--worker" in p.info["cmdline"]]
+    assert len(workers) == 1 and len(daemons) == 2, [p.info["cmdline"] for p in daemons]
 
 
 def test_issue2_model_that_fails_to_load_reports_server_error(
