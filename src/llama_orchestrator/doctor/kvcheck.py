@@ -1,8 +1,10 @@
 """``config lint``'s ``kv-cache`` row (issue 21): can the instance's slots be saved and
 reused? Its slot save folder must be writable, and a model with sliding-window attention
 layers (Gemma 2 and 3, and others whose GGUF names ``<arch>.attention.sliding_window``)
-keeps a reusable history only with ``--swa-full``: without it llama-server holds just the
-last window of those layers, so a restored slot answers ``cache_n`` 0."""
+keeps its whole history in those layers only with ``--swa-full``. Without it, reuse
+depends on the server's own sliding-window checkpoints (current llama.cpp builds keep a
+few; older ones none, and then a restored slot answers ``cache_n`` 0), and the saved
+files were 2.4-3.8x larger in bench/bench_conversation.py."""
 
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ def kv_verdict(cfg: LoadedConfig, home: Home) -> Verdict:
     if arch is not None and "--swa-full" not in c.args:
         return "warning", (
             f"the model ({arch}) has sliding-window attention layers: without '--swa-full' "
-            "in args a saved slot cannot be reused (cache_n 0 after a restore); add it "
-            "(its KV cache grows to the full context), or set gateway.kv_cache to false"
+            "in args a restored slot is reused only through the server's own window "
+            "checkpoints (none on older llama.cpp builds: cache_n 0); add it (its KV "
+            "cache then holds the full context), or set gateway.kv_cache to false"
         )
     return "ok", f"slots saved in {folder} before a stop, restored at the next start"
 
