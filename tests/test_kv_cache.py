@@ -27,6 +27,7 @@ class FakeServer:
     def __init__(self, folder: Path, tokens: int = 100, size: int = 4096) -> None:
         self.folder, self.tokens, self.size = folder, tokens, size
         self.hang = False
+        self.dies = False  # the server dies restoring (a file another build wrote)
         self.restored: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -40,6 +41,8 @@ class FakeServer:
                 await asyncio.Event().wait()
             (self.folder / name).write_bytes(b"k" * self.size)
             return httpx.Response(200, json={"n_saved": self.tokens, "n_written": self.size})
+        if self.dies:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
         self.restored.append(name)
         return httpx.Response(200, json={"n_restored": self.tokens, "n_read": self.size})
 
@@ -133,3 +136,31 @@ def test_the_index_outlives_the_daemon(tmp_path: Path) -> None:
     again = cache(tmp_path, server, Clock())  # a new daemon reads the index
     assert run(again.restore("alpha", URL, "h")) == 1
     assert len(server.restored) == 1 and again.counts.restores["restored"] == 1
+
+
+def test_a_file_the_server_died_on_is_not_tried_again(tmp_path: Path) -> None:
+    folder = tmp_path / "kv" / "alpha"
+    server = FakeServer(folder)
+    kv = cache(tmp_path, server, Clock())
+    run(kv.save("alpha", URL, "h", folder))
+    server.dies = True
+    assert run(kv.restore("alpha", URL, "h")) == 0
+    assert kv.counts.restores["error"] == 1
+    assert json.loads((tmp_path / "kv" / "index.json").read_text()) == {"files": []}
+    server.dies = False
+    again = cache(tmp_path, server, Clock())  # the daemon's next start of it: nothing left
+    assert run(again.restore("alpha", URL, "h")) == 0 and server.restored == []
+    assert list(folder.iterdir()) == []
+
+
+def test_a_restored_file_stays_until_the_next_save_supersedes_it(tmp_path: Path) -> None:
+    clock = Clock()
+    folder = tmp_path / "kv" / "alpha"
+    kv = cache(tmp_path, FakeServer(folder), clock)
+    run(kv.save("alpha", URL, "h", folder))
+    (first,) = kv.files()
+    assert run(kv.restore("alpha", URL, "h")) == 1 and kv.files() == [first]
+    clock.now += 1
+    run(kv.save("alpha", URL, "h", folder))
+    (second,) = kv.files()
+    assert second.file != first.file and not Path(first.file).exists()

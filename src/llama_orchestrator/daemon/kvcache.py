@@ -238,6 +238,9 @@ class KvCache:
             await self._drop(stale)
         if not mine:
             return 0
+        # Out of the index while they are tried: a server that dies restoring one (a file
+        # another engine build wrote can abort it) does not meet it again at its next start.
+        await self._set_index([f for f in files if f not in mine and f not in stale], [])
         took: list[KvFile] = []
         bad: list[KvFile] = []
         try:
@@ -245,9 +248,14 @@ class KvCache:
             await asyncio.wait_for(work, self.restore_budget_s)
         except (TimeoutError, asyncio.TimeoutError, httpx.HTTPError, ValueError, KeyError) as e:
             self._count(name, "error", None, None, f"restore failed: {e!r}")
-        if bad:
-            await self._drop(bad)
+        # back in: the ones that took; the others (refused, untried, older) are removed
+        gone = [Path(f.file) for f in mine if f not in took]
+        await self._set_index([*await self._load(), *took], gone)
         return len(took)
+
+    async def _set_index(self, files: list[KvFile], gone: list[Path]) -> None:
+        self._files = files
+        await self._offload(lambda: self._write(files, gone))
 
     async def _restore_all(
         self, url: str, mine: list[KvFile], took: list[KvFile], bad: list[KvFile]
