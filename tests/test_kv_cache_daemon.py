@@ -111,6 +111,10 @@ def test_down_then_up_and_idle_stops_save_and_restore(
     assert "llama_orch_kv_saves_total 2.0" in metrics
     assert 'llama_orch_kv_restores_total{result="restored"} 2.0' in metrics
     assert f"llama_orch_kv_cache_bytes {float(entry['bytes'])}" in metrics
+    assert cli("daemon", "stop").returncode == 0  # a new daemon counts the files it finds
+    assert cli("daemon", "start").returncode == 0
+    metrics = wait_for(lambda: httpx.get(f"{url}/metrics").text, 30, "the gateway")
+    assert f"llama_orch_kv_cache_bytes {float(entry['bytes'])}" in metrics
 
 
 def ps_row(cli: Cli, name: str) -> dict[str, Any]:

@@ -96,6 +96,8 @@ class GatewayHost:
     async def start(self) -> None:
         self.settings = self._settings()
         self._source = source_key(self.sup.home.gateway_path, self._keys_file)
+        if self.sup.ctx.kv is not None:  # the saved slots' bytes, on /metrics from the start
+            await self.sup.ctx.kv.load()
         await self._listen()
         self._record()
 

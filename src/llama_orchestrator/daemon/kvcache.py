@@ -312,6 +312,10 @@ class KvCache:
 
     # -- the index -------------------------------------------------------------------
 
+    async def load(self) -> None:
+        """Read the index now (off the loop), not at the first save or restore."""
+        await self._load()
+
     async def _load(self) -> list[KvFile]:
         if self._files is None:
             self._files = await self._offload(self._read)
