@@ -190,7 +190,7 @@ async def harness(home: Home, offload: Offload = inline) -> Harness:
     seen: list[Event] = []
     bus.add_sink(Recorder(store))
     bus.add_sink(seen.append)
-    scheduler = Scheduler(offload=offload)
+    scheduler = Scheduler(offload=inline)  # the actor's work goes through ``offload``
     scheduler.start()
     ctx = ActorContext(
         home=home,
