@@ -164,3 +164,26 @@ def test_a_restored_file_stays_until_the_next_save_supersedes_it(tmp_path: Path)
     run(kv.save("alpha", URL, "h", folder))
     (second,) = kv.files()
     assert second.file != first.file and not Path(first.file).exists()
+
+
+def test_saves_of_many_instances_stopped_at_once_all_land_in_the_index(tmp_path: Path) -> None:
+    """`down --all` saves every instance at once: their index writes run in threads side
+    by side. Each must finish (an error there once left instances in STOPPING for good)
+    and the index on disk must list every file, not the last writer's view."""
+    from llama_orchestrator.daemon.offload import in_thread
+
+    folder = tmp_path / "kv" / "shared"
+    folder.mkdir(parents=True)
+    server = FakeServer(folder, size=1024)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    kv = KvCache(tmp_path / "kv", http, EventBus(), offload=in_thread, now=Clock())
+    kv.configure(max_mb=64, ttl_s=3600)
+    names = [f"i{n:02d}" for n in range(16)]
+
+    async def all_at_once() -> list[int]:
+        saves = (kv.save(name, URL, f"hash-{name}", folder) for name in names)
+        return list(await asyncio.gather(*saves))
+
+    assert run(all_at_once()) == [1] * len(names)
+    on_disk = json.loads((tmp_path / "kv" / "index.json").read_text())
+    assert sorted(f["instance"] for f in on_disk["files"]) == names

@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ from typing import Any, TypeVar
 import httpx
 
 from llama_orchestrator.daemon.events import EventBus, EventKind
+from llama_orchestrator.fs import write_atomic
 
 T = TypeVar("T")
 Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -125,6 +127,7 @@ class KvCache:
         self.limits = KvLimits()
         self.counts = KvCounts()
         self._files: list[KvFile] | None = None  # read on first use, off the loop
+        self._write_lock = threading.Lock()  # index writes run in threads, one at a time
         # Off until gateway.json's settings are applied (daemon/gateway_host.py), as the
         # budgets are: a daemon's harness of fake servers saves nothing.
         self.enabled = False
@@ -159,7 +162,10 @@ class KvCache:
         done = {f.file for f in written}
         left = [p for p in tried if str(p) not in done]  # never indexed, never restored
         if written or left:
-            await self._commit(name, written, left)
+            try:
+                await self._commit(name, written, left)
+            except Exception:  # never raises: the stop that follows must happen
+                log.exception("%s: recording its saved slots failed", name)
         return len(written)
 
     async def _save_slots(
@@ -318,7 +324,9 @@ class KvCache:
 
     async def _load(self) -> list[KvFile]:
         if self._files is None:
-            self._files = await self._offload(self._read)
+            files = await self._offload(self._read)
+            if self._files is None:  # another save may have read (and changed) it meanwhile
+                self._files = files
         return self._files
 
     def _read(self) -> list[KvFile]:
@@ -334,9 +342,13 @@ class KvCache:
             with contextlib.suppress(OSError):
                 path.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / (INDEX + ".tmp")
-        tmp.write_text(json.dumps({"files": [asdict(f) for f in files]}, indent=1))
-        tmp.replace(self.root / INDEX)
+        # Saves of several instances stopped at once commit concurrently: each write
+        # goes through one lock and writes the index as it is now (the newest list the
+        # loop set), so a write that runs last never puts back an older list.
+        with self._write_lock:
+            files = list(self._files if self._files is not None else files)
+            text = json.dumps({"files": [asdict(f) for f in files]}, indent=1)
+            write_atomic(self.root / INDEX, text)
 
     def _event(self, name: str, why: str, files: list[KvFile]) -> None:
         if self._bus is None:

@@ -3,6 +3,7 @@ not a failure saves first, a start restores before it is reported ready."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from llama_orchestrator.daemon.actor.watch import Post, stop_process
 from llama_orchestrator.daemon.kvcache import KvCache
 from llama_orchestrator.engine.command import slot_save_dir
 from llama_orchestrator.engine.process import ServerProcess
+
+log = logging.getLogger("llama_orchestrator.kvcache")
 
 
 def kv_for(ctx: ActorContext, loaded: LoadedConfig | None) -> KvCache | None:
@@ -36,8 +39,11 @@ async def save_then_stop(
 ) -> None:
     """Save the slots (never past the cache's save budget), then stop as any stop does."""
     folder = slot_save_dir(loaded, home_root)
-    if folder is not None and not proc.has_exited():
-        await kv.save(loaded.name, url, loaded.raw_hash, folder)
+    try:
+        if folder is not None and not proc.has_exited():
+            await kv.save(loaded.name, url, loaded.raw_hash, folder)
+    except Exception:  # whatever the save did, the server is stopped: never left STOPPING
+        log.exception("%s: saving its slots failed; stopping it anyway", loaded.name)
     await stop_process(proc, grace, why, post)
 
 
