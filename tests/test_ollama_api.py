@@ -75,12 +75,20 @@ def test_version_list_show_and_ps(gw: GatewayThread) -> None:
     assert e.value.status_code == 404 and "nope" in e.value.error
 
 
+def predicted(answer: Any, n: int) -> bool:
+    """``num_predict`` honoured: ``n`` tokens when cut at the limit ("length"); the tiny
+    model's random weights may also sample its end-of-text token first ("stop")."""
+    if answer.done_reason == "length":
+        return bool(answer.eval_count == n)
+    return bool(answer.done_reason == "stop" and 0 <= answer.eval_count <= n)
+
+
 @pytest.mark.parametrize("model", ["chat", "llama3", "emb"])
 def test_chat_streaming_and_not(gw: GatewayThread, model: str) -> None:
     c = client(gw)
     whole = c.chat(model=model, messages=MESSAGES, options={"num_predict": 4, "seed": 1})
     assert whole.done and whole.model == model and whole.message.role == "assistant"
-    assert whole.eval_count == 4 and whole.done_reason == "length"
+    assert predicted(whole, 4)
     assert whole.prompt_eval_count and whole.total_duration
     parts = list(
         c.chat(
@@ -92,18 +100,18 @@ def test_chat_streaming_and_not(gw: GatewayThread, model: str) -> None:
     )
     assert [p.done for p in parts][-1] is True and not any(p.done for p in parts[:-1])
     assert {p.model for p in parts} == {model}
-    assert parts[-1].eval_count == 4
+    assert predicted(parts[-1], 4)
     assert "".join(p.message.content or "" for p in parts)
 
 
 def test_generate(gw: GatewayThread) -> None:
     c = client(gw)
     whole = c.generate(model="chat", prompt="a", system="be brief", options={"num_predict": 3})
-    assert whole.done and whole.eval_count == 3 and whole.response is not None
+    assert whole.done and predicted(whole, 3) and whole.response is not None
     parts = list(c.generate(model="chat", prompt="a", stream=True, options={"num_predict": 3}))
-    assert parts[-1].done and parts[-1].done_reason == "length"
+    assert parts[-1].done and predicted(parts[-1], 3)
     raw = c.generate(model="chat", prompt="abc", raw=True, options={"num_predict": 2})
-    assert raw.eval_count == 2
+    assert predicted(raw, 2)
 
 
 @pytest.mark.parametrize("model", ["vectors", "evectors"])
