@@ -164,7 +164,14 @@ def test_swaps_are_ordered_abcabc_becomes_aabbcc(
         t = threading.Thread(target=ask, args=(model,))
         t.start()
         threads.append(t)
-        wait_for(lambda k=k: queued() >= k, what=f"request {k} waiting")  # type: ignore[misc]
+        try:
+            wait_for(lambda k=k: queued() >= k, what=f"request {k} waiting")  # type: ignore[misc]
+        except AssertionError:
+            # The premise is that all six queue while Gemma loads; on a loaded machine its
+            # load can end first, and then nothing of the order is being tested.
+            if ps_row(cli, "slow")["status"] == "running":
+                pytest.skip("Gemma was ready before the six requests had queued")
+            raise
     for t in threads:
         t.join(120)
     order = [model for _, model in sorted(answered)]
