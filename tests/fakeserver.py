@@ -11,6 +11,8 @@ ignored) and serves ``/health`` (``/v1/health``), ``/v1/completions`` and
 * ``FAKE_CRASH_AFTER=N`` exit abruptly (code 3, no clean-up) on receiving request N+1
 * ``FAKE_HANG=1`` accept connections but never answer any request (a deadlock);
   ``FAKE_HANG_AFTER=N`` answer the first N requests normally, then hang
+* ``FAKE_STREAM_SHORT=1`` a streaming request (``"stream": true``) gets a 200 event stream
+  that ends cleanly after one event, without its final ``data: [DONE]``
 * ``FAKE_FAULT_ONCE=<path>`` the knobs above apply only to the first process started
   with this path (it creates the file); later processes run clean, so a restart heals
 
@@ -40,6 +42,7 @@ class Knobs:
     completions_fail: bool = False
     crash_after: int | None = None
     hang_after: int | None = None
+    stream_short: bool = False
 
     @classmethod
     def from_env(cls) -> Knobs:
@@ -58,6 +61,7 @@ class Knobs:
             completions_fail=env("FAKE_COMPLETIONS_FAIL") == "1",
             crash_after=int(crash_after) if crash_after else None,
             hang_after=0 if env("FAKE_HANG") == "1" else int(hang_after) if hang_after else None,
+            stream_short=env("FAKE_STREAM_SHORT") == "1",
         )
 
 
@@ -98,8 +102,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._faults()
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self.rfile.read(length) if length else b""
         if self.path not in ("/v1/completions", "/v1/chat/completions"):
             self._send(404, {"error": "not found"})
         elif time.monotonic() - START < KNOBS.load_delay:
@@ -107,11 +110,27 @@ class Handler(BaseHTTPRequestHandler):
         elif KNOBS.completions_fail:
             msg = "fake server: inference failed"
             self._send(500, {"error": {"code": 500, "message": msg, "type": "server_error"}})
+        elif KNOBS.stream_short and b'"stream": true' in body.replace(b'":true', b'": true'):
+            self._short_stream()
         elif self.path == "/v1/completions":
             self._send(200, {"object": "text_completion", "choices": [_choice(text="x")]})
         else:
             message = {"role": "assistant", "content": "x"}
             self._send(200, {"object": "chat.completion", "choices": [_choice(message=message)]})
+
+    def _short_stream(self) -> None:
+        """One event, then a clean chunked end: no ``[DONE]`` (a server that gave up)."""
+        self.protocol_version = "HTTP/1.1"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        delta = {"index": 0, "delta": {"content": "x"}, "finish_reason": None}
+        data = b"data: " + json.dumps({"choices": [delta]}).encode() + b"\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        self.wfile.flush()
+        self.close_connection = True
 
     def _send(self, code: int, body: dict[str, object]) -> None:
         data = json.dumps(body).encode()

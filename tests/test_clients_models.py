@@ -96,6 +96,21 @@ def test_anthropic_messages_name_the_model_asked_for(gw: GatewayThread) -> None:
     assert set(starts) <= {"org/gpt"} and events[-1].type == "message_stop"
 
 
+def test_anthropic_stream_helper_gets_a_message_start(gw: GatewayThread) -> None:
+    """llama-server drops message_start when its first token is an incomplete UTF-8
+    sequence (always, for the tiny model at temperature 0); the gateway puts one in, so the
+    SDK's accumulating helper works and names the model asked for."""
+    client = anthropic.Anthropic(base_url=gw.url, api_key="none", max_retries=0)
+    for _ in range(2):
+        with client.messages.stream(
+            model="org/gpt", max_tokens=3, messages=MESSAGES, extra_body={"temperature": 0}
+        ) as stream:
+            types = [event.type for event in stream]
+            final = stream.get_final_message()
+        assert types[0] == "message_start" and types.count("message_start") == 1, types
+        assert final.model == "org/gpt" and final.stop_reason == "max_tokens"
+
+
 def test_models_retrieve(gw: GatewayThread) -> None:
     client = oai(gw.url)
     got = client.models.retrieve("org/gpt")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,35 @@ def test_a_stream_whose_instance_is_stopped_under_it_says_so(
             wait_for(lambda: requests_total(g, "victim", "502") == 1, what="the 502")
     finally:
         victim.stop()
+
+
+def test_a_stream_ended_cleanly_before_its_last_event_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that ends its stream (a clean chunked end) before `data: [DONE]`: the
+    client sees an error event, not a whole answer, and it counts as 502. (Fault
+    injection: a real llama-server cannot be made to end a stream that way at will.)"""
+    monkeypatch.setenv("FAKE_STREAM_SHORT", "1")
+    port = free_port()
+    fake = Path(__file__).with_name("fakeserver.py")
+    short = ServerInstance("short", [sys.executable, str(fake), "--port", str(port)], port)
+    assert short.start().ok
+    try:
+        with GatewayThread(ListDirectory([short])) as g:
+            c = openai.OpenAI(base_url=f"{g.url}/v1", api_key="x", max_retries=0, timeout=30)
+            stream = c.chat.completions.create(model="short", messages=MESSAGES, stream=True)
+            got = []
+            with pytest.raises(openai.APIError, match=r"cut off.*before its final event"):
+                for piece in stream:
+                    got.append(piece.choices[0].delta.content)
+            assert got == ["x"]  # what the instance did send came through first
+            wait_for(lambda: requests_total(g, "short", "502") == 1, what="the 502")
+            assert "before its final event" in (g.records[-1].error or "")
+            # A whole answer (not streamed) from the same instance is untouched.
+            whole = c.chat.completions.create(model="short", messages=MESSAGES)
+            assert whole.choices[0].message.content == "x"
+    finally:
+        short.stop()
 
 
 def test_a_gateway_port_held_by_an_instance_names_it(

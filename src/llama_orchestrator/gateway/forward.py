@@ -266,6 +266,7 @@ class Forward:
             now=gw.now,
             on_done=self._relay_done,
             rename=Rename.of(self._lease.instance, self._model),
+            model=self._model,
         )
         conn = self._conn
         conn.flow = up
@@ -292,6 +293,10 @@ class Forward:
                     usage = usage_from_json(body)
                 elif kind == CAPTURE_TAIL:
                     usage = usage_from_sse_tail(body)
+                if relay.incomplete is not None:
+                    error = f"instance {self._lease.instance.name!r}: {relay.incomplete}"
+                    self._finish(502, error, relay.head_at, usage)
+                    return
                 self._finish(relay.status, None, relay.head_at, usage)
                 return
             up.abort()

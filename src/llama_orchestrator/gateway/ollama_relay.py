@@ -67,6 +67,7 @@ class OllamaRelay:
         self.status = 0
         self.head_at: float | None = None
         self.lost: str | None = None
+        self.incomplete: str | None = None  # its streams end as they translate (never set)
         self.got_bytes = False
         self.upstream_reusable = False
         self.ended = False

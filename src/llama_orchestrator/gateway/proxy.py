@@ -16,6 +16,7 @@ from collections.abc import Callable
 from llama_orchestrator.gateway.errors import SERVER_ERROR, error_body
 from llama_orchestrator.gateway.rename import Rename
 from llama_orchestrator.gateway.server import HttpConnection, Request
+from llama_orchestrator.gateway.streamcheck import StreamCheck
 
 HOP_BY_HOP = frozenset(
     {
@@ -84,6 +85,7 @@ class Relay:
         "_capture",
         "_captured",
         "_captured_len",
+        "_check",
         "_chunked",
         "_client",
         "_err",
@@ -101,6 +103,7 @@ class Relay:
         "ended",
         "got_bytes",
         "head_at",
+        "incomplete",
         "lost",
         "on_done",
         "sse",
@@ -119,8 +122,13 @@ class Relay:
         now: Callable[[], float],
         on_done: Callable[[], None],
         rename: Rename | None = None,
+        model: str | None = None,
     ) -> None:
         self._client = client
+        # An event stream's end and Anthropic's first event are checked (streamcheck.py).
+        self._check: StreamCheck | None = None
+        if StreamCheck.watches(req.path):
+            self._check = StreamCheck(req.path, model or instance)
         self._rename = rename  # the name the client asked for, into the answer (issue 20)
         self._head_only = req.method == b"HEAD"
         self._path = req.path
@@ -143,6 +151,8 @@ class Relay:
         self.status = 0
         self.head_at: float | None = None
         self.lost: str | None = None
+        # Why a stream that ended cleanly was not whole (its instance ended it early).
+        self.incomplete: str | None = None
         self.got_bytes = False
         self.upstream_reusable = False
 
@@ -159,6 +169,8 @@ class Relay:
         if self.committed:
             # The client already has a 200 event stream: an error answer goes inside it.
             self._wrap = status >= 300
+            if self._wrap:
+                self._check = None
             if self._capture:
                 self._capture = CAPTURE_TAIL
             return
@@ -196,6 +208,8 @@ class Relay:
                 self._capture = CAPTURE_TAIL
         elif self._capture and not (200 <= status < 300):
             self._capture = NO_CAPTURE
+        if not (sse and status == 200):
+            self._check = None
         bodiless = self._head_only or status in (204, 304) or 100 <= status < 200
         if not length and not bodiless:
             if self._http11:
@@ -226,6 +240,10 @@ class Relay:
             data = self._rename.feed(data)
             if not data:
                 return
+        if self._check is not None:
+            data = self._check.feed(data)
+            if not data:
+                return
         self._out.append(chunk(data) if self._chunked else data)
         self._tail = data
         cap = self._capture
@@ -254,8 +272,10 @@ class Relay:
             return
         if self._wrap:
             self._out.append(chunk(sse_error(b"".join(self._err), self._path)))
-        elif self._rename is not None and (rest := self._rename.rest()):
-            self._out.append(chunk(rest) if self._chunked else rest)
+        else:
+            self._rest()
+            if self._check is not None and not self._check.complete:
+                self._end_incomplete()
         if self._chunked:
             self._out.append(b"0\r\n\r\n")
         self.flush()
@@ -266,8 +286,33 @@ class Relay:
             return
         self.got_bytes = got_bytes
         self.lost = str(exc) if exc else "the instance closed the connection"
+        if not self._wrap:
+            self._rest()
         self.flush()
         self._end()
+
+    def _rest(self) -> None:
+        """What the rename and the stream check still held, at the end of the body."""
+        rest = self._rename.rest() if self._rename is not None else b""
+        if self._check is not None:
+            rest = self._check.feed(rest) + self._check.rest() if rest else self._check.rest()
+        if rest:
+            self._out.append(chunk(rest) if self._chunked else rest)
+            self._tail = rest
+
+    def _end_incomplete(self) -> None:
+        """The instance ended a stream cleanly before its last event: say so in the
+        stream, as for a cut one (the caller counts it as 502)."""
+        self.incomplete = "the instance ended the stream before its final event"
+        event = sse_error(
+            error_body(
+                f"the answer was cut off: {self.incomplete}", SERVER_ERROR, "upstream_error"
+            ),
+            self._path,
+        )
+        if self._tail and not self._tail.endswith((b"\n\n", b"\r\n\r\n")):
+            event = b"\n\n" + event
+        self._out.append(chunk(event) if self._chunked else event)
 
     def cut(self, message: str) -> bool:
         """End an event stream whose instance broke off mid-way with an error event in
