@@ -179,3 +179,18 @@ def test_gemma_with_swa_full_reuses_the_restored_history(
     assert cli("down", "gemma").returncode == 0
     answer = restored_turn(url, home, "gemma")
     assert answer["timings"]["cache_n"] == first["usage"]["prompt_tokens"] - 1
+
+
+def test_rm_deletes_the_saved_slots_of_the_instance(cli: Cli, home: Home, tiny_model: Path) -> None:
+    url = gateway(cli, home)
+    instance(home, "alpha", tiny_model)
+    instance(home, "beta", tiny_model)
+    turn(url, "alpha")
+    turn(url, "beta")
+    assert cli("down", "alpha", "beta").returncode == 0
+    files = {e["instance"]: Path(e["file"]) for e in index(home)}
+    assert set(files) == {"alpha", "beta"} and all(f.is_file() for f in files.values())
+    removed = cli("rm", "alpha")
+    assert removed.returncode == 0 and "1 saved KV cache file(s)" in removed.stderr, removed
+    assert not (home.root / "kv" / "alpha").exists()
+    assert [e["instance"] for e in index(home)] == ["beta"] and files["beta"].is_file()

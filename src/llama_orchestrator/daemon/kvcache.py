@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -307,9 +308,16 @@ class KvCache:
             said = f"{why} (tokens expected {expected}, seen {seen})" if file else why
             self._bus.emit(name, EventKind.KV_RESTORE, None, result, said, data=data)
 
-    async def drop_instance(self, name: str) -> None:
-        """Forget ``name``'s files (its config was removed)."""
-        await self._drop([f for f in await self._load() if f.instance == name])
+    async def drop_instance(self, name: str) -> int:
+        """Delete ``name``'s saved slots and its folder of them (the instance was
+        removed); the number of files deleted. Files it saved into a ``--slot-save-path``
+        of its own are deleted one by one, never that folder."""
+        gone = [f for f in await self._load() if f.instance == name]
+        if gone:
+            await self._drop(gone)
+        folder = self.root / name
+        await self._offload(lambda: shutil.rmtree(folder, ignore_errors=True))
+        return len(gone)
 
     async def _drop(self, gone: list[KvFile]) -> None:
         files = [f for f in await self._load() if f not in gone]

@@ -220,6 +220,8 @@ def commands_router(
             if not stopped.ok:
                 return result(sup, name, stopped)
         gone = sup.remove(name, logs=logs)
+        if sup.ctx.kv is not None and (files := await sup.ctx.kv.drop_instance(name)):
+            gone.append(f"its {files} saved KV cache file(s)")
         if gateway_host is not None:
             gateway_host.forget(name)  # its routes go now; a new folder gets a new view
         await sup.recorded()
