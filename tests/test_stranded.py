@@ -140,3 +140,32 @@ def test_issue10_a_daemon_over_an_empty_database_readopts_its_servers(
     assert row["pid"] == pid and row["status"] == "running"
     assert health(port) == 200
     assert any(e["kind"] == "adopted" for e in events(home, "alpha"))
+
+
+def test_a_server_spawned_but_never_recorded_is_readopted(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    """The daemon ended between a spawn and its record (killed, or stopped while the spawn
+    ran in its thread): its row has no PID, but the server carries the home's marker. The
+    next daemon records and adopts it; `up` does not take it for a stranger on the port."""
+    from llama_orchestrator.state.db import StateStore
+
+    port = free_port()
+    write_config(home, "alpha", tiny_model, port)
+    assert cli("up", "alpha").returncode == 0
+    pid = ps_row(cli, "alpha")["pid"]
+    assert cli("daemon", "stop").returncode == 0
+    store = StateStore(home.db_path)
+    try:
+        store.update("alpha", status="starting", pid=None, pid_create_time=None)
+    finally:
+        store.close()
+    out = cli("up", "alpha")
+    assert out.returncode == 0, out.stderr
+    row = ps_row(cli, "alpha")
+    assert row["pid"] == pid and row["status"] == "running", row
+    assert health(port) == 200
+    reasons = [str(e["reason"]) for e in events(home, "alpha")]
+    assert any("had no record of this run" in r for r in reasons), reasons
+    assert cli("down", "alpha").returncode == 0
+    wait_for(lambda: gone(pid), what="stopped as an adopted server")

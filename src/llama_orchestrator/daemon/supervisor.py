@@ -133,8 +133,7 @@ class Supervisor:
         """
         self.writer.start()
         self.scheduler.start()
-        if not self.store.all():
-            self._find_lost_servers()
+        self._find_lost_servers()
         rebooted = self._first_start_since_boot()
         autostart = self._autostart_names() if rebooted else set()
         for row in self.store.all():
@@ -146,18 +145,23 @@ class Supervisor:
         self._background.append(asyncio.get_running_loop().create_task(self._housekeeping()))
 
     def _find_lost_servers(self) -> None:
-        """An empty state database (deleted while servers ran): servers that carry this
-        home's marker are ours; record them so they are re-adopted, not taken for
-        strangers holding our ports (issue 10)."""
+        """Servers that carry this home's marker are ours: one that no record holds (the
+        state database was deleted while servers ran, or the daemon ended between a
+        spawn and its record: killed, or stopped while the spawn ran in its thread) is
+        recorded now, so it is re-adopted, not taken for a stranger holding our port
+        and never left behind (issue 10)."""
         from llama_orchestrator.engine.process import find_marked
 
         for name, ident in sorted(find_marked(self.home.root).items()):
+            row = self.store.get(name)
+            if row is not None and row.pid == ident.pid:
+                continue
             argv = ident.cmdline
             flag = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--host", "--port")}
             self.store.update(
                 name,
                 status="running",
-                desired="running",
+                desired="running" if row is None else row.desired,
                 health="unknown",
                 pid=ident.pid,
                 pid_create_time=ident.create_time,
@@ -165,7 +169,8 @@ class Supervisor:
                 host=flag.get("--host"),
                 port=int(flag["--port"]) if flag.get("--port", "").isdigit() else None,
             )
-            why = f"pid {ident.pid} carries this home's marker; the state database had lost it"
+            lost = "had lost it" if row is None else "had no record of this run"
+            why = f"pid {ident.pid} carries this home's marker; the state database {lost}"
             self.bus.emit(name, EventKind.DAEMON, None, str(ident.pid), why)
 
     async def _housekeeping(self) -> None:
