@@ -9,9 +9,16 @@ and ``b`` (``gateway.on_demand``, stopped). A long streaming completion to ``a``
 once it is steady, a window of ``WINDOW_S`` opens, and the largest gap between two chunks
 the client receives inside it is the figure. In a *start* run a request to ``b`` is sent
 as the window opens, so ``b`` is started on demand (spawned, loaded, answered) inside it;
-in a *quiet* run nothing else happens. Quiet and start runs alternate (which comes first
-alternates too), so drift of the machine hits both alike; ``b`` is stopped with ``down``
-between runs, outside any window.
+in a *quiet* run nothing else happens; in a *by hand* run the same server as ``b`` (same
+binary, model and settings) is spawned by this script itself, not through the daemon,
+waited for on ``/health`` and asked the same request. The runs alternate (their order
+rotates), so drift of the machine hits all alike; ``b`` is stopped with ``down`` and the
+hand-started server killed between runs, outside any window.
+
+On a machine with few cores the new server's load competes with ``a``'s generation for
+the CPU: that part of the gap is no work of the daemon's. The *by hand* runs measure it,
+and "added by the daemon" (start against by hand) is the share of the daemon and its
+shared loop; "added" (start against quiet) is the figure the target is set on.
 
 What is reported: median and p90 of the largest gap over the runs of each kind, and the
 difference of the medians (target: at most ``TARGET_STALL_ADDED_MS``); and, alone, the
@@ -116,9 +123,36 @@ async def _ask(port: int, model: str) -> tuple[int, float]:
         writer.close()
 
 
-async def _one(port: int, starting: bool) -> tuple[float | None, float | None]:
+async def _by_hand(argv: list[str], port: int) -> tuple[int, float]:
+    """b's server spawned here, not by the daemon: /health polled every 5 ms, then the
+    same one-token request; its status and when it answered. Killed after the window."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                line = await reader.readline()
+                writer.close()
+                if line.split()[1:2] == [b"200"]:
+                    break
+            if proc.returncode is not None:
+                raise RuntimeError(f"the hand-started server exited ({proc.returncode})")
+            await asyncio.sleep(0.005)
+        return await _ask(port, "ondemand-b")
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def _one(
+    port: int, starting: bool, hand: list[str] | None = None
+) -> tuple[float | None, float | None]:
     """One run: (largest gap in s, seconds b took to answer when it was started); the
-    gap is None when a's stream ended inside the window (the run is to be made again)."""
+    gap is None when a's stream ended inside the window (the run is to be made again).
+    With ``hand`` (b's argv and port last), b's server is started by hand instead."""
     from bench_gateway import log
 
     loop = asyncio.get_running_loop()
@@ -129,6 +163,8 @@ async def _one(port: int, starting: bool) -> tuple[float | None, float | None]:
         await asyncio.wait_for(stream.steady, 30)
         t0 = time.perf_counter()
         ask = loop.create_task(_ask(port, "ondemand-b")) if starting else None
+        if hand is not None:
+            ask = loop.create_task(_by_hand(hand[:-1], int(hand[-1])))
         await asyncio.sleep(WINDOW_S)
         t1 = time.perf_counter()
         short = stream.ended.done()  # a machine fast enough to finish 2048 tokens before
@@ -176,6 +212,7 @@ async def stall(engine_path: str, model: Path, tmp: Path, runs: int) -> dict[str
     loop = asyncio.get_running_loop()
     quiet: list[float] = []
     start: list[float] = []
+    hand: list[float] = []
     answered: list[float] = []
     try:
         await loop.run_in_executor(None, home.cli, "daemon", "start")
@@ -190,20 +227,28 @@ async def stall(engine_path: str, model: Path, tmp: Path, runs: int) -> dict[str
         # GGUF header (tens of ms, once). Reported alone; the runs below are warm.
         first, _ = await _one(gport, starting=True)
         await loop.run_in_executor(None, home.cli, "down", "ondemand-b")
+        hport = free_port()
+        hand_argv = [engine_path, "-m", str(model), "--host", "127.0.0.1", "--port", str(hport)]
+        hand_argv += ["-c", "256", "-b", "64", "-t", "1", "-np", "1", str(hport)]
+        kinds = ["quiet", "start", "hand"]
         for k in range(runs):
-            for starting in (k % 2 == 0, k % 2 != 0):
+            for kind in kinds[k % 3 :] + kinds[: k % 3]:
                 for _attempt in range(5):
-                    gap, took = await _one(gport, starting)
-                    if took is not None:
+                    starting = kind == "start"
+                    gap, took = await _one(gport, starting, hand_argv if kind == "hand" else None)
+                    if starting and took is not None:
                         await loop.run_in_executor(None, home.cli, "down", "ondemand-b")
                     if gap is not None:
                         break
                 else:
                     raise RuntimeError("a's stream keeps ending inside the window")
-                (start if starting else quiet).append(gap * 1000)
-                if took is not None:
+                {"quiet": quiet, "start": start, "hand": hand}[kind].append(gap * 1000)
+                if starting and took is not None:
                     answered.append(took * 1000)
-            log(f"  stall run {k + 1}/{runs}: quiet {quiet[-1]:.2f} ms, start {start[-1]:.2f} ms")
+            log(
+                f"  stall run {k + 1}/{runs}: quiet {quiet[-1]:.2f} ms, start {start[-1]:.2f} "
+                f"ms, by hand {hand[-1]:.2f} ms"
+            )
     finally:
         await loop.run_in_executor(None, home.close)
     return {
@@ -211,7 +256,9 @@ async def stall(engine_path: str, model: Path, tmp: Path, runs: int) -> dict[str
         "window_s": WINDOW_S,
         "quiet_ms": _summary(quiet),
         "start_ms": _summary(start),
+        "hand_ms": _summary(hand),
         "added_ms": statistics.median(start) - statistics.median(quiet),
+        "added_by_daemon_ms": statistics.median(start) - statistics.median(hand),
         "b_answered_ms": statistics.median(answered),
         "first_start_ms": None if first is None else first * 1000,
     }
@@ -232,8 +279,11 @@ def stall_lines(s: dict[str, Any]) -> list[str]:
         f"  nothing starting:              p50 {q['p50']:.2f}  p90 {q['p90']:.2f}",
         f"  another instance on demand:    p50 {st['p50']:.2f}  p90 {st['p90']:.2f} "
         f"(it answered in {s['b_answered_ms']:.0f} ms)",
+        f"  the same server started by hand: p50 {s['hand_ms']['p50']:.2f}  "
+        f"p90 {s['hand_ms']['p90']:.2f}",
         f"  added at the median: {s['added_ms']:+.2f} ms (target <= "
         f"{TARGET_STALL_ADDED_MS:g} ms: {verdict})",
+        f"  added by the daemon (on demand against by hand): {s['added_by_daemon_ms']:+.2f} ms",
         "  the daemon's first on-demand start (one run, not in the figures): "
         + ("n/a" if s["first_start_ms"] is None else f"{s['first_start_ms']:.2f} ms"),
     ]

@@ -556,6 +556,8 @@ class Run:
     ) -> Ours:
         o = Ours(self.tmp / label / "home", self.engine, {"max_running": budget})
         self.sides.append(o)
+        if self.args.no_kv_cache:
+            extra = {**extra, "gateway": {"on_demand": True, "kv_cache": False}}
         for name in MODELS:
             o.add(name, model, settings, **extra)
         o.start()
@@ -884,6 +886,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-router", action="store_true", help="leave router mode out")
     ap.add_argument("--no-real", action="store_true", help="leave out the Gemma 3 270M rows")
     ap.add_argument("--json", action="store_true", help="JSON to stdout, the table to stderr")
+    ap.add_argument(
+        "--no-kv-cache",
+        action="store_true",
+        help="our instances with kv_cache off (no slot saved before an eviction)",
+    )
     return run_and_report(ap.parse_args(argv), run, report)
 
 
