@@ -27,8 +27,12 @@ if TYPE_CHECKING:
     from llama_orchestrator.models.header import ModelInfo
 
 
-def _device_memory(home: Home, backend: str, index: int, binary: str | None) -> tuple[int, str]:
-    """``(free bytes, description)`` of a detected device; fails when it is not found."""
+def _device_memory(
+    home: Home, backend: str, index: int | None, binary: str | None
+) -> tuple[int, str]:
+    """``(free bytes, description)`` of a detected device (``index`` None: the
+    backend's device with the most free memory, as ``gpu.device_id: "auto"`` would get
+    on an idle machine); fails when it is not found."""
     from llama_orchestrator.engine.binary import BinaryError, resolve_binary
     from llama_orchestrator.gpu.detect import detect
     from llama_orchestrator.gpu.devices import find_device
@@ -37,6 +41,9 @@ def _device_memory(home: Home, backend: str, index: int, binary: str | None) -> 
         found = detect(resolve_binary(binary, home).argv_prefix)
     except BinaryError as e:
         found = detect(None, llama_problem=str(e))
+    if index is None:
+        mine = [d for d in found.devices if d.backend == backend]
+        index = max(mine, key=lambda d: (d.free_mib or 0, -d.index)).index if mine else 0
     device = find_device(found.devices, backend, index)
     if device is None:
         seen = ", ".join(d.label for d in found.devices) or "none"
@@ -186,26 +193,34 @@ def _configured(home: Home, name: str, target: _Target) -> dict[str, Any] | None
     loaded = target.loaded
     if loaded is None:
         return None
-    gpu = loaded.config.gpu
-    device = f"{gpu.backend}:{gpu.device_id}"
     overheads, measured = Overheads(), {}
     store = StateStore.open_for_reading(home.db_path)
     if store is not None:
         try:
             overheads = Overheads(store)
             row = store.get(name)
+            loaded = _where_placed(loaded, row.device if row and row.pid else None)
             seen = recorded_memory.recorded(store, name, row.pid if row else None) or {}
             measured = {d: v["peak_mb"] * MiB for d, v in seen.items() if v.get("peak_mb")}
         except Exception:  # an older database: the defaults, nothing measured
             pass
         finally:
             store.close()
+    gpu = loaded.config.gpu
     return configured_fit(
         loaded,
-        overheads.bytes(device),
+        overheads.bytes(f"{gpu.backend}:{gpu.device_id}"),
         measured,
         host_overhead=overheads.bytes("cpu"),
     )
+
+
+def _where_placed(loaded: LoadedConfig, label: str | None) -> LoadedConfig:
+    """An ``auto`` instance that runs, on the device its run was placed on (issue 7)."""
+    from llama_orchestrator.daemon.placement import label_index, placed_config
+
+    index = label_index(label) if loaded.config.gpu.auto else None
+    return loaded if index is None else placed_config(loaded, index)
 
 
 @dataclass
@@ -216,7 +231,7 @@ class _Target:
     base: dict[str, Any] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     backend: str = "cpu"
-    index: int = 0
+    index: int | None = 0  # None: gpu.device_id "auto" (the most free device)
     binary: str | None = None
     loaded: LoadedConfig | None = None  # fit NAME: the instance's config
 
@@ -241,9 +256,8 @@ def _instance_target(home: Home, name: str) -> _Target:
         "parallel": c.server.parallel,
         "batch_size": c.model.batch_size,
     }
-    return _Target(
-        loaded.model_path, base, c.args, c.gpu.backend, c.gpu.device_id, c.binary, loaded
-    )
+    index = None if isinstance(c.gpu.device_id, str) else c.gpu.device_id
+    return _Target(loaded.model_path, base, c.args, c.gpu.backend, index, c.binary, loaded)
 
 
 def _device_ref(device: str) -> tuple[str, int]:
@@ -278,7 +292,8 @@ def _estimate(
         )
         return fit_host(info, params, available), where
     if memory_mb is not None:
-        free, where = memory_mb * 2**20, f"{backend}:{index} ({memory_mb} MiB given)"
+        at = "auto" if index is None else index
+        free, where = memory_mb * 2**20, f"{backend}:{at} ({memory_mb} MiB given)"
         if backend == "gpu":
             where = f"a GPU with {memory_mb} MiB free"
     else:

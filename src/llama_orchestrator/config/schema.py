@@ -64,10 +64,50 @@ class ServerConfig(_Strict):
     )
 
 
+AUTO_DEVICE = "auto"  # gpu.device_id: the daemon places the instance at each start
+DEVICE_ID_MAX = 63
+DeviceId = Annotated[int, Field(ge=0, le=DEVICE_ID_MAX)] | Literal["auto"]
+
+
 class GpuConfig(_Strict):
     backend: Backend = "cpu"
-    device_id: int = Field(default=0, ge=0, le=63)
+    device_id: DeviceId = Field(
+        default=0,
+        description="the backend's device number (as `llama-orch devices` lists it), or "
+        "'auto': at each start, the device of this backend with the most free budget "
+        "that fits the instance",
+    )
     layers: int = Field(default=0, ge=0, le=10_000, description="-ngl, layers offloaded to the GPU")
+
+    @field_validator("device_id", mode="before")
+    @classmethod
+    def _device_id(cls, v: Any) -> Any:
+        # one sentence instead of the union's two (an int error and a literal error)
+        if v == AUTO_DEVICE and isinstance(v, str):
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"must be a device number (0-{DEVICE_ID_MAX}) or 'auto'")
+        if not 0 <= v <= DEVICE_ID_MAX:
+            raise ValueError(f"must be from 0 to {DEVICE_ID_MAX}, or 'auto' (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _auto_needs_a_gpu(self) -> GpuConfig:
+        if self.auto and self.backend == "cpu":
+            raise ValueError(
+                "device_id 'auto' chooses a GPU, and backend 'cpu' has none: remove "
+                "device_id, or set backend to cuda, vulkan or metal"
+            )
+        return self
+
+    @property
+    def auto(self) -> bool:
+        """Is the device chosen at each start (``device_id: "auto"``)?"""
+        return self.device_id == AUTO_DEVICE
+
+    def placed(self, device_id: int) -> GpuConfig:
+        """This config on device ``device_id`` (an ``auto`` one, once placed)."""
+        return self.model_copy(update={"device_id": device_id})
 
 
 class HealthcheckConfig(_Strict):

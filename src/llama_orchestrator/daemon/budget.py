@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -149,3 +150,59 @@ def _never_sentence(
         )
     fix = "unpin an instance, raise the budget in gateway.json, or lower its context_size"
     return f"{name!r} cannot fit even after every eviction: {'; '.join(parts)} ({fix})"
+
+
+class Seats(Protocol):
+    """The running instances as the scheduler sees them (the daemon's actors)."""
+
+    def seat(
+        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
+    ) -> Seat:
+        """Its pinned/priority/busy/last_used now; ``draining``: since when it is a
+        victim (requests queued for it before then, or before it became ready, and for
+        ``hold`` seconds after that, still count as its work)."""
+        ...
+
+    def idle(self, name: str) -> tuple[float, int]:
+        """``(seconds since its last request ended (0 while busy), its ttl (0: none))``."""
+        ...
+
+    def evict(self, name: str, reason: str) -> None:
+        """Stop it (as ``down`` would, with ``reason``)."""
+        ...
+
+    def free_mib(self, device: str) -> int | None:
+        """Free memory of a device now (may block: called in a thread)."""
+        ...
+
+    def queued(self, name: str) -> int:
+        """Requests waiting in the gateway for it now."""
+        ...
+
+    def load_s(self, name: str) -> float:
+        """Seconds its last load took (0: not known)."""
+        ...
+
+
+class NoSeats:
+    """No instance information (tests of the port rule): nothing busy, nothing to stop."""
+
+    def seat(
+        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
+    ) -> Seat:
+        return Seat(name, memory_mb)
+
+    def idle(self, name: str) -> tuple[float, int]:
+        return 0.0, 0
+
+    def evict(self, name: str, reason: str) -> None:
+        return None
+
+    def free_mib(self, device: str) -> int | None:
+        return None
+
+    def queued(self, name: str) -> int:
+        return 0
+
+    def load_s(self, name: str) -> float:
+        return 0.0

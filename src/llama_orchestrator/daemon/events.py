@@ -45,6 +45,7 @@ class EventKind(str, Enum):
     DAEMON = "daemon"  # the daemon itself: started, stopping, state database recreated
     MEMORY = "memory"  # a run's first memory reading (new = MiB measured, reason = detail)
     KV_SAVE = "kv_save"  # slots saved before a stop (new = files written, data = figures)
+    PLACED = "placed"  # an ``auto`` instance's device for this start (new = device key)
     KV_RESTORE = "kv_restore"  # a saved slot restored, or not (new = result; data: expected, seen)
 
 

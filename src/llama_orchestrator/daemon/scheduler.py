@@ -31,13 +31,32 @@ import asyncio
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Protocol
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
-from llama_orchestrator.daemon.budget import Budget, Evict, Fits, Never, Seat, Wait, choose
+from llama_orchestrator.daemon.budget import (
+    Budget,
+    Evict,
+    Fits,
+    Never,
+    NoSeats,
+    Seat,
+    Seats,
+    Wait,
+    choose,
+)
 from llama_orchestrator.daemon.offload import Offload, in_thread
+from llama_orchestrator.daemon.placement import (
+    Detected,
+    Placement,
+    auto_backend,
+    candidates,
+    detected_devices,
+    no_device,
+    place,
+    resolved,
+)
 from llama_orchestrator.daemon.release import await_room
 from llama_orchestrator.doctor.portcheck import endpoint_taken
 
@@ -62,67 +81,13 @@ class Admission:
     granted: bool
     reason: str = ""
     victims: tuple[str, ...] = ()  # instances stopped to make room for it
-    code: str = ""  # why refused: "port", "budget" or "drain_timeout"
+    code: str = ""  # why refused: "port", "budget", "drain_timeout" or "device"
+    device: str = ""  # where an ``auto`` instance was placed (daemon/placement.py)
+    placed: str = ""  # why there, in a sentence
 
 
 Deliver = Callable[[Admission], None]
 Need = dict[str, int]  # device key -> MiB
-
-
-class Seats(Protocol):
-    """The running instances as the scheduler sees them (the daemon's actors)."""
-
-    def seat(
-        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
-    ) -> Seat:
-        """Its pinned/priority/busy/last_used now; ``draining``: since when it is a
-        victim (requests queued for it before then, or before it became ready, and for
-        ``hold`` seconds after that, still count as its work)."""
-        ...
-
-    def idle(self, name: str) -> tuple[float, int]:
-        """``(seconds since its last request ended (0 while busy), its ttl (0: none))``."""
-        ...
-
-    def evict(self, name: str, reason: str) -> None:
-        """Stop it (as ``down`` would, with ``reason``)."""
-        ...
-
-    def free_mib(self, device: str) -> int | None:
-        """Free memory of a device now (may block: called in a thread)."""
-        ...
-
-    def queued(self, name: str) -> int:
-        """Requests waiting in the gateway for it now."""
-        ...
-
-    def load_s(self, name: str) -> float:
-        """Seconds its last load took (0: not known)."""
-        ...
-
-
-class NoSeats:
-    """No instance information (tests of the port rule): nothing busy, nothing to stop."""
-
-    def seat(
-        self, name: str, memory_mb: dict[str, int], draining: float | None, hold: float = 0.0
-    ) -> Seat:
-        return Seat(name, memory_mb)
-
-    def idle(self, name: str) -> tuple[float, int]:
-        return 0.0, 0
-
-    def evict(self, name: str, reason: str) -> None:
-        return None
-
-    def free_mib(self, device: str) -> int | None:
-        return None
-
-    def queued(self, name: str) -> int:
-        return 0
-
-    def load_s(self, name: str) -> float:
-        return 0.0
 
 
 @dataclass
@@ -130,6 +95,7 @@ class _Request:
     ticket: int
     claim: Claim
     deliver: Deliver
+    placed: Placement | None = None
 
 
 @dataclass
@@ -169,9 +135,11 @@ class Scheduler:
         seats: Seats | None = None,
         overhead: Callable[[str], int] | None = None,
         offload: Offload = in_thread,
+        devices: Callable[[str], Detected] = detected_devices,
     ) -> None:
         self.clock = clock
         self.offload = offload  # device queries (free memory) run off the loop
+        self.devices = devices  # a backend's devices now, for ``auto`` (placement.py)
         self.seats: Seats = seats or NoSeats()
         # MiB one more server process uses on a device beyond its estimate (issue 18:
         # daemon/overheads.py learns it); None: nothing beyond the estimate
@@ -280,8 +248,10 @@ class Scheduler:
                 case _Configure():
                     self.budget, self.wait_s, self._defaults = msg.budget, msg.wait_s, {}
                 case _Request():
-                    await self._learn_defaults(msg.claim)
-                    self._admit(msg)
+                    req = await self._place(msg)
+                    if req is not None:
+                        await self._learn_defaults(req.claim)
+                        self._admit(req)
                 case _Tick():
                     self._reap_idle()
             self._settle()
@@ -294,10 +264,41 @@ class Scheduler:
         for device in claim.memory_mb:
             if device in self.budget.memory_mb or device in self._defaults:
                 continue
-            free = await self.offload(partial(self.seats.free_mib, device))
-            if free is not None:
-                held = sum(self.counted(c).get(device, 0) for c in self.holders.values())
-                self._defaults[device] = free + held
+            self._learn(device, await self.offload(partial(self.seats.free_mib, device)))
+
+    def _learn(self, device: str, free: int | None) -> None:
+        if free is not None and device not in {**self.budget.memory_mb, **self._defaults}:
+            held = sum(self.counted(c).get(device, 0) for c in self.holders.values())
+            self._defaults[device] = free + held
+
+    async def _place(self, req: _Request) -> _Request | None:
+        """An ``auto`` claim on the device placement.py chooses (a restart too: it is
+        placed again, beside the others), or refused when its backend has no device."""
+        claim = req.claim
+        backend = auto_backend(claim.memory_mb)
+        if backend is None:
+            return req
+        found = await self.offload(partial(self.devices, backend))
+        if not found.free_mib:
+            why = no_device(backend, found.sources)
+            self._deliver(req, Admission(req.ticket, False, why, code="device"))
+            return None
+        for device, free in found.free_mib.items():
+            self._learn(device, free)
+        others = [
+            self.seats.seat(n, self.counted(c), self._draining.get(n), self.hold(n))
+            for n, c in self.holders.items()
+            if n != claim.instance
+        ]
+        others += [
+            Seat(p.req.claim.instance, self.counted(p.req.claim)) for p in self._pending.values()
+        ]
+        est = claim.memory_mb[f"{backend}:auto"]
+        need = {d: est + (self.overhead(d) if self.overhead else 0) for d in found.free_mib}
+        keys = list(found.free_mib)
+        chosen = place(backend, candidates(keys, self._effective(), others), need)
+        claim = replace(claim, memory_mb=resolved(claim.memory_mb, chosen.device))
+        return _Request(req.ticket, claim, req.deliver, chosen)
 
     def effective_budget(self) -> Budget:
         """The budgets decisions are taken on: gateway.json's, and the defaults learnt
@@ -350,6 +351,8 @@ class Scheduler:
 
     def _deliver(self, req: _Request, admission: Admission) -> None:
         self.decisions += 1
+        if req.placed is not None:
+            admission = replace(admission, device=req.placed.device, placed=req.placed.sentence)
         req.deliver(admission)
 
     def _settle(self) -> None:

@@ -128,8 +128,8 @@ def device_overcommit(configs: Sequence[LoadedConfig], devices: Sequence[Device]
     groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
     for loaded in configs:
         gpu = loaded.config.gpu
-        if gpu.backend == "cpu" or gpu.layers == 0:
-            continue
+        if gpu.backend == "cpu" or gpu.layers == 0 or isinstance(gpu.device_id, str):
+            continue  # an ``auto`` one is placed at each start where its budget has room
         try:
             need = config_estimate(loaded).device_total
         except GGUFError:

@@ -71,6 +71,8 @@ class GpuChecks:
         binary, devices = self._binary_devices(cfg)
         if isinstance(devices, str):
             return "warning", f"cannot detect devices: {devices}"
+        if isinstance(device_id, str):  # "auto" (issue 7)
+            return self._auto(devices, backend, binary)
         wanted = device_name(backend, device_id)
         found = find_device(devices, backend, device_id)
         if found is not None:
@@ -78,6 +80,20 @@ class GpuChecks:
         listed = ", ".join(f"{d.label} ({d.summary()})" for d in devices) or "none"
         message = f"device {wanted} not found by {binary}; devices found: {listed}"
         return "error", message + self._hint(devices, backend, device_id, binary)
+
+    def _auto(self, devices: list[Device], backend: str, binary: str) -> Verdict:
+        """``device_id: "auto"``: the backend has devices to place it on."""
+        mine = [d for d in devices if d.backend == backend]
+        if mine:
+            listed = ", ".join(f"{d.label} ({d.summary()})" for d in mine)
+            return (
+                "ok",
+                f"auto: placed at each start on the one with the most free budget: {listed}",
+            )
+        from llama_orchestrator.gpu.discovery import no_device
+
+        seen = ", ".join(d.label for d in devices) or "none"
+        return "error", no_device(backend, f"{binary} lists: {seen}")
 
     def memory(self, cfg: LoadedConfig) -> Verdict:
         """Warn when the instances assigned to one device clearly exceed its memory."""

@@ -54,6 +54,7 @@ from llama_orchestrator.doctor.ports import port_holder
 from llama_orchestrator.doctor.targets import Entry, Target, home_configs, load_entry
 from llama_orchestrator.doctor.verdict import Level, Named, Verdict, json_row, syntax_verdicts
 from llama_orchestrator.gpu.devices import Device
+from llama_orchestrator.gpu.discovery import Detected, discover, no_device
 from llama_orchestrator.home import Home
 
 __all__ = [
@@ -87,12 +88,20 @@ def _read(
 # --- validate -----------------------------------------------------------------------------
 
 
-def validate(home: Home, targets: Sequence[Target], *, gateway: bool = False) -> list[Problem]:
+def validate(
+    home: Home,
+    targets: Sequence[Target],
+    *,
+    gateway: bool = False,
+    devices: Callable[[str], Detected] = discover,
+) -> list[Problem]:
     """Every problem that would stop these configs from starting, in target order.
 
     With ``gateway``, the problems of ``gateway.json`` (when it exists) come last.
+    ``devices``: a backend's devices now (``gpu.device_id: "auto"`` needs one).
     """
     entries, clashes = _read(home, targets)
+    found: dict[str, Detected] = {}
     gw = effective_gateway(home)
     pools = home_configs(home)
     problems: list[Problem] = []
@@ -110,6 +119,11 @@ def validate(home: Home, targets: Sequence[Target], *, gateway: bool = False) ->
         port = str(cfg.config.server.port)
         for text in clash_texts(cfg, clashes[cfg.path], gw, home):
             problems.append(Problem(file, "server.port", text, port))
+        backend = cfg.config.gpu.backend
+        if cfg.config.gpu.auto:  # issue 7: placed on one of the backend's devices
+            seen = found[backend] = found.get(backend) or devices(backend)
+            if not seen.free_mib:
+                problems.append(Problem(file, "gpu.device_id", no_device(backend, seen.sources)))
     if gateway:
         problems += gateway_problems(home)
     return problems

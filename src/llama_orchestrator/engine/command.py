@@ -115,9 +115,13 @@ def device_selection(
     return DeviceSelection(["-dev", f"{rule.dev_prefix}0"], {rule.visible_env: value})
 
 
-def device_label(backend: str, device_id: int) -> str:
-    """What ``ps`` shows in DEVICE: ``-`` for the CPU, else ``GPU:<id>``."""
-    return "-" if backend == "cpu" else f"GPU:{device_id}"
+def device_label(backend: str, device_id: int | str) -> str:
+    """What ``ps`` shows in DEVICE: ``-`` for the CPU, else ``GPU:<id>`` (``auto`` for
+    an instance placed at each start that has not started: its run's record says where
+    it went)."""
+    if backend == "cpu":
+        return "-"
+    return "auto" if device_id == "auto" else f"GPU:{device_id}"
 
 
 def device_args(backend: str, device_id: int) -> list[str]:
@@ -154,7 +158,12 @@ class LaunchSpec:
 
 
 def _selection(loaded: LoadedConfig, base_env: Mapping[str, str] | None) -> DeviceSelection:
+    """The device flags and environment; none for ``device_id: "auto"`` before the
+    daemon placed it (only ``describe`` of a stopped instance builds such a command: a
+    start always runs the placed config, daemon/placement.py)."""
     c = loaded.config
+    if isinstance(c.gpu.device_id, str):
+        return DeviceSelection([])
     return device_selection(c.gpu.backend, c.gpu.device_id, c.env, base_env)
 
 

@@ -186,7 +186,7 @@ def container_argv(
     args_start = len(argv) - len(c.args)
     notes: list[str] = []
     files = [loaded.model_path.name]
-    if c.gpu.backend != "cpu":
+    if c.gpu.backend != "cpu" and isinstance(c.gpu.device_id, int):  # auto: none added
         chosen = device_selection(c.gpu.backend, c.gpu.device_id, c.env, base_env={}).args
         at = argv.index("-ngl") + 2
         if chosen and argv[at : at + len(chosen)] == chosen:

@@ -9,6 +9,7 @@ from llama_orchestrator.daemon.actor.context import ActorContext
 from llama_orchestrator.daemon.actor.preflight import memory_mb
 from llama_orchestrator.daemon.actor.snapshot import InstanceSnapshot
 from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.placement import label_index, placed_config
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.engine.command import base_url, log_paths
 from llama_orchestrator.engine.process import ServerProcess
@@ -33,6 +34,9 @@ def adopt_recorded(
     if proc is None:
         return None
     loaded = ctx.configs.valid(name)  # read at daemon start (Configs.prime)
+    if loaded is not None and loaded.config.gpu.auto:  # where it was placed (issue 7)
+        index = label_index(row.device)
+        loaded = placed_config(loaded, index) if index is not None else loaded
     url = None
     if row.host and row.port:
         url = base_url(row.host, row.port)

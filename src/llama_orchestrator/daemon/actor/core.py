@@ -17,6 +17,7 @@ from llama_orchestrator.daemon.actor.preflight import Plan, memory_mb
 from llama_orchestrator.daemon.actor.snapshot import KEPT, from_record
 from llama_orchestrator.daemon.actor.waiters import Waiters
 from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.placement import measured_device
 from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.engine.states import Desired, Health, State, check_transition
@@ -165,8 +166,7 @@ class ActorCore(Mailbox):
         else:  # adopted: its claim is on its way to the scheduler; the estimate is cached
             estimate = memory_mb(self._loaded) if self._loaded is not None else {}
         self._memory.begin(proc.pid, estimate)
-        gpu = self._loaded.config.gpu if self._loaded is not None else None
-        device = (gpu.backend, gpu.device_id) if gpu and gpu.layers > 0 else ("cpu", 0)
+        device = measured_device(self._loaded, estimate)
         ctx = self._ctx
         task = watch_memory(ctx.measure, ctx.offload, ctx.clock, proc.pid, device, self.post)
         self._spawn_task("memory", task)

@@ -185,7 +185,9 @@ class Admitted:
     granted: bool
     reason: str = ""
     victims: tuple[str, ...] = ()  # instances stopped to make room for it
-    code: str = ""  # why refused: "port", "budget", "drain_timeout"
+    code: str = ""  # why refused: "port", "budget", "drain_timeout", "device"
+    device: str = ""  # where an ``auto`` instance was placed (daemon/placement.py)
+    placed: str = ""  # why there
 
 
 Report = (

@@ -17,6 +17,7 @@ from llama_orchestrator.config.gateway import device_key
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, UnknownInstance
 from llama_orchestrator.daemon.actor.messages import Outcome, Prepared, Report
 from llama_orchestrator.daemon.offload import Offload
+from llama_orchestrator.daemon.placement import placed_config
 from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.doctor.modelfile import model_file_problem
 from llama_orchestrator.doctor.ports import port_holder
@@ -62,6 +63,12 @@ class Plan:
     def url(self) -> str:
         server = self.loaded.config.server
         return base_url(server.host, server.port)
+
+    def placed(self, device_id: int, home_root: Path) -> Plan:
+        """This plan on device ``device_id`` (an ``auto`` instance, placed): its config
+        says that device, and its command line and environment select it."""
+        loaded = placed_config(self.loaded, device_id)
+        return Plan(loaded, self.binary, launch_spec(loaded, self.binary, home_root))
 
     def claim(self, name: str, *, force: bool = False) -> Claim:
         """What the start would hold: its address, and its memory by ``fit``'s estimate."""
@@ -132,23 +139,28 @@ def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
     stays on the host (the layers left on the CPU, host buffers) against ``cpu``, so a
     host budget means something for a mixed offload (issue 18); all of it against
     ``cpu`` for a CPU instance. The scheduler adds each device's per-process overhead
-    (daemon/overheads.py). Empty when the model cannot be read."""
+    (daemon/overheads.py). Empty when the model cannot be read (but for an ``auto``
+    instance's ``<backend>:auto`` key, at 0: it is placed all the same, issue 7)."""
     from llama_orchestrator.doctor.estimate import config_estimate
 
+    gpu = loaded.config.gpu
+    # an ``auto`` instance always asks to be placed, even with nothing known to put there
+    unplaced = {device_key(gpu.backend, gpu.device_id): 0} if gpu.auto else {}
     try:
         st = os.stat(loaded.model_path)
     except OSError:
-        return {}
-    key = (loaded.raw_hash, str(loaded.model_path), st.st_mtime_ns, st.st_size)
+        return unplaced
+    # the device too: an ``auto`` config placed has the file's hash (issue 7)
+    device = str(loaded.config.gpu.device_id)
+    key = (loaded.raw_hash, str(loaded.model_path), device, st.st_mtime_ns, st.st_size)
     found = _ESTIMATES.get(key)
     if found is None:
-        gpu = loaded.config.gpu
         try:
             est = config_estimate(loaded)
         except (OSError, ValueError):  # GGUFError is a ValueError
-            return {}
+            return unplaced
         if gpu.backend == "cpu" or est.gpu_layers == 0:
-            found = {"cpu": -(-est.total // 2**20)}
+            found = {**unplaced, "cpu": -(-est.total // 2**20)}
         else:
             found = {
                 device_key(gpu.backend, gpu.device_id): -(-est.device_total // 2**20),
@@ -160,7 +172,7 @@ def memory_mb(loaded: LoadedConfig) -> dict[str, int]:
     return dict(found)
 
 
-_ESTIMATES: dict[tuple[str, str, int, int], dict[str, int]] = {}
+_ESTIMATES: dict[tuple[str, str, str, int, int], dict[str, int]] = {}
 
 
 def refusal(code: ErrorCode, message: str, problems: list[dict[str, Any]] | None = None) -> Outcome:

@@ -22,6 +22,7 @@ from llama_orchestrator.daemon.actor.preflight import (
 )
 from llama_orchestrator.daemon.actor.waiters import answer
 from llama_orchestrator.daemon.events import EventKind
+from llama_orchestrator.daemon.placement import index_of
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.engine.states import Desired, Health, State
 from llama_orchestrator.errors import ErrorCode
@@ -67,13 +68,18 @@ class ActorStarting(ActorCore):
             return
         assert isinstance(plan, Plan | RemotePlan), plan
         # A restart keeps the admission it had; a remote instance holds nothing here, so
-        # the scheduler is never asked (issue 13).
-        if isinstance(plan, RemotePlan) or self._ctx.scheduler.holds(self.name):
+        # the scheduler is never asked (issue 13). An ``auto`` instance is placed at each
+        # start (issue 7): a restart asks again, keeping its admission (forced), and may
+        # move to a device with more room.
+        held = self._ctx.scheduler.holds(self.name)
+        if isinstance(plan, RemotePlan) or (held and not plan.loaded.config.gpu.auto):
             self._launch(plan, auto=auto, reason=reason)
             return
         ticket = self._ctx.scheduler.request(
-            plan.claim(self.name, force=force),
-            lambda a: self.post(m.Admitted(a.ticket, a.granted, a.reason, a.victims, a.code)),
+            plan.claim(self.name, force=force or held),
+            lambda a: self.post(
+                m.Admitted(a.ticket, a.granted, a.reason, a.victims, a.code, a.device, a.placed)
+            ),
         )
         self._admission = (ticket, plan, auto, reason)
 
@@ -84,6 +90,9 @@ class ActorStarting(ActorCore):
             return
         _, plan, auto, reason = self._admission
         self._admission = None
+        if msg.device:  # an ``auto`` instance, placed (daemon/placement.py)
+            plan = plan.placed(index_of(msg.device), self._ctx.home.root)
+            self._ctx.bus.emit(self.name, EventKind.PLACED, None, msg.device, msg.placed)
         if msg.granted:  # the reason: what its load waited for (daemon/release.py)
             self._room = msg.victims
             said = f"{reason}; {msg.reason}" if msg.reason else reason
@@ -91,6 +100,9 @@ class ActorStarting(ActorCore):
         elif msg.code == "port":
             why = f"{plan.loaded.path}: server.port: {msg.reason}; choose another server.port"
             self._refused(refusal(ErrorCode.PORT_IN_USE, why), auto=auto)
+        elif msg.code == "device":
+            why = f"{plan.loaded.path}: gpu.device_id: {msg.reason}"
+            self._refused(refusal(ErrorCode.CONFIG_INVALID, why), auto=auto)
         else:
             self._refused(refusal(ErrorCode.NO_ROOM, msg.reason), auto=auto)
 

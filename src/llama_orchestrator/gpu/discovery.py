@@ -1,0 +1,41 @@
+"""A backend's devices now, for placement (``gpu.device_id: "auto"``, issue 7): one
+detection run (nvidia-smi, vulkaninfo, ... through ``detect.py``) gives every device of
+the backend with its free memory. The daemon's scheduler takes the function as a
+parameter, so tests place instances on devices they make up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A backend's devices: ``{device key: free MiB (None: not reported)}``, and what
+    the detection tools said (for the sentence when there are none)."""
+
+    free_mib: Mapping[str, int | None] = field(default_factory=dict)
+    sources: str = ""
+
+
+def discover(backend: str, reserve_mib: int = 0) -> Detected:
+    """The backend's devices now, each with its free memory less ``reserve_mib``. It
+    runs the detection tools (seconds at worst): call it in a thread."""
+    from llama_orchestrator.gpu.detect import detect
+
+    found = detect(None)
+    free: dict[str, int | None] = {}
+    for d in found.devices:
+        if d.backend == backend:
+            mib = None if d.free_mib is None else max(d.free_mib - reserve_mib, 0)
+            free[f"{backend}:{d.index}"] = mib
+    return Detected(free, found.sources_text())
+
+
+def no_device(backend: str, sources: str) -> str:
+    """Why an ``auto`` instance cannot be placed: ``gpu.device_id``'s problem, one line."""
+    seen = f" ({sources})" if sources else ""
+    return (
+        f"'auto' needs a {backend} device and none is detected on this machine{seen}; "
+        f"set gpu.device_id to a device number, or gpu.backend to 'cpu'"
+    )
