@@ -73,8 +73,10 @@ def _check_key(v: str) -> str:
 ApiKey = Annotated[str, AfterValidator(_check_key)]
 
 
-def device_key(backend: str, device_id: int) -> str:
-    """The ``memory_budget_mb`` key of an instance's device: ``cpu`` or ``cuda:0``."""
+def device_key(backend: str, device_id: int | str) -> str:
+    """The ``memory_budget_mb`` key of an instance's device: ``cpu`` or ``cuda:0``; an
+    instance not placed yet (``device_id: "auto"``) asks for ``cuda:auto``, which the
+    scheduler turns into one of the backend's devices (daemon/placement.py)."""
     return "cpu" if backend == "cpu" else f"{backend}:{device_id}"
 
 
