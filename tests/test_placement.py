@@ -284,3 +284,15 @@ def test_validate_and_up_refuse_auto_without_a_device(
     assert len(lines) == 1 and lines[0].startswith("error: alpha: "), up.stderr
     ps = cli.json("ps", "--all", "--json")
     assert [r["status"] for r in ps if r["name"] == "alpha"] != ["running"]
+
+
+def test_the_gpu_templates_default_to_auto_with_more_than_one_gpu(home: Home) -> None:
+    from llama_orchestrator.templates import get_template
+
+    for backend in ("cuda", "vulkan"):
+        two = get_template(home, backend, count=lambda b: 2).overlay["gpu"]
+        assert two == {"backend": backend, "device_id": "auto", "layers": 999}
+        one = get_template(home, backend, count=lambda b: 1).overlay["gpu"]
+        assert one["device_id"] == 0
+    assert get_template(home, "metal", count=lambda b: 2).overlay["gpu"]["device_id"] == 0
+    assert get_template(home, "cpu", count=lambda b: 2).overlay["gpu"]["device_id"] == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,11 +182,32 @@ def load_templates(home: Home) -> tuple[dict[str, Template], dict[str, str]]:
     return found, problems
 
 
-def get_template(home: Home, name: str) -> Template:
-    """The template ``name``; TemplateError lists the available ones when it is unknown."""
+# Built-in templates whose device follows the machine (issue 7): with more than one GPU
+# of the backend, ``gpu.device_id`` is "auto" (the daemon places each start), else 0.
+PLACED = ("cuda", "vulkan")
+
+
+def gpu_count(backend: str) -> int:
+    """How many devices of ``backend`` this machine has now (the detection tools)."""
+    from llama_orchestrator.gpu.discovery import discover
+
+    return len(discover(backend).free_mib)
+
+
+def get_template(home: Home, name: str, count: Callable[[str], int] | None = gpu_count) -> Template:
+    """The template ``name``; TemplateError lists the available ones when it is unknown.
+
+    The built-in ``cuda`` and ``vulkan`` templates get ``gpu.device_id: "auto"`` when
+    ``count`` finds more than one device of their backend (None: not asked, device 0).
+    """
     found, problems = load_templates(home)
     if name in found:
-        return found[name]
+        t = found[name]
+        if t.source == "built-in" and name in PLACED and count is not None and count(name) > 1:
+            overlay = merge(t.overlay, {"gpu": {"device_id": "auto"}})
+            said = f"{t.description}; device auto: this machine has more than one"
+            return Template(t.name, said, t.source, overlay)
+        return t
     if name in problems:
         raise TemplateError(f"template {name!r} is invalid: {problems[name]}")
     raise TemplateError(
