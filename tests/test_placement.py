@@ -30,6 +30,8 @@ from llama_orchestrator.doctor.targets import Target
 from llama_orchestrator.engine.command import LaunchSpec, device_label
 from llama_orchestrator.gpu.discovery import Detected
 from llama_orchestrator.home import Home
+from llama_orchestrator.views.describe import describe_data
+from llama_orchestrator.views.describe_text import render_describe
 
 AUTO_GPU = {"backend": "cuda", "device_id": "auto", "layers": 99}
 
@@ -201,6 +203,11 @@ def test_an_auto_instance_runs_on_its_device_and_says_where(home: Home, tiny_mod
         assert placed[0].reason.startswith("placed on cuda:1 (most free: ")
         assert "cuda:1" in sched.holders["alpha"].memory_mb
         assert measured_device(snap.loaded, sched.holders["alpha"].memory_mb) == ("cuda", 1)
+        shown = describe_data(home, "alpha")
+        assert shown["placement"]["device"] == "GPU:1", shown["placement"]
+        assert shown["placement"]["reason"] == placed[0].reason
+        text = render_describe(shown)
+        assert f"Device:         GPU:1 (auto: {placed[0].reason})" in text, text
         got = await start("pinned")  # a pinned device_id: as before, never placed
         assert got.ok and specs[-1].generated_env == {"CUDA_VISIBLE_DEVICES": "0"}
         assert len([e for e in h.events if e.kind is EventKind.PLACED]) == 1

@@ -209,11 +209,29 @@ def describe_data(home: Home, name: str) -> dict[str, Any]:
     }
     data["metrics"] = _metrics(data.get("command"), list(loaded.config.args))
     data["runtime"] = runtime
+    data["placement"] = placement_of(loaded, runtime, events)
     data["memory"] = memory_of(home, name, row)
     data["kv_cache"] = kv_cache_of(home, name)
     data["events"] = events
     data["model_info"] = _model_info(loaded.model_path)
     return data
+
+
+def placement_of(
+    loaded: LoadedConfig, runtime: dict[str, Any] | None, events: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Where a ``gpu.device_id: "auto"`` instance runs and why (issue 7): the device of
+    its run (None when it does not run) and its last ``placed`` event's sentence; None
+    for a device given in the config."""
+    if not loaded.config.gpu.auto:
+        return None
+    alive = runtime is not None and runtime.get("pid") is not None
+    placed = [e for e in events if e.get("kind") == "placed"]
+    return {
+        "device_id": "auto",
+        "device": runtime.get("device") if alive and runtime is not None else None,
+        "reason": placed[-1].get("reason") if placed else None,
+    }
 
 
 def memory_of(home: Home, name: str, row: InstanceRecord | None) -> dict[str, Any]:

@@ -54,6 +54,11 @@ def render_describe(data: dict[str, Any]) -> str:
     metrics = data.get("metrics")
     if metrics:
         line("Metrics", _metrics_text(metrics))
+    placement = data.get("placement")
+    if placement:  # gpu.device_id "auto" (issue 7)
+        where = placement.get("device") or "chosen at each start"
+        said = placement.get("reason")
+        line("Device", f"{where} (auto{': ' + said if said else ''})")
     rt = data.get("runtime")
     if rt is None:
         out.append("Runtime:        never started")
