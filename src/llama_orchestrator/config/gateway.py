@@ -212,6 +212,11 @@ class GatewayConfig(_Strict):
     metrics_public: StrictBool = Field(
         default=False, description="serve /metrics without an API key"
     )
+    affinity: StrictBool = Field(
+        default=True,
+        description="send a conversation's next turn to the replica of its pool that holds "
+        "its prefix while that replica is ready and has a free slot (false: least busy only)",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="origins of browser apps of other sites that may call the gateway "

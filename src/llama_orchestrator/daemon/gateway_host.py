@@ -81,6 +81,7 @@ class GatewayHost:
             queue_timeout=float(cfg.queue.timeout),
             max_body_bytes=cfg.max_body_mb * 1024 * 1024,
             metrics_public=cfg.metrics_public,
+            affinity=cfg.affinity,
             allowed_origins=tuple(cfg.allowed_origins),
         )
 

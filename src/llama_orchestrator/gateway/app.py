@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
+from llama_orchestrator.gateway.affinity import Key, request_key
 from llama_orchestrator.gateway.backend import Directory
 from llama_orchestrator.gateway.cors import Cors, is_preflight
 from llama_orchestrator.gateway.errors import (
@@ -112,6 +113,7 @@ class Gateway:
         self.metrics = GatewayMetrics(  # GET /metrics; the host adds its own families
             lambda: {**dict.fromkeys(self.router.names(), 0), **self.router.queue_depths()},
             lambda: {inst.name: inst.in_flight for inst in directory.instances()},
+            self.router.affinity,
         )
 
     def reconfigure(self, settings: GatewaySettings) -> None:
@@ -379,7 +381,7 @@ class Gateway:
             self._fail(req, conn, err, None)
             return None
         try:
-            model, stream = target_model(req, self._names)
+            model, stream, doc = target_model(req, self._names)
         except GatewayError as e:
             self._fail(req, conn, e, None)
             return None
@@ -388,16 +390,17 @@ class Gateway:
             self._fail(req, conn, self._not_found(model), model)
             return None
         self.inflight.add(req, conn, model, stream)
-        lease = self.router.try_acquire(model, members)
+        key = request_key(req, doc) if self.settings.affinity and len(members) > 1 else None
+        lease = self.router.try_acquire(model, members, key)
         if lease is not None:
             self.inflight.assign(req, lease.instance.name)
             # The fast path: no task, no await; the upstream's callbacks finish it.
             Forward(self, req, conn, lease, model, req.url, stream, False).begin()
             return PENDING
-        return self._routed_wait(req, conn, model, stream)
+        return self._routed_wait(req, conn, model, stream, key)
 
     async def _routed_wait(
-        self, req: Request, conn: HttpConnection, model: str, stream: bool
+        self, req: Request, conn: HttpConnection, model: str, stream: bool, key: Key | None
     ) -> Any:
         loading = LoadingStream(conn, not req.keep_alive) if stream and req.http11 else None
         granted = False
@@ -415,7 +418,7 @@ class Gateway:
             Forward(self, req, conn, lease, model, req.url, stream, committed).begin()
 
         try:
-            lease = await self.router.acquire(model, loading, forward)
+            lease = await self.router.acquire(model, loading, forward, key=key)
         except asyncio.CancelledError:
             if not granted:  # dropped from the queue: its client went
                 error = "client disconnected while waiting"

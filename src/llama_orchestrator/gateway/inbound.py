@@ -133,15 +133,17 @@ def authorized(req: Request, keys: tuple[bytes, ...]) -> bool:
     return ok
 
 
-def target_model(req: Request, names: Callable[[], Iterable[str]]) -> tuple[str, bool]:
-    """The model a routed request names, and whether it asks for a stream; ``names``
-    lists the routable names for the error when there is none."""
+def target_model(
+    req: Request, names: Callable[[], Iterable[str]]
+) -> tuple[str, bool, dict[str, object] | None]:
+    """The model a routed request names, whether it asks for a stream, and its JSON body
+    (None on GET); ``names`` lists the routable names for the error when there is none."""
     if req.method == b"GET":
         values = parse_qs(req.query.decode(errors="replace")) if req.query else {}
         model = values.get("model", [""])[0]
         if not model:
             raise bad_request("missing_model", "a GET on this route names its model as ?model=NAME")
-        return model, False
+        return model, False, None
     doc = parse_body(req.body)
     found = doc.get("model")
     if not isinstance(found, str) or not found:
@@ -153,7 +155,7 @@ def target_model(req: Request, names: Callable[[], Iterable[str]]) -> tuple[str,
         else:
             problem = f"the request body's 'model' is {_json_type(found)}, not a string"
         raise bad_request("missing_model", f"{problem}; available models: {listed}")
-    return found, doc.get("stream") is True
+    return found, doc.get("stream") is True, doc
 
 
 def _json_type(value: object) -> str:

@@ -4,7 +4,8 @@ Three sources, collected by one custom ``Collector`` per scrape:
 
 * the gateway's own figures: requests by model, instance and status code, request
   duration and time to first byte (from the ``RequestRecord`` of each request), queue
-  depth per model, requests in flight per instance;
+  depth per model, requests in flight per instance, affinity hits, misses and fallbacks
+  per pool (router.py);
 * ``extra``: families the host adds (the daemon: instance states, restarts, memory
   estimates and budgets, evictions), so this package needs nothing from the daemon;
 * each running instance's own llama.cpp metrics (``llama-server --metrics``), scraped in
@@ -17,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -50,9 +51,15 @@ class _Collect(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, queue_depths: Gauges, in_flight: Gauges) -> None:
+    def __init__(
+        self,
+        queue_depths: Gauges,
+        in_flight: Gauges,
+        affinity: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
         self._queue_depths = queue_depths
         self._in_flight = in_flight
+        self._affinity = affinity  # (model, result) -> keyed picks, read at each scrape
         self.extra: Families | None = None  # set by the host (the daemon's supervisor view)
         self.targets: Targets | None = None  # instances whose llama.cpp metrics are scraped
         self.timeout = SCRAPE_TIMEOUT_S
@@ -115,6 +122,23 @@ class GatewayMetrics:
         for name, count in sorted(self._in_flight().items()):
             flying.add_metric([name], count)
         yield flying
+        if self._affinity is not None:
+            yield self._affinity_family(self._affinity)
+
+    @staticmethod
+    def _affinity_family(counts: Mapping[tuple[str, str], int]) -> Metric:
+        family = CounterMetricFamily(
+            "llama_orch_affinity",
+            "Keyed requests to a pool: sent to the replica holding their prefix (hit), "
+            "with no replica known for it (miss), or past a favourite that was saturated, "
+            "draining or not ready (fallback).",
+            labels=["model", "result"],
+        )
+        models = sorted({model for model, _ in counts})
+        for model in models:
+            for result in ("hit", "miss", "fallback"):
+                family.add_metric([model, result], counts.get((model, result), 0))
+        return family
 
     async def exposition(self) -> bytes:
         """The whole exposition: the instances are scraped first, in parallel."""

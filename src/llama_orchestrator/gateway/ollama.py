@@ -25,6 +25,7 @@ import json
 from typing import Any, Protocol
 
 from llama_orchestrator.gateway import ollama_translate as t
+from llama_orchestrator.gateway.affinity import Key, request_key
 from llama_orchestrator.gateway.errors import GatewayError
 from llama_orchestrator.gateway.forward import ForwardHost
 from llama_orchestrator.gateway.inbound import parse_body
@@ -189,11 +190,12 @@ class OllamaApi:
             return self._load_or_unload(req, conn, model, kind, keep)
         req.body = json.dumps(upstream).encode()
         gw.inflight.add(req, conn, model, stream)
-        lease = gw.router.try_acquire(model, members)
+        key = request_key(req, upstream) if len(members) > 1 else None  # affinity.py
+        lease = gw.router.try_acquire(model, members, key)
         if lease is not None:
             self._forward(req, conn, lease, model, url, stream, kind, keep)
             return PENDING
-        return self._wait(req, conn, model, url, stream, kind, keep)
+        return self._wait(req, conn, model, url, stream, kind, keep, key)
 
     def _forward(
         self,
@@ -221,10 +223,11 @@ class OllamaApi:
         stream: bool,
         kind: int,
         keep: int | None,
+        key: Key | None,
     ) -> Any:
         gw = self._gw
         try:
-            lease = await gw.router.acquire(model)
+            lease = await gw.router.acquire(model, key=key)
         except asyncio.CancelledError:
             gw.record(req, model, None, 499, None, stream, NO_USAGE, "client disconnected")
             raise

@@ -7,6 +7,11 @@ a free slot (``in_flight < slots``; issue 9, admission). Otherwise it waits in t
 FIFO, bounded in length (429) and in time (503). A name none of whose members is running
 starts one member on demand, behind a circuit breaker (``starts.Starter``).
 
+Affinity (affinity.py): a keyed request to a pool first tries its key's favourite, the
+member the key was last sent to, when that member is routable and has a free slot (a
+hit); else it goes least busy (a miss, or a fallback when the favourite was skipped) and
+the key moves to the member chosen. A saturated favourite is never waited for.
+
 Counts are the instances' own lease counts (``in_flight``), never scraped metrics.
 Everything here runs on the event loop's thread; nothing blocks.
 """
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llama_orchestrator.clock import Clock, SystemClock
+from llama_orchestrator.gateway.affinity import Key, Pins, favourite
 from llama_orchestrator.gateway.backend import Directory, Endpoint, Instance, StartResult
 from llama_orchestrator.gateway.errors import GatewayError
 from llama_orchestrator.gateway.settings import GatewaySettings
@@ -83,6 +89,7 @@ class _Waiter:
     deadline: float
     grant: Grant | None = None  # takes the lease over in the releasing callback itself
     exclude: frozenset[str] = frozenset()  # members it must not go to (unreachable)
+    key: Key | None = None  # its affinity key
     lease: Lease | None = None
     error: GatewayError | None = None
     gone: bool = False  # its request was cancelled
@@ -113,6 +120,7 @@ class _Route:
     name: str
     queue: collections.deque[_Waiter] = field(default_factory=collections.deque)
     rr: int = 0
+    pins: Pins = field(default_factory=Pins)  # affinity: key -> member
 
 
 class Router:
@@ -127,6 +135,8 @@ class Router:
         self._seq = itertools.count()
         self._starter = Starter(settings, clock, self._started)
         self.start_calls = self._starter.calls  # ensure_started calls, per instance
+        # Keyed picks on pools, by (name, "hit" | "miss" | "fallback").
+        self.affinity: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def reconfigure(self, settings: GatewaySettings) -> None:
         self._settings = settings
@@ -187,19 +197,26 @@ class Router:
 
     # -- leases --------------------------------------------------------------------------
 
-    def try_acquire(self, name: str, members: Sequence[Instance]) -> Lease | None:
+    def try_acquire(
+        self, name: str, members: Sequence[Instance], key: Key | None = None
+    ) -> Lease | None:
         """A lease at once, or None (the caller then awaits ``acquire``). Never jumps a
         queue: with requests waiting for this name, it waits too."""
         route = self._routes.get(name)
         if route is not None and route.queue:
             return None
-        return self._pick(name, members)
+        return self._pick(name, members, key=key)
 
     def _pick(
-        self, name: str, members: Sequence[Instance], enqueued: float = math.inf
+        self,
+        name: str,
+        members: Sequence[Instance],
+        enqueued: float = math.inf,
+        key: Key | None = None,
     ) -> Lease | None:
-        """The least busy routable member with a free slot. A member being drained to
-        make room (``cutoff``) takes only requests that waited for it since before then."""
+        """The key's favourite when it has a free slot, else the least busy routable
+        member with a free slot. A member being drained to make room (``cutoff``) takes
+        only requests that waited for it since before then."""
         n = len(members)
         if n == 1:
             inst = members[0]
@@ -209,6 +226,14 @@ class Router:
                     return Lease(inst, ep, self)
             return None
         route = self._route(name)
+        pins, result = None, "miss"
+        if key is not None and self._settings.affinity:
+            pins = route.pins
+            fav, result = favourite(pins, key, members, enqueued)
+            if fav is not None and (ep := fav.acquire()) is not None:
+                self.affinity[name, result] += 1
+                return Lease(fav, ep, self)
+            result = "fallback" if fav is not None else result
         start = route.rr % n if n else 0
         best: Instance | None = None
         best_n = 0
@@ -227,6 +252,9 @@ class Router:
         if ep is None:
             return None
         route.rr = start + 1  # the next tie starts one further along
+        if pins is not None and key is not None:
+            pins.pin(key, best.name)
+            self.affinity[name, result] += 1
         return Lease(best, ep, self)
 
     def others(self, name: str, exclude: set[str] | frozenset[str]) -> tuple[Instance, ...]:
@@ -245,6 +273,7 @@ class Router:
         listener: WaitListener | None = None,
         grant: Grant | None = None,
         exclude: frozenset[str] = frozenset(),
+        key: Key | None = None,
     ) -> Lease:
         """A lease on a member of ``name``, waiting (in order) as long as the settings
         allow; raises ``GatewayError`` (404, 429, 503) when there is none to be had.
@@ -258,7 +287,7 @@ class Router:
         members = _without(members, exclude)
         route = self._route(name)
         if not route.queue:
-            lease = self._pick(name, members)
+            lease = self._pick(name, members, key=key)
             if lease is not None:
                 return lease
         loading, instance = self._starter.assess(members)
@@ -280,6 +309,7 @@ class Router:
             now + (self._settings.load_timeout if loading else self._settings.queue_timeout),
             grant,
             exclude,
+            key,
         )
         route.queue.append(waiter)
         try:
@@ -392,7 +422,8 @@ class Router:
             if head.done:
                 queue.popleft()
                 continue
-            lease = self._pick(route.name, self.others(route.name, head.exclude), head.enqueued)
+            members = self.others(route.name, head.exclude)
+            lease = self._pick(route.name, members, head.enqueued, head.key)
             if lease is None:
                 return
             queue.popleft()

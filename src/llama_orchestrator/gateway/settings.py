@@ -37,6 +37,8 @@ class GatewaySettings:
     # Origins of browser apps of other sites allowed without keys ("*": any); pages on
     # this machine always are, and with keys any origin is (cors.py).
     allowed_origins: tuple[str, ...] = ()
+    # A pool's keyed requests prefer the replica that holds their prefix (affinity.py).
+    affinity: bool = True
 
     @property
     def url(self) -> str:
