@@ -144,9 +144,7 @@ def instance_rows(home: Home, *, stopped: bool = True) -> list[dict[str, Any]]:
             continue
         changed = name in defined and config_changed(home.config_path(name), record, started)
         mem = memory.get(name) if record is not None else None
-        rows.append(
-            ps_row(shown, now=now, defined=name in defined, changed=changed, memory=mem)
-        )
+        rows.append(ps_row(shown, now=now, defined=name in defined, changed=changed, memory=mem))
     if fresh:
         configcache.remember(home, fresh, keep=defined - set(records))
     return rows
