@@ -286,7 +286,7 @@ def test_detached_start_is_accepted_before_ready(home: Home, tiny_model: Path) -
     run(home, scenario)
 
 
-def test_issue8_unresolvable_host_on_restart_is_a_counted_failure_not_backoff_forever(
+def test_unresolvable_host_on_restart_is_a_counted_failure_not_backoff_forever(
     home: Home, tiny_model: Path
 ) -> None:
     config(home, tiny_model, restart_policy={"max_retries": 2, "backoff_base": 0.5})
@@ -347,7 +347,7 @@ def test_leases_count_in_flight_and_last_use(home: Home, tiny_model: Path) -> No
     run(home, scenario)
 
 
-def test_issue10_a_start_asked_for_by_a_person_that_fails_is_not_retried(
+def test_a_start_asked_for_by_a_person_that_fails_is_not_retried(
     home: Home, tiny_model: Path
 ) -> None:
     config(home, tiny_model, restart_policy={"max_retries": 5})
@@ -367,7 +367,7 @@ def test_issue10_a_start_asked_for_by_a_person_that_fails_is_not_retried(
     assert h.states("alpha") == ["starting", "fatal"]
 
 
-def test_issue10_a_200_from_another_process_on_the_port_is_not_readiness(
+def test_a_200_from_another_process_on_the_port_is_not_readiness(
     home: Home, tiny_model: Path
 ) -> None:
     config(home, tiny_model, healthcheck={"start_period": 6})
@@ -384,7 +384,7 @@ def test_issue10_a_200_from_another_process_on_the_port_is_not_readiness(
     run(home, scenario)
 
 
-def test_issue10_an_explicit_up_resets_the_restart_count(home: Home, tiny_model: Path) -> None:
+def test_an_explicit_up_resets_the_restart_count(home: Home, tiny_model: Path) -> None:
     config(home, tiny_model)
 
     async def scenario(h: Harness, actor: InstanceActor) -> None:

@@ -221,7 +221,7 @@ def test_corrupt_pid_file_reads_as_stale(cli: Cli, home: Home, content: str) -> 
     assert json.loads(home.daemon_pid_path.read_text())["pid"] == pid
 
 
-def test_issue10_events_limit_over_the_bound_is_a_400_not_a_500(
+def test_events_limit_over_the_bound_is_a_400_not_a_500(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())

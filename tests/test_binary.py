@@ -68,7 +68,7 @@ def test_empty_env_value_falls_through(world: dict[str, Path]) -> None:
     assert r.source == "home"
 
 
-def test_issue10_binary_empty_string_is_a_config_problem(
+def test_binary_empty_string_is_a_config_problem(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
     """``"binary": ""`` ran the embedded engine (or whatever came next) without a word."""
@@ -152,7 +152,7 @@ def test_non_executable_names_the_path(tmp_path: Path) -> None:
     assert str(f) in str(e.value)
 
 
-def test_issue10_binary_directory_is_reported_as_a_directory(tmp_path: Path) -> None:
+def test_binary_directory_is_reported_as_a_directory(tmp_path: Path) -> None:
     d = tmp_path / "adir"
     d.mkdir()
     for configured, env in ((str(d), {}), (None, {"LLAMA_SERVER": str(d)})):
@@ -162,7 +162,7 @@ def test_issue10_binary_directory_is_reported_as_a_directory(tmp_path: Path) -> 
         assert str(d) in str(e.value)
 
 
-def test_issue10_binary_errors_name_the_config_file(tmp_path: Path) -> None:
+def test_binary_errors_name_the_config_file(tmp_path: Path) -> None:
     inst = tmp_path / "instances" / "alpha"
     missing = tmp_path / "nope" / "llama-server"
     with pytest.raises(BinaryError) as e:

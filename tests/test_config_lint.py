@@ -76,7 +76,7 @@ VULKAN_LISTING = (
 # --- end to end ---------------------------------------------------------------------------
 
 
-def test_issue2_lint_clean_config_reports_every_check(
+def test_lint_clean_config_reports_every_check(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())
@@ -101,7 +101,7 @@ def test_issue2_lint_clean_config_reports_every_check(
     assert all(r["file"] == str(home.config_path("alpha")) for r in rows)
 
 
-def test_issue2_lint_port_held_by_foreign_process(
+def test_lint_port_held_by_foreign_process(
     cli: Cli, home: Home, tiny_model: Path, foreign_listener: tuple[subprocess.Popen[str], int]
 ) -> None:
     proc, port = foreign_listener
@@ -116,7 +116,7 @@ def test_issue2_lint_port_held_by_foreign_process(
     assert str(proc.pid) in table.stdout
 
 
-def test_issue2_lint_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_lint_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     write_config(home, "alpha", tiny_model, port)
     write_config(home, "beta", tiny_model, port)
@@ -130,7 +130,7 @@ def test_issue2_lint_two_instances_on_one_port(cli: Cli, home: Home, tiny_model:
     assert "instance 'beta'" in row(only, "alpha", "port-unique")["message"]
 
 
-def test_issue2_lint_corrupt_json_and_bad_model(
+def test_lint_corrupt_json_and_bad_model(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     broken = home.config_path("alpha")
@@ -147,7 +147,7 @@ def test_issue2_lint_corrupt_json_and_bad_model(
     assert "is not a GGUF file (starts with b'\\x7fELF')" in model["message"]
 
 
-def test_issue2_lint_unknown_field_and_wrong_type(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_lint_unknown_field_and_wrong_type(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port(), gpu={"backend": "rocm"}, threads=4)
     rows = lint_json(cli, "alpha", code=1)
     schema = [r["message"] for r in rows if r["check"] == "schema"]
@@ -156,7 +156,7 @@ def test_issue2_lint_unknown_field_and_wrong_type(cli: Cli, home: Home, tiny_mod
     assert all(r["level"] == "error" for r in rows if r["check"] == "schema")
 
 
-def test_issue2_lint_unknown_and_bad_names(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_lint_unknown_and_bad_names(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     out = cli("config", "lint", "ghost")
     assert out.returncode == 1
@@ -165,12 +165,12 @@ def test_issue2_lint_unknown_and_bad_names(cli: Cli, home: Home, tiny_model: Pat
         assert cli("config", "lint", bad).returncode == 2
 
 
-def test_issue2_lint_bad_format_is_usage_error(cli: Cli) -> None:
+def test_lint_bad_format_is_usage_error(cli: Cli) -> None:
     out = cli("config", "lint", "--format", "yaml")
     assert out.returncode == 2
 
 
-def test_issue2_lint_table(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_lint_table(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     out = cli("config", "lint")
     assert out.returncode == 0, out.stderr
@@ -179,7 +179,7 @@ def test_issue2_lint_table(cli: Cli, home: Home, tiny_model: Path) -> None:
     assert "0 error(s)" in out.stderr
 
 
-def test_issue2_lint_log_folder_not_creatable(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_lint_log_folder_not_creatable(cli: Cli, home: Home, tiny_model: Path) -> None:
     home.root.mkdir(parents=True)
     (home.root / "blocker").write_text("a file where a folder should be")
     write_config(home, "alpha", tiny_model, free_port(), logs={"stdout": "blocker/{name}/out.log"})
@@ -213,7 +213,7 @@ def test_lint_and_engine_agree_on_log_paths_with_tilde(
 
 
 @pytest.mark.skipif(os.name == "nt", reason="shell-script stand-in for llama-server")
-def test_issue2_lint_gpu_device_found_and_missing(
+def test_lint_gpu_device_found_and_missing(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     server = str(fake_server(tmp_path, VULKAN_LISTING))
@@ -234,7 +234,7 @@ def test_issue2_lint_gpu_device_found_and_missing(
 
 
 @pytest.mark.skipif(os.name == "nt", reason="shell-script stand-in for llama-server")
-def test_issue2_lint_gpu_undetectable_is_a_warning(
+def test_lint_gpu_undetectable_is_a_warning(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     server = str(fake_server(tmp_path, 'echo "libvulkan.so.1: cannot open" >&2; exit 127'))
@@ -368,7 +368,7 @@ def test_find_free_port_skips_taken_and_held(
 
 
 @pytest.mark.parametrize(("total_mib", "level"), [(1, "warning"), (24000, "ok")])
-def test_issue5_instances_that_overfill_one_device_warn(
+def test_instances_that_overfill_one_device_warn(
     home: Home, tiny_model: Path, total_mib: int, level: str
 ) -> None:
     def run(argv: list[str]) -> str:
@@ -393,7 +393,7 @@ def test_issue5_instances_that_overfill_one_device_warn(
         assert "alpha" in memory[0].message and "beta" in memory[0].message
 
 
-def test_issue10_lint_symlinked_log_file_is_an_error(
+def test_lint_symlinked_log_file_is_an_error(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     outside = tmp_path / "outside.log"
@@ -409,7 +409,7 @@ def test_issue10_lint_symlinked_log_file_is_an_error(
     assert f"{out} is a symbolic link" in logs["message"], logs
 
 
-def test_issue10_lint_checks_the_binary(
+def test_lint_checks_the_binary(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     plain = tmp_path / "plain-server"
@@ -434,7 +434,7 @@ def test_issue10_lint_checks_the_binary(
     assert eps["level"] == "ok" and "LLAMA_SERVER" in eps["message"], eps
 
 
-def test_issue10_lint_truncated_and_unknown_version_gguf_are_errors(
+def test_lint_truncated_and_unknown_version_gguf_are_errors(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     data = tiny_model.read_bytes()
@@ -457,7 +457,7 @@ def test_issue10_lint_truncated_and_unknown_version_gguf_are_errors(
     assert whole["level"] == "ok" and "GGUF v3" in whole["message"], whole
 
 
-def test_issue10_lint_args_overriding_managed_flags_are_errors(
+def test_lint_args_overriding_managed_flags_are_errors(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     args = ["--port", "9000", "--metrics", "--ctx-size=1024", "-a", "x", "-m", "other.gguf"]
@@ -479,7 +479,7 @@ def test_issue10_lint_args_overriding_managed_flags_are_errors(
     assert gamma["level"] == "error" and "gpu.device_id" in gamma["message"], gamma
 
 
-def test_issue10_managed_flags_cover_what_the_engine_passes(home: Home, tiny_model: Path) -> None:
+def test_managed_flags_cover_what_the_engine_passes(home: Home, tiny_model: Path) -> None:
     from llama_orchestrator.doctor.argscheck import MANAGED
     from llama_orchestrator.engine.binary import ResolvedBinary
     from llama_orchestrator.engine.command import ALIAS_FLAGS, AUTO_FLAGS, build_argv
@@ -494,7 +494,7 @@ def test_issue10_managed_flags_cover_what_the_engine_passes(home: Home, tiny_mod
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
-def test_issue10_lint_api_key_in_a_config_readable_by_others_warns(
+def test_lint_api_key_in_a_config_readable_by_others_warns(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     path = write_config(home, "alpha", tiny_model, free_port(), args=["--api-key", "s3cret-key"])
@@ -514,7 +514,7 @@ def test_issue10_lint_api_key_in_a_config_readable_by_others_warns(
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
-def test_issue10_state_readable_by_others_is_fixed_and_linted(
+def test_state_readable_by_others_is_fixed_and_linted(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())

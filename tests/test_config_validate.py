@@ -22,7 +22,7 @@ def problem_lines(out: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in out.stderr.splitlines() if not line.startswith("error:")]
 
 
-def test_issue2_validate_good_configs_exit_0(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_validate_good_configs_exit_0(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     write_config(home, "beta", tiny_model, free_port())
     out = cli("config", "validate", "--all")
@@ -31,7 +31,7 @@ def test_issue2_validate_good_configs_exit_0(cli: Cli, home: Home, tiny_model: P
     assert out.stdout == ""
 
 
-def test_issue2_corrupt_json_names_line_and_column(cli: Cli, home: Home) -> None:
+def test_corrupt_json_names_line_and_column(cli: Cli, home: Home) -> None:
     path = home.config_path("alpha")
     path.parent.mkdir(parents=True)
     path.write_text('{\n  "name": "alpha",\n  "model": {"path": "x.gguf",}\n}\n')
@@ -40,21 +40,21 @@ def test_issue2_corrupt_json_names_line_and_column(cli: Cli, home: Home) -> None
     assert f"{path}: (json): invalid JSON at line 3, column 30" in out.stderr
 
 
-def test_issue2_unknown_field_is_named(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_unknown_field_is_named(cli: Cli, home: Home, tiny_model: Path) -> None:
     path = write_config(home, "alpha", tiny_model, free_port(), modle={"path": "typo.gguf"})
     out = cli("config", "validate", "alpha")
     assert out.returncode == 1
     assert f"{path}: modle: unknown field" in out.stderr
 
 
-def test_issue2_nested_unknown_field_is_named(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_nested_unknown_field_is_named(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port(), server={"prot": 9000})
     out = cli("config", "validate", "alpha")
     assert out.returncode == 1
     assert ": server.prot: unknown field" in out.stderr
 
 
-def test_issue2_missing_model(cli: Cli, home: Home, tmp_path: Path) -> None:
+def test_missing_model(cli: Cli, home: Home, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "model.gguf"
     path = write_config(home, "alpha", missing, free_port())
     out = cli("config", "validate", "alpha")
@@ -62,7 +62,7 @@ def test_issue2_missing_model(cli: Cli, home: Home, tmp_path: Path) -> None:
     assert problem_lines(out) == [f"{path}: model.path: model file does not exist ({missing})"]
 
 
-def test_issue2_relative_model_path_resolves_against_config_folder(
+def test_relative_model_path_resolves_against_config_folder(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     models = home.root / "models"
@@ -76,7 +76,7 @@ def test_issue2_relative_model_path_resolves_against_config_folder(
     assert f"model file does not exist ({models / 'x.gguf'})" in out.stderr
 
 
-def test_issue2_non_gguf_model(cli: Cli, home: Home, tmp_path: Path) -> None:
+def test_non_gguf_model(cli: Cli, home: Home, tmp_path: Path) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 a zip file, not a model")
     write_config(home, "alpha", fake, free_port())
@@ -85,7 +85,7 @@ def test_issue2_non_gguf_model(cli: Cli, home: Home, tmp_path: Path) -> None:
     assert "model file is not a GGUF file (starts with b'PK\\x03\\x04')" in out.stderr
 
 
-def test_issue2_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     a = write_config(home, "alpha", tiny_model, port)
     b = write_config(home, "beta", tiny_model, port)
@@ -99,7 +99,7 @@ def test_issue2_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path
     assert cli("config", "validate", "alpha").returncode == 1
 
 
-def test_issue2_wildcard_host_clashes_with_loopback(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_wildcard_host_clashes_with_loopback(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     write_config(home, "alpha", tiny_model, port, server={"host": "0.0.0.0"})
     write_config(home, "beta", tiny_model, port)
@@ -108,7 +108,7 @@ def test_issue2_wildcard_host_clashes_with_loopback(cli: Cli, home: Home, tiny_m
     assert "is also used by instance 'alpha'" in out.stderr
 
 
-def test_issue2_unknown_instance_lists_known(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_unknown_instance_lists_known(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     out = cli("config", "validate", "nope")
     assert out.returncode == 1
@@ -116,7 +116,7 @@ def test_issue2_unknown_instance_lists_known(cli: Cli, home: Home, tiny_model: P
 
 
 @pytest.mark.parametrize("bad", ["Gemma", "a/b", "..", "../alpha", "alpha/../beta"])
-def test_issue2_bad_names_are_usage_errors(
+def test_bad_names_are_usage_errors(
     cli: Cli, home: Home, tiny_model: Path, bad: str
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())
@@ -125,7 +125,7 @@ def test_issue2_bad_names_are_usage_errors(
     assert f"invalid instance name {bad!r}" in out.stderr
 
 
-def test_issue2_name_must_equal_folder(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_name_must_equal_folder(cli: Cli, home: Home, tiny_model: Path) -> None:
     path = write_config(home, "alpha", tiny_model, free_port())
     path.write_text(path.read_text().replace('"name": "alpha"', '"name": "beta"'))
     out = cli("config", "validate", "alpha")
@@ -133,21 +133,21 @@ def test_issue2_name_must_equal_folder(cli: Cli, home: Home, tiny_model: Path) -
     assert f"{path}: name: must equal its folder's name 'alpha'" in out.stderr
 
 
-def test_issue2_string_where_int_expected(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_string_where_int_expected(cli: Cli, home: Home, tiny_model: Path) -> None:
     path = write_config(home, "alpha", tiny_model, 8001, server={"port": "8001"})
     out = cli("config", "validate", "alpha")
     assert out.returncode == 1
     assert f"{path}: server.port: Input should be a valid integer ('8001')" in out.stderr
 
 
-def test_issue2_out_of_range_value(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_out_of_range_value(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, 80)
     out = cli("config", "validate", "alpha")
     assert out.returncode == 1
     assert "server.port: Input should be greater than or equal to 1024 (80)" in out.stderr
 
 
-def test_issue2_every_problem_on_its_own_line(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_every_problem_on_its_own_line(cli: Cli, home: Home, tiny_model: Path) -> None:
     path = write_config(
         home, "alpha", tiny_model, 8001, server={"port": "x", "parallel": 99}, extra=1
     )
@@ -158,13 +158,13 @@ def test_issue2_every_problem_on_its_own_line(cli: Cli, home: Home, tiny_model: 
     assert all(line.startswith(f"{path}: ") for line in lines)
 
 
-def test_issue2_validate_needs_a_target(cli: Cli) -> None:
+def test_validate_needs_a_target(cli: Cli) -> None:
     out = cli("config", "validate")
     assert out.returncode == 2
     assert "--all" in out.stderr
 
 
-def test_issue2_validate_file_outside_home(cli: Cli, tmp_path: Path, tiny_model: Path) -> None:
+def test_validate_file_outside_home(cli: Cli, tmp_path: Path, tiny_model: Path) -> None:
     cfg = tmp_path / "draft.json"
     cfg.write_text(json.dumps({"name": "draft", "model": {"path": str(tiny_model)}}))
     out = cli("config", "validate", "--file", str(cfg))
@@ -174,7 +174,7 @@ def test_issue2_validate_file_outside_home(cli: Cli, tmp_path: Path, tiny_model:
     assert "no such file" in out.stderr
 
 
-def test_issue2_validate_bad_config_disturbs_nothing(
+def test_validate_bad_config_disturbs_nothing(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     path = home.config_path("alpha")
@@ -297,13 +297,13 @@ def _check_schema(schema: dict[str, object]) -> None:
     assert all("description" in f for f in gateway["properties"].values())
 
 
-def test_issue2_schema_to_stdout(cli: Cli) -> None:
+def test_schema_to_stdout(cli: Cli) -> None:
     out = cli("config", "schema", "--output", "-")
     assert out.returncode == 0, out.stderr
     _check_schema(json.loads(out.stdout))
 
 
-def test_issue2_schema_default_file(cli: Cli, tmp_path: Path) -> None:
+def test_schema_default_file(cli: Cli, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "llama_orchestrator", "config", "schema"],
         cwd=tmp_path,
@@ -364,7 +364,7 @@ def test_model_file_reads_only_the_header(tmp_path: Path) -> None:
     assert model_file_problem(huge) is None
 
 
-def test_issue10_model_file_of_an_unknown_gguf_version_is_refused(
+def test_model_file_of_an_unknown_gguf_version_is_refused(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     data = tiny_model.read_bytes()

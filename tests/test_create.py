@@ -58,7 +58,7 @@ def listener_on() -> Iterator[Any]:
         proc.wait(timeout=10)
 
 
-def test_issue2_create_writes_a_valid_config(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_create_writes_a_valid_config(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     out = cli("create", "gemma", "--model", str(tiny_model), "--port", str(port), "--ctx", "512")
     assert out.returncode == 0, out.stderr
@@ -73,7 +73,7 @@ def test_issue2_create_writes_a_valid_config(cli: Cli, home: Home, tiny_model: P
     assert check.returncode == 0, check.stderr
 
 
-def test_issue2_create_relative_model_is_made_absolute(
+def test_create_relative_model_is_made_absolute(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     out = run_in(cli, tiny_model.parent, "create", "tiny", "--model", tiny_model.name)
@@ -84,7 +84,7 @@ def test_issue2_create_relative_model_is_made_absolute(
     assert cli("config", "validate", "tiny").returncode == 0
 
 
-def test_issue2_create_refuses_to_overwrite(
+def test_create_refuses_to_overwrite(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     path = write_config(home, "gemma", tiny_model, free_port())
@@ -98,7 +98,7 @@ def test_issue2_create_refuses_to_overwrite(
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]
 
 
-def test_issue2_create_refuses_to_overwrite_an_invalid_config(
+def test_create_refuses_to_overwrite_an_invalid_config(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     path = home.config_path("gemma")
@@ -109,7 +109,7 @@ def test_issue2_create_refuses_to_overwrite_an_invalid_config(
     assert path.read_text() == "{ half-written"
 
 
-def test_issue2_create_picks_a_port_no_instance_uses(
+def test_create_picks_a_port_no_instance_uses(
     cli: Cli, home: Home, tiny_model: Path, listener_on: Any
 ) -> None:
     # The first free port from 8001 belongs to a stopped instance; the next one is held
@@ -128,7 +128,7 @@ def test_issue2_create_picks_a_port_no_instance_uses(
     assert cli("config", "validate", "--all").returncode == 0
 
 
-def test_issue2_create_avoids_ports_of_invalid_configs(
+def test_create_avoids_ports_of_invalid_configs(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     first = find_free_port("127.0.0.1", 8001)
@@ -138,7 +138,7 @@ def test_issue2_create_avoids_ports_of_invalid_configs(
     assert read_config(home, "gemma")["server"]["port"] != first
 
 
-def test_issue2_create_refuses_a_port_of_another_instance(
+def test_create_refuses_a_port_of_another_instance(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -149,7 +149,7 @@ def test_issue2_create_refuses_a_port_of_another_instance(
     assert not home.instance_dir("gemma").exists()
 
 
-def test_issue2_create_warns_about_a_foreign_listener(
+def test_create_warns_about_a_foreign_listener(
     cli: Cli, home: Home, tiny_model: Path, listener_on: Any
 ) -> None:
     port = free_port()
@@ -164,7 +164,7 @@ def test_issue2_create_warns_about_a_foreign_listener(
     ("content", "reason"),
     [(None, "does not exist"), (b"<html>oops</html>", "is not a GGUF file"), (b"", "is empty")],
 )
-def test_issue2_create_refuses_a_bad_model(
+def test_create_refuses_a_bad_model(
     cli: Cli, home: Home, tmp_path: Path, content: bytes | None, reason: str
 ) -> None:
     model = tmp_path / "model.gguf"
@@ -177,7 +177,7 @@ def test_issue2_create_refuses_a_bad_model(
 
 
 @pytest.mark.parametrize("bad", ["Gemma", "a/b", "..", "../escape", "gemma-"])
-def test_issue2_create_refuses_bad_names(cli: Cli, home: Home, tiny_model: Path, bad: str) -> None:
+def test_create_refuses_bad_names(cli: Cli, home: Home, tiny_model: Path, bad: str) -> None:
     out = cli("create", bad, "--model", str(tiny_model), "--port", str(free_port()))
     assert out.returncode == 2
     assert "invalid instance name" in out.stderr
@@ -188,7 +188,7 @@ def test_issue2_create_refuses_bad_names(cli: Cli, home: Home, tiny_model: Path,
 @pytest.mark.parametrize(
     ("option", "field"), [("--ctx", "model.context_size"), ("--threads", "model.threads")]
 )
-def test_issue2_create_refuses_out_of_range_options(
+def test_create_refuses_out_of_range_options(
     cli: Cli, home: Home, tiny_model: Path, option: str, field: str
 ) -> None:
     out = cli("create", "gemma", "--model", str(tiny_model), "--port", "9001", option, "999999999")
@@ -197,7 +197,7 @@ def test_issue2_create_refuses_out_of_range_options(
     assert not home.instance_dir("gemma").exists()
 
 
-def test_issue2_create_refuses_a_privileged_port(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_create_refuses_a_privileged_port(cli: Cli, home: Home, tiny_model: Path) -> None:
     out = cli("create", "gemma", "--model", str(tiny_model), "--port", "80")
     assert out.returncode == 2
     assert "server.port" in out.stderr
@@ -214,7 +214,7 @@ def test_issue2_create_refuses_a_privileged_port(cli: Cli, home: Home, tiny_mode
         ("--port", "0", "1024 to 65535"),
     ],
 )
-def test_issue10_create_zero_ctx_or_threads_is_a_usage_error(
+def test_create_zero_ctx_or_threads_is_a_usage_error(
     cli: Cli, home: Home, tiny_model: Path, option: str, value: str, range_: str
 ) -> None:
     out = cli("create", "gemma", "--model", str(tiny_model), option, value)

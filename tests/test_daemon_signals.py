@@ -32,7 +32,7 @@ def _daemon(cli: Cli) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_issue8_sigterm_stops_the_daemon_cleanly_and_leaves_servers_running(
+def test_sigterm_stops_the_daemon_cleanly_and_leaves_servers_running(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -48,7 +48,7 @@ def test_issue8_sigterm_stops_the_daemon_cleanly_and_leaves_servers_running(
     assert ps_row(cli, "alpha")["pid"] == pid
 
 
-def test_issue8_sighup_reloads_configs(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_sighup_reloads_configs(cli: Cli, home: Home, tiny_model: Path) -> None:
     daemon = _daemon(cli)
     try:
         daemon.send_signal(signal.SIGHUP)

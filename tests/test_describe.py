@@ -133,7 +133,7 @@ def test_describe_cli_shows_the_recorded_command_of_a_running_server(
     assert f"Command:        {shlex.join(row.cmdline)}" in text.splitlines()
 
 
-def test_issue10_describe_of_a_running_instance_with_an_invalid_config_shows_its_runtime(
+def test_describe_of_a_running_instance_with_an_invalid_config_shows_its_runtime(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     """The bug: describe showed only the config error, hiding the server that still runs."""

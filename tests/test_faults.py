@@ -222,7 +222,7 @@ def _assert_undisturbed(cli: Cli, home: Home, pid: int, port: int) -> None:
 # -- the faults ------------------------------------------------------------------------
 
 
-def test_issue3_fault_kill9_server_is_restarted(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_fault_kill9_server_is_restarted(cli: Cli, home: Home, tiny_model: Path) -> None:
     other_pid, other_port = _bystander(cli, home, tiny_model)
     port = free_port()
     write_config(home, "alpha", tiny_model, port, healthcheck=FAST_HC)
@@ -243,7 +243,7 @@ def test_issue3_fault_kill9_server_is_restarted(cli: Cli, home: Home, tiny_model
     _assert_undisturbed(cli, home, other_pid, other_port)
 
 
-def test_issue3_fault_sigstop_hang_is_detected_killed_and_restarted(
+def test_fault_sigstop_hang_is_detected_killed_and_restarted(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     other_pid, other_port = _bystander(cli, home, tiny_model)
@@ -269,7 +269,7 @@ def test_issue3_fault_sigstop_hang_is_detected_killed_and_restarted(
     _assert_undisturbed(cli, home, other_pid, other_port)
 
 
-def test_issue3_fault_health_ok_but_completions_fail(
+def test_fault_health_ok_but_completions_fail(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -309,7 +309,7 @@ def test_issue3_fault_health_ok_but_completions_fail(
     )
 
 
-def test_issue10_failed_up_fails_once_and_automatic_restarts_back_off_then_fatal(
+def test_failed_up_fails_once_and_automatic_restarts_back_off_then_fatal(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     import random
@@ -363,7 +363,7 @@ def test_issue10_failed_up_fails_once_and_automatic_restarts_back_off_then_fatal
     assert health(port) is None
 
 
-def test_issue3_fault_model_removed_while_running_then_crash(
+def test_fault_model_removed_while_running_then_crash(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "vanishing.gguf"
@@ -397,7 +397,7 @@ def test_issue3_fault_model_removed_while_running_then_crash(
     assert out.returncode == 1 and expected in out.stderr
 
 
-def test_issue3_fault_restart_of_server_ignoring_sigterm(
+def test_fault_restart_of_server_ignoring_sigterm(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -427,7 +427,7 @@ def test_issue3_fault_restart_of_server_ignoring_sigterm(
     assert row["restarts"] == 0
 
 
-def test_issue3_fault_daemon_sigkilled_in_the_middle_of_a_restart(
+def test_fault_daemon_sigkilled_in_the_middle_of_a_restart(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -489,7 +489,7 @@ def test_issue3_fault_daemon_sigkilled_in_the_middle_of_a_restart(
         assert gone(new_pid)
 
 
-def test_issue3_fault_daemon_killed_while_the_cli_waits_is_reported(
+def test_fault_daemon_killed_while_the_cli_waits_is_reported(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     write_config(
@@ -526,7 +526,7 @@ def _has_port_arg(cmdline: list[str], port: int) -> bool:
     return any(a == "--port" and b == str(port) for a, b in itertools.pairwise(cmdline))
 
 
-def test_issue3_fault_daemon_killed_readopts_a_script_binary(
+def test_fault_daemon_killed_readopts_a_script_binary(
     cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -552,7 +552,7 @@ def test_issue3_fault_daemon_killed_readopts_a_script_binary(
     assert gone(pid)
 
 
-def test_issue3_fault_recorded_pid_now_belongs_to_an_unrelated_process(
+def test_fault_recorded_pid_now_belongs_to_an_unrelated_process(
     cli: Cli, home: Home, tiny_model: Path, stranger_factory: Callable[..., Stranger]
 ) -> None:
     other_pid, other_port = _bystander(cli, home, tiny_model)
@@ -606,7 +606,7 @@ def _repair_log_folder(folder: Path) -> None:
         folder.unlink()
 
 
-def test_issue3_fault_log_folder_unwritable(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_fault_log_folder_unwritable(cli: Cli, home: Home, tiny_model: Path) -> None:
     other_pid, other_port = _bystander(cli, home, tiny_model)
     daemon = _daemon_pid(home)
     port = free_port()
@@ -638,7 +638,7 @@ def test_issue3_fault_log_folder_unwritable(cli: Cli, home: Home, tiny_model: Pa
     assert health(port) == 200
 
 
-def test_issue3_fault_log_folder_unwritable_settles_instead_of_backoff_forever(
+def test_fault_log_folder_unwritable_settles_instead_of_backoff_forever(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(

@@ -58,7 +58,7 @@ def _simulate_reboot(home: Home) -> None:
         db.execute("UPDATE meta SET value='1000.0' WHERE key='boot_time'")
 
 
-def test_issue3_autostart_after_reboot(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_autostart_after_reboot(cli: Cli, home: Home, tiny_model: Path) -> None:
     auto_port, plain_port = free_port(), free_port()
     write_config(home, "auto", tiny_model, auto_port, autostart=True)
     write_config(home, "plain", tiny_model, plain_port)
@@ -84,7 +84,7 @@ def test_issue3_autostart_after_reboot(cli: Cli, home: Home, tiny_model: Path) -
     assert health(plain_port) is None
 
 
-def test_issue3_daemon_crash_restarts_desired_running_servers(
+def test_daemon_crash_restarts_desired_running_servers(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     """No reboot, the daemon died and so did a server: it comes back (#3 part 6)."""
@@ -106,7 +106,7 @@ def test_issue3_daemon_crash_restarts_desired_running_servers(
     assert "exit" in kinds[kinds.index("spawned") :]
 
 
-def test_issue3_logs_rotate_while_the_server_runs(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_logs_rotate_while_the_server_runs(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     write_config(home, "alpha", tiny_model, port, logs={"max_size_mb": 1, "rotation": 2})
     assert cli("up", "alpha").returncode == 0
@@ -143,7 +143,7 @@ while True:
 """
 
 
-def test_issue3_sqlite_killed_mid_write_stays_correct(tmp_path: Path) -> None:
+def test_sqlite_killed_mid_write_stays_correct(tmp_path: Path) -> None:
     """Readers never block or see a lost update; SIGKILL mid-write leaves a sound file."""
     import subprocess
     import sys

@@ -165,7 +165,7 @@ def test_crashed_server_is_restarted(cli: Cli, home: Home, tiny_model: Path) -> 
     assert health(port) == 200
 
 
-def test_issue2_ten_concurrent_up_start_exactly_one_server(
+def test_ten_concurrent_up_start_exactly_one_server(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())
@@ -207,7 +207,7 @@ def test_issue2_ten_concurrent_up_start_exactly_one_server(
     assert len(workers) == 1 and len(daemons) == 2, [p.info["cmdline"] for p in daemons]
 
 
-def test_issue2_model_that_fails_to_load_reports_server_error(
+def test_model_that_fails_to_load_reports_server_error(
     engine_cli: Cli, home: Home, tmp_path: Path
 ) -> None:
     bad = tmp_path / "broken.gguf"
@@ -223,7 +223,7 @@ def test_issue2_model_that_fails_to_load_reports_server_error(
     assert row["last_error"]
 
 
-def test_issue2_port_held_by_foreign_process(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_port_held_by_foreign_process(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     holder = subprocess.Popen(
         [
@@ -251,7 +251,7 @@ def test_issue2_port_held_by_foreign_process(cli: Cli, home: Home, tiny_model: P
         holder.wait()
 
 
-def test_issue2_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     write_config(home, "one", tiny_model, port)
     write_config(home, "two", tiny_model, port)
@@ -264,7 +264,7 @@ def test_issue2_two_instances_on_one_port(cli: Cli, home: Home, tiny_model: Path
     assert health(port) == 200
 
 
-def test_issue2_corrupt_config_refused_and_others_untouched(
+def test_corrupt_config_refused_and_others_untouched(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "good", tiny_model, free_port())
@@ -291,7 +291,7 @@ def test_issue2_corrupt_config_refused_and_others_untouched(
     assert out.returncode == 1 and "server.prot: unknown field" in out.stderr
 
 
-def test_issue2_missing_and_non_gguf_model(cli: Cli, home: Home, tmp_path: Path) -> None:
+def test_missing_and_non_gguf_model(cli: Cli, home: Home, tmp_path: Path) -> None:
     write_config(home, "nomodel", tmp_path / "absent.gguf", free_port())
     out = cli("up", "nomodel")
     assert out.returncode == 1
@@ -304,7 +304,7 @@ def test_issue2_missing_and_non_gguf_model(cli: Cli, home: Home, tmp_path: Path)
     assert "not a GGUF file" in out.stderr
 
 
-def test_issue2_unknown_instance_and_bad_names(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_unknown_instance_and_bad_names(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     out = cli("up", "nope")
     assert out.returncode == 1
@@ -317,7 +317,7 @@ def test_issue2_unknown_instance_and_bad_names(cli: Cli, home: Home, tiny_model:
     assert not home.daemon_pid_path.exists()  # nothing was started for bad input
 
 
-def test_issue2_down_while_loading(cli: Cli, home: Home, tiny_model: Path, tmp_path: Path) -> None:
+def test_down_while_loading(cli: Cli, home: Home, tiny_model: Path, tmp_path: Path) -> None:
     port = free_port()
     write_config(
         home,
@@ -429,7 +429,7 @@ def test_lint_knows_a_running_instance_holds_its_own_port(
     assert "own server" in port_rows[0]["message"]
 
 
-def test_issue10_two_instances_with_one_port_the_second_up_is_refused(
+def test_two_instances_with_one_port_the_second_up_is_refused(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -450,7 +450,7 @@ def test_issue10_two_instances_with_one_port_the_second_up_is_refused(
     assert health(port) == 200
 
 
-def test_issue10_concurrent_restarts_all_succeed(cli: Cli, home: Home, tiny_model: Path) -> None:
+def test_concurrent_restarts_all_succeed(cli: Cli, home: Home, tiny_model: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     write_config(home, "alpha", tiny_model, free_port())

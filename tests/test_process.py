@@ -359,7 +359,7 @@ def test_start_marker_is_one_line(tmp_path: Path, reaper: list[int]) -> None:
         assert lines[0].startswith("==== llama-orch: starting t at ")
 
 
-def test_issue10_symlinked_log_file_is_refused(tmp_path: Path, reaper: list[int]) -> None:
+def test_symlinked_log_file_is_refused(tmp_path: Path, reaper: list[int]) -> None:
     """A log path that is a symbolic link is not followed: outside files stay untouched."""
     spec = spec_for(tmp_path, SLEEP)
     outside = tmp_path / "elsewhere" / "precious.txt"

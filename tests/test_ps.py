@@ -179,7 +179,7 @@ def test_daemon_identity_by_start_ticks(home: Home) -> None:
     assert not status.running and status.stale_pid_file  # same PID, another process
 
 
-def test_issue10_ps_marks_an_instance_whose_config_was_removed(
+def test_ps_marks_an_instance_whose_config_was_removed(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     import shutil

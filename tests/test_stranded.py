@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 FAST_HC = {"interval": 0.5, "timeout": 1, "retries": 2, "start_period": 30}
 
 
-def test_issue10_adopted_server_with_an_invalid_config_is_still_watched(
+def test_adopted_server_with_an_invalid_config_is_still_watched(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -43,7 +43,7 @@ def test_issue10_adopted_server_with_an_invalid_config_is_still_watched(
     assert "model.path" in row["last_error"]
 
 
-def test_issue10_instance_folder_removed_while_running_stays_controllable(
+def test_instance_folder_removed_while_running_stays_controllable(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -64,7 +64,7 @@ def test_issue10_instance_folder_removed_while_running_stays_controllable(
     assert all(r["name"] != "alpha" for r in rows)
 
 
-def test_issue10_down_all_reaches_a_server_whose_folder_was_removed(
+def test_down_all_reaches_a_server_whose_folder_was_removed(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     write_config(home, "alpha", tiny_model, free_port())
@@ -104,7 +104,7 @@ def test_rm_logs_removes_the_logs_too(cli: Cli, home: Home, tiny_model: Path) ->
     assert not (home.logs_dir / "alpha").exists()
 
 
-def test_issue10_state_database_deleted_while_the_daemon_runs_is_recreated(
+def test_state_database_deleted_while_the_daemon_runs_is_recreated(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
@@ -124,7 +124,7 @@ def test_issue10_state_database_deleted_while_the_daemon_runs_is_recreated(
     wait_for(lambda: gone(pid), what="stopped through the recreated records")
 
 
-def test_issue10_a_daemon_over_an_empty_database_readopts_its_servers(
+def test_a_daemon_over_an_empty_database_readopts_its_servers(
     cli: Cli, home: Home, tiny_model: Path
 ) -> None:
     port = free_port()
