@@ -156,7 +156,7 @@ def test_a_conversation_sticks_to_its_replica_even_when_the_other_is_less_busy()
 
 
 def test_affinity_with_a_saturated_favourite_falls_back() -> None:
-    """Issue 24: a saturated favourite is skipped (never waited for); the key moves."""
+    """A saturated favourite is skipped (never waited for); the key moves."""
     router, a, b = pool()
     key = Key(7, (7,))
     assert take(router, key).instance is a  # idle tie: the first member

@@ -1,4 +1,4 @@
-"""Affinity across replicas (issue 24) with two real llama-server replicas of the tiny
+"""Affinity across replicas with two real llama-server replicas of the tiny
 model behind the gateway: a conversation's turn 2 lands on the replica that served its
 turn 1 (the ``X-Llama-Orch-Instance`` header says which), by its ``x-session-id`` or by its
 messages alone; with affinity off, the rotation sends it to the other one."""
