@@ -68,9 +68,7 @@ def test_empty_env_value_falls_through(world: dict[str, Path]) -> None:
     assert r.source == "home"
 
 
-def test_binary_empty_string_is_a_config_problem(
-    world: dict[str, Path], tmp_path: Path
-) -> None:
+def test_binary_empty_string_is_a_config_problem(world: dict[str, Path], tmp_path: Path) -> None:
     """``"binary": ""`` ran the embedded engine (or whatever came next) without a word."""
     config = tmp_path / "inst" / "config.json"
     with pytest.raises(BinaryError) as e:

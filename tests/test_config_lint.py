@@ -76,9 +76,7 @@ VULKAN_LISTING = (
 # --- end to end ---------------------------------------------------------------------------
 
 
-def test_lint_clean_config_reports_every_check(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_lint_clean_config_reports_every_check(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     rows = lint_json(cli)
     checks = [r["check"] for r in rows]
@@ -409,9 +407,7 @@ def test_lint_symlinked_log_file_is_an_error(
     assert f"{out} is a symbolic link" in logs["message"], logs
 
 
-def test_lint_checks_the_binary(
-    cli: Cli, home: Home, tiny_model: Path, tmp_path: Path
-) -> None:
+def test_lint_checks_the_binary(cli: Cli, home: Home, tiny_model: Path, tmp_path: Path) -> None:
     plain = tmp_path / "plain-server"
     plain.write_text("#!/bin/sh\n")
     plain.chmod(0o644)

@@ -116,9 +116,7 @@ def test_unknown_instance_lists_known(cli: Cli, home: Home, tiny_model: Path) ->
 
 
 @pytest.mark.parametrize("bad", ["Gemma", "a/b", "..", "../alpha", "alpha/../beta"])
-def test_bad_names_are_usage_errors(
-    cli: Cli, home: Home, tiny_model: Path, bad: str
-) -> None:
+def test_bad_names_are_usage_errors(cli: Cli, home: Home, tiny_model: Path, bad: str) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     out = cli("config", "validate", bad)
     assert out.returncode == 2
@@ -174,9 +172,7 @@ def test_validate_file_outside_home(cli: Cli, tmp_path: Path, tiny_model: Path) 
     assert "no such file" in out.stderr
 
 
-def test_validate_bad_config_disturbs_nothing(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_validate_bad_config_disturbs_nothing(cli: Cli, home: Home, tiny_model: Path) -> None:
     path = home.config_path("alpha")
     path.parent.mkdir(parents=True)
     path.write_text("{ not json")
@@ -364,9 +360,7 @@ def test_model_file_reads_only_the_header(tmp_path: Path) -> None:
     assert model_file_problem(huge) is None
 
 
-def test_model_file_of_an_unknown_gguf_version_is_refused(
-    tmp_path: Path, tiny_model: Path
-) -> None:
+def test_model_file_of_an_unknown_gguf_version_is_refused(tmp_path: Path, tiny_model: Path) -> None:
     data = tiny_model.read_bytes()
     for version in (0, 1, 4, 99):
         odd = tmp_path / f"v{version}.gguf"

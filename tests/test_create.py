@@ -73,9 +73,7 @@ def test_create_writes_a_valid_config(cli: Cli, home: Home, tiny_model: Path) ->
     assert check.returncode == 0, check.stderr
 
 
-def test_create_relative_model_is_made_absolute(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_create_relative_model_is_made_absolute(cli: Cli, home: Home, tiny_model: Path) -> None:
     out = run_in(cli, tiny_model.parent, "create", "tiny", "--model", tiny_model.name)
     assert out.returncode == 0, out.stderr
     stored = read_config(home, "tiny")["model"]["path"]
@@ -128,9 +126,7 @@ def test_create_picks_a_port_no_instance_uses(
     assert cli("config", "validate", "--all").returncode == 0
 
 
-def test_create_avoids_ports_of_invalid_configs(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_create_avoids_ports_of_invalid_configs(cli: Cli, home: Home, tiny_model: Path) -> None:
     first = find_free_port("127.0.0.1", 8001)
     write_config(home, "broken", tiny_model, first, typo=True)  # invalid, but claims a port
     out = cli("create", "gemma", "--model", str(tiny_model))
@@ -138,9 +134,7 @@ def test_create_avoids_ports_of_invalid_configs(
     assert read_config(home, "gemma")["server"]["port"] != first
 
 
-def test_create_refuses_a_port_of_another_instance(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_create_refuses_a_port_of_another_instance(cli: Cli, home: Home, tiny_model: Path) -> None:
     port = free_port()
     write_config(home, "beta", tiny_model, port)
     out = cli("create", "gemma", "--model", str(tiny_model), "--port", str(port))

@@ -165,9 +165,7 @@ def test_crashed_server_is_restarted(cli: Cli, home: Home, tiny_model: Path) -> 
     assert health(port) == 200
 
 
-def test_ten_concurrent_up_start_exactly_one_server(
-    cli: Cli, home: Home, tiny_model: Path
-) -> None:
+def test_ten_concurrent_up_start_exactly_one_server(cli: Cli, home: Home, tiny_model: Path) -> None:
     write_config(home, "alpha", tiny_model, free_port())
     procs = [
         subprocess.Popen(
