@@ -303,3 +303,29 @@ def test_the_gpu_templates_default_to_auto_with_more_than_one_gpu(home: Home) ->
         assert one["device_id"] == 0
     assert get_template(home, "metal", count=lambda b: 2).overlay["gpu"]["device_id"] == 0
     assert get_template(home, "cpu", count=lambda b: 2).overlay["gpu"]["device_id"] == 0
+
+
+# -- a measurement source that fails (issue 18, checked again for issue 7) ----------------
+
+
+def test_a_source_that_fails_or_raises_leaves_the_estimate_and_describe_says_so() -> None:
+    from llama_orchestrator.daemon.actor.memory import MemoryBook, safe_measure
+    from llama_orchestrator.gpu.overhead import MiB
+    from llama_orchestrator.gpu.usage import Measured, Unavailable
+    from llama_orchestrator.views.describe_text import memory_lines
+
+    def broken(pid: int, backend: str, index: int) -> dict[str, Any]:
+        raise RuntimeError("nvidia-smi printed garbage")
+
+    readings = safe_measure(broken, 7, "cuda", 1)
+    assert readings == {
+        "cpu": Unavailable("measure", "RuntimeError: nvidia-smi printed garbage"),
+        "cuda:1": Unavailable("measure", "RuntimeError: nvidia-smi printed garbage"),
+    }
+    book = MemoryBook()
+    book.begin(7, {"cuda:1": 2051, "cpu": 300})
+    book.read(7, {"cuda:1": Unavailable("nvidia-smi", "not installed"),
+                  "cpu": Measured("host", 310 * MiB, (7,))})  # fmt: skip
+    shown = memory_lines({d: v.to_dict() for d, v in book.view(7).items()})
+    line = next(x for x in shown if x.strip().startswith("cuda:1:"))
+    assert "2051" in line and "(nvidia-smi unavailable: not installed; the estimate holds)" in line

@@ -106,6 +106,18 @@ def gone(readings: Mapping[str, Reading]) -> bool:
     return isinstance(host, Unavailable) and host.source == "process"
 
 
+def safe_measure(measure: Measure, pid: int, backend: str, index: int) -> dict[str, Reading]:
+    """One reading; a source that raises (the real one never does, gpu/usage.py) is a
+    failed reading of every device it was to read, so the estimate stays in force and
+    ``describe`` says why, and the watch goes on."""
+    try:
+        return dict(measure(pid, backend, index))
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"
+        keys = ["cpu"] + ([f"{backend}:{index}"] if backend != "cpu" else [])
+        return {key: Unavailable("measure", why) for key in keys}
+
+
 async def watch_memory(
     measure: Measure,
     offload: Offload,
@@ -117,7 +129,7 @@ async def watch_memory(
     """The side task: read, post, wait; until the process is gone (or it is cancelled)."""
     backend, index = device
     while True:
-        readings = await offload(lambda: dict(measure(pid, backend, index)))
+        readings = await offload(lambda: safe_measure(measure, pid, backend, index))
         post(MemoryRead(pid, readings))
         if gone(readings):
             return
