@@ -329,3 +329,25 @@ def test_a_source_that_fails_or_raises_leaves_the_estimate_and_describe_says_so(
     shown = memory_lines({d: v.to_dict() for d, v in book.view(7).items()})
     line = next(x for x in shown if x.strip().startswith("cuda:1:"))
     assert "2051" in line and "(nvidia-smi unavailable: not installed; the estimate holds)" in line
+
+
+def test_lint_lists_the_devices_an_auto_instance_may_go_to(home: Home, tiny_model: Path) -> None:
+    import sys
+
+    from llama_orchestrator.doctor.gpucheck import GpuChecks
+
+    listing = (
+        "Available devices:\n"
+        "  Vulkan0: AMD Radeon RX 7900 XTX (24560 MiB, 24000 MiB free)\n"
+        "  Vulkan1: AMD Radeon RX 6600 (8176 MiB, 8000 MiB free)\n"
+    )
+    vulkan = {"backend": "vulkan", "device_id": "auto", "layers": 99}
+    write_config(home, "va", tiny_model, free_port(), gpu=vulkan, binary=sys.executable)
+    write_config(home, "cb", tiny_model, free_port(), gpu=AUTO_GPU, binary=sys.executable)
+    checks = GpuChecks(home, run=lambda argv: listing, others=lambda: [])
+    level, message = checks.device(load_instance(home, "va"))
+    assert level == "ok" and message.startswith("auto: placed at each start on the one with")
+    assert "Vulkan0 (" in message and "Vulkan1 (" in message
+    level, message = checks.device(load_instance(home, "cb"))
+    assert level == "error" and message.startswith("'auto' needs a cuda device and none")
+    assert "lists: Vulkan0, Vulkan1" in message
