@@ -1,7 +1,9 @@
 """The ``llama-orch`` command: a root Typer app and one module per command group.
 
-Command modules import their heavy dependencies inside the command bodies so that
-read-only commands such as ``ps`` start fast.
+The root is a :class:`~llama_orchestrator.cli.lazy.LazyGroup`: it lists every command from
+the table in cli/commands.py and imports only the module of the command being run. Command
+modules import their heavy dependencies inside the command bodies, so that read-only
+commands such as ``ps`` start fast.
 """
 
 from __future__ import annotations
@@ -11,27 +13,8 @@ from typing import Annotated
 import typer
 
 from llama_orchestrator import __version__
-from llama_orchestrator.cli import (
-    chat_cmd,
-    config_cmd,
-    create_cmd,
-    daemon_cmd,
-    dashboard_cmd,
-    describe_cmd,
-    devices_cmd,
-    events_cmd,
-    export_cmd,
-    fit_cmd,
-    gateway_cmd,
-    health_cmd,
-    info_cmd,
-    lifecycle,
-    logs_cmd,
-    service_cmd,
-    stats_cmd,
-    ui_cmd,
-)
 from llama_orchestrator.cli.context import AppContext
+from llama_orchestrator.cli.lazy import LazyGroup
 
 app = typer.Typer(
     name="llama-orch",
@@ -40,6 +23,7 @@ app = typer.Typer(
     "  llama-orch create gemma --model ./gemma.gguf --port 8002\n\n"
     "  llama-orch up gemma\n\n"
     "  llama-orch ps --all",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -69,37 +53,6 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = AppContext(home=home)
-
-
-# Each module's commands, merged into the root in the order `--help` lists them, then the
-# command groups under their names.
-for _commands in (
-    create_cmd,
-    lifecycle,
-    describe_cmd,
-    logs_cmd,
-    events_cmd,
-    stats_cmd,
-    chat_cmd,
-    health_cmd,
-    info_cmd,
-    dashboard_cmd,
-    ui_cmd,
-    devices_cmd,
-    fit_cmd,
-):
-    app.add_typer(_commands.app)
-for _name, _group in (
-    ("config", config_cmd),
-    ("daemon", daemon_cmd),
-    ("service", service_cmd),
-    ("gateway", gateway_cmd),
-    ("export", export_cmd),
-):
-    app.add_typer(_group.app, name=_name)
-for _info in app.registered_groups:  # click suggests already; both printed it twice
-    if _info.typer_instance is not None:
-        _info.typer_instance.suggest_commands = False
 
 
 @app.command("top", hidden=True)
