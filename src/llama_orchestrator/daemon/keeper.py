@@ -13,10 +13,14 @@ the manager watches (``KillMode=process`` signals the keeper, which passes the s
 
 The keeper must never die of its child's faults, so it imports nothing of the daemon
 (no event loop, no sockets, no SQLite): it only spawns, waits, forwards signals and
-writes its identity beside the daemon's. A clean stop (exit 0: SIGTERM, SIGINT, the
-shutdown request) ends the keeper too; ``EXIT_LOCKED`` (another daemon holds the home)
-ends it at once; a crash loop is slowed by backoff and given up after ``GIVE_UP`` fast
-failures in a row.
+writes its identity beside the daemon's. It starts on every cold ``up``, before the
+daemon can, so it imports nothing of the CLI either (cli/fast.py runs it before Typer is
+imported), takes its lock with ``flock`` on POSIX (filelock costs ~20 ms to import) and
+imports psutil, for its identity, only once the daemon is starting beside it.
+
+A clean stop (exit 0: SIGTERM, SIGINT, the shutdown request) ends the keeper too;
+``EXIT_LOCKED`` (another daemon holds the home) ends it at once; a crash loop is slowed
+by backoff and given up after ``GIVE_UP`` fast failures in a row.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from llama_orchestrator.client import control
@@ -60,9 +66,12 @@ def _describe(rc: int) -> str:
 class Keeper:
     """Runs the worker until it stops cleanly; see the module docstring."""
 
-    def __init__(self, home: Home, worker_argv: list[str]) -> None:
+    def __init__(
+        self, home: Home, worker_argv: list[str], announce: Callable[[], None] | None = None
+    ) -> None:
         self.home = home
         self.argv = worker_argv
+        self.announce = announce  # called once, when the first daemon has been spawned
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
@@ -112,6 +121,9 @@ class Keeper:
         while True:
             started = time.monotonic()
             self.child = self._spawn()
+            announce, self.announce = self.announce, None
+            if announce is not None:
+                announce()
             rc, booted = self._wait(self.child, booted)
             ran = time.monotonic() - started
             if self.stopping or rc == 0:
@@ -135,25 +147,30 @@ class Keeper:
             delay = min(MAX_DELAY_S, delay * 4)
 
 
+def worker_argv(home: Home, port: int = 0) -> list[str]:
+    """The command line of the daemon the keeper runs (``daemon run --worker``)."""
+    argv = [sys.executable, "-m", "llama_orchestrator", "--home", str(home.root)]
+    return [*argv, "daemon", "run", "--worker", "--port", str(port)]
+
+
 def run_keeper(home: Home, worker_argv: list[str]) -> int:
     """Keep the daemon running for ``home`` (``llama-orch daemon run``)."""
-    from filelock import FileLock, Timeout
-
     home.ensure()
     path = keeper_path(home)
-    lock = FileLock(str(path.with_suffix(".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    release = _lock(path.with_suffix(".lock"))
+    if release is None:
         print(f"error: a daemon is already running for {home.root}", file=sys.stderr)
         return 1
-    keeper = Keeper(home, worker_argv)
-    keeper.install()
-    try:
+
+    def announce() -> None:  # psutil's create_time: what control._keeper checks
         import psutil
 
         ident = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
         path.write_text(json.dumps(ident))
+
+    keeper = Keeper(home, worker_argv, announce)
+    keeper.install()
+    try:
         return keeper.run()
     finally:
         try:
@@ -161,4 +178,40 @@ def run_keeper(home: Home, worker_argv: list[str]) -> int:
                 path.unlink()
         except (OSError, ValueError):
             pass
-        lock.release()
+        release()
+
+
+def _lock(path: Path) -> Callable[[], None] | None:
+    """Take the keeper's lock file without waiting: its release, or None when another
+    keeper holds it. POSIX: ``flock`` on it (what filelock does there); elsewhere, or on
+    a file system without ``flock``, filelock itself."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return _filelock(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:  # ENOSYS, EOPNOTSUPP: filelock falls back to a soft lock there
+        os.close(fd)
+        return _filelock(path)
+
+    def release() -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    return release
+
+
+def _filelock(path: Path) -> Callable[[], None] | None:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lambda: lock.release()
