@@ -248,6 +248,24 @@ def test_an_auto_instance_without_a_device_is_refused_naming_the_field(
     actor_run(home, Detected({}, "nvidia-smi: not installed"), Budget(), script)
 
 
+def test_an_auto_instance_that_no_device_can_hold_is_refused_saying_where_it_looked(
+    home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port(), gpu=AUTO_GPU)
+
+    async def script(start: Any, h: Any, specs: list[LaunchSpec], actors: Any, sched: Any) -> None:
+        got = await start("alpha")
+        assert not got.ok and got.error == "no_room" and specs == []
+        assert "cannot fit even after every eviction" in got.message
+        assert got.message.endswith("on cuda:0))"), got.message
+        assert "(placed on cuda:0: no cuda device can hold it (it needs " in got.message
+        assert not [e for e in h.events if e.kind is EventKind.PLACED]  # it runs nowhere
+
+    actor_run(
+        home, devices(cuda0=None, cuda1=None), Budget(memory_mb={"cuda:0": 0, "cuda:1": 0}), script
+    )
+
+
 # -- config ------------------------------------------------------------------------------
 
 

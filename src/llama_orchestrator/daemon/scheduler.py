@@ -278,7 +278,10 @@ class Scheduler:
         backend = auto_backend(claim.memory_mb)
         if backend is None:
             return req
-        found = await self.offload(partial(self.devices, backend))
+        try:
+            found = await self.offload(partial(self.devices, backend))
+        except Exception as e:  # detection never raises; a scheduler that died would wedge
+            found = Detected({}, f"device detection failed: {type(e).__name__}: {e}")
         if not found.free_mib:
             why = no_device(backend, found.sources)
             self._deliver(req, Admission(req.ticket, False, why, code="device"))

@@ -90,7 +90,7 @@ class ActorStarting(ActorCore):
             return
         _, plan, auto, reason = self._admission
         self._admission = None
-        if msg.device:  # an ``auto`` instance, placed (daemon/placement.py)
+        if msg.device and msg.granted:  # an ``auto`` instance, placed (daemon/placement.py)
             plan = plan.placed(index_of(msg.device), self._ctx.home.root)
             self._ctx.bus.emit(self.name, EventKind.PLACED, None, msg.device, msg.placed)
         if msg.granted:  # the reason: what its load waited for (daemon/release.py)
@@ -103,8 +103,9 @@ class ActorStarting(ActorCore):
         elif msg.code == "device":
             why = f"{plan.loaded.path}: gpu.device_id: {msg.reason}"
             self._refused(refusal(ErrorCode.CONFIG_INVALID, why), auto=auto)
-        else:
-            self._refused(refusal(ErrorCode.NO_ROOM, msg.reason), auto=auto)
+        else:  # an ``auto`` one says which device it was refused on, and why that one
+            why = f"{msg.reason} ({msg.placed})" if msg.placed else msg.reason
+            self._refused(refusal(ErrorCode.NO_ROOM, why), auto=auto)
 
     def _refused(self, outcome: Outcome, *, auto: bool) -> None:
         self._record(last_error=outcome.message)
