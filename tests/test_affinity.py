@@ -74,8 +74,11 @@ def take(router: Router, key: Key | None) -> Lease:
     return lease
 
 
-def req(headers: list[tuple[bytes, bytes]] = ()) -> Request:  # type: ignore[assignment]
-    return Request(b"POST", b"/v1/chat/completions", list(headers), b"", True, True, 0.0)
+def req(
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    path: bytes = b"/v1/chat/completions",
+) -> Request:
+    return Request(b"POST", path, list(headers), b"", True, True, 0.0)
 
 
 SYSTEM = {"role": "system", "content": "You answer briefly."}
@@ -123,8 +126,12 @@ def test_a_session_the_client_names_wins_and_a_prompt_is_keyed_by_whole_blocks()
     assert turn1.pin in turn2.lookups and len(turn2.lookups) == 3
     exact = prompt_key(text[: 2 * BLOCK_CHARS])  # its last block is the whole prompt
     assert exact is not None and exact.pin not in exact.lookups
-    responses = request_key(req(), {"input": turns("y", 2)[1], "instructions": "be brief"})
+    body = {"input": turns("y", 2)[1], "instructions": "be brief"}
+    responses = request_key(req(path=b"/v1/responses"), body)
     assert responses is not None and len(responses.lookups) == 2
+    # Embeddings' input is no conversation.
+    assert request_key(req(path=b"/v1/embeddings"), {"input": ["x" * 300, "y"]}) is None
+    assert request_key(req(path=b"/v1/embeddings"), {"input": "x" * 600}) is None
 
 
 def test_pins_are_bounded_least_recently_used_first() -> None:

@@ -23,8 +23,8 @@ How a request maps to a key, without tokenizing (cheap on the proxy's path):
 * else a prompt (``prompt``, or a string ``input``): the same chain over fixed blocks of
   ``BLOCK_CHARS`` characters; a prompt shorter than one block has no key.
 
-Everything else (GET routes, embeddings of short inputs, unknown shapes) has no key and
-is routed least busy. Hashes are Python's own (``hash``), valid within this process: the
+Everything else (GET routes, embeddings, unknown shapes) has no key and is routed least
+busy. Hashes are Python's own (``hash``), valid within this process: the
 table lives in memory and starts empty with the gateway.
 """
 
@@ -78,7 +78,7 @@ def request_key(req: Request, doc: dict[str, object] | None) -> Key | None:
         if isinstance(found, str) and found:
             return session_key(found)
     messages = doc.get("messages")
-    given = doc.get("input")
+    given = doc.get("input") if req.path == b"/v1/responses" else None  # not embeddings
     if not isinstance(messages, list):
         messages = given if isinstance(given, list) else None
     if messages:
