@@ -225,6 +225,7 @@ def test_dashboard_in_tmux(cli: Cli, home: Home, tiny_model: Path) -> None:
         screen = tmux_run("capture-pane", "-p", "-t", session).stdout
         print(screen)  # for the record: what the terminal showed
         assert "q quit" in screen and "daemon: running (pid" in screen, screen
+        assert "MEMORY" in screen, screen  # estimate/measured, after DEVICE (issue 18)
         tmux_run("send-keys", "-t", session, "d").check_returncode()
         wait_for(lambda: "stopped" in row("alpha"), timeout=20, what="alpha stopped on screen")
         assert ps_row(cli, "alpha")["status"] == "stopped"
@@ -328,3 +329,27 @@ def test_the_first_frame_does_not_say_no_instances_before_reading(
             await pilot.press("q")
 
     asyncio.run(scenario())
+
+
+def test_the_memory_column_shows_estimate_and_measured() -> None:
+    """MEMORY: the run's estimate/measured on its GPU, else on the host; a failed source
+    shows ``?`` (the estimate holds); it fits an 80-column terminal before MODEL."""
+    from llama_orchestrator.dashboard.app import fit_columns, row_cells
+    from llama_orchestrator.views.styles import DASHBOARD_PRIORITY, PS_COLUMNS, memory_cell
+
+    gpu = {"cpu": {"estimate_mb": 300, "measured_mb": 310},
+           "cuda:1": {"estimate_mb": 2051, "measured_mb": 2664}}  # fmt: skip
+    assert memory_cell({"memory": gpu}) == "2.0G/2.6G"
+    assert memory_cell({"memory": {"cpu": {"estimate_mb": 40, "measured_mb": None}}}) == "40M/-"
+    failed = {"cuda:0": {"estimate_mb": 900, "measured_mb": None, "unavailable": "not installed"}}
+    assert memory_cell({"memory": failed}) == "900M/?"
+    assert memory_cell({"memory": {}}) == "-" and memory_cell({}) == "-"
+    assert sorted(DASHBOARD_PRIORITY) == sorted((*PS_COLUMNS, "MEMORY"))
+    row = {"name": "alpha", "status": "running", "health": "healthy", "pid": 4242,
+           "port": 8001, "backend": "cuda", "device": "GPU:1", "uptime_s": 75,
+           "model": "/a/rather/long/path/to/some/models/folder/gemma-3-27b-it-q4.gguf",
+           "memory": gpu}  # fmt: skip
+    columns = fit_columns([row_cells(row)], 78)
+    assert "MEMORY" in columns and "MODEL" not in columns
+    assert columns.index("MEMORY") == columns.index("DEVICE") + 1  # ps order, MEMORY added
+    assert row_cells(row)["MEMORY"].plain == "2.0G/2.6G"

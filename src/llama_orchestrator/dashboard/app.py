@@ -28,7 +28,12 @@ from llama_orchestrator.client.control import DaemonStatus, connect
 from llama_orchestrator.dashboard import data
 from llama_orchestrator.dashboard.stream import EventStream, apply_event
 from llama_orchestrator.home import Home
-from llama_orchestrator.views.styles import PS_COLUMNS, PS_PRIORITY, cell_style, ps_cells
+from llama_orchestrator.views.styles import (
+    DASHBOARD_COLUMNS,
+    DASHBOARD_PRIORITY,
+    cell_style,
+    dashboard_cells,
+)
 
 MIN_WIDTH, MIN_HEIGHT = 30, 6
 KEYS = "q quit  r refresh  u up  d down  R restart  l logs  enter describe"
@@ -39,21 +44,23 @@ RETRY_S = 1.0  # after the event stream ended, the wait before it is taken up ag
 def row_cells(row: dict[str, Any]) -> dict[str, Text]:
     """One ps row as styled cells (Text, so names and paths are never read as markup)."""
     return {
-        col: Text(text, style=cell_style(col, row) or "") for col, text in ps_cells(row).items()
+        col: Text(text, style=cell_style(col, row) or "")
+        for col, text in dashboard_cells(row).items()
     }
 
 
 def fit_columns(cells: list[dict[str, Text]], width: int) -> tuple[str, ...]:
-    """The columns that fit in ``width`` cells, by priority, shown in ps order."""
+    """The columns that fit in ``width`` cells, by priority, shown in ps order (with
+    MEMORY after DEVICE)."""
     chosen: set[str] = set()
     used = 0
-    for col in PS_PRIORITY:
+    for col in DASHBOARD_PRIORITY:
         need = max([len(col)] + [c[col].cell_len for c in cells]) + 2  # DataTable's padding
         if col != "NAME" and used + need > width:
             continue
         chosen.add(col)
         used += need
-    return tuple(c for c in PS_COLUMNS if c in chosen)
+    return tuple(c for c in DASHBOARD_COLUMNS if c in chosen)
 
 
 class Polled(Message):

@@ -41,6 +41,38 @@ PS_PRIORITY = (
 )
 
 
+# The dashboard's columns: ps's, with MEMORY (estimate/measured, issue 18) after DEVICE;
+# where the width is short it goes before MODEL.
+DASHBOARD_COLUMNS = (*PS_COLUMNS[:5], "MEMORY", *PS_COLUMNS[5:])
+DASHBOARD_PRIORITY = (*PS_PRIORITY[:7], "MEMORY", *PS_PRIORITY[7:])
+
+
+def _size(mib: Any) -> str:
+    if not isinstance(mib, int):
+        return "-"
+    return f"{mib / 1024:.1f}G" if mib >= 1024 else f"{mib}M"
+
+
+def memory_cell(row: Mapping[str, Any]) -> str:
+    """The MEMORY cell: its run's estimate/measured on its GPU (else on the host), as
+    ``ps --json``'s ``memory`` has them; ``?`` for a measurement whose source failed
+    (the estimate holds), ``-`` for what is not known yet."""
+    memory: Mapping[str, Any] = row.get("memory") or {}
+    if not memory:
+        return "-"
+    device = next((d for d in memory if d != "cpu"), "cpu")
+    m = memory[device] or {}
+    seen = "?" if m.get("unavailable") else _size(m.get("measured_mb"))
+    return f"{_size(m.get('estimate_mb'))}/{seen}"
+
+
+def dashboard_cells(row: Mapping[str, Any]) -> dict[str, str]:
+    """One row as the text of each of :data:`DASHBOARD_COLUMNS`."""
+    cells = ps_cells(row)
+    cells["MEMORY"] = memory_cell(row)
+    return {col: cells[col] for col in DASHBOARD_COLUMNS}
+
+
 def ps_cells(row: Mapping[str, Any]) -> dict[str, str]:
     """One ps row (views/rows.py) as the text of each of :data:`PS_COLUMNS`."""
     return {
