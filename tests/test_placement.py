@@ -369,3 +369,59 @@ def test_lint_lists_the_devices_an_auto_instance_may_go_to(home: Home, tiny_mode
     level, message = checks.device(load_instance(home, "cb"))
     assert level == "error" and message.startswith("'auto' needs a cuda device and none")
     assert "lists: Vulkan0, Vulkan1" in message
+
+
+# -- discovery through the real tools' parsers ------------------------------------------
+
+H200 = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "h200"
+
+
+def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """An ``nvidia-smi`` first on PATH that runs ``body`` (bash); no other tool there."""
+    import os
+    import stat
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text("#!/bin/bash\n" + body)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_discovery_reads_nvidia_smi_and_places_on_the_most_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llama_orchestrator.daemon.placement import detected_devices
+    from llama_orchestrator.gpu.discovery import discover
+    from llama_orchestrator.templates import gpu_count
+
+    recorded = (H200 / "nvidia-smi-query-gpu.csv").read_text()  # 0, NVIDIA H200, 143771, 143156
+    if not recorded.strip():
+        pytest.skip("the H200 recording is not in this checkout")
+    second = "1, NVIDIA H200, 143771, 150000\n"  # a second, emptier GPU beside it
+    fake_smi(tmp_path, monkeypatch, f"cat <<'EOF'\n{recorded.rstrip()}\n{second}EOF\n")
+    found = detected_devices("cuda")
+    assert dict(found.free_mib) == {"cuda:0": 143156 - 512, "cuda:1": 150000 - 512}
+    assert discover("vulkan").free_mib == {} and gpu_count("cuda") == 2
+    (a,) = schedule(found, Budget(), [Claim("a", memory_mb={"cuda:auto": 2_000})])
+    assert a.device == "cuda:1" and "of 146.0 GiB" in a.placed, a
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["exit 127\n", "echo '<html>garbage</html>'\n", "sleep 30\n"],
+    ids=["fails", "garbage", "hangs"],
+)
+def test_a_failing_nvidia_smi_means_no_device_never_an_exception(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str
+) -> None:
+    from llama_orchestrator.gpu import run
+    from llama_orchestrator.gpu.discovery import discover
+
+    monkeypatch.setattr(run.run_tool, "__defaults__", (0.5,))
+    fake_smi(tmp_path, monkeypatch, body)
+    found = discover("cuda")
+    assert found.free_mib == {} and "nvidia-smi: " in found.sources
+    (a,) = schedule(found, Budget(), [Claim("a", memory_mb={"cuda:auto": 2_000})])
+    assert a.code == "device" and "none is detected on this machine (" in a.reason
