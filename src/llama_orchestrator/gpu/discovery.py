@@ -21,6 +21,7 @@ class Detected:
 def discover(backend: str, reserve_mib: int = 0) -> Detected:
     """The backend's devices now, each with its free memory less ``reserve_mib``. It
     runs the detection tools (seconds at worst): call it in a thread."""
+    from llama_orchestrator.gpu import llama
     from llama_orchestrator.gpu.detect import detect
 
     found = detect(None)
@@ -29,7 +30,9 @@ def discover(backend: str, reserve_mib: int = 0) -> Detected:
         if d.backend == backend:
             mib = None if d.free_mib is None else max(d.free_mib - reserve_mib, 0)
             free[f"{backend}:{d.index}"] = mib
-    return Detected(free, found.sources_text())
+    # no llama-server is asked (its list has no free memory): only the tools that were
+    said = "; ".join(f"{n}: {r.text()}" for n, r in found.sources.items() if n != llama.SOURCE)
+    return Detected(free, said)
 
 
 def no_device(backend: str, sources: str) -> str:
