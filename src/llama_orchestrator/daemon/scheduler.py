@@ -272,8 +272,8 @@ class Scheduler:
             self._defaults[device] = free + held
 
     async def _place(self, req: _Request) -> _Request | None:
-        """An ``auto`` claim on the device placement.py chooses (a restart too: it is
-        placed again, beside the others), or refused when its backend has no device."""
+        """An ``auto`` claim on the device placement.py chooses (a restart's too), or
+        refused when its backend has no device. Waiting starts hold their room (pinned)."""
         claim = req.claim
         backend = auto_backend(claim.memory_mb)
         if backend is None:
@@ -294,7 +294,8 @@ class Scheduler:
             if n != claim.instance
         ]
         others += [
-            Seat(p.req.claim.instance, self.counted(p.req.claim)) for p in self._pending.values()
+            Seat(p.req.claim.instance, self.counted(p.req.claim), True)
+            for p in self._pending.values()
         ]
         est = claim.memory_mb[f"{backend}:auto"]
         need = {d: est + (self.overhead(d) if self.overhead else 0) for d in found.free_mib}
