@@ -78,7 +78,7 @@ def schedule(found: Detected, budget: Budget, claims: list[Claim]) -> list[Admis
 
     async def main() -> list[Admission]:
         clock = FakeClock()
-        sched = Scheduler(clock, NoSeats(), lambda d: 500, inline, devices=lambda b: found)
+        sched = Scheduler(clock, NoSeats(), lambda d: 500, inline, devices=lambda b, argv: found)
         sched.configure(budget)
         sched.start()
         got: list[Admission] = []
@@ -147,7 +147,7 @@ def actor_run(home: Home, found: Detected, budget: Budget, script: Any) -> Any:
     async def main() -> Any:
         h = await harness(home)
         await h.ctx.scheduler.close()
-        sched = Scheduler(h.clock, NoSeats(), offload=inline, devices=lambda b: found)
+        sched = Scheduler(h.clock, NoSeats(), offload=inline, devices=lambda b, argv: found)
         sched.configure(budget)
         sched.start()
         h.ctx.scheduler = sched
@@ -192,6 +192,7 @@ def test_an_auto_instance_runs_on_its_device_and_says_where(home: Home, tiny_mod
     async def script(start: Any, h: Any, specs: list[LaunchSpec], actors: Any, sched: Any) -> None:
         got = await start("alpha")
         assert got.ok, got.message
+        assert sched.holders["alpha"].binary  # placed on the devices its binary lists
         spec = specs[-1]
         assert spec.argv[spec.argv.index("-dev") + 1] == "CUDA0"
         assert spec.generated_env == {"CUDA_VISIBLE_DEVICES": "1"}
@@ -425,3 +426,23 @@ def test_a_failing_nvidia_smi_means_no_device_never_an_exception(
     assert found.free_mib == {} and "nvidia-smi: " in found.sources
     (a,) = schedule(found, Budget(), [Claim("a", memory_mb={"cuda:auto": 2_000})])
     assert a.code == "device" and "none is detected on this machine (" in a.reason
+
+
+def test_the_binary_that_will_run_numbers_the_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the devices the server's own ``--list-devices`` shows count, as it numbers
+    them (a device nvidia-smi or vulkaninfo sees but llama.cpp leaves out is no place)."""
+    from llama_orchestrator.gpu.discovery import discover
+
+    smi = "0, NVIDIA H200, 143771, 143156\n1, NVIDIA H200, 143771, 150000\n"
+    fake_smi(tmp_path, monkeypatch, f"printf '{smi}'\n")
+    server = tmp_path / "bin" / "llama-server"
+    server.write_text(
+        "#!/bin/bash\necho 'Available devices:'\n"
+        "echo '  CUDA0: NVIDIA H200 (143771 MiB, 143000 MiB free)'\n"
+    )
+    server.chmod(0o755)
+    assert set(discover("cuda").free_mib) == {"cuda:0", "cuda:1"}  # no binary: the tools
+    found = discover("cuda", 512, [str(server)])
+    assert set(found.free_mib) == {"cuda:0"}, found

@@ -156,10 +156,11 @@ def measured_device(loaded: LoadedConfig | None, claimed: Mapping[str, int]) -> 
     return gpu.backend, index_of(placed[0]) if placed else 0
 
 
-def detected_devices(backend: str) -> Detected:
-    """The backend's devices now, with their free memory less the reserve ``fit`` keeps
-    (the figure the scheduler learns budgets from, daemon/seats.py). It runs the
-    detection tools: call it in a thread."""
+def detected_devices(backend: str, binary: Sequence[str] = ()) -> Detected:
+    """The backend's devices now as ``binary`` (the llama-server that will run) numbers
+    them, with their free memory less the reserve ``fit`` keeps (the figure the
+    scheduler learns budgets from, daemon/seats.py). It runs the detection tools: call
+    it in a thread."""
     from llama_orchestrator.models.fit import DEFAULT_RESERVE_MB
 
-    return discover(backend, DEFAULT_RESERVE_MB)
+    return discover(backend, DEFAULT_RESERVE_MB, binary)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from llama_orchestrator.clock import SYSTEM_CLOCK, Clock
+from llama_orchestrator.daemon import placement
 from llama_orchestrator.daemon.budget import (
     Budget,
     Evict,
@@ -47,16 +48,7 @@ from llama_orchestrator.daemon.budget import (
     choose,
 )
 from llama_orchestrator.daemon.offload import Offload, in_thread
-from llama_orchestrator.daemon.placement import (
-    Detected,
-    Placement,
-    auto_backend,
-    candidates,
-    detected_devices,
-    no_device,
-    place,
-    resolved,
-)
+from llama_orchestrator.daemon.placement import Detected, Placement
 from llama_orchestrator.daemon.release import await_room
 from llama_orchestrator.doctor.portcheck import endpoint_taken
 
@@ -73,6 +65,7 @@ class Claim:
     memory_mb: dict[str, int] = field(default_factory=dict)  # device key -> MiB
     force: bool = False  # past the budgets, knowingly (`up --force`)
     wait_s: float | None = None  # how long it may wait for room (None: load_timeout)
+    binary: tuple[str, ...] = ()  # its llama-server's argv prefix: how it numbers devices
 
 
 @dataclass(frozen=True)
@@ -135,7 +128,7 @@ class Scheduler:
         seats: Seats | None = None,
         overhead: Callable[[str], int] | None = None,
         offload: Offload = in_thread,
-        devices: Callable[[str], Detected] = detected_devices,
+        devices: Callable[[str, tuple[str, ...]], Detected] = placement.detected_devices,
     ) -> None:
         self.clock = clock
         self.offload = offload  # device queries (free memory) run off the loop
@@ -275,15 +268,15 @@ class Scheduler:
         """An ``auto`` claim on the device placement.py chooses (a restart's too), or
         refused when its backend has no device. Waiting starts hold their room (pinned)."""
         claim = req.claim
-        backend = auto_backend(claim.memory_mb)
+        backend = placement.auto_backend(claim.memory_mb)
         if backend is None:
             return req
         try:
-            found = await self.offload(partial(self.devices, backend))
+            found = await self.offload(partial(self.devices, backend, claim.binary))
         except Exception as e:  # detection never raises; a scheduler that died would wedge
             found = Detected({}, f"device detection failed: {type(e).__name__}: {e}")
         if not found.free_mib:
-            why = no_device(backend, found.sources)
+            why = placement.no_device(backend, found.sources)
             self._deliver(req, Admission(req.ticket, False, why, code="device"))
             return None
         for device, free in found.free_mib.items():
@@ -300,8 +293,10 @@ class Scheduler:
         est = claim.memory_mb[f"{backend}:auto"]
         need = {d: est + (self.overhead(d) if self.overhead else 0) for d in found.free_mib}
         keys = list(found.free_mib)
-        chosen = place(backend, candidates(keys, self._effective(), others), need)
-        claim = replace(claim, memory_mb=resolved(claim.memory_mb, chosen.device))
+        chosen = placement.place(
+            backend, placement.candidates(keys, self._effective(), others), need
+        )
+        claim = replace(claim, memory_mb=placement.resolved(claim.memory_mb, chosen.device))
         return _Request(req.ticket, claim, req.deliver, chosen)
 
     def effective_budget(self) -> Budget:

@@ -5,7 +5,7 @@ parameter, so tests place instances on devices they make up."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -18,20 +18,28 @@ class Detected:
     sources: str = ""
 
 
-def discover(backend: str, reserve_mib: int = 0) -> Detected:
+def discover(backend: str, reserve_mib: int = 0, binary: Sequence[str] = ()) -> Detected:
     """The backend's devices now, each with its free memory less ``reserve_mib``. It
-    runs the detection tools (seconds at worst): call it in a thread."""
+    runs the detection tools (seconds at worst): call it in a thread.
+
+    ``binary``: the argv prefix of the llama-server that will run. When it lists its
+    devices, only those count, numbered as it numbers them (``-dev Vulkan1``): llama.cpp
+    drops an integrated GPU beside a discrete one, which vulkaninfo still counts.
+    """
     from llama_orchestrator.gpu import llama
     from llama_orchestrator.gpu.detect import detect
 
-    found = detect(None)
+    found = detect(list(binary) or None)
+    listed = bool(binary) and found.listed
     free: dict[str, int | None] = {}
     for d in found.devices:
-        if d.backend == backend:
+        if d.backend == backend and (d.dev is not None or not listed):
             mib = None if d.free_mib is None else max(d.free_mib - reserve_mib, 0)
             free[f"{backend}:{d.index}"] = mib
     # no llama-server is asked (its list has no free memory): only the tools that were
-    said = "; ".join(f"{n}: {r.text()}" for n, r in found.sources.items() if n != llama.SOURCE)
+    said = "; ".join(
+        f"{n}: {r.text()}" for n, r in found.sources.items() if binary or n != llama.SOURCE
+    )
     return Detected(free, said)
 
 

@@ -73,7 +73,10 @@ class Plan:
     def claim(self, name: str, *, force: bool = False) -> Claim:
         """What the start would hold: its address, and its memory by ``fit``'s estimate."""
         server = self.loaded.config.server
-        return Claim(name, (server.host, server.port), memory_mb(self.loaded), force=force)
+        # an ``auto`` one is placed on the devices its binary lists, as it numbers them
+        binary = tuple(self.binary.argv_prefix) if self.loaded.config.gpu.auto else ()
+        where = (server.host, server.port)
+        return Claim(name, where, memory_mb(self.loaded), force=force, binary=binary)
 
 
 @dataclass(frozen=True)
