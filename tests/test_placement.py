@@ -235,6 +235,28 @@ def test_a_restart_places_the_instance_again(home: Home, tiny_model: Path) -> No
     actor_run(home, devices(cuda0=None, cuda1=None), budget, script)
 
 
+def test_a_crashed_auto_instance_is_placed_again_when_it_is_restarted(
+    home: Home, tiny_model: Path
+) -> None:
+    write_config(home, "alpha", tiny_model, free_port(), gpu=AUTO_GPU)
+    budget = Budget(memory_mb={"cuda:0": 8_000, "cuda:1": 10_000})
+
+    async def script(start: Any, h: Any, specs: list[LaunchSpec], actors: Any, sched: Any) -> None:
+        assert (await start("alpha")).ok
+        assert specs[-1].generated_env == {"CUDA_VISIBLE_DEVICES": "1"}
+        sched.request(Claim("other", memory_mb={"cuda:1": 5_000}, force=True), lambda a: None)
+        h.launcher.last.die(1)  # it crashes; the restart policy starts it again
+        for _ in range(2000):
+            if len(specs) == 2 and actors["alpha"].snapshot.state.value == "running":
+                break
+            await h.clock.advance(0.05)
+        assert specs[-1].generated_env == {"CUDA_VISIBLE_DEVICES": "0"}, specs
+        assert [e.new for e in h.events if e.kind is EventKind.PLACED] == ["cuda:1", "cuda:0"]
+        assert "cuda:0" in sched.holders["alpha"].memory_mb  # its admission moved with it
+
+    actor_run(home, devices(cuda0=None, cuda1=None), budget, script)
+
+
 def test_an_auto_instance_without_a_device_is_refused_naming_the_field(
     home: Home, tiny_model: Path
 ) -> None:
