@@ -38,3 +38,23 @@ def test_a_dangling_config_link_names_its_target(cli: Cli, home: Home) -> None:
     out = cli("config", "validate", "--all")
     assert out.returncode == 1, out.stderr
     assert f"{path}: (file): is a link to /nowhere/config.json, which does not exist" in out.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_a_dangling_gateway_json_link_fails_validation(cli: Cli, home: Home) -> None:
+    home.root.mkdir(parents=True, exist_ok=True)
+    home.gateway_path.symlink_to("/nowhere/gateway.json")
+    out = cli("config", "validate", "--all")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "is a link to /nowhere/gateway.json, which does not exist" in out.stderr
+    lint = cli("config", "lint", "--all")
+    assert lint.returncode == 1 and "/nowhere/gateway.json" in lint.stdout + lint.stderr
+
+
+def test_a_gateway_json_that_is_not_utf8_says_so(cli: Cli, home: Home) -> None:
+    home.root.mkdir(parents=True, exist_ok=True)
+    home.gateway_path.write_bytes(b'{"port": 8080, "host": "\xff"}')
+    out = cli("config", "validate", "--all")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "is not UTF-8 text (byte 0xff at offset 24): save it as UTF-8 JSON" in out.stderr
+    assert "codec" not in out.stderr and "Traceback" not in out.stderr

@@ -218,7 +218,8 @@ def schema(
 
 def _with_gateway(home: Home, names: list[str], whole_home: bool) -> bool:
     """Check gateway.json too: it exists and the home's instances (not only files) are checked."""
-    return bool(names or whole_home) and home.gateway_path.exists()
+    gw = home.gateway_path
+    return bool(names or whole_home) and (gw.exists() or gw.is_symlink())
 
 
 def _daemon_pid(home: Home) -> int | None:

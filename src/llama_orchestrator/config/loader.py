@@ -225,7 +225,13 @@ def read_text(path: Path) -> str:
         if path.is_symlink():
             why = f"is a link to {os.readlink(path)}, which does not exist (fix or remove the link)"
         raise ConfigError([Problem(str(path), "(file)", why)]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        why = (
+            f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+            "save it as UTF-8 JSON"
+        )
+        raise ConfigError([Problem(str(path), "(file)", why)]) from None
+    except OSError as e:
         raise ConfigError([Problem(str(path), "(file)", f"cannot read: {e}")]) from None
     if len(raw) > MAX_CONFIG_BYTES:
         why = f"is larger than {MAX_CONFIG_BYTES // 2**20} MiB (a config is a few KiB)"

@@ -193,7 +193,8 @@ class Linter:
             if entry.loaded is not None:
                 checks += self.instance_checks(entry.loaded, clashes[entry.loaded.path])
             results += _rows(entry.target.label, entry.target.path, checks)
-        if gateway and self.home.gateway_path.exists():
+        gw = self.home.gateway_path
+        if gateway and (gw.exists() or gw.is_symlink()):
             results += self.gateway_rows()
         if state:
             results += _rows(HOME_LABEL, self.home.state_dir, home_checks(self.home))
