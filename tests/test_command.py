@@ -82,7 +82,17 @@ def test_defaults_fill_every_flag(tmp_path: Path) -> None:
     argv = build_argv(loaded(tmp_path), BIN)
     flags = argv[1::2]
     assert flags == [
-        "-m", "-c", "-b", "-t", "--host", "--port", "-to", "-np", "-ngl", "-a", "--metrics"
+        "-m",
+        "-c",
+        "-b",
+        "-t",
+        "--host",
+        "--port",
+        "-to",
+        "-np",
+        "-ngl",
+        "-a",
+        "--metrics",
     ]
     assert argv[argv.index("--port") + 1] == "8001"
     assert argv[argv.index("-c") + 1] == "4096"

@@ -187,3 +187,14 @@ def test_saves_of_many_instances_stopped_at_once_all_land_in_the_index(tmp_path:
     assert run(all_at_once()) == [1] * len(names)
     on_disk = json.loads((tmp_path / "kv" / "index.json").read_text())
     assert sorted(f["instance"] for f in on_disk["files"]) == names
+
+
+def test_a_slot_under_min_tokens_is_not_saved(tmp_path: Path) -> None:
+    folder = tmp_path / "kv" / "alpha"
+    server = FakeServer(folder, tokens=31)
+    kv = cache(tmp_path, server, Clock())
+    kv.configure(max_mb=1, ttl_s=60, min_tokens=32)
+    assert run(kv.save("alpha", URL, "h", folder)) == 0 and kv.files() == []
+    assert list(folder.iterdir()) == []
+    kv.configure(max_mb=1, ttl_s=60, min_tokens=0)
+    assert run(kv.save("alpha", URL, "h", folder)) == 1

@@ -156,6 +156,13 @@ class KvCacheConfig(_Strict):
         le=_SECONDS_MAX,
         description="seconds a saved KV cache file is kept after it was written",
     )
+    min_tokens: int = Field(
+        default=32,
+        ge=0,
+        le=10_000_000,
+        description="a slot holding fewer tokens is not saved: re-reading so short a prompt "
+        "costs less than saving and restoring it (0: every slot that holds tokens)",
+    )
 
 
 class GatewayConfig(_Strict):

@@ -92,7 +92,8 @@ class GatewayHost:
         self.sup.scheduler.configure(budget, float(cfg.load_timeout))
         self._seats.configure(cfg.default_ttl)
         if self.sup.ctx.kv is not None:
-            self.sup.ctx.kv.configure(cfg.kv_cache.max_mb, cfg.kv_cache.ttl_s)
+            kv = cfg.kv_cache
+            self.sup.ctx.kv.configure(kv.max_mb, kv.ttl_s, kv.min_tokens)
 
     async def start(self) -> None:
         self.settings = self._settings()

@@ -3,8 +3,9 @@
 Every local instance runs with ``--slot-save-path <home>/kv/<name>/`` (engine/command.py).
 Before a stop that is not a failure (eviction, idle TTL, ``down``, a restart), the stop
 task calls :meth:`KvCache.save`: ``GET /slots``, then ``POST /slots/{id}?action=save`` for
-each slot holding tokens, all within :data:`SAVE_BUDGET_S` (one budget for the whole stop,
-not per slot; a save still running then is abandoned, and the stop goes on). The files of
+each slot holding at least ``kv_cache.min_tokens`` tokens, all within
+:data:`SAVE_BUDGET_S` (one budget for the whole stop, not per slot; a save still running
+then is abandoned, and the stop goes on). The files of
 all instances share the disk budget ``gateway.json`` ``kv_cache.max_mb`` and age limit
 ``kv_cache.ttl_s``; the oldest go first.
 
@@ -73,6 +74,7 @@ RESULTS = ("restored", "refused", "short", "error")
 class KvLimits:
     max_bytes: int = 2048 * 1024 * 1024
     ttl_s: float = 7 * 24 * 3600.0
+    min_tokens: int = 32
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,8 @@ class KvCache:
         # budgets are: a daemon's harness of fake servers saves nothing.
         self.enabled = False
 
-    def configure(self, max_mb: int, ttl_s: float) -> None:
-        self.limits = KvLimits(max_mb * 1024 * 1024, float(ttl_s))
+    def configure(self, max_mb: int, ttl_s: float, min_tokens: int = KvLimits.min_tokens) -> None:
+        self.limits = KvLimits(max_mb * 1024 * 1024, float(ttl_s), min_tokens)
         self.enabled = True
 
     def files(self) -> list[KvFile]:
@@ -174,8 +176,9 @@ class KvCache:
     ) -> None:
         for slot in await self._slots(url):
             sid = int(slot["id"])
-            if not slot.get("n_prompt_tokens", 1):
-                continue  # nothing cached (a field older servers lack: then try)
+            held = slot.get("n_prompt_tokens")  # a field older servers lack: then try
+            if held is not None and (not held or int(held) < self.limits.min_tokens):
+                continue  # nothing cached, or less than re-reading it costs
             stamp = f"{self._now():.6f}".replace(".", "")
             fname = f"{chash[:16]}-{sid}-{stamp}.bin"
             tried.append(folder / fname)
