@@ -27,7 +27,7 @@ from llama_orchestrator.daemon.release import POLL_S
 from llama_orchestrator.daemon.scheduler import Admission, Claim, NoSeats, Scheduler
 from llama_orchestrator.daemon.seats import ActorSeats, GatewayQueues
 from llama_orchestrator.engine.states import State
-from llama_orchestrator.gpu.overhead import MiB, default_overhead
+from llama_orchestrator.gpu.overhead import HOST_OF_GPU_MIB, MiB, default_overhead, overhead_key
 from llama_orchestrator.gpu.usage import Measured, Reading, Unavailable
 from llama_orchestrator.home import Home
 from llama_orchestrator.state import memory as recorded_memory
@@ -256,3 +256,19 @@ def test_the_devices_screen_counts_a_measured_instance_for_its_peak(
         est + CPU_OVERHEAD_MB, est, None,
     )  # fmt: skip
     assert view["devices"][0]["used_mib"] == est + 320
+
+
+def test_the_host_side_of_a_gpu_process_has_an_overhead_of_its_own(tmp_path: Path) -> None:
+    """A CUDA process's host side carries the runtime's host allocations (180-270 MiB PSS
+    over its host estimate on the H200): it is counted and learnt apart from CPU processes,
+    so a CPU instance's small overhead never makes a GPU instance's host side look light."""
+    overheads = Overheads(StateStore(tmp_path / "state.db"))
+    sched = Scheduler(FakeClock(), NoSeats(), overheads.mib, inline)
+    gpu = Claim("g", memory_mb={"cuda:0": 1000, "cpu": 200})
+    cpu = Claim("c", memory_mb={"cpu": 200})
+    assert overhead_key("cpu", gpu.memory_mb) == "cpu/cuda"
+    assert sched.counted(gpu) == {"cuda:0": 1000 + 600, "cpu": 200 + HOST_OF_GPU_MIB}
+    assert sched.counted(cpu) == {"cpu": 200 + CPU_OVERHEAD_MB}
+    overheads.learn("cpu/cuda", 200 * MiB, 440 * MiB)  # measured 240 MiB over its estimate
+    overheads.learn("cpu", 200 * MiB, 215 * MiB)
+    assert sched.counted(gpu)["cpu"] == 440 and sched.counted(cpu)["cpu"] == 215

@@ -186,7 +186,7 @@ def _configured(home: Home, name: str, target: _Target) -> dict[str, Any] | None
     or no config was loaded."""
     from llama_orchestrator.daemon.overheads import Overheads
     from llama_orchestrator.doctor.estimate import configured_fit
-    from llama_orchestrator.gpu.overhead import MiB
+    from llama_orchestrator.gpu.overhead import MiB, overhead_key
     from llama_orchestrator.state import memory as recorded_memory
     from llama_orchestrator.state.db import StateStore
 
@@ -211,7 +211,7 @@ def _configured(home: Home, name: str, target: _Target) -> dict[str, Any] | None
         loaded,
         overheads.bytes(f"{gpu.backend}:{gpu.device_id}"),
         measured,
-        host_overhead=overheads.bytes("cpu"),
+        host_overhead=overheads.bytes(overhead_key("cpu", [gpu.backend])),
     )
 
 

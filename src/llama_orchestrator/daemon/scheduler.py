@@ -51,6 +51,7 @@ from llama_orchestrator.daemon.offload import Offload, in_thread
 from llama_orchestrator.daemon.placement import Detected, Placement
 from llama_orchestrator.daemon.release import await_room
 from llama_orchestrator.doctor.portcheck import endpoint_taken
+from llama_orchestrator.gpu.overhead import overhead_key
 
 DRAIN_POLL_S = 0.02  # how often victims are looked at while a start waits for them
 TTL_POLL_S = 1.0  # how often idle instances are looked at
@@ -311,12 +312,14 @@ class Scheduler:
 
     def counted(self, claim: Claim) -> dict[str, int]:
         """What a claim counts for until its server is measured: its estimate plus the
-        device's per-process overhead (issue 18). Seats replace it with the measured
+        device's per-process overhead (issue 18; the host side of a GPU process has its
+        own, gpu/overhead.py ``overhead_key``). Seats replace it with the measured
         peak once there is one (daemon/seats.py)."""
         over = self.overhead
         if over is None:
             return dict(claim.memory_mb)
-        return {d: need + over(d) for d, need in claim.memory_mb.items() if need > 0}
+        held = claim.memory_mb
+        return {d: need + over(overhead_key(d, held)) for d, need in held.items() if need > 0}
 
     # -- decisions -----------------------------------------------------------------------
 

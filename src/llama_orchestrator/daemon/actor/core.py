@@ -22,7 +22,7 @@ from llama_orchestrator.engine.process import ServerProcess, tail_lines
 from llama_orchestrator.engine.remote import RemoteServer
 from llama_orchestrator.engine.states import Desired, Health, State, check_transition
 from llama_orchestrator.gateway.backend import Endpoint
-from llama_orchestrator.gpu.overhead import MiB
+from llama_orchestrator.gpu.overhead import MiB, overhead_key
 from llama_orchestrator.state import memory as recorded_memory
 from llama_orchestrator.state.records import InstanceRecord
 
@@ -175,9 +175,10 @@ class ActorCore(Mailbox):
         """A reading: kept; a device's first one of the run teaches its overhead."""
         for device in self._memory.read(msg.pid, msg.readings):
             seen = self._memory.devices[device]
+            key = overhead_key(device, self._memory.devices)
             if seen.estimate_mb is not None and seen.measured_mb is not None:
-                self._ctx.overheads.learn(device, seen.estimate_mb * MiB, seen.measured_mb * MiB)
-            said = describe_first(device, seen, self._ctx.overheads.mib(device))
+                self._ctx.overheads.learn(key, seen.estimate_mb * MiB, seen.measured_mb * MiB)
+            said = describe_first(device, seen, self._ctx.overheads.mib(key))
             self._ctx.bus.emit(self.name, EventKind.MEMORY, None, str(seen.measured_mb), said)
         shown = {d: v.to_dict() for d, v in self._memory.devices.items()}
         if shown != self._memory.written and msg.pid == self._memory.pid:
