@@ -154,8 +154,6 @@ class KvCache:
         written: list[KvFile] = []
         tried: list[Path] = []
         try:
-            # the server writes into it, and creates no folder itself
-            await self._offload(lambda: folder.mkdir(parents=True, exist_ok=True))
             work = self._save_slots(name, url, config_hash, folder, written, tried)
             await asyncio.wait_for(work, self.save_budget_s)
         except (TimeoutError, asyncio.TimeoutError):
@@ -179,6 +177,8 @@ class KvCache:
             held = slot.get("n_prompt_tokens")  # a field older servers lack: then try
             if held is not None and (not held or int(held) < self.limits.min_tokens):
                 continue  # nothing cached, or less than re-reading it costs
+            if not tried:  # the server writes into it, and creates no folder itself
+                await self._offload(lambda: folder.mkdir(parents=True, exist_ok=True))
             stamp = f"{self._now():.6f}".replace(".", "")
             fname = f"{chash[:16]}-{sid}-{stamp}.bin"
             tried.append(folder / fname)
