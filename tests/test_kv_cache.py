@@ -150,7 +150,7 @@ def test_a_file_the_server_died_on_is_not_tried_again(tmp_path: Path) -> None:
     server.dies = False
     again = cache(tmp_path, server, Clock())  # the daemon's next start of it: nothing left
     assert run(again.restore("alpha", URL, "h")) == 0 and server.restored == []
-    assert not folder.exists()  # not even its folder: nothing was to be written
+    assert list(folder.iterdir()) == []
 
 
 def test_a_restored_file_stays_until_the_next_save_supersedes_it(tmp_path: Path) -> None:
