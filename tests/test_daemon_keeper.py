@@ -158,6 +158,27 @@ def test_a_daemon_that_cannot_start_fails_the_command_at_once(cli: Cli, home: Ho
     assert not keeper_path(home).exists()
 
 
+@pytest.mark.parametrize(
+    ("file", "said"),
+    [
+        ("daemon.lock", "cannot take the daemon's lock file"),
+        ("daemon.pid", "cannot write"),
+        ("daemon.json", "cannot write"),
+    ],
+)
+def test_a_folder_in_place_of_a_daemon_file_is_named_not_a_traceback(
+    cli: Cli, home: Home, file: str, said: str
+) -> None:
+    home.ensure()
+    path = home.state_dir / file
+    path.mkdir()
+    out = cli("daemon", "start")
+    assert out.returncode == 1, out.stderr
+    assert f"{said} {path} (Is a directory); move it aside or remove it" in out.stderr
+    assert "Traceback" not in out.stderr and "Error: [Errno" not in out.stderr
+    assert path.is_dir()  # left as it was: the user decides
+
+
 WORKER = """
 import json, os, sys, time
 from pathlib import Path

@@ -70,7 +70,7 @@ def ensure_token(home: Home) -> str:
     except FileNotFoundError:
         pass
     except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, garbage (issue 19)
-        why = getattr(e, "strerror", None) or e
+        why = "not text" if isinstance(e, UnicodeDecodeError) else e.strerror or e
         raise OrchestratorError(
             f"cannot read the control API's token file {home.token_path} ({why}); move it "
             "aside or remove it, and the daemon writes a new one"
@@ -81,7 +81,13 @@ def ensure_token(home: Home) -> str:
 
 
 def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
-    write_atomic(path, json.dumps(data))
+    try:
+        write_atomic(path, json.dumps(data))
+    except OSError as e:  # a folder in its place, a read-only state folder (issue 19)
+        raise OrchestratorError(
+            f"cannot write {os.fspath(path)} ({e.strerror or e}); move it aside or remove "
+            "it (the daemon writes it at every start)"
+        ) from None
 
 
 PORT_KEY = "daemon_port"  # the port the last daemon of this home listened on
@@ -119,6 +125,14 @@ def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
     except Timeout:
         print(f"error: a daemon is already running for {home.root}", file=sys.stderr)
         return EXIT_LOCKED
+    except OSError as e:  # a folder or a dangling link in its place (issue 19)
+        print(
+            f"error: cannot take the daemon's lock file {home.daemon_lock_path} "
+            f"({e.strerror or e}); move it aside or remove it (no daemon runs while it "
+            "cannot be taken)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return _run(_serve(home, host, port))
     except OrchestratorError as e:  # a file of the home the daemon cannot use: say which
