@@ -396,7 +396,7 @@ def test_lint_lists_the_devices_an_auto_instance_may_go_to(home: Home, tiny_mode
 
 # -- discovery through the real tools' parsers ------------------------------------------
 
-H200 = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "h200"
+H200 = Path(__file__).resolve().parent / "fixtures" / "h200"  # the recorded device outputs
 
 
 def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
