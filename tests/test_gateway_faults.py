@@ -88,7 +88,11 @@ def requests_total(g: GatewayThread, model: str, code: str) -> float:
 def test_a_cut_stream_ends_with_an_error_event_and_counts_as_502(
     llama_server_bin: Path, tiny_model: Path
 ) -> None:
-    victim = instance(llama_server_bin, tiny_model, "victim")
+    # --ignore-eos: every stream runs until it is cut (the tiny model samples its
+    # end-of-text token now and then, and the Anthropic and Ollama bodies cannot ask)
+    port = free_port()
+    argv = server_argv(llama_server_bin, tiny_model, port, ctx=16384, extra=["--ignore-eos"])
+    victim = ServerInstance("victim", argv, port)
     assert victim.start().ok
     try:
         with GatewayThread(ListDirectory([victim])) as g:
