@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 from conftest import free_port
-from helpers import wait_for
+from helpers import LETTERS, wait_for
 
 from llama_orchestrator.gateway.testing import (
     GatewayThread,
@@ -72,9 +72,12 @@ def test_every_answer_names_the_model_asked_for(gw: GatewayThread, asked: str) -
     client = oai(gw.url)
     done = client.chat.completions.create(model=asked, messages=MESSAGES, max_tokens=3)
     assert done.model == asked
-    chunks = list(
-        client.chat.completions.create(model=asked, messages=MESSAGES, max_tokens=4, stream=True)
+    # letters only: each token is a whole character, so a chunk each (random bytes of the
+    # tiny model can make four tokens one incomplete-then-whole UTF-8 sequence, one chunk)
+    stream = client.chat.completions.create(
+        model=asked, messages=MESSAGES, max_tokens=4, stream=True, extra_body=LETTERS
     )
+    chunks = list(stream)
     assert len(chunks) >= 2
     assert {c.model for c in chunks} == {asked}
     text = client.completions.create(model=asked, prompt="a", max_tokens=2)
