@@ -179,6 +179,20 @@ def test_a_folder_in_place_of_a_daemon_file_is_named_not_a_traceback(
     assert path.is_dir()  # left as it was: the user decides
 
 
+@pytest.mark.parametrize("folder", ["logs", "state", "instances"])
+def test_a_file_in_place_of_a_home_folder_is_named_not_a_traceback(
+    cli: Cli, home: Home, folder: str
+) -> None:
+    home.root.mkdir(parents=True, exist_ok=True)
+    path = home.root / folder
+    path.write_text("not a folder")
+    out = cli("daemon", "start")  # what `up` runs first too (client/control.py)
+    assert out.returncode == 1, out.stderr
+    said = f"cannot create the folder {path} (it is a file, not a folder): move it aside"
+    assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert path.read_text() == "not a folder"
+
+
 WORKER = """
 import json, os, sys, time
 from pathlib import Path

@@ -194,3 +194,17 @@ def test_rm_deletes_the_saved_slots_of_the_instance(cli: Cli, home: Home, tiny_m
     assert removed.returncode == 0 and "1 saved KV cache file(s)" in removed.stderr, removed
     assert not (home.root / "kv" / "alpha").exists()
     assert [e["instance"] for e in index(home)] == ["beta"] and files["beta"].is_file()
+
+
+def test_a_file_in_place_of_the_slot_save_folder_is_named(
+    cli: Cli, home: Home, tiny_model: Path
+) -> None:
+    instance(home, "alpha", tiny_model)
+    folder = home.root / "kv" / "alpha"
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    gateway(cli, home)
+    out = cli("up", "alpha")
+    assert out.returncode == 1, out.stderr
+    assert f"cannot create the slot save folder {folder}/ (File exists at {folder})" in out.stderr
+    assert "gateway.kv_cache to false" in out.stderr and "cannot start" not in out.stderr

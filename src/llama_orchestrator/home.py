@@ -14,6 +14,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from llama_orchestrator.errors import OrchestratorError
+
 ENV_HOME = "LLAMA_ORCH_HOME"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 # A DNS label's limit (issue 10): far below a file name's 255 bytes, so a name always
@@ -23,6 +25,10 @@ _NAME_RE = re.compile(NAME_PATTERN)
 # state/ holds the control API's token and full command lines: user-only (issue 10).
 STATE_DIR_MODE = 0o700
 TOKEN_MODE = 0o600
+
+
+class HomeError(OrchestratorError, OSError):
+    """A folder of the home cannot be made: a file, a link or no permission in its way."""
 
 
 def default_home() -> Path:
@@ -143,10 +149,18 @@ class Home:
         Modes found wider (a folder made by an older version, a token copied in) are
         narrowed here, where the CLI and the daemon prepare the home (issue 10).
         """
-        self.instances_dir.mkdir(parents=True, exist_ok=True)
         # State and logs hold full command lines (an --api-key in `args`, say): user-only.
-        for d in (self.state_dir, self.logs_dir):
-            d.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        for d, mode in ((self.instances_dir, 0o777), (self.state_dir, STATE_DIR_MODE),
+                        (self.logs_dir, STATE_DIR_MODE)):  # fmt: skip
+            try:
+                d.mkdir(mode=mode, parents=True, exist_ok=True)
+            except OSError as e:  # a file or a dangling link where the folder goes (issue 19)
+                what = "it is a file, not a folder" if d.is_file() else e.strerror or e
+                if d.is_symlink() and not d.exists():
+                    what = f"it is a link to {os.readlink(d)}, which does not exist"
+                raise HomeError(
+                    f"cannot create the folder {d} ({what}): move it aside or remove it"
+                ) from None
         for path, mode in ((self.state_dir, STATE_DIR_MODE), (self.token_path, TOKEN_MODE)):
             _narrow(path, mode)
 

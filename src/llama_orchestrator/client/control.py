@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_orchestrator.errors import OrchestratorError
-from llama_orchestrator.home import Home
+from llama_orchestrator.home import Home, HomeError
 
 if TYPE_CHECKING:
     import subprocess
@@ -204,11 +204,18 @@ def _spawn_daemon(home: Home, *, platform: Platform | None = None) -> subprocess
 
     from llama_orchestrator.engine.platform import current_platform
 
-    home.ensure()
+    try:
+        home.ensure()
+        log = open(home.daemon_log_path, "ab")  # noqa: SIM115 (closed below)
+    except HomeError as e:  # a file where one of the home's folders goes (issue 19)
+        raise DaemonError(str(e)) from None
+    except OSError as e:
+        why = f"{e.strerror or e}: move it aside or remove it"
+        raise DaemonError(f"cannot write the daemon's log {home.daemon_log_path} ({why})") from None
     # POSIX: a session of its own. Windows: a process group and a hidden console of its
     # own (not DETACHED_PROCESS: its servers share its console to receive CTRL_BREAK).
     kwargs: dict[str, Any] = (platform or current_platform()).daemon_spawn_kwargs()
-    with open(home.daemon_log_path, "ab") as log:
+    with log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_orchestrator", "--home", str(home.root), "daemon", "run"],
             stdin=subprocess.DEVNULL,

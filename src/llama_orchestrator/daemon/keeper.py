@@ -155,7 +155,11 @@ def worker_argv(home: Home, port: int = 0) -> list[str]:
 
 def run_keeper(home: Home, worker_argv: list[str]) -> int:
     """Keep the daemon running for ``home`` (``llama-orch daemon run``)."""
-    home.ensure()
+    try:
+        home.ensure()
+    except OSError as e:  # home.HomeError: a file where one of its folders goes
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BOOT_FAILED
     path = keeper_path(home)
     release = _lock(path.with_suffix(".lock"))
     if release is None:

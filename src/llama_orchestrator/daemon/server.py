@@ -118,7 +118,11 @@ def run_daemon(home: Home, host: str = "127.0.0.1", port: int = 0) -> int:
 
     from llama_orchestrator.daemon.keeper import EXIT_LOCKED
 
-    home.ensure()
+    try:
+        home.ensure()
+    except OSError as e:  # home.HomeError: a file where one of its folders goes
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     lock = FileLock(str(home.daemon_lock_path))
     try:
         lock.acquire(timeout=0)

@@ -8,7 +8,7 @@ into a counted failed attempt.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,13 @@ from llama_orchestrator.daemon.scheduler import Claim
 from llama_orchestrator.doctor.modelfile import model_file_problem
 from llama_orchestrator.doctor.ports import port_holder
 from llama_orchestrator.engine.binary import BinaryError, ResolvedBinary, resolve_binary
-from llama_orchestrator.engine.command import LaunchSpec, base_url, device_label, launch_spec
+from llama_orchestrator.engine.command import (
+    SLOT_SAVE_FLAG,
+    LaunchSpec,
+    base_url,
+    device_label,
+    launch_spec,
+)
 from llama_orchestrator.engine.process import ServerProcess
 from llama_orchestrator.errors import ErrorCode
 from llama_orchestrator.home import Home
@@ -271,4 +277,18 @@ def spawn_error(spec: LaunchSpec, e: OSError) -> str:
         logs |= {str(p), str(Path(p).parent)}
     if e.filename is not None and str(e.filename) in logs:
         return f"cannot write log file {e.filename}: {e.strerror} (see logs in the config)"
+    folder = slot_folder(spec.argv)
+    if e.filename is not None and folder is not None and folder.startswith(str(e.filename)):
+        return (
+            f"cannot create the slot save folder {folder} ({e.strerror} at {e.filename}): "
+            "move aside what is there, or set gateway.kv_cache to false"
+        )
     return f"cannot start {spec.argv[0]}: {e}"
+
+
+def slot_folder(argv: Sequence[str]) -> str | None:
+    """The ``--slot-save-path`` of a command line, if it has one."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg == SLOT_SAVE_FLAG:
+            return argv[i + 1]
+    return None
