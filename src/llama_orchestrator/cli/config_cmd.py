@@ -218,8 +218,9 @@ def schema(
 
 def _with_gateway(home: Home, names: list[str], whole_home: bool) -> bool:
     """Check gateway.json too: it exists and the home's instances (not only files) are checked."""
-    gw = home.gateway_path
-    return bool(names or whole_home) and (gw.exists() or gw.is_symlink())
+    from llama_orchestrator.config.gateway import gateway_file_given
+
+    return bool(names or whole_home) and gateway_file_given(home)
 
 
 def _daemon_pid(home: Home) -> int | None:

@@ -348,13 +348,20 @@ def exposure_problem(config: GatewayConfig, keys: tuple[str, ...], file: str) ->
     )
 
 
+def gateway_file_given(home: Home) -> bool:
+    """Is there a ``gateway.json`` to read? A dangling link is one (a broken one, which
+    loading names), never taken for "no file: every default"."""
+    path = home.gateway_path
+    return path.exists() or path.is_symlink()
+
+
 def load_gateway(home: Home) -> LoadedGateway:
     """The gateway settings of ``home``; the defaults when ``gateway.json`` does not exist.
 
     Raises ConfigError (every problem, each naming file, field and value) otherwise.
     """
     path = home.gateway_path
-    if not path.exists() and not path.is_symlink():
+    if not gateway_file_given(home):
         return LoadedGateway(GatewayConfig(), path, False, ())
     text = read_text(path)
     config = parse_gateway(text, path)

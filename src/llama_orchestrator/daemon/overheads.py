@@ -14,7 +14,14 @@ import json
 import logging
 from typing import Protocol
 
-from llama_orchestrator.gpu.overhead import WINDOW, MiB, default_overhead, gap, learnt_overhead
+from llama_orchestrator.gpu.overhead import (
+    WINDOW,
+    MiB,
+    backend_of,
+    default_overhead,
+    gap,
+    learnt_overhead,
+)
 
 KEY = "memory_overheads"
 log = logging.getLogger("llama_orchestrator.supervisor")
@@ -26,11 +33,6 @@ class Meta(Protocol):
     def meta_get(self, key: str) -> str | None: ...
 
     def meta_set(self, key: str, value: str) -> None: ...
-
-
-def backend_of(device: str) -> str:
-    """``cuda:0`` -> ``cuda``; ``cpu`` -> ``cpu``."""
-    return device.split(":", 1)[0]
 
 
 class Overheads:

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llama_orchestrator.config.gateway import GatewayConfig, load_gateway
+from llama_orchestrator.config.gateway import GatewayConfig, gateway_file_given, load_gateway
 from llama_orchestrator.config.loader import ConfigError, LoadedConfig, Problem
 from llama_orchestrator.config.schema import RemoteConfig
 from llama_orchestrator.doctor.aliascheck import alias_problems, alias_verdict
@@ -193,8 +193,7 @@ class Linter:
             if entry.loaded is not None:
                 checks += self.instance_checks(entry.loaded, clashes[entry.loaded.path])
             results += _rows(entry.target.label, entry.target.path, checks)
-        gw = self.home.gateway_path
-        if gateway and (gw.exists() or gw.is_symlink()):
+        if gateway and gateway_file_given(self.home):
             results += self.gateway_rows()
         if state:
             results += _rows(HOME_LABEL, self.home.state_dir, home_checks(self.home))

@@ -54,13 +54,18 @@ DEFAULT_OVERHEAD_MIB: dict[str, int] = {
 HOST_OF_GPU_MIB = 300
 
 
+def backend_of(device: str) -> str:
+    """``cuda:0`` -> ``cuda``; ``cpu`` -> ``cpu``."""
+    return device.split(":", 1)[0]
+
+
 def overhead_key(device: str, devices: Iterable[str]) -> str:
     """The key ``device``'s overhead is learnt and counted under, for a process that uses
     ``devices``: the host (``cpu``) of a process that also runs on a GPU is
     ``cpu/<backend>`` (the GPU runtime's host side), every other device is itself."""
     if device != "cpu":
         return device
-    gpus = sorted({d.split(":", 1)[0] for d in devices if d.split(":", 1)[0] != "cpu"})
+    gpus = sorted({backend_of(d) for d in devices} - {"cpu"})
     return f"cpu/{gpus[0]}" if gpus else "cpu"
 
 
